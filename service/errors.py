@@ -1,0 +1,114 @@
+"""The project's own exception types.
+
+Every error a client can cause is one of these classes. Each class carries the HTTP status
+and the RFC 9457 problem ``type``/``title`` it maps to; ``service.api.problems`` turns them
+into ``application/problem+json`` responses in one place. Nothing here imports a web
+framework, so the pure preprocessing code (shared with ``training/``) raises them too.
+"""
+
+from __future__ import annotations
+
+
+class PFViTError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra  # extra members for the problem document (e.g. the offending field)
+
+    @property
+    def type_uri(self) -> str:
+        return f"https://pfvit.dev/problems/{self.slug}"
+
+
+# --- client errors (4xx) -------------------------------------------------------------------
+
+
+class InvalidRequest(PFViTError):
+    status = 400
+    slug = "invalid-request"
+    title = "Invalid request"
+
+
+class EmptyUpload(InvalidRequest):
+    slug = "empty-upload"
+    title = "Empty upload"
+
+
+class InvalidImage(PFViTError):
+    """The bytes are not a decodable image (garbage, truncated, corrupt)."""
+
+    status = 422
+    slug = "invalid-image"
+    title = "Invalid image"
+
+
+class UnsupportedMediaType(PFViTError):
+    """A real image, but in a format the service does not accept (e.g. GIF, TIFF)."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported image format"
+
+
+class ImageTooLarge(PFViTError):
+    """Too many pixels (declared or decoded), including decompression bombs."""
+
+    status = 413
+    slug = "image-too-large"
+    title = "Image has too many pixels"
+
+
+class PayloadTooLarge(PFViTError):
+    """The upload itself exceeds the configured byte limit."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Upload too large"
+
+
+class NotAcceptable(PFViTError):
+    status = 406
+    slug = "not-acceptable"
+    title = "Not acceptable"
+
+
+class NoFaceFound(PFViTError):
+    """Raised only where a face is required to answer (``Accept: image/png`` poker face)."""
+
+    status = 422
+    slug = "no-face-found"
+    title = "No face found"
+
+
+# --- server-side conditions (5xx) ----------------------------------------------------------
+
+
+class ModelNotReady(PFViTError):
+    status = 503
+    slug = "not-ready"
+    title = "Models are not loaded yet"
+
+
+class ModelLoadError(PFViTError):
+    """A model file is missing, fails its checksum or does not match its card.
+
+    Raised at start-up; the service refuses to start rather than serve the wrong weights.
+    """
+
+    status = 500
+    slug = "model-load-error"
+    title = "Model could not be loaded"
+
+
+class CapabilityMissing(PFViTError):
+    """The loaded model cannot do what was asked (e.g. a card without a poker-face graph)."""
+
+    status = 501
+    slug = "capability-missing"
+    title = "Not supported by the loaded model"
