@@ -1,0 +1,63 @@
+"""POST /v1/recognize: per-face emotion logits and probabilities."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
+from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
+from service.api.problems import PROBLEM_JSON
+from service.api.schemas import RecognizedFace, RecognizedImage, RecognizeResponse
+
+router = APIRouter(prefix="/v1", tags=["emotions"])
+
+PROBLEM_RESPONSES = {
+    status: {"description": desc, "content": {PROBLEM_JSON: {"example": {"type": "https://pfvit.dev/problems/" + slug, "title": title, "status": status, "detail": detail}}}}
+    for status, desc, slug, title, detail in [
+        (400, "Empty upload or invalid option", "empty-upload", "Empty upload", "image 0 (a.jpg): the uploaded file is empty"),
+        (413, "Upload or image too large", "image-too-large", "Image has too many pixels", "image is 30000x30000 = 900000000 pixels; the limit is 40000000"),
+        (415, "Image format not accepted", "unsupported-media-type", "Unsupported image format", "image format GIF is not accepted; send JPEG, PNG, WebP or BMP"),
+        (422, "Not an image, truncated, or a missing/misnamed field", "invalid-image", "Invalid image", "image data is truncated or corrupt"),
+        (503, "Models still loading", "not-ready", "Models are not loaded yet", "models are still loading and warming up; retry shortly"),
+    ]
+}
+
+
+@router.post(
+    "/recognize",
+    response_model=RecognizeResponse,
+    responses=PROBLEM_RESPONSES,
+    summary="Recognise the emotion of every face",
+    description=(
+        "Detects faces (MTCNN), aligns each to the model's 5-point template and classifies its emotion with PF-ViT. "
+        "All faces of the request go through the model in one batch. An image without a face gives an empty `faces` list.\n\n"
+        "```\ncurl -F images=@face.jpg 'http://127.0.0.1:8000/v1/recognize?max_faces=5'\n```"
+    ),
+)
+async def recognize(
+    state: StateDep,
+    settings: SettingsDep,
+    options: DetectOptionsDep,
+    images: ImagesField,
+    return_poker_face: bool = False,
+) -> RecognizeResponse:
+    uploads = await read_uploads(images, settings)
+    analysis = await analyse(state, uploads, options, route="/v1/recognize", recognise=True, poker_face=return_poker_face)
+    labels = state.require_pipeline().model.labels
+    out_images = []
+    for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
+        faces = []
+        for i, face in enumerate(result.faces):
+            assert result.logits is not None and result.probabilities is not None
+            probs = result.probabilities[i]
+            faces.append(
+                RecognizedFace(
+                    **face_geometry(face),
+                    label=labels[int(probs.argmax())],
+                    probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
+                    logits=[float(v) for v in result.logits[i]],
+                    poker_face_png=b64(analysis.poker_pngs[index][i]) if analysis.poker_pngs is not None else None,
+                )
+            )
+        out_images.append(RecognizedImage(index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces))
+    return RecognizeResponse(model=model_ref(state), labels=labels, images=out_images, timings_ms=analysis.timer.as_ms())

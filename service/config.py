@@ -1,0 +1,74 @@
+"""The service's settings: one pydantic-settings class, environment prefix ``PFVIT_``.
+
+Every knob the service has lives here and nowhere else; ``get_settings()`` is cached and
+tests override it (``app.dependency_overrides`` or by passing a ``Settings`` to
+``create_app``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# models/ at the repository root, beside this package (the Docker image sets PFVIT_MODELS_DIR).
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_EMOTION_MODEL = "pfvit-micro-rendered"
+
+
+class Settings(BaseSettings):
+    """Service settings, read from ``PFVIT_*`` environment variables (and ``.env`` if present)."""
+
+    model_config = SettingsConfigDict(env_prefix="PFVIT_", env_file=".env", extra="ignore")
+
+    # --- network
+    host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 only inside a container.")
+    port: int = Field(8000, ge=1, le=65535)
+
+    # --- models
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="Folder holding one sub-folder per model.")
+    emotion_model: str = Field(DEFAULT_EMOTION_MODEL, description="Sub-folder of models_dir with the PF-ViT card.")
+    detector_model: str = Field("mtcnn", description="Sub-folder of models_dir with the MTCNN card.")
+    providers: str = Field(
+        "auto",
+        description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', or a comma-separated list "
+        "of ONNX Runtime execution-provider names in order of preference.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0 lets it decide.")
+    warmup_runs: int = Field(2, ge=0, le=100)
+    max_inference_batch: int = Field(64, ge=1, le=4096, description="Faces per ONNX Runtime call at most.")
+    max_concurrent_inference: int = Field(2, ge=1, le=64, description="Requests computing at once; others queue.")
+
+    # --- request limits
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Whole request body, bytes (413 above).")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="Pixels per image (413 above).")
+    max_images: int = Field(16, ge=1, le=256, description="Images per request.")
+    max_faces_limit: int = Field(100, ge=1, le=1000, description="Largest max_faces a client may ask for.")
+
+    # --- detection defaults (clients may override per request)
+    default_max_faces: int = Field(20, ge=1)
+    default_min_face_size: int = Field(20, ge=8)
+    default_detection_threshold: float = Field(0.7, gt=0.0, lt=1.0)
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def emotion_model_dir(self) -> Path:
+        return self.models_dir / self.emotion_model
+
+    @property
+    def detector_model_dir(self) -> Path:
+        return self.models_dir / self.detector_model
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

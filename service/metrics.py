@@ -1,0 +1,91 @@
+"""Every Prometheus metric the service exports, declared in one place.
+
+Labels come from bounded sets only: route templates (never raw paths), HTTP methods and
+status codes, the fixed stage and graph names below, problem slugs, and the loaded models.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STAGES = ("decode", "detect", "align", "infer", "generate", "encode")
+GRAPHS = ("recognition", "poker_face")
+
+# Latency buckets from 1 ms to 30 s: a tiny face crop on GPU up to a large batch on CPU.
+_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+HTTP_REQUESTS = Counter(
+    "pfvit_http_requests",
+    "HTTP requests answered, by route template, method and status code.",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "pfvit_http_request_duration_seconds",
+    "Time from request start to response end, by route template.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS_S,
+    registry=REGISTRY,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "pfvit_http_requests_in_flight",
+    "Requests being handled right now.",
+    registry=REGISTRY,
+)
+STAGE_LATENCY = Histogram(
+    "pfvit_stage_duration_seconds",
+    "Time spent per pipeline stage in one request (decode, detect, align, infer, generate, encode).",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS_S,
+    registry=REGISTRY,
+)
+FACES_PER_IMAGE = Histogram(
+    "pfvit_faces_per_image",
+    "Faces found (or given, for aligned uploads) per image.",
+    buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100),
+    registry=REGISTRY,
+)
+FACES = Counter(
+    "pfvit_faces",
+    "Faces processed, by route template.",
+    ["route"],
+    registry=REGISTRY,
+)
+IMAGES = Counter(
+    "pfvit_images",
+    "Images processed, by route template.",
+    ["route"],
+    registry=REGISTRY,
+)
+INFERENCE_BATCH = Histogram(
+    "pfvit_inference_batch_size",
+    "Faces per ONNX Runtime call, by graph.",
+    ["graph"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "pfvit_errors",
+    "Problem documents returned, by problem type slug.",
+    ["type"],
+    registry=REGISTRY,
+)
+MODEL_INFO = Gauge(
+    "pfvit_model_info",
+    "Loaded models (value 1): name, version, kind and the execution provider actually in use.",
+    ["model", "version", "kind", "provider"],
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "pfvit_ready",
+    "1 once every model is loaded and warmed up, else 0.",
+    registry=REGISTRY,
+)
+
+# Pre-create the bounded children so every series exists (at zero) from the first scrape.
+for _stage in STAGES:
+    STAGE_LATENCY.labels(stage=_stage)
+for _graph in GRAPHS:
+    INFERENCE_BATCH.labels(graph=_graph)

@@ -1,0 +1,162 @@
+"""Loaded models: the PF-ViT emotion model (recognition + poker-face graphs) and the detector.
+
+A model's life: verify its card and checksums, create sessions, check that the sessions
+match the card (inputs, outputs, label count), warm up, then serve. Only after every model
+has been warmed up does the service report ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service import metrics
+from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_card, verify_files
+from service.errors import CapabilityMissing, ModelLoadError
+from service.runtime import create_session, primary_provider
+from service.vision.align import normalise, to_uint8_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecognitionOutput:
+    logits: np.ndarray  # (B, K) float32, in the card's label order
+    probabilities: np.ndarray  # (B, K) float32, softmax of logits
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis."""
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class EmotionModel:
+    """A PF-ViT emotion model exported to ONNX: recognition graph, optional poker-face graph.
+
+    Faces come in aligned, as ``(B, H, W, 3) uint8`` RGB at the card's input size.
+    """
+
+    def __init__(self, card: ModelCard, sessions: dict, max_batch: int = 64) -> None:
+        self.card = card
+        self.sessions = sessions
+        self.max_batch = max_batch
+        assert card.input is not None  # validated by the card
+        self.input_hw: tuple[int, int] = (int(card.input.size[0]), int(card.input.size[1]))
+        self._mean = tuple(card.input.mean)
+        self._std = tuple(card.input.std)
+        self._bgr = card.input.colour_order == "BGR"
+        self._check_contract()
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, *, providers: list[str], intra_op_threads: int = 0, max_batch: int = 64) -> "EmotionModel":
+        card = load_card(model_dir)
+        if card.kind != "emotion":
+            raise ModelLoadError(f"{model_dir} holds a {card.kind!r} model, not an emotion model")
+        paths = verify_files(card, model_dir)
+        sessions = {
+            name: create_session(path, providers=providers, intra_op_threads=intra_op_threads)
+            for name, path in paths.items()
+        }
+        return cls(card, sessions, max_batch=max_batch)
+
+    # --- contract ----------------------------------------------------------------------------
+
+    def _check_contract(self) -> None:
+        """The sessions must take and give what the card promises; refuse to serve otherwise."""
+        h, w = self.input_hw
+        if h != w:
+            raise ModelLoadError(f"input must be square for the 5-point template, card says {h}x{w}")
+        n_labels = len(self.card.labels)
+        for name, session in self.sessions.items():
+            graph = self.card.graphs[name]
+            inputs = session.get_inputs()
+            if len(inputs) != 1 or inputs[0].name != graph.inputs[0].name:
+                raise ModelLoadError(f"{name}: session inputs {[i.name for i in inputs]} do not match the card")
+            shape = inputs[0].shape
+            if len(shape) != 4 or shape[1] != 3 or shape[2] not in (h, None) or shape[3] not in (w, None):
+                if not (isinstance(shape[2], str) and isinstance(shape[3], str)):
+                    raise ModelLoadError(f"{name}: session input shape {shape} does not match the card's {h}x{w}")
+            outputs = {o.name: o for o in session.get_outputs()}
+            for spec in graph.outputs:
+                if spec.name not in outputs:
+                    raise ModelLoadError(f"{name}: card output {spec.name!r} missing from the graph ({list(outputs)})")
+        logits = self.sessions[RECOGNITION_GRAPH].get_outputs()
+        logits_shape = {o.name: o.shape for o in logits}.get("logits")
+        if logits_shape is None:
+            raise ModelLoadError("recognition graph has no 'logits' output")
+        if isinstance(logits_shape[-1], int) and logits_shape[-1] != n_labels:
+            raise ModelLoadError(f"recognition graph gives {logits_shape[-1]} logits for {n_labels} labels")
+
+    # --- info --------------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.card.labels)
+
+    @property
+    def has_poker_face(self) -> bool:
+        return POKER_FACE_GRAPH in self.sessions
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        return {name: s.get_providers() for name, s in self.sessions.items()}
+
+    @property
+    def provider(self) -> str:
+        return primary_provider(self.sessions[RECOGNITION_GRAPH])
+
+    # --- inference ---------------------------------------------------------------------------
+
+    def _prepare(self, faces: np.ndarray) -> np.ndarray:
+        faces = np.asarray(faces, dtype=np.uint8)
+        if faces.ndim != 4 or faces.shape[1:3] != self.input_hw or faces.shape[3] != 3:
+            raise ValueError(f"faces must be (B, {self.input_hw[0]}, {self.input_hw[1]}, 3) uint8, got {faces.shape}")
+        if self._bgr:
+            faces = faces[..., ::-1]
+        return normalise(faces, self._mean, self._std)  # (B, 3, H, W) float32
+
+    def _run_batched(self, graph: str, x: np.ndarray, output: str) -> np.ndarray:
+        session = self.sessions[graph]
+        feed_name = session.get_inputs()[0].name
+        parts = []
+        for start in range(0, x.shape[0], self.max_batch):
+            chunk = x[start : start + self.max_batch]
+            metrics.INFERENCE_BATCH.labels(graph=graph).observe(chunk.shape[0])
+            parts.append(session.run([output], {feed_name: chunk})[0])
+        return np.concatenate(parts, axis=0)
+
+    def recognise(self, faces: np.ndarray) -> RecognitionOutput:
+        """``(B, H, W, 3) uint8`` aligned RGB faces -> logits and probabilities in label order."""
+        if len(faces) == 0:
+            k = len(self.card.labels)
+            return RecognitionOutput(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32))
+        logits = self._run_batched(RECOGNITION_GRAPH, self._prepare(faces), "logits").astype(np.float32)
+        if logits.ndim != 2 or logits.shape[1] != len(self.card.labels):
+            raise ModelLoadError(f"recognition graph returned logits of shape {logits.shape}")
+        return RecognitionOutput(logits=logits, probabilities=softmax(logits))
+
+    def poker_faces(self, faces: np.ndarray) -> np.ndarray:
+        """``(B, H, W, 3) uint8`` aligned RGB faces -> their poker faces, ``(B, H, W, 3) uint8`` RGB."""
+        if not self.has_poker_face:
+            raise CapabilityMissing(f"model {self.card.name!r} ships no poker-face graph")
+        if len(faces) == 0:
+            return np.zeros((0, *self.input_hw, 3), np.uint8)
+        out = self._run_batched(POKER_FACE_GRAPH, self._prepare(faces), "poker_face")  # (B, 3, H, W) in [0, 1]
+        images = to_uint8_images(out)
+        return images[..., ::-1] if self._bgr else images
+
+    def warm_up(self, runs: int = 2) -> None:
+        """Run every graph on a mid-grey face so the first request pays no allocation cost.
+
+        Sessions are called directly so warm-up leaves the request metrics untouched.
+        """
+        h, w = self.input_hw
+        x = self._prepare(np.full((1, h, w, 3), 128, np.uint8))
+        for _ in range(runs):
+            for session in self.sessions.values():
+                session.run(None, {session.get_inputs()[0].name: x})

@@ -1,0 +1,86 @@
+"""ONNX Runtime sessions: the one place they are created and providers are chosen.
+
+``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as available even on a machine without
+a usable GPU and then silently falls back to the CPU, so the providers a session *actually*
+uses (``session.get_providers()``) are what we report, never what we asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from service.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# The exception types ONNX Runtime raises for a file it cannot load (corrupt, wrong graph, ...).
+_ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError) + tuple(
+    getattr(_ort_state, name)
+    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "NotImplemented")
+    if hasattr(_ort_state, name)
+)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA}
+
+
+def resolve_providers(spec: str) -> list[str]:
+    """Turn the ``providers`` setting into an ordered provider list, CPU always last.
+
+    ``auto`` takes CUDA when this ONNX Runtime build offers it; ``cpu``/``cuda`` or a
+    comma-separated list of provider names are taken as given (unknown names are an error,
+    not silently dropped).
+    """
+    available = ort.get_available_providers()
+    spec = spec.strip()
+    if spec.lower() == "auto":
+        chosen = [CUDA] if CUDA in available else []
+    else:
+        chosen = []
+        for item in (s.strip() for s in spec.split(",")):
+            if not item:
+                continue
+            name = _ALIASES.get(item.lower(), item)
+            if name not in available:
+                raise ModelLoadError(
+                    f"execution provider {name!r} was requested but this ONNX Runtime build offers "
+                    f"only {available}; install the 'gpu' extra for CUDA"
+                )
+            if name not in chosen:
+                chosen.append(name)
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+def create_session(path: str | Path, *, providers: list[str], intra_op_threads: int = 0) -> ort.InferenceSession:
+    """Create an inference session for one ONNX file.
+
+    Raises:
+        ModelLoadError: the file cannot be loaded by ONNX Runtime (the cause is chained).
+    """
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    # Requests already run in parallel threads; a second pool per session only oversubscribes.
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except _ORT_LOAD_ERRORS as exc:
+        raise ModelLoadError(f"ONNX Runtime could not load {path}: {exc}") from exc
+    actual = session.get_providers()
+    if providers[0] not in actual:
+        log.warning("%s: asked for %s, ONNX Runtime uses %s", Path(path).name, providers, actual)
+    return session
+
+
+def primary_provider(session: ort.InferenceSession) -> str:
+    """The execution provider that runs the session's nodes first (what we report)."""
+    return session.get_providers()[0]

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real fixture photo, a models folder with the shipped detector and a
+hand-built emotion model, and an app client that waits for readiness."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ASTRONAUT = FIXTURES / "astronaut.png"
+
+
+@pytest.fixture(scope="session")
+def astronaut_bytes() -> bytes:
+    return ASTRONAUT.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def astronaut_rgb() -> np.ndarray:
+    return np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder: the shipped MTCNN and a stub emotion model (112 px, 8 labels)."""
+    from tests.stub_model import write_stub_model
+
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(REPO / "models" / "mtcnn", root / "mtcnn")
+    write_stub_model(root / "stub-emotion")
+    return root
+
+
+@pytest.fixture(scope="session")
+def settings(models_dir: Path):
+    from service.config import Settings
+
+    return Settings(models_dir=models_dir, emotion_model="stub-emotion", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None)
+
+
+def wait_ready(client, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"service not ready after {timeout_s}s: {client.get('/readyz').json()}")
+
+
+@pytest.fixture(scope="session")
+def client(settings) -> Iterator:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture(scope="session")
+def metrics_text(client, astronaut_bytes: bytes) -> str:
+    """/metrics after the app has served one recognition and one poker-face request."""
+    assert client.post("/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
+    assert client.post("/v1/poker-face", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
+    return client.get("/metrics").text
