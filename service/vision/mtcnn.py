@@ -1,0 +1,439 @@
+"""MTCNN face detection: the P-Net -> R-Net -> O-Net cascade in numpy over ONNX Runtime.
+
+The networks are facenet-pytorch 2.6.0's (converted by ``tools/convert_mtcnn.py``); this module
+reproduces facenet-pytorch's ``detect_face`` step for step so that the served detector gives the
+same boxes, scores and landmarks as the reference implementation (no torch, no OpenCV):
+
+1. image pyramid: scales ``12 / min_face_size * factor**k`` while the short side stays >= 12 px;
+   each level is resized with *area* interpolation (torch's ``interpolate(mode="area")``,
+   i.e. adaptive average pooling, reproduced exactly with a summed-area table);
+2. P-Net per level -> cells with face probability >= ``thresholds[0]`` -> boxes; NMS (IoU 0.5)
+   per level, then NMS (IoU 0.7) across levels; box regression; square-up;
+3. crops (clipped to the image, as facenet does) resized to 24x24 -> R-Net, score
+   > ``thresholds[1]``, NMS 0.7, regression, square-up;
+4. crops resized to 48x48 -> O-Net, score > ``thresholds[2]``, landmarks, regression, and a
+   final NMS that divides the overlap by the *smaller* box ("Min" mode, IoM 0.7).
+
+Conventions: images are ``(H, W, 3) uint8`` RGB; network inputs are ``(B, 3, H, W) float32``
+normalised as ``(x - 127.5) * 0.0078125`` with no height/width transpose (facenet-pytorch's
+weights were converted for the un-transposed layout; the Caffe original transposes instead).
+Boxes are ``x1, y1, x2, y2`` in image pixels; the NMS flavours (with or without the ``+1`` in
+areas) follow facenet-pytorch exactly, because they decide borderline keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.card import load_card, verify_files
+from service.errors import InvalidImage, ModelLoadError
+from service.runtime import CPU, create_session
+
+GRAPH_NAMES = ("pnet", "rnet", "onet")
+PNET_CELL = 12  # P-Net's receptive field in pixels of the resized level
+PNET_STRIDE = 2  # one P-Net output cell per 2 pixels of the resized level
+RNET_SIZE = 24
+ONET_SIZE = 48
+
+
+class Session(Protocol):
+    """What the cascade needs from a network: an ``onnxruntime.InferenceSession`` or a fake."""
+
+    def get_inputs(self) -> Sequence[Any]: ...
+
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+    score: float  # O-Net face probability
+    landmarks: np.ndarray  # (5, 2) float (x, y): left eye, right eye, nose, left mouth, right mouth
+
+
+# --- cascade pieces (pure functions on arrays) --------------------------------------------
+
+
+def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -> list[float]:
+    """Scales of the image pyramid, exactly as facenet-pytorch computes them.
+
+    The first level maps a ``min_face_size`` face onto P-Net's 12 px cell; each further level
+    shrinks by ``factor`` until the short side would drop below 12 px.
+    """
+    if min_face_size <= 0:
+        raise ValueError(f"min_face_size must be positive, got {min_face_size}")
+    if not 0.0 < factor < 1.0:
+        raise ValueError(f"factor must be in (0, 1), got {factor}")
+    scale = PNET_CELL / min_face_size
+    min_side = min(height, width) * scale
+    scales: list[float] = []
+    while min_side >= PNET_CELL:
+        scales.append(scale)
+        scale *= factor
+        min_side *= factor
+    return scales
+
+
+def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) of a pyramid level; facenet's ``int(h * scale + 1)`` (a ceil, mostly)."""
+    return int(height * scale + 1), int(width * scale + 1)
+
+
+def summed_area_table(image: np.ndarray) -> np.ndarray:
+    """``(H + 1, W + 1, C) int32`` integral image with a zero first row and column.
+
+    Every area resize of the image (pyramid levels and crops alike) is a few look-ups into this
+    one table. int32 is exact even where a running sum wraps past 2**31 on a huge image: the
+    look-ups only ever take differences whose true value (one window's sum) is small, and
+    two's-complement wrap-around cancels in the difference.
+    """
+    h, w, c = image.shape
+    table = np.zeros((h + 1, w + 1, c), dtype=np.int32)
+    np.cumsum(image, axis=1, dtype=np.int32, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=0, out=table[1:, 1:])
+    return table
+
+
+def area_windows(start: np.ndarray, length: np.ndarray, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input windows of adaptive average pooling from ``length`` pixels down (or up) to ``out_size``.
+
+    Output cell ``i`` averages input pixels ``[floor(i*L/n), ceil((i+1)*L/n))`` (torch's
+    ``adaptive_avg_pool`` rule, which ``interpolate(mode="area")`` uses), offset by ``start``.
+
+    Args:
+        start: ``(K,) int64`` first input pixel of each of K ranges.
+        length: ``(K,) int64`` number of input pixels of each range (>= 1).
+    Returns:
+        ``(lo, hi)``, each ``(K, out_size) int64``: half-open window bounds in input pixels.
+    """
+    i = np.arange(out_size, dtype=np.int64)
+    length = np.asarray(length, dtype=np.int64)[:, None]
+    lo = (i * length) // out_size
+    hi = -((-(i + 1) * length) // out_size)  # integer ceil, no float rounding at the edges
+    return np.asarray(start, dtype=np.int64)[:, None] + lo, np.asarray(start, dtype=np.int64)[:, None] + hi
+
+
+def resize_level(table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-resize the whole image to one pyramid level, like ``interpolate(mode="area")``.
+
+    Separable look-ups: whole rows of the table first (contiguous), then columns.
+
+    Args:
+        table: ``(H + 1, W + 1, 3) int32`` from :func:`summed_area_table`.
+    Returns:
+        ``(oh, ow, 3) float32`` mean pixels.
+    """
+    height, width = table.shape[0] - 1, table.shape[1] - 1
+    r0, r1 = (a[0] for a in area_windows(np.zeros(1), np.array([height]), size[0]))
+    c0, c1 = (a[0] for a in area_windows(np.zeros(1), np.array([width]), size[1]))
+    band = np.take(table, r1, axis=0) - np.take(table, r0, axis=0)  # (oh, W + 1, 3)
+    total = np.take(band, c1, axis=1) - np.take(band, c0, axis=1)  # (oh, ow, 3)
+    count = np.outer(r1 - r0, c1 - c0).astype(np.float32)[:, :, None]  # (oh, ow, 1)
+    return total.astype(np.float32) / count
+
+
+def crop_and_resize(table: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
+    """Area-resize every window of the image to ``size x size`` (up or down), in one go.
+
+    Args:
+        table: ``(H + 1, W + 1, 3) int32`` summed-area table of the image.
+        windows: ``(K, 4) int64`` non-empty half-open ``row0, row1, col0, col1``.
+    Returns:
+        ``(K, size, size, 3) float32`` mean pixels (not yet normalised).
+    """
+    r0, r1 = area_windows(windows[:, 0], windows[:, 1] - windows[:, 0], size)  # (K, size) each
+    c0, c1 = area_windows(windows[:, 2], windows[:, 3] - windows[:, 2], size)
+    stride = table.shape[1]
+    flat = table.reshape(-1, table.shape[2])  # ((H + 1) * (W + 1), 3)
+    top, bottom = (r0 * stride)[:, :, None], (r1 * stride)[:, :, None]  # (K, size, 1)
+    left, right = c0[:, None, :], c1[:, None, :]  # (K, 1, size)
+    shape = (len(windows), size, size, flat.shape[1])
+
+    def corner(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        # One flat take is much faster than two-array fancy indexing.
+        return np.take(flat, (rows + cols).ravel(), axis=0).reshape(shape)
+
+    total = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
+    count = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).astype(np.float32)[..., None]  # (K, s, s, 1)
+    return total.astype(np.float32) / count
+
+
+def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``(H, W, 3)`` to ``(oh, ow, 3) float32`` like torch's ``interpolate(mode="area")``."""
+    return resize_level(summed_area_table(image), size)
+
+
+def normalise_pixels(x: np.ndarray) -> np.ndarray:
+    """``(..., H, W, 3)`` pixels -> ``(..., 3, H, W) float32`` network input, facenet's scaling."""
+    x = (x.astype(np.float32, copy=False) - np.float32(127.5)) * np.float32(0.0078125)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float) -> np.ndarray:
+    """Turn one P-Net output map into candidate boxes in image pixels.
+
+    Args:
+        reg: ``(4, gh, gw) float32`` box offsets; prob: ``(gh, gw) float32`` face probability.
+    Returns:
+        ``(N, 9) float32``: x1, y1, x2, y2, score, then the 4 raw offsets, in row-major cell order.
+    """
+    ys, xs = np.nonzero(prob >= threshold)
+    cell = np.stack([xs, ys], axis=1).astype(np.float32)  # (N, 2) as (x, y)
+    # float32 arithmetic like facenet's (a float32 tensor divided by a Python scalar), so the
+    # floor lands on the same integer at .0 boundaries.
+    s = np.float32(scale)
+    q1 = np.floor((PNET_STRIDE * cell + 1) / s)
+    q2 = np.floor((PNET_STRIDE * cell + PNET_CELL) / s)
+    score = prob[ys, xs][:, None]
+    offsets = reg[:, ys, xs].T  # (N, 4)
+    return np.concatenate([q1, q2, score, offsets], axis=1).astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, highest score first.
+
+    ``mode="union"`` is torchvision's ``nms`` (areas ``(x2-x1)*(y2-y1)``, drop IoU > threshold),
+    which facenet uses for P-Net and R-Net. ``mode="min"`` is facenet's numpy NMS for the final
+    stage (areas with ``+1``, overlap divided by the smaller area, drop > threshold).
+
+    Args:
+        boxes: ``(N, 4)`` x1, y1, x2, y2; scores: ``(N,)``.
+    Returns:
+        ``(K,) int64`` indices into ``boxes``.
+    """
+    if mode not in ("union", "min"):
+        raise ValueError(f"unknown NMS mode {mode!r}")
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    plus = 1.0 if mode == "min" else 0.0
+    x1, y1, x2, y2 = (boxes[:, k].astype(np.float64) for k in range(4))
+    area = (x2 - x1 + plus) * (y2 - y1 + plus)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + plus)
+        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + plus)
+        inter = iw * ih
+        if mode == "min":
+            overlap = inter / np.minimum(area[i], area[rest])
+        else:
+            overlap = inter / (area[i] + area[rest] - inter)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def regress_boxes(boxes: np.ndarray, offsets: np.ndarray, *, inclusive: bool) -> np.ndarray:
+    """Apply the networks' box offsets (fractions of the box size).
+
+    facenet measures the box as ``x2 - x1`` after P-Net but ``x2 - x1 + 1`` after R-Net and
+    O-Net (``inclusive=True``); we keep both so the boxes match to the pixel.
+
+    Args:
+        boxes: ``(N, 4+)`` x1, y1, x2, y2, ...; offsets: ``(N, 4)``.
+    Returns:
+        ``(N, 4) float32`` regressed boxes.
+    """
+    extra = 1.0 if inclusive else 0.0
+    w = boxes[:, 2] - boxes[:, 0] + extra
+    h = boxes[:, 3] - boxes[:, 1] + extra
+    size = np.stack([w, h, w, h], axis=1)  # (N, 4)
+    return (boxes[:, :4] + offsets * size).astype(np.float32)
+
+
+def square_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre (side = the longer side); ``(N, 4)`` in and out."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    x1 = boxes[:, 0] + w * 0.5 - side * 0.5
+    y1 = boxes[:, 1] + h * 0.5 - side * 0.5
+    return np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(boxes.dtype)
+
+
+def crop_windows(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel windows that facenet crops for each box, clipped to the image.
+
+    facenet truncates the box to integers, clips ``x1, y1`` to >= 1 and ``x2, y2`` to the image
+    size, and crops rows ``y1 - 1 : y2`` and columns ``x1 - 1 : x2``. Parts of a box outside
+    the image are therefore cut off (not zero-padded as in the original MTCNN), and the crop is
+    stretched to the network's square input. We keep that, since it decides the scores.
+
+    Args:
+        boxes: ``(N, 4)`` x1, y1, x2, y2.
+    Returns:
+        ``(windows, valid)``: ``(N, 4) int64`` half-open ``row0, row1, col0, col1`` and an
+        ``(N,) bool`` mask of non-empty windows (boxes wholly outside the image are not valid).
+    """
+    b = np.trunc(boxes[:, :4]).astype(np.int64)
+    col0 = np.maximum(b[:, 0], 1) - 1
+    row0 = np.maximum(b[:, 1], 1) - 1
+    col1 = np.minimum(b[:, 2], width)
+    row1 = np.minimum(b[:, 3], height)
+    valid = (row1 > row0) & (col1 > col0) & (row0 < height) & (col0 < width)
+    return np.stack([row0, row1, col0, col1], axis=1), valid
+
+
+# --- the detector -------------------------------------------------------------------------
+
+
+class MTCNN:
+    """The MTCNN cascade over three sessions (``onnxruntime.InferenceSession`` or look-alikes).
+
+    Args:
+        pnet, rnet, onet: sessions of the graphs in ``models/mtcnn`` (inputs ``image``; outputs
+            ``reg, prob`` / ``reg, prob`` / ``reg, landmarks, prob`` in that order).
+        min_face_size: smallest face side in pixels searched for (sets the pyramid's first scale).
+        thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
+        factor: scale step of the image pyramid.
+    """
+
+    def __init__(
+        self,
+        pnet: Session,
+        rnet: Session,
+        onet: Session,
+        *,
+        min_face_size: int = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+    ) -> None:
+        if len(thresholds) != 3:
+            raise ValueError(f"need 3 thresholds (P-Net, R-Net, O-Net), got {thresholds}")
+        self.pnet, self.rnet, self.onet = pnet, rnet, onet
+        self._pnet_input = pnet.get_inputs()[0].name
+        self._rnet_input = rnet.get_inputs()[0].name
+        self._onet_input = onet.get_inputs()[0].name
+        self.min_face_size = int(min_face_size)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.factor = float(factor)
+        pyramid_scales(PNET_CELL, PNET_CELL, self.min_face_size, self.factor)  # validates both
+
+    @classmethod
+    def from_dir(
+        cls,
+        model_dir: str | Path,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int = 0,
+        **kwargs: Any,
+    ) -> "MTCNN":
+        """Load ``model_dir/card.json``, verify every graph's sha256, and create the sessions.
+
+        Raises:
+            ModelLoadError: missing/malformed card, wrong kind, missing graph, bad checksum, or
+                a file ONNX Runtime cannot load.
+        """
+        card = load_card(model_dir)
+        if card.kind != "detector":
+            raise ModelLoadError(f"model {card.name!r} in {model_dir} is a {card.kind!r}, not a detector")
+        missing = [g for g in GRAPH_NAMES if g not in card.graphs]
+        if missing:
+            raise ModelLoadError(f"detector card {card.name!r} lacks graphs {missing}")
+        paths = verify_files(card, model_dir)
+        chosen = providers or [CPU]
+        sessions = [create_session(paths[g], providers=chosen, intra_op_threads=intra_op_threads) for g in GRAPH_NAMES]
+        return cls(*sessions, **kwargs)
+
+    def detect(
+        self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None
+    ) -> list[FaceDetection]:
+        """Find faces in an ``(H, W, 3) uint8`` RGB image.
+
+        Args:
+            min_face_size: overrides the constructor's for this call.
+            threshold: overrides the final (O-Net) score threshold for this call.
+        Returns:
+            Detections sorted by score, highest first (possibly empty).
+        """
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidImage(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+        min_face = self.min_face_size if min_face_size is None else int(min_face_size)
+        final_threshold = self.thresholds[2] if threshold is None else float(threshold)
+        height, width = image.shape[:2]
+        table = summed_area_table(image)
+
+        boxes = self._stage_pnet(table, height, width, min_face)  # (N, 4) float32 squares
+        if len(boxes):
+            boxes = self._stage_rnet(table, boxes, height, width)
+        if not len(boxes):
+            return []
+        boxes, scores, points = self._stage_onet(table, boxes, height, width, final_threshold)
+        return [
+            FaceDetection(
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                score=float(s),
+                landmarks=p.astype(np.float64),
+            )
+            for b, s, p in zip(boxes, scores, points, strict=True)
+        ]
+
+    # The three stages; each takes and returns float32 boxes in image pixels.
+
+    def _stage_pnet(self, table: np.ndarray, height: int, width: int, min_face: int) -> np.ndarray:
+        per_level: list[np.ndarray] = []
+        for scale in pyramid_scales(height, width, min_face, self.factor):
+            level = normalise_pixels(resize_level(table, level_size(height, width, scale)))[None]  # (1, 3, lh, lw)
+            reg, prob = self.pnet.run(None, {self._pnet_input: level})[:2]
+            cand = generate_boxes(reg[0], prob[0, 1], scale, self.thresholds[0])  # (n, 9)
+            keep = nms(cand[:, :4], cand[:, 4], 0.5)
+            per_level.append(cand[keep])
+        cand = np.concatenate(per_level, axis=0) if per_level else np.zeros((0, 9), np.float32)
+        cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
+        return square_boxes(regress_boxes(cand[:, :4], cand[:, 5:9], inclusive=False))
+
+    def _stage_rnet(self, table: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+        windows, valid = crop_windows(boxes, height, width)
+        boxes, windows = boxes[valid], windows[valid]
+        if not len(boxes):
+            return boxes
+        crops = normalise_pixels(crop_and_resize(table, windows, RNET_SIZE))  # (K, 3, 24, 24)
+        reg, prob = self.rnet.run(None, {self._rnet_input: crops})[:2]
+        score = prob[:, 1]
+        passed = score > self.thresholds[1]
+        boxes, score, reg = boxes[passed], score[passed], reg[passed]
+        keep = nms(boxes, score, 0.7)
+        return square_boxes(regress_boxes(boxes[keep], reg[keep], inclusive=True))
+
+    def _stage_onet(
+        self, table: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns ``(M, 4)`` boxes, ``(M,)`` scores and ``(M, 5, 2)`` landmarks, best first."""
+        windows, valid = crop_windows(boxes, height, width)
+        boxes, windows = boxes[valid], windows[valid]
+        if not len(boxes):
+            return boxes, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        crops = normalise_pixels(crop_and_resize(table, windows, ONET_SIZE))  # (K, 3, 48, 48)
+        reg, marks, prob = self.onet.run(None, {self._onet_input: crops})[:3]
+        score = prob[:, 1]
+        passed = score > threshold
+        boxes, score, reg, marks = boxes[passed], score[passed], reg[passed], marks[passed]
+        # Landmarks are fractions of the (inclusive) square box, measured from x1 - 1, y1 - 1.
+        w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+        h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        px = w * marks[:, :5] + boxes[:, 0:1] - 1  # (M, 5)
+        py = h * marks[:, 5:10] + boxes[:, 1:2] - 1
+        points = np.stack([px, py], axis=2)  # (M, 5, 2)
+        boxes = regress_boxes(boxes, reg, inclusive=True)
+        keep = nms(boxes, score, 0.7, mode="min")
+        return boxes[keep], score[keep], points[keep]
+
+
+__all__ = [
+    "FaceDetection",
+    "MTCNN",
+    "crop_windows",
+    "generate_boxes",
+    "level_size",
+    "nms",
+    "pyramid_scales",
+    "regress_boxes",
+    "square_boxes",
+]
