@@ -367,10 +367,12 @@ def crop_box(image: np.ndarray, box: tuple[float, float, float, float], size: in
     if side <= 0:
         raise ValueError(f"empty face box {box}")
     s = size / side
-    cx, cy = x + w / 2.0, y + h / 2.0
-    # Pixel centres on integers (the align module's convention): the square's corner
-    # x0 = cx - side/2 maps to -0.5.
-    matrix = np.array([[s, 0.0, size / 2.0 - s * cx - 0.5], [0.0, s, size / 2.0 - s * cy - 0.5]])
+    # Pixel centres sit on integers (the align module's convention), so a box whose first
+    # pixel is x and which spans w pixels has its centre at x + w/2 - 0.5; it maps to the
+    # output's centre, size/2 - 0.5.
+    cx, cy = x + w / 2.0 - 0.5, y + h / 2.0 - 0.5
+    centre = size / 2.0 - 0.5
+    matrix = np.array([[s, 0.0, centre - s * cx], [0.0, s, centre - s * cy]])
     return warp_affine(image, matrix, (size, size))
 
 
