@@ -1,0 +1,244 @@
+"""Configuration dataclasses: one for the model, one per stage.
+
+The model config is the model's only constructor argument and is stored in every checkpoint
+as a plain dict, so a checkpoint alone rebuilds its model. Stage configs are filled from the
+command line by :mod:`training.cli` (or directly by tests) and are never mutated afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PFViTConfig:
+    """Architecture of one PF-ViT (encoder, separator, generator, discriminator, head).
+
+    Args:
+        image_size: side of the square RGB input in pixels.
+        patch_size: side of one patch of encoder and generator.
+        embed_dim, depth, num_heads: encoder width, number of blocks, attention heads.
+        emotion_dim: rank k of the emotional subspace (z_e = z U Uᵀ, U is D×k).
+        decoder_dim, decoder_depth, decoder_heads: the MAE-style generator.
+        disc_dim, disc_depth, disc_heads, disc_patch_size: the ViT discriminator.
+        mlp_ratio: hidden width of every MLP as a multiple of its block width.
+        num_classes: number of emotion classes K.
+        labels: class names in logit order (``len(labels) == num_classes`` when given).
+        mean, std: per-channel RGB normalisation of [0, 1] pixels.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    emotion_dim: int = 64
+    decoder_dim: int = 256
+    decoder_depth: int = 4
+    decoder_heads: int = 8
+    disc_dim: int = 192
+    disc_depth: int = 4
+    disc_heads: int = 3
+    disc_patch_size: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 7
+    labels: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+    def __post_init__(self) -> None:
+        for size_name in ("patch_size", "disc_patch_size"):
+            if self.image_size % getattr(self, size_name):
+                raise ValueError(f"image_size {self.image_size} is not a multiple of {size_name}")
+        if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads or self.disc_dim % self.disc_heads:
+            raise ValueError("every width must be a multiple of its number of heads")
+        if not 0 < self.emotion_dim < self.embed_dim:
+            raise ValueError(f"emotion_dim must lie in (0, {self.embed_dim}), got {self.emotion_dim}")
+        if self.labels and len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+        self.labels = list(self.labels)
+        self.mean = [float(v) for v in self.mean]
+        self.std = [float(v) for v in self.std]
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PFViTConfig":
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error, not silently dropped."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown PFViTConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every training stage shares.
+
+    Args:
+        out_dir: run folder (checkpoints, ``log.jsonl``, evaluation files).
+        data: training data as ``KIND:PATH`` (rafdb, ferplus, affectnet, folder, rendered, synthetic).
+        model: size factory (micro, tiny, small, base) when no checkpoint gives the architecture.
+        image_size: input side; 0 keeps the factory's default.
+        epochs, batch_size: per process; the effective batch is ``batch_size * world_size``.
+        blr: base learning rate; the actual rate is ``blr * effective_batch / 256``.
+        min_lr_ratio: cosine floor as a fraction of the peak rate.
+        warmup_epochs: linear warm-up length (may be fractional).
+        weight_decay: AdamW decay on weight matrices only.
+        grad_clip: max global gradient norm (0 = off).
+        num_workers: data-loader workers per process.
+        seed: base seed; each process adds its rank.
+        resume: checkpoint to resume from exactly (model, optimizers, schedulers, RNG, step).
+        max_steps_per_epoch: cap on steps per epoch (0 = the whole epoch); for smoke runs.
+        threads: CPU threads per process (0 = all cores shared among local processes).
+        device: "auto", "cpu" or "cuda".
+        save_every: keep ``checkpoint-<epoch>.pt`` every this many epochs (``last.pt`` always).
+        progress: show tqdm bars (rank 0 only).
+    """
+
+    out_dir: str = "runs/pfvit"
+    data: str = ""
+    model: str = "micro"
+    image_size: int = 0
+    epochs: int = 1
+    batch_size: int = 64
+    blr: float = 1e-3
+    min_lr_ratio: float = 0.01
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    grad_clip: float = 0.0
+    num_workers: int = 0
+    seed: int = 0
+    resume: str = ""
+    max_steps_per_epoch: int = 0
+    threads: int = 0
+    device: str = "auto"
+    save_every: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PretrainConfig(RunConfig):
+    """MAE pre-training of encoder + generator on unlabeled faces.
+
+    Args:
+        mask_ratio: fraction of patches hidden from the encoder.
+        norm_pix_loss: regress per-patch normalised pixels (MAE's option). Off by default
+            because the PF-ViT stage needs the generator to emit real pixels.
+    """
+
+    out_dir: str = "runs/pretrain"
+    blr: float = 1.5e-4
+    warmup_epochs: float = 40.0
+    epochs: int = 300
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the PF-ViT stage's loss terms (see ``docs/pfvit.md`` for the reasons)."""
+
+    cls: float = 1.0
+    rec: float = 1.0
+    adv_poker: float = 0.05
+    adv_rec: float = 0.02
+    cyc_neutral: float = 0.2
+    cyc_residue: float = 0.5
+    poker_sup: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """The PF-ViT separation stage (classification + generation + adversarial + cycles).
+
+    Args:
+        init: MAE pre-training checkpoint whose encoder and generator start this stage (and
+            whose architecture is used); empty = random init of ``model``.
+        val_data: validation data as ``KIND:PATH``; empty = the ``val`` split of ``data``.
+        weights: loss weights.
+        gan: "hinge" or "nonsat" (non-saturating logistic).
+        r1_gamma: R1 penalty weight on real images (0 = off).
+        r1_every: lazy R1, applied every this many steps (and scaled up to match).
+        d_blr: discriminator base learning rate.
+        d_betas: discriminator Adam betas.
+        mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
+        label_smoothing: for hard labels.
+        eval_every: evaluate every this many epochs (0 = only at the end).
+    """
+
+    out_dir: str = "runs/train"
+    init: str = ""
+    val_data: str = ""
+    blr: float = 2.5e-4
+    warmup_epochs: float = 5.0
+    epochs: int = 60
+    weights: LossWeights = field(default_factory=LossWeights)
+    gan: Literal["hinge", "nonsat"] = "hinge"
+    r1_gamma: float = 0.0
+    r1_every: int = 4
+    d_blr: float = 2.5e-4
+    d_betas: tuple[float, float] = (0.5, 0.999)
+    mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    eval_every: int = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation of one checkpoint.
+
+    Args:
+        checkpoint: the checkpoint file.
+        data: evaluation data as ``KIND:PATH`` (its ``val``/``test`` split, see ``split``).
+        split: which split to build.
+        out_dir: where ``metrics.json``, ``confusion.png`` and ``samples.png`` go.
+        batch_size, num_workers, threads, device: as in :class:`RunConfig`.
+        max_batches: cap on batches (0 = all).
+    """
+
+    checkpoint: str
+    data: str
+    split: str = "test"
+    out_dir: str = "runs/eval"
+    batch_size: int = 64
+    num_workers: int = 0
+    threads: int = 0
+    device: str = "auto"
+    max_batches: int = 0
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export of one checkpoint into a model folder with its card.
+
+    Args:
+        checkpoint: the checkpoint file.
+        out_dir: model folder (``models/<name>``).
+        name, version, license, description: card fields.
+        metrics: evaluation ``metrics.json`` whose numbers go into the card (optional).
+        data: data ``KIND:PATH`` whose images feed the parity check (optional).
+        opset: ONNX opset (17 or later).
+        poker_face: also export the poker-face graph.
+    """
+
+    checkpoint: str
+    out_dir: str
+    name: str = "pfvit"
+    version: str = "0.1.0"
+    license: str = "MIT"
+    description: str = "PF-ViT facial-expression recognition and poker-face generation"
+    metrics: str = ""
+    data: str = ""
+    opset: int = 17
+    poker_face: bool = True

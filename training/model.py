@@ -1,0 +1,557 @@
+"""PF-ViT networks: encoder E, separator S, generator G, discriminator D and head H.
+
+All parts are plain ViTs built from the same pre-norm :class:`Block` (attention through
+``torch.nn.functional.scaled_dot_product_attention``). Tensors are ``(N, 3, H, W)`` float32
+RGB images already normalised with the config's mean/std (:meth:`PFViT.normalise`), and
+``[N, 1 + L, D]`` token sequences whose first token is the class token.
+
+Objectives (:class:`MAEObjective`, :class:`SeparationObjective`) are ``nn.Module`` wrappers so
+that DistributedDataParallel can wrap exactly the computation that one optimizer updates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import orthogonal
+
+from training.config import LossWeights, PFViTConfig
+
+
+# ----------------------------------------------------------------------------- building blocks
+def sincos_pos_embed_2d(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2D sine-cosine positional embedding (MAE's). Returns ``[1, (1 +) grid², dim]``.
+
+    Half of the channels encode the row, half the column; the class token gets zeros.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos embedding needs dim divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))  # [D/4]
+    coords = torch.arange(grid, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.reshape(-1, 1) * omega[None]  # [G², D/4]
+        return torch.cat([out.sin(), out.cos()], dim=1)  # [G², D/2]
+
+    emb = torch.cat([encode(xx), encode(yy)], dim=1)  # [G², D]
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=torch.float64), emb], dim=0)
+    return emb.float()[None]
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[N, 3, H, W]`` -> ``[N, L, patch² * 3]`` in row-major patch order (MAE's layout)."""
+    n, c, h, w = images.shape
+    gh, gw = h // patch, w // patch
+    x = images.reshape(n, c, gh, patch, gw, patch)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(n, gh * gw, patch * patch * c)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, channels: int = 3) -> torch.Tensor:
+    """Inverse of :func:`patchify` for square images: ``[N, L, p² * C]`` -> ``[N, C, H, W]``."""
+    n, length, _ = patches.shape
+    grid = int(round(math.sqrt(length)))
+    x = patches.reshape(n, grid, grid, patch, patch, channels)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(n, channels, grid * patch, grid * patch)
+
+
+def random_masking(tokens: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep a random subset of tokens per sample (MAE's argsort-of-noise shuffle).
+
+    Args:
+        tokens: ``[N, L, D]`` patch tokens (no class token).
+        mask_ratio: fraction of the L tokens to drop.
+
+    Returns:
+        ``(kept, mask, ids_restore)``: ``kept [N, L_keep, D]`` with ``L_keep = int(L * (1 -
+        mask_ratio))``; ``mask [N, L]`` with 1 where a token was dropped, in original order;
+        ``ids_restore [N, L]`` that puts the shuffled sequence back in original order.
+    """
+    n, length, dim = tokens.shape
+    keep = int(length * (1 - mask_ratio))
+    noise = torch.rand(n, length, device=tokens.device)  # [N, L]
+    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :keep]
+    kept = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, dim))  # [N, L_keep, D]
+    mask = torch.ones(n, length, device=tokens.device)
+    mask[:, :keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return kept, mask, ids_restore
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on SDPA (fused kernels where the backend has them)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, dim = x.shape
+        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [N, heads, L, D/heads]
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens: ``[N, 3, H, W]`` -> ``[N, L, D]``."""
+
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------- the five parts
+class Encoder(nn.Module):
+    """E: vanilla ViT with a class token and fixed 2D sin-cos positions.
+
+    Args:
+        image_size, patch_size: input and patch side in pixels.
+        dim, depth, num_heads, mlp_ratio: transformer shape.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        grid = image_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Fixed, not learned: MAE's choice, and it keeps masked and unmasked runs consistent.
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, grid), persistent=False)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def _run(self, patches: torch.Tensor) -> torch.Tensor:
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
+        x = torch.cat([cls, patches], dim=1)  # [N, 1 + L', D]
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` normalised -> ``z [N, 1 + L, D]``."""
+        return self._run(self.patch_embed(images) + self.pos_embed[:, 1:])
+
+    def forward_masked(self, images: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode only the visible patches. Returns ``(z [N, 1 + L_keep, D], mask [N, L], ids_restore [N, L])``."""
+        patches = self.patch_embed(images) + self.pos_embed[:, 1:]  # [N, L, D]
+        kept, mask, ids_restore = random_masking(patches, mask_ratio)
+        return self._run(kept), mask, ids_restore
+
+
+class OrthogonalSeparator(nn.Module):
+    """S: a learned orthogonal projector onto a k-dimensional emotional subspace.
+
+    ``W`` (k×D) keeps orthonormal rows through ``torch.nn.utils.parametrizations.orthogonal``
+    (U = Wᵀ). ``z_e = z Wᵀ W`` and ``z_p = z - z_e``, so ``z_e · z_p = 0`` for every token by
+    construction, with no extra loss. The neutral emotional component ``e_n`` (one vector per
+    token position) is stored as coordinates in the subspace, so it never leaves it.
+
+    Args:
+        dim: token width D.
+        emotion_dim: subspace rank k.
+        num_tokens: tokens per sequence (1 + L), for the per-position neutral component.
+    """
+
+    def __init__(self, dim: int, emotion_dim: int, num_tokens: int) -> None:
+        super().__init__()
+        self.basis = orthogonal(nn.Linear(dim, emotion_dim, bias=False))
+        self.neutral_coords = nn.Parameter(torch.zeros(1, num_tokens, emotion_dim))
+
+    @property
+    def projector_basis(self) -> torch.Tensor:
+        """``W [k, D]`` with orthonormal rows."""
+        return self.basis.weight
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z [N, T, D]`` -> ``(z_e, z_p)``, both ``[N, T, D]``, with ``z_e + z_p = z``."""
+        w = self.projector_basis  # [k, D]
+        z_e = (z @ w.t()) @ w  # [N, T, D], inside the subspace
+        return z_e, z - z_e
+
+    def neutral(self) -> torch.Tensor:
+        """``e_n [1, T, D]``: the learned neutral component, inside the emotional subspace."""
+        return self.neutral_coords @ self.projector_basis
+
+
+class Generator(nn.Module):
+    """G: MAE-style transformer decoder that predicts patch pixels (normalised RGB).
+
+    Args:
+        num_patches: L.
+        patch_size: pixels per patch side.
+        in_dim: token width of the encoder D.
+        dim, depth, num_heads, mlp_ratio: decoder shape.
+    """
+
+    def __init__(self, num_patches: int, patch_size: int, in_dim: int, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, int(math.isqrt(num_patches))), persistent=False)
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pred = nn.Linear(dim, patch_size * patch_size * 3)
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos_embed  # [N, 1 + L, Dd]
+        for block in self.blocks:
+            x = block(x)
+        return self.pred(self.norm(x))[:, 1:]  # [N, L, p² * 3], class token dropped
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Full token set ``z [N, 1 + L, D]`` -> patch pixels ``[N, L, p² * 3]``."""
+        return self._decode(self.embed(z))
+
+    def forward_masked(self, z: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Visible tokens ``[N, 1 + L_keep, D]`` plus mask tokens in original order -> ``[N, L, p² * 3]``."""
+        x = self.embed(z)  # [N, 1 + L_keep, Dd]
+        n, length = ids_restore.shape
+        fill = self.mask_token.expand(n, length + 1 - x.shape[1], -1)
+        patches = torch.cat([x[:, 1:], fill], dim=1)  # [N, L, Dd], shuffled order
+        patches = torch.gather(patches, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
+        return self._decode(torch.cat([x[:, :1], patches], dim=1))
+
+
+class Discriminator(nn.Module):
+    """D: a small ViT with a real/fake logit read from its class token.
+
+    Args:
+        image_size, patch_size: input and patch side.
+        dim, depth, num_heads, mlp_ratio: transformer shape.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.vit = Encoder(image_size, patch_size, dim, depth, num_heads, mlp_ratio)
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` normalised -> real/fake logits ``[N]``."""
+        return self.head(self.vit(images)[:, 0]).squeeze(1)
+
+
+class ClassifierHead(nn.Module):
+    """H: LayerNorm + linear on the pooled emotional component."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` -> logits ``[N, K]``."""
+        return self.fc(self.norm(embedding))
+
+
+# ----------------------------------------------------------------------------- the whole model
+class PFViT(nn.Module):
+    """Poker Face Vision Transformer.
+
+    Named stages: :meth:`forward_features` (E), :meth:`separate` (S), :meth:`pool`,
+    :meth:`forward_head` (H), :meth:`generate` (G), :meth:`discriminate` (D). ``forward``
+    is recognition only (E + S_e + H); the generator is never touched there.
+
+    Args:
+        config: the architecture; the model's only constructor argument.
+    """
+
+    def __init__(self, config: PFViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = Encoder(c.image_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio)
+        self.separator = OrthogonalSeparator(c.embed_dim, c.emotion_dim, c.num_patches + 1)
+        self.generator = Generator(c.num_patches, c.patch_size, c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.mlp_ratio)
+        self.discriminator = Discriminator(c.image_size, c.disc_patch_size, c.disc_dim, c.disc_depth, c.disc_heads, c.mlp_ratio)
+        self.head = ClassifierHead(c.embed_dim, c.num_classes)
+        self.register_buffer("pixel_mean", torch.tensor(c.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and not torch.nn.utils.parametrize.is_parametrized(module):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, PatchEmbed):
+                # As a linear layer on the flattened patch (MAE), not as a conv.
+                nn.init.xavier_uniform_(module.proj.weight.view(module.proj.weight.shape[0], -1))
+                nn.init.zeros_(module.proj.bias)
+        for param in (self.encoder.cls_token, self.discriminator.vit.cls_token, self.generator.mask_token):
+            nn.init.normal_(param, std=0.02)
+        nn.init.normal_(self.separator.neutral_coords, std=0.02)
+        # A small head start, so the first logits are near uniform (timm's head_init_scale idea).
+        with torch.no_grad():
+            self.head.fc.weight.mul_(0.1)
+
+    # ---- pixels
+    def normalise(self, images01: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` RGB in [0, 1] -> model input."""
+        return (images01 - self.pixel_mean) / self.pixel_std
+
+    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-space images -> RGB in [0, 1] (clamped)."""
+        return (images * self.pixel_std + self.pixel_mean).clamp(0.0, 1.0)
+
+    # ---- named stages
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """E: ``[N, 3, H, W]`` -> ``z [N, 1 + L, D]``."""
+        return self.encoder(images)
+
+    def separate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """S: ``z`` -> ``(z_e, z_p)``, each ``[N, 1 + L, D]``."""
+        return self.separator(z)
+
+    @staticmethod
+    def pool(z_e: torch.Tensor) -> torch.Tensor:
+        """Mean of the patch tokens of z_e (MAE fine-tuning's global pool): ``[N, D]``."""
+        return z_e[:, 1:].mean(dim=1)
+
+    def forward_head(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """H: ``z_e`` -> ``(logits [N, K], embedding [N, D])``."""
+        embedding = self.pool(z_e)
+        return self.head(embedding), embedding
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """G: tokens ``[N, 1 + L, D]`` -> image ``[N, 3, H, W]`` in model (normalised) space."""
+        return unpatchify(self.generator(z), self.config.patch_size)
+
+    def poker_tokens(self, z_p: torch.Tensor) -> torch.Tensor:
+        """``z_p + e_n``: the residue with the neutral emotional component put back."""
+        return z_p + self.separator.neutral()
+
+    def discriminate(self, images: torch.Tensor) -> torch.Tensor:
+        """D: ``[N, 3, H, W]`` -> real/fake logits ``[N]``."""
+        return self.discriminator(images)
+
+    # ---- inference entry points
+    def recognise(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E + S_e + H: normalised images -> ``(logits [N, K], embedding [N, D])``."""
+        z_e, _ = self.separate(self.forward_features(images))
+        return self.forward_head(z_e)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Recognition logits ``[N, K]`` for normalised images."""
+        return self.recognise(images)[0]
+
+    def poker_face(self, images: torch.Tensor) -> torch.Tensor:
+        """E + S_p + G: normalised images -> poker faces ``[N, 3, H, W]`` RGB in [0, 1]."""
+        _, z_p = self.separate(self.forward_features(images))
+        return self.denormalise(self.generate(self.poker_tokens(z_p)))
+
+    # ---- MAE
+    def forward_pretrain(self, images: torch.Tensor, mask_ratio: float = 0.75, norm_pix_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MAE step: encode the visible patches, decode all, MSE on the masked ones.
+
+        Returns ``(loss, pred [N, L, p² * 3], mask [N, L])``.
+        """
+        z, mask, ids_restore = self.encoder.forward_masked(images, mask_ratio)
+        pred = self.generator.forward_masked(z, ids_restore)
+        target = patchify(images, self.config.patch_size)  # [N, L, p² * 3]
+        if norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        per_patch = (pred - target).pow(2).mean(dim=-1)  # [N, L]
+        loss = (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+        return loss, pred, mask
+
+    # ---- optimisation
+    def optim_groups(self, part: str, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups of one part: "main" (E, S, G, H) or "discriminator".
+
+        Norm weights, biases, tokens, the neutral coordinates and the orthogonal
+        parametrisation's free matrix get no weight decay: decaying them shrinks things that
+        carry no capacity (or, for the orthogonal map, bends its trivialisation).
+        """
+        modules = {
+            "main": [self.encoder, self.separator, self.generator, self.head],
+            "discriminator": [self.discriminator],
+        }[part]
+        decay, no_decay = [], []
+        for module in modules:
+            for name, param in module.named_parameters():
+                if not param.requires_grad:
+                    continue
+                if param.ndim < 2 or name.endswith(("cls_token", "mask_token", "neutral_coords")) or "parametrizations" in name:
+                    no_decay.append(param)
+                else:
+                    decay.append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def num_params(self, part: str = "recognition") -> int:
+        """Parameters of "recognition" (E + S + H), "generator", "discriminator" or "all"."""
+        parts = {
+            "recognition": [self.encoder, self.separator, self.head],
+            "generator": [self.generator],
+            "discriminator": [self.discriminator],
+            "all": [self],
+        }[part]
+        return sum(p.numel() for m in parts for p in m.parameters())
+
+
+# ----------------------------------------------------------------------------- factories
+def pfvit_micro(**overrides) -> PFViT:
+    """CPU-friendly: 64², patch 8, width 128, depth 4 (tests, smoke runs)."""
+    cfg = dict(image_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, emotion_dim=32,
+               decoder_dim=96, decoder_depth=2, decoder_heads=4, disc_dim=64, disc_depth=2, disc_heads=2, disc_patch_size=16)
+    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+
+
+def pfvit_tiny(**overrides) -> PFViT:
+    """ViT-Tiny encoder (224², patch 16, 192 wide, 12 deep, 3 heads)."""
+    cfg = dict(embed_dim=192, depth=12, num_heads=3, emotion_dim=64, decoder_dim=256, decoder_depth=4, decoder_heads=8,
+               disc_dim=192, disc_depth=4, disc_heads=3)
+    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+
+
+def pfvit_small(**overrides) -> PFViT:
+    """ViT-Small encoder (224², patch 16, 384 wide, 12 deep, 6 heads)."""
+    cfg = dict(embed_dim=384, depth=12, num_heads=6, emotion_dim=128, decoder_dim=384, decoder_depth=4, decoder_heads=12,
+               disc_dim=192, disc_depth=4, disc_heads=3)
+    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+
+
+def pfvit_base(**overrides) -> PFViT:
+    """ViT-Base encoder (224², patch 16, 768 wide, 12 deep, 12 heads)."""
+    cfg = dict(embed_dim=768, depth=12, num_heads=12, emotion_dim=256, decoder_dim=512, decoder_depth=8, decoder_heads=16,
+               disc_dim=384, disc_depth=6, disc_heads=6)
+    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+
+
+FACTORIES = {"micro": pfvit_micro, "tiny": pfvit_tiny, "small": pfvit_small, "base": pfvit_base}
+
+
+# ----------------------------------------------------------------------------- objectives
+class MAEObjective(nn.Module):
+    """Wraps :meth:`PFViT.forward_pretrain` so DDP sees one forward per step."""
+
+    def __init__(self, model: PFViT, mask_ratio: float, norm_pix_loss: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.forward_pretrain(images, self.mask_ratio, self.norm_pix_loss)
+
+
+@dataclass
+class SeparationOutput:
+    """What one forward of :class:`SeparationObjective` gives the engine.
+
+    ``losses`` holds the weighted-sum-ready terms (unweighted); images are in model space.
+    """
+
+    losses: dict[str, torch.Tensor]
+    logits: torch.Tensor  # [N, K]
+    reconstruction: torch.Tensor  # [N, 3, H, W]
+    poker_face: torch.Tensor  # [N, 3, H, W]
+
+
+class SeparationObjective(nn.Module):
+    """The generator side of the PF-ViT stage (E, S, G, H), minus the adversarial terms.
+
+    The adversarial terms need D frozen and are added by the engine on ``reconstruction`` and
+    ``poker_face``; keeping D out of this forward lets DDP wrap D separately.
+
+    Args:
+        model: the PF-ViT.
+        neutral_index: index of "neutral" in the labels, or None (no neutral cycle term).
+        label_smoothing: for hard labels.
+    """
+
+    def __init__(self, model: PFViT, neutral_index: int | None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.neutral_index = neutral_index
+        self.label_smoothing = label_smoothing
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor, true_poker: torch.Tensor | None = None) -> SeparationOutput:
+        """One forward of the separation objective.
+
+        Args:
+            images: ``[N, 3, H, W]`` normalised faces.
+            targets: ``[N, K]`` probability targets (soft or one-hot; zeros where unlabelled).
+            labelled: ``[N]`` float, 1 where the sample has a label.
+            true_poker: ``[N, 3, H, W]`` normalised true poker faces (rendered data), or None.
+        """
+        m = self.model
+        z = m.forward_features(images)  # [N, 1 + L, D]
+        z_e, z_p = m.separate(z)
+        logits, _ = m.forward_head(z_e)  # [N, K]
+        # Rows without a label still run through (zero weight), so every parameter is in the
+        # graph on every rank; DDP needs that.
+        num_classes = logits.shape[1]
+        smooth = targets * (1 - self.label_smoothing) + self.label_smoothing / num_classes
+        ce = -(smooth * logits.float().log_softmax(dim=-1)).sum(dim=-1)  # [N]
+        loss_cls = (ce * labelled).sum() / labelled.sum().clamp_min(1.0)
+
+        reconstruction = m.generate(z)  # z_e + z_p == z
+        loss_rec = (reconstruction - images).abs().mean()
+
+        poker = m.generate(m.poker_tokens(z_p))  # [N, 3, H, W]
+        z_cycle = m.forward_features(poker)
+        z_cycle_e, z_cycle_p = m.separate(z_cycle)
+        cycle_logits, _ = m.forward_head(z_cycle_e)
+        if self.neutral_index is None:
+            loss_neutral = cycle_logits.sum() * 0.0
+        else:
+            neutral = torch.full((images.shape[0],), self.neutral_index, device=images.device, dtype=torch.long)
+            loss_neutral = F.cross_entropy(cycle_logits.float(), neutral)
+        # Target detached: otherwise the cheapest way to match is to shrink z_p everywhere.
+        loss_residue = (z_cycle_p - z_p.detach()).abs().mean()
+
+        if true_poker is None:
+            loss_poker = poker.sum() * 0.0
+        else:
+            loss_poker = (poker - true_poker).abs().mean()
+        losses = {"cls": loss_cls, "rec": loss_rec, "cyc_neutral": loss_neutral, "cyc_residue": loss_residue, "poker_sup": loss_poker}
+        return SeparationOutput(losses=losses, logits=logits, reconstruction=reconstruction, poker_face=poker)
+
+
+def weighted_total(losses: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
+    """Sum of ``weights.<name> * losses[name]`` over the terms present."""
+    return sum(getattr(weights, name) * value for name, value in losses.items())
+
+
+def build_model(name: str, **overrides) -> PFViT:
+    """Model from a size name (micro, tiny, small, base) and config overrides."""
+    if name not in FACTORIES:
+        raise ValueError(f"unknown model size {name!r}; choose from {sorted(FACTORIES)}")
+    return FACTORIES[name](**overrides)
