@@ -1,0 +1,250 @@
+"""MTCNN on ONNX Runtime: cascade pieces on hand-made inputs, and the shipped detector on the
+astronaut photo against facenet-pytorch's own output (recorded once with its default settings)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.card import load_card, verify_files
+from service.errors import ModelLoadError
+from service.vision.mtcnn import (
+    MTCNN,
+    FaceDetection,
+    area_resize,
+    crop_and_resize,
+    crop_windows,
+    generate_boxes,
+    level_size,
+    nms,
+    pyramid_scales,
+    regress_boxes,
+    square_boxes,
+    summed_area_table,
+)
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "mtcnn"
+
+# facenet_pytorch.MTCNN() (2.6.0, defaults) on tests/fixtures/astronaut.png.
+REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
+REF_SCORE = 0.99999
+REF_LANDMARKS = np.array([[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]])
+# The reference is printed to 0.1 px; ours matches facenet's floats to ~1e-4 px, so 0.5 px is
+# ample slack and much tighter than the 2 px the service needs for alignment.
+TOL_PX = 0.5
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return MTCNN.from_dir(MODEL_DIR, intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def small_face_canvas(astronaut_rgb: np.ndarray) -> np.ndarray:
+    """(384, 384, 3) grey canvas with the astronaut shrunk to 128 px in the middle (face ~22 px)."""
+    small = np.asarray(Image.fromarray(astronaut_rgb).resize((128, 128), Image.BILINEAR))
+    canvas = np.full((384, 384, 3), 128, dtype=np.uint8)
+    canvas[128:256, 128:256] = small
+    return canvas
+
+
+# --- pieces -------------------------------------------------------------------------------
+
+
+def test_nms_union_drops_overlaps_above_threshold() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    # IoU(0, 1) = 81 / 119 = 0.68; box 3 duplicates box 0 (IoU 1).
+    assert nms(boxes, scores, 0.5).tolist() == [0, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [0, 1, 2]
+    # Highest score first, whatever the input order.
+    assert nms(boxes[::-1].copy(), scores[::-1].copy(), 0.5).tolist() == [3, 1]
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).size == 0
+
+
+def test_nms_min_mode_suppresses_a_box_inside_another() -> None:
+    big_and_inner = np.array([[0, 0, 99, 99], [10, 10, 29, 29]], np.float32)
+    scores = np.array([0.9, 0.95], np.float32)
+    # IoU is 400 / 10000 (kept by union NMS) but the inner box lies wholly inside: IoM = 1.
+    assert nms(big_and_inner, scores, 0.7).tolist() == [1, 0]
+    assert nms(big_and_inner, scores, 0.7, mode="min").tolist() == [1]
+    with pytest.raises(ValueError):
+        nms(big_and_inner, scores, 0.7, mode="max")
+
+
+def test_regress_boxes_exclusive_and_inclusive_sizes() -> None:
+    boxes = np.array([[10, 20, 30, 60]], np.float32)
+    offsets = np.array([[0.1, -0.1, 0.2, 0.5]], np.float32)
+    # After P-Net facenet measures w = x2 - x1 (20, 40); after R/O-Net w = x2 - x1 + 1 (21, 41).
+    np.testing.assert_allclose(regress_boxes(boxes, offsets, inclusive=False), [[12, 16, 34, 80]], atol=1e-5)
+    np.testing.assert_allclose(regress_boxes(boxes, offsets, inclusive=True), [[12.1, 15.9, 34.2, 80.5]], atol=1e-5)
+
+
+def test_square_boxes_keeps_centre_and_takes_longer_side() -> None:
+    boxes = np.array([[10, 20, 30, 60], [0, 0, 50, 10]], np.float32)
+    np.testing.assert_allclose(square_boxes(boxes), [[0, 20, 40, 60], [0, -20, 50, 30]])
+
+
+def test_pyramid_scales_follow_facenet() -> None:
+    scales = pyramid_scales(512, 512, 20, 0.709)
+    # 512 * 0.6 * 0.709**k >= 12 holds for k = 0..9.
+    assert len(scales) == 10
+    np.testing.assert_allclose(scales, [0.6 * 0.709**k for k in range(10)], rtol=1e-12)
+    assert level_size(512, 512, scales[0]) == (308, 308)
+    assert pyramid_scales(480, 640, 40, 0.709)[0] == pytest.approx(0.3)
+    assert len(pyramid_scales(480, 640, 40, 0.709)) < len(pyramid_scales(480, 640, 20, 0.709))
+    assert pyramid_scales(100, 100, 120, 0.709) == []  # no level can hold a 12 px cell
+    with pytest.raises(ValueError):
+        pyramid_scales(100, 100, 0, 0.709)
+
+
+def test_generate_boxes_maps_cells_to_image_pixels() -> None:
+    prob = np.zeros((6, 8), np.float32)
+    prob[3, 5] = 0.9  # row 3, column 5
+    reg = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    out = generate_boxes(reg, prob, scale=0.5, threshold=0.6)
+    assert out.shape == (1, 9)
+    # x1 = floor((2 * 5 + 1) / 0.5), y1 = floor((2 * 3 + 1) / 0.5), x2/y2 add the 12 px cell.
+    np.testing.assert_allclose(out[0, :5], [22, 14, 44, 36, 0.9], rtol=1e-6)
+    np.testing.assert_array_equal(out[0, 5:], reg[:, 3, 5])
+
+
+def _adaptive_avg_pool(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Slow loop reference of torch's adaptive average pooling rule."""
+    h, w = image.shape[:2]
+    out = np.zeros((*size, image.shape[2]))
+    for i in range(size[0]):
+        r0, r1 = (i * h) // size[0], -((-(i + 1) * h) // size[0])
+        for j in range(size[1]):
+            c0, c1 = (j * w) // size[1], -((-(j + 1) * w) // size[1])
+            out[i, j] = image[r0:r1, c0:c1].reshape(-1, image.shape[2]).mean(axis=0)
+    return out
+
+
+@pytest.mark.parametrize("size", [(4, 6), (7, 5), (13, 29), (24, 24)])
+def test_area_resize_matches_adaptive_average_pooling(size: tuple[int, int]) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (11, 17, 3), dtype=np.uint8)
+    np.testing.assert_allclose(area_resize(image, size), _adaptive_avg_pool(image, size), atol=1e-4)
+
+
+def test_crop_windows_clip_at_image_borders() -> None:
+    height, width = 80, 100
+    boxes = np.array(
+        [
+            [-10.7, -5.2, 50.3, 40.9],  # over the top-left corner
+            [90.5, 70.2, 130.0, 120.0],  # over the bottom-right corner
+            [20.0, 30.0, 40.0, 50.0],  # inside
+            [150.0, 10.0, 200.0, 50.0],  # wholly right of the image
+        ],
+        np.float32,
+    )
+    windows, valid = crop_windows(boxes, height, width)
+    # facenet: trunc, clip x1/y1 to >= 1 and x2/y2 to the size, crop [y1 - 1, y2) x [x1 - 1, x2).
+    assert windows[:3].tolist() == [[0, 40, 0, 50], [69, 80, 89, 100], [29, 50, 19, 40]]
+    assert valid.tolist() == [True, True, True, False]
+
+    image = np.random.default_rng(2).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    crops = crop_and_resize(summed_area_table(image), windows[:3], 24)
+    assert crops.shape == (3, 24, 24, 3) and crops.dtype == np.float32
+    for crop, (r0, r1, c0, c1) in zip(crops, windows[:3], strict=True):
+        np.testing.assert_allclose(crop, _adaptive_avg_pool(image[r0:r1, c0:c1], (24, 24)), atol=1e-4)
+
+
+# --- the shipped detector -----------------------------------------------------------------
+
+
+def test_astronaut_matches_facenet_reference(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:
+    faces = detector.detect(astronaut_rgb)
+    assert len(faces) == 1
+    face = faces[0]
+    assert isinstance(face, FaceDetection)
+    np.testing.assert_allclose(face.box, REF_BOX, atol=TOL_PX)
+    assert face.score == pytest.approx(REF_SCORE, abs=1e-4)
+    assert face.landmarks.shape == (5, 2)
+    np.testing.assert_allclose(face.landmarks, REF_LANDMARKS, atol=TOL_PX)
+
+
+def test_no_face_on_blank_or_noise(detector: MTCNN) -> None:
+    assert detector.detect(np.zeros((200, 300, 3), np.uint8)) == []
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    assert detector.detect(noise) == []
+
+
+def test_flipped_and_rotated_astronaut_still_found(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:
+    width = astronaut_rgb.shape[1]
+    (flipped,) = detector.detect(astronaut_rgb[:, ::-1].copy())
+    # Mirror the reference box; the detector is not exactly mirror-symmetric, hence a few px.
+    mirrored = np.array([width - REF_BOX[2], REF_BOX[1], width - REF_BOX[0], REF_BOX[3]])
+    np.testing.assert_allclose(flipped.box, mirrored, atol=8)
+    # "Left eye" is the one on the image's left: in the mirror it is the person's other eye.
+    assert flipped.landmarks[0, 0] < flipped.landmarks[1, 0]
+    np.testing.assert_allclose(flipped.landmarks[0, 0], width - REF_LANDMARKS[1, 0], atol=4)
+
+    rotated = np.asarray(Image.fromarray(astronaut_rgb).rotate(15, resample=Image.BILINEAR))
+    faces = detector.detect(rotated)
+    assert len(faces) == 1 and faces[0].score > 0.99
+
+
+def test_several_faces_sorted_by_score(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:
+    half = np.asarray(Image.fromarray(astronaut_rgb).resize((256, 256), Image.BILINEAR))
+    pair = np.concatenate([half, half[:, ::-1]], axis=1)  # (256, 512, 3): two faces
+    faces = detector.detect(pair)
+    assert len(faces) == 2
+    assert faces[0].score >= faces[1].score
+    assert {f.box[0] < 256 for f in faces} == {True, False}  # one in each half
+
+
+def test_min_face_size_is_honoured(detector: MTCNN, small_face_canvas: np.ndarray) -> None:
+    # The face is ~22 px wide: searched for at min_face_size 20, out of range at 60.
+    assert len(detector.detect(small_face_canvas, min_face_size=20)) == 1
+    assert detector.detect(small_face_canvas, min_face_size=60) == []
+    strict = MTCNN(detector.pnet, detector.rnet, detector.onet, min_face_size=60)
+    assert strict.detect(small_face_canvas) == []
+    assert len(strict.detect(small_face_canvas, min_face_size=20)) == 1
+
+
+def test_threshold_overrides_the_final_stage(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:
+    (face,) = detector.detect(astronaut_rgb)
+    assert detector.detect(astronaut_rgb, threshold=float(np.nextafter(np.float32(face.score), 1))) == []
+
+
+def test_rejects_non_rgb_arrays(detector: MTCNN) -> None:
+    from service.errors import InvalidImage
+
+    with pytest.raises(InvalidImage):
+        detector.detect(np.zeros((64, 64), np.uint8))
+
+
+# --- the card -----------------------------------------------------------------------------
+
+
+def test_card_describes_the_shipped_graphs() -> None:
+    card = load_card(MODEL_DIR)
+    assert card.kind == "detector"
+    assert set(card.graphs) == {"pnet", "rnet", "onet"}
+    assert card.license.startswith("MIT")
+    paths = verify_files(card, MODEL_DIR)
+    assert all(p.is_file() for p in paths.values())
+    assert [o.name for o in card.graphs["onet"].outputs] == ["reg", "landmarks", "prob"]
+
+
+def test_tampered_graph_is_rejected(tmp_path: Path) -> None:
+    copy = tmp_path / "mtcnn"
+    shutil.copytree(MODEL_DIR, copy)
+    data = bytearray((copy / "rnet.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "rnet.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        MTCNN.from_dir(copy)
+
+
+def test_missing_graph_file_is_rejected(tmp_path: Path) -> None:
+    copy = tmp_path / "mtcnn"
+    shutil.copytree(MODEL_DIR, copy)
+    (copy / "onet.onnx").unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        MTCNN.from_dir(copy)
