@@ -1,0 +1,125 @@
+"""Card <-> session contract, checksums, provider choice, start-up refusal."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.card import load_card, sha256_file, verify_files
+from service.errors import CapabilityMissing, ModelLoadError
+from service.models import EmotionModel, softmax
+from service.runtime import CPU, resolve_providers
+from tests.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
+
+
+def test_softmax_is_stable_and_normalised():
+    p = softmax(np.array([[1000.0, 1000.0, -1000.0], [0.0, 0.0, 0.0]], np.float32))
+    assert np.allclose(p[0], [0.5, 0.5, 0.0]) and np.allclose(p[1], 1 / 3)
+    assert np.isfinite(p).all()
+
+
+def test_stub_model_round_trip(tmp_path):
+    write_stub_model(tmp_path / "m")
+    model = EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
+    faces = np.random.default_rng(0).integers(0, 256, size=(3, 112, 112, 3), dtype=np.uint8)
+    out = model.recognise(faces)
+    assert out.logits.shape == (3, len(LABELS))
+    assert np.allclose(out.logits, expected_logits(faces), atol=1e-4)
+    assert np.array_equal(model.poker_faces(faces), faces)  # identity stub
+    assert model.recognise(faces[:0]).logits.shape == (0, len(LABELS))
+    with pytest.raises(ValueError):
+        model.recognise(np.zeros((1, 64, 64, 3), np.uint8))
+
+
+def test_batches_are_split_at_max_batch(tmp_path):
+    write_stub_model(tmp_path / "m")
+    model = EmotionModel.from_dir(tmp_path / "m", providers=[CPU], max_batch=4)
+    faces = np.random.default_rng(1).integers(0, 256, size=(10, 112, 112, 3), dtype=np.uint8)
+    assert np.allclose(model.recognise(faces).logits, expected_logits(faces), atol=1e-4)
+
+
+def test_tampered_file_is_rejected(tmp_path):
+    write_stub_model(tmp_path / "m")
+    with open(tmp_path / "m" / "recognition.onnx", "ab") as fh:
+        fh.write(b"\0")
+    card = load_card(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="sha256"):
+        verify_files(card, tmp_path / "m")
+
+
+def test_missing_graph_file_is_rejected(tmp_path):
+    write_stub_model(tmp_path / "m")
+    (tmp_path / "m" / "poker_face.onnx").unlink()
+    with pytest.raises(ModelLoadError, match="missing"):
+        EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
+
+
+def test_label_count_must_match_logits(tmp_path):
+    write_stub_model(tmp_path / "m")
+    path = tmp_path / "m" / "card.json"
+    data = json.loads(path.read_text())
+    data["labels"] = LABELS[:-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="logits"):
+        EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
+
+
+def test_card_output_names_must_exist_in_graph(tmp_path):
+    write_stub_model(tmp_path / "m", with_poker_face=False)
+    model = recognition_graph(112)
+    model.graph.output[0].name = "scores"
+    model.graph.node[-1].output[0] = "scores"
+    onnx.save(model, tmp_path / "m" / "recognition.onnx")
+    data = json.loads((tmp_path / "m" / "card.json").read_text())
+    data["graphs"]["recognition"]["sha256"] = sha256_file(tmp_path / "m" / "recognition.onnx")
+    (tmp_path / "m" / "card.json").write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="logits"):
+        EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
+
+
+def test_model_without_poker_face_graph(tmp_path):
+    write_stub_model(tmp_path / "m", with_poker_face=False)
+    model = EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
+    assert not model.has_poker_face
+    with pytest.raises(CapabilityMissing):
+        model.poker_faces(np.zeros((1, 112, 112, 3), np.uint8))
+
+
+@pytest.mark.parametrize("bad", [{"labels": []}, {"labels": ["a", "a"]}, {"kind": "emotion", "input": None}, {"schema": "other/9"}])
+def test_malformed_cards(tmp_path, bad):
+    write_stub_model(tmp_path / "m")
+    path = tmp_path / "m" / "card.json"
+    data = json.loads(path.read_text())
+    data.update(bad)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError):
+        load_card(tmp_path / "m")
+
+
+def test_provider_resolution():
+    assert resolve_providers("cpu") == [CPU]
+    assert resolve_providers("auto")[-1] == CPU
+    with pytest.raises(ModelLoadError, match="NoSuchExecutionProvider.*was requested"):
+        resolve_providers("NoSuchExecutionProvider")
+
+
+def test_service_refuses_to_start_without_emotion_model(tmp_path, settings):
+    shutil.copytree(settings.models_dir / "mtcnn", tmp_path / "mtcnn")
+    app = create_app(settings.model_copy(update={"models_dir": tmp_path, "emotion_model": "absent"}))
+    with pytest.raises(ModelLoadError, match="no emotion model at .*absent"):
+        with TestClient(app):
+            pass
+
+
+def test_service_refuses_to_start_on_tampered_model(tmp_path, settings):
+    shutil.copytree(settings.models_dir, tmp_path / "models")
+    with open(tmp_path / "models" / "stub-emotion" / "poker_face.onnx", "ab") as fh:
+        fh.write(b"\0")
+    app = create_app(settings.model_copy(update={"models_dir": tmp_path / "models"}))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        with TestClient(app):
+            pass
