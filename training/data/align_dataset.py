@@ -53,7 +53,10 @@ def output_paths(relative: Sequence[Path]) -> dict[Path, Path]:
     the other.
     """
     stems = Counter(p.with_suffix("") for p in relative)
-    return {p: p.with_name(p.name + ".png") if stems[p.with_suffix("")] > 1 else p.with_suffix(".png") for p in relative}
+    return {
+        p: p.with_name(p.name + ".png") if stems[p.with_suffix("")] > 1 else p.with_suffix(".png")
+        for p in relative
+    }
 
 
 def choose_face(detections: Sequence[FaceDetection], keep: str) -> FaceDetection | None:
@@ -82,26 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
             "alignment; write PNG crops mirroring the input folders."
         ),
     )
-    parser.add_argument("input_dir", type=Path, help="folder of raw photos (sub-folders, e.g. labels, are kept)")
-    parser.add_argument("output_dir", type=Path, help="folder for the aligned PNG crops")
-    parser.add_argument("--size", type=int, default=224, help="side of the aligned square crop in pixels (default 224)")
-    parser.add_argument("--models", type=Path, default=Path("models/mtcnn"), help="MTCNN model folder (default models/mtcnn)")
-    parser.add_argument(
+    add = parser.add_argument
+    add("input_dir", type=Path, help="folder of raw photos (sub-folders, e.g. labels, are kept)")
+    add("output_dir", type=Path, help="folder for the aligned PNG crops")
+    add("--size", type=int, default=224, help="side of the aligned square crop, pixels (default 224)")
+    add("--models", type=Path, default=Path("models/mtcnn"), help="MTCNN model folder (default models/mtcnn)")
+    add(
         "--keep",
         choices=("largest", "confident"),
         default="largest",
         help="which face to keep when several are found (default largest)",
     )
-    parser.add_argument("--min-face-size", type=int, default=20, help="smallest face side searched for, pixels (default 20)")
-    parser.add_argument("--threshold", type=float, default=None, help="O-Net score threshold (default: the detector's)")
-    parser.add_argument(
-        "--max-pixels", type=int, default=40_000_000, help="skip images with more pixels than this (default 40M)"
-    )
-    parser.add_argument(
-        "--report", type=Path, default=None, help="CSV of images without a face (default OUTPUT_DIR/no_face.csv)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="redo images whose output already exists")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    add("--min-face-size", type=int, default=20, help="smallest face side searched for, pixels (default 20)")
+    add("--threshold", type=float, default=None, help="O-Net score threshold (default: the detector's)")
+    add("--max-pixels", type=int, default=40_000_000, help="skip images with more pixels (default 40M)")
+    add("--report", type=Path, default=None, help="CSV of skipped images (default OUTPUT_DIR/no_face.csv)")
+    add("--overwrite", action="store_true", help="redo images whose output already exists")
+    add("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     return parser
 
 

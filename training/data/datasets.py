@@ -142,10 +142,9 @@ class RAFDB(FaceDataset):
     100x100 aligned crops are resized to ``image_size`` by the transform.
     """
 
-    labels = RAFDB_LABELS
-
     def __init__(self, root: str | Path, split: str, transform: FaceTransform) -> None:
         super().__init__(transform)
+        self.labels = list(RAFDB_LABELS)  # a copy: callers may edit theirs
         root = Path(root)
         base = root / "basic" if (root / "basic").is_dir() else root
         list_file = base / "EmoLabel" / "list_patition_label.txt"  # sic: the official name
@@ -242,8 +241,6 @@ class FERPlus(FaceDataset):
         source: "files", "pixels", or "auto" (files when the split's folder exists).
     """
 
-    labels = FERPLUS_LABELS
-
     def __init__(
         self,
         root: str | Path,
@@ -252,6 +249,7 @@ class FERPlus(FaceDataset):
         source: Literal["auto", "files", "pixels"] = "auto",
     ) -> None:
         super().__init__(transform)
+        self.labels = list(FERPLUS_LABELS)
         root = Path(root)
         usage, folder = _FERPLUS_SPLITS[_split_key(split, _FERPLUS_SPLITS, "FERPlus")]
         new_csv = root / "fer2013new.csv"
@@ -414,7 +412,7 @@ class AffectNet(FaceDataset):
             raise ValueError(f"AffectNet has 7 or 8 classes, got num_classes={num_classes}")
         if face not in ("auto", "align", "box", "full"):
             raise ValueError(f"face must be 'auto', 'align', 'box' or 'full', got {face!r}")
-        self.labels = AFFECTNET_LABELS[:num_classes]
+        self.labels = list(AFFECTNET_LABELS[:num_classes])
         self.face = ("full" if precropped else "align") if face == "auto" else face
         self.precropped = precropped
         root = Path(root)
@@ -423,8 +421,11 @@ class AffectNet(FaceDataset):
             raise ValueError(f"AffectNet labels not found: expected {csv_path}")
 
         rel_paths: list[str] = []
-        self.boxes: list[tuple[float, float, float, float]] = []
-        self.landmarks: list[np.ndarray | None] = []  # (68, 2) or None
+        boxes: list[tuple[float, ...]] = []
+        # Only the 5 derived points are kept: 68 points for ~290K rows would be ~300 MB,
+        # copied into every loader worker.
+        points: list[np.ndarray] = []
+        no_points = np.full((5, 2), np.nan)
         self.targets = []
         with csv_path.open(newline="") as f:
             for row in _affectnet_rows(f, csv_path):
@@ -432,20 +433,24 @@ class AffectNet(FaceDataset):
                 if not 0 <= expression < num_classes:
                     continue
                 rel_paths.append(row["subDirectory_filePath"])
-                self.boxes.append(tuple(float(row[c]) for c in ("face_x", "face_y", "face_width", "face_height")))
-                self.landmarks.append(_parse_landmarks(row.get("facial_landmarks") or ""))
+                boxes.append(tuple(float(row[c]) for c in ("face_x", "face_y", "face_width", "face_height")))
+                landmarks = _parse_landmarks(row.get("facial_landmarks") or "")
+                points.append(no_points if landmarks is None else five_points_from_68(landmarks))
                 self.targets.append(expression)
         if not self.targets:
             raise ValueError(f"AffectNet: no rows with expressions 0..{num_classes - 1} in {csv_path}")
 
         image_dir = _find_image_dir(root, rel_paths)
         self.paths = [image_dir / p for p in rel_paths]
+        self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # (N, 4) x, y, width, height
+        self.points = np.stack(points)  # (N, 5, 2) alignment points, NaN where absent
         if skip_missing:
             keep = [i for i, p in enumerate(self.paths) if p.is_file()]
             self.paths = [self.paths[i] for i in keep]
-            self.boxes = [self.boxes[i] for i in keep]
-            self.landmarks = [self.landmarks[i] for i in keep]
+            self.boxes, self.points = self.boxes[keep], self.points[keep]
             self.targets = [self.targets[i] for i in keep]
+            if not self.targets:
+                raise ValueError(f"AffectNet: none of the images listed in {csv_path} exists under {image_dir}")
 
     def load_face(self, index: int) -> np.ndarray:
         image = read_image(self.paths[index])
@@ -453,9 +458,8 @@ class AffectNet(FaceDataset):
         size = self.transform.image_size
         if self.face == "full":
             return image
-        landmarks = self.landmarks[index]
-        if self.face == "align" and landmarks is not None:
-            points = five_points_from_68(landmarks)
+        points = self.points[index]
+        if self.face == "align" and np.isfinite(points).all():
             if self.precropped:
                 h, w = image.shape[:2]
                 points = (points - [box[0], box[1]]) * [w / box[2], h / box[3]]
