@@ -15,7 +15,14 @@ def main() -> int:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.app import create_app
+    from service.state import ServiceState
 
+    try:
+        # The same check the lifespan runs, done first so a missing model reads as one clear line.
+        ServiceState(settings).preflight()
+    except ModelLoadError as exc:
+        print(f"pfvit: cannot start: {exc.detail}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on")
     server = uvicorn.Server(config)

@@ -1,0 +1,54 @@
+# Two entry points for newcomers: `make serve` and `make test`. Each builds its own
+# environment from nothing (a venv in .venv) and reuses it while pyproject.toml is unchanged.
+PYTHON ?= python3
+VENV ?= .venv
+# ONNX Runtime build for `make serve`: cpu (onnxruntime) or gpu (onnxruntime-gpu). Never both in
+# one environment, so a GPU environment gets its own folder.
+RUNTIME ?= cpu
+ifeq ($(RUNTIME),gpu)
+VENV := .venv-gpu
+endif
+BIN := $(VENV)/bin
+
+.PHONY: serve test test-fast bench train-default clean help
+
+help:
+	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
+	@echo "make test             set up $(VENV) with training and test tools and run every test"
+	@echo "make bench            detection and HTTP throughput benchmarks (see docs/benchmarks.md)"
+	@echo "make train-default    reproduce the shipped default model on rendered faces"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.serve-$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(RUNTIME)]'
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
+	# facenet-pytorch only supplies the MTCNN weights to tools/convert_mtcnn.py and the
+	# reference detector in the benchmark; its own pins (old torch, torchvision, numpy<2) must
+	# never be resolved, hence --no-deps.
+	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	touch $@ $(VENV)/.serve-cpu
+
+serve: $(VENV)/.serve-$(RUNTIME)
+	$(BIN)/python -m service
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(VENV)/.test
+	$(BIN)/python tools/bench_detect.py
+	$(BIN)/python tools/bench_service.py
+
+train-default: $(VENV)/.test
+	$(BIN)/python -m training.default_model
+
+clean:
+	rm -rf .venv .venv-gpu .pytest_cache build *.egg-info
