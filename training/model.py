@@ -53,10 +53,12 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.reshape(n, gh * gw, patch * patch * c)
 
 
-def unpatchify(patches: torch.Tensor, patch: int, channels: int = 3) -> torch.Tensor:
-    """Inverse of :func:`patchify` for square images: ``[N, L, p² * C]`` -> ``[N, C, H, W]``."""
-    n, length, _ = patches.shape
-    grid = int(round(math.sqrt(length)))
+def unpatchify(patches: torch.Tensor, patch: int, grid: int, channels: int = 3) -> torch.Tensor:
+    """Inverse of :func:`patchify` for square images: ``[N, grid², p² * C]`` -> ``[N, C, H, W]``.
+
+    ``grid`` is passed, not derived from the shape, so ONNX tracing sees no Python arithmetic.
+    """
+    n = patches.shape[0]
     x = patches.reshape(n, grid, grid, patch, patch, channels)
     x = torch.einsum("nhwpqc->nchpwq", x)
     return x.reshape(n, channels, grid * patch, grid * patch)
@@ -346,7 +348,7 @@ class PFViT(nn.Module):
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """G: tokens ``[N, 1 + L, D]`` -> image ``[N, 3, H, W]`` in model (normalised) space."""
-        return unpatchify(self.generator(z), self.config.patch_size)
+        return unpatchify(self.generator(z), self.config.patch_size, self.config.image_size // self.config.patch_size)
 
     def poker_tokens(self, z_p: torch.Tensor) -> torch.Tensor:
         """``z_p + e_n``: the residue with the neutral emotional component put back."""

@@ -1,0 +1,189 @@
+"""ONNX export of a PF-ViT checkpoint into a model folder the service can load.
+
+Writes ``recognition.onnx`` (E + S_e + H; the generator is not in it), optionally
+``poker_face.onnx`` (E + S_p + G, de-normalised and clamped to [0, 1]), checks ONNX Runtime
+against torch on real inputs, then writes ``card.json`` with :func:`service.card.write_card`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from service.card import GraphSpec, InputSpec, ModelCard, TensorSpec, sha256_file, write_card
+from training.checkpoint import model_from_checkpoint
+from training.model import PFViT
+
+RECOGNITION_FILE = "recognition.onnx"
+POKER_FACE_FILE = "poker_face.onnx"
+LOGIT_TOLERANCE = 1e-4
+POKER_FACE_TOLERANCE = 1.0 / 255.0
+
+
+class RecognitionGraph(nn.Module):
+    """``image`` (normalised) -> ``(logits, embedding)``; holds no generator or discriminator."""
+
+    def __init__(self, model: PFViT) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.separator = model.separator
+        self.head = model.head
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z_e, _ = self.separator(self.encoder(image))
+        embedding = PFViT.pool(z_e)  # [N, D]
+        return self.head(embedding), embedding
+
+
+class PokerFaceGraph(nn.Module):
+    """``image`` (normalised) -> ``poker_face`` RGB in [0, 1]."""
+
+    def __init__(self, model: PFViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.poker_face(image)
+
+
+def freeze_for_export(model: PFViT) -> PFViT:
+    """A copy whose orthogonal parametrisation is baked into a plain weight.
+
+    The parametrisation (Householder products) has no ONNX form; its value is all the graph needs.
+    """
+    frozen = copy.deepcopy(model).eval()
+    parametrize.remove_parametrizations(frozen.separator.basis, "weight", leave_parametrized=True)
+    return frozen
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], opset: int) -> None:
+    dynamic = {"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
+    # The classic TorchScript exporter: one self-contained file, stable dynamic batch axes.
+    torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=outputs,
+                      dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+    graph = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(graph)
+    external = [t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise RuntimeError(f"{path.name} stores tensors outside the file: {external[:3]}")
+
+
+def check_parity(model: PFViT, model_dir: Path, images01: torch.Tensor, poker_face: bool) -> dict[str, float]:
+    """Run ONNX Runtime and torch on the same images; raise if they disagree beyond tolerance.
+
+    Args:
+        model: the frozen export model.
+        model_dir: folder with the exported graphs.
+        images01: ``[N, 3, H, W]`` RGB in [0, 1] (real faces where available).
+        poker_face: also check ``poker_face.onnx``.
+
+    Returns:
+        ``{"logits_max_abs_diff", "embedding_max_abs_diff", "poker_face_mean_abs_diff"}``.
+    """
+    import onnxruntime as ort  # imported here: only export needs it on the training side
+
+    x = model.normalise(images01.float())
+    feed = {"image": x.numpy()}
+    with torch.no_grad():
+        logits, embedding = model.recognise(x)
+    sess = ort.InferenceSession(str(model_dir / RECOGNITION_FILE), providers=["CPUExecutionProvider"])
+    ort_logits, ort_embedding = sess.run(["logits", "embedding"], feed)
+    report = {
+        "logits_max_abs_diff": float(np.abs(ort_logits - logits.numpy()).max()),
+        "embedding_max_abs_diff": float(np.abs(ort_embedding - embedding.numpy()).max()),
+    }
+    if report["logits_max_abs_diff"] > LOGIT_TOLERANCE:
+        raise RuntimeError(f"recognition logits differ by {report['logits_max_abs_diff']:.2e} > {LOGIT_TOLERANCE}")
+    if not np.array_equal(ort_logits.argmax(1), logits.numpy().argmax(1)):
+        raise RuntimeError("recognition argmax differs between ONNX Runtime and torch")
+    if poker_face:
+        with torch.no_grad():
+            poker = model.poker_face(x).numpy()
+        sess = ort.InferenceSession(str(model_dir / POKER_FACE_FILE), providers=["CPUExecutionProvider"])
+        (ort_poker,) = sess.run(["poker_face"], feed)
+        report["poker_face_mean_abs_diff"] = float(np.abs(ort_poker - poker).mean())
+        if report["poker_face_mean_abs_diff"] > POKER_FACE_TOLERANCE:
+            raise RuntimeError(f"poker faces differ by {report['poker_face_mean_abs_diff']:.2e} > 1/255 on average")
+    return report
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    sample_images01: torch.Tensor,
+    name: str = "pfvit",
+    version: str = "0.1.0",
+    license: str = "MIT",
+    description: str = "",
+    metrics_path: str | Path | None = None,
+    opset: int = 17,
+    poker_face: bool = True,
+) -> dict[str, Any]:
+    """Export a checkpoint to ``out_dir`` (graphs + card) and verify it.
+
+    Args:
+        checkpoint: PF-ViT checkpoint (its config rebuilds the model).
+        out_dir: model folder.
+        sample_images01: ``[N, 3, H, W]`` RGB in [0, 1] for the export trace and the parity check.
+        name, version, license, description: card fields.
+        metrics_path: evaluation ``metrics.json`` whose numbers go into the card.
+        opset: ONNX opset, 17 or later.
+        poker_face: also export ``poker_face.onnx``.
+
+    Returns:
+        ``{"card": path, "parity": {...}}``.
+    """
+    if opset < 17:
+        raise ValueError(f"opset must be 17 or later, got {opset}")
+    model, payload = model_from_checkpoint(checkpoint)
+    if not model.config.labels:
+        raise ValueError("the checkpoint has no labels (a pre-training checkpoint?); export a trained one")
+    model = freeze_for_export(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    c = model.config
+    example = model.normalise(sample_images01[:2].float())
+    with torch.no_grad():
+        _export(RecognitionGraph(model).eval(), example, out / RECOGNITION_FILE, ["logits", "embedding"], opset)
+        if poker_face:
+            _export(PokerFaceGraph(model).eval(), example, out / POKER_FACE_FILE, ["poker_face"], opset)
+    parity = check_parity(model, out, sample_images01, poker_face)
+
+    image_spec = TensorSpec("image", ["batch", 3, c.image_size, c.image_size], "float32", "aligned face, normalised with input.mean/std, RGB")
+    graphs = {
+        "recognition": GraphSpec(
+            file=RECOGNITION_FILE, sha256=sha256_file(out / RECOGNITION_FILE), inputs=[image_spec],
+            outputs=[TensorSpec("logits", ["batch", c.num_classes], "float32", "class logits in label order"),
+                     TensorSpec("embedding", ["batch", c.embed_dim], "float32", "pooled emotional component z_e")]),
+    }
+    if poker_face:
+        graphs["poker_face"] = GraphSpec(
+            file=POKER_FACE_FILE, sha256=sha256_file(out / POKER_FACE_FILE), inputs=[image_spec],
+            outputs=[TensorSpec("poker_face", ["batch", 3, c.image_size, c.image_size], "float32", "RGB in [0, 1]")])
+    stage_cfg = payload.get("stage_config", {})
+    training: dict[str, Any] = {
+        "data": stage_cfg.get("data", ""),
+        "recipe": {"stage": payload.get("stage"), "epochs": payload.get("epoch"), "steps": payload.get("step"),
+                   "model_config": c.to_dict(), "stage_config": stage_cfg},
+        "parity": parity,
+    }
+    if metrics_path:
+        metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+        training["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "mean_class_accuracy", "per_class_accuracy", "num_samples") if k in metrics}
+        training["evaluation_data"] = metrics.get("data", "")
+    card = ModelCard(
+        name=name, version=version, kind="emotion", graphs=graphs, labels=list(c.labels),
+        input=InputSpec(size=[c.image_size, c.image_size], mean=list(c.mean), std=list(c.std)),
+        description=description or "PF-ViT facial-expression recognition and poker-face generation",
+        license=license, training=training,
+        extra={"opset": opset, "params_recognition": model.num_params("recognition"), "params_generator": model.num_params("generator")},
+    )
+    return {"card": str(write_card(card, out)), "parity": parity}
