@@ -76,6 +76,20 @@ def test_nms_min_mode_suppresses_a_box_inside_another() -> None:
         nms(big_and_inner, scores, 0.7, mode="max")
 
 
+@pytest.mark.parametrize("mode", ["union", "min"])
+def test_nms_matrix_and_loop_paths_agree(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.vision.mtcnn as mtcnn_module
+
+    rng = np.random.default_rng(3)
+    corner = rng.uniform(0, 200, (400, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(5, 60, (400, 2))], axis=1).astype(np.float32)
+    scores = rng.random(400).astype(np.float32)
+    by_matrix = nms(boxes, scores, 0.5, mode)
+    monkeypatch.setattr(mtcnn_module, "_NMS_MATRIX_MAX", 0)  # force the per-kept-box loop
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5, mode), by_matrix)
+    assert np.all(np.diff(scores[by_matrix]) <= 0)  # best first
+
+
 def test_regress_boxes_exclusive_and_inclusive_sizes() -> None:
     boxes = np.array([[10, 20, 30, 60]], np.float32)
     offsets = np.array([[0.1, -0.1, 0.2, 0.5]], np.float32)

@@ -39,6 +39,7 @@ PNET_CELL = 12  # P-Net's receptive field in pixels of the resized level
 PNET_STRIDE = 2  # one P-Net output cell per 2 pixels of the resized level
 RNET_SIZE = 24
 ONET_SIZE = 48
+_NMS_MATRIX_MAX = 2048  # boxes; the pairwise matrix is then at most 4M entries
 
 
 class Session(Protocol):
@@ -210,24 +211,39 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
         raise ValueError(f"unknown NMS mode {mode!r}")
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
-    plus = 1.0 if mode == "min" else 0.0
-    x1, y1, x2, y2 = (boxes[:, k].astype(np.float64) for k in range(4))
-    area = (x2 - x1 + plus) * (y2 - y1 + plus)
     order = np.argsort(-scores, kind="stable")
+    ranked = boxes[order, :4].astype(np.float64)  # (N, 4), best first
     keep: list[int] = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + plus)
-        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + plus)
-        inter = iw * ih
-        if mode == "min":
-            overlap = inter / np.minimum(area[i], area[rest])
-        else:
-            overlap = inter / (area[i] + area[rest] - inter)
-        order = rest[overlap <= threshold]
-    return np.asarray(keep, dtype=np.int64)
+    if len(order) <= _NMS_MATRIX_MAX:
+        # All pairs at once, then a cheap greedy pass: a box survives unless a box kept before it
+        # overlaps it too much. Much faster than recomputing overlaps once per kept box.
+        over = _overlap(ranked[:, None], ranked[None, :], mode) > threshold  # (N, N) bool
+        suppressed = np.zeros(len(order), dtype=bool)
+        for i in range(len(order)):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= over[i]
+    else:  # too many boxes for an N x N matrix: the classic loop over kept boxes
+        rest = np.arange(len(order))
+        while rest.size:
+            i = int(rest[0])
+            keep.append(i)
+            rest = rest[1:][_overlap(ranked[i], ranked[rest[1:]], mode) <= threshold]
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, mode: str) -> np.ndarray:
+    """IoU (``"union"``, no +1) or intersection over the smaller area (``"min"``, +1) of
+    ``(..., 4)`` boxes ``a`` and ``b``, broadcast against each other."""
+    plus = 1.0 if mode == "min" else 0.0
+    iw = np.maximum(0.0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + plus)
+    ih = np.maximum(0.0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + plus)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + plus) * (a[..., 3] - a[..., 1] + plus)
+    area_b = (b[..., 2] - b[..., 0] + plus) * (b[..., 3] - b[..., 1] + plus)
+    if mode == "min":
+        return inter / np.minimum(area_a, area_b)
+    return inter / (area_a + area_b - inter)
 
 
 def regress_boxes(boxes: np.ndarray, offsets: np.ndarray, *, inclusive: bool) -> np.ndarray:
