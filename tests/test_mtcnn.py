@@ -186,6 +186,7 @@ def test_no_face_on_blank_or_noise(detector: MTCNN) -> None:
     assert detector.detect(np.zeros((200, 300, 3), np.uint8)) == []
     noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     assert detector.detect(noise) == []
+    assert detector.detect(np.zeros((8, 8, 3), np.uint8)) == []  # smaller than one P-Net cell
 
 
 def test_flipped_and_rotated_astronaut_still_found(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:

@@ -114,9 +114,10 @@ def area_windows(start: np.ndarray, length: np.ndarray, out_size: int) -> tuple[
     """
     i = np.arange(out_size, dtype=np.int64)
     length = np.asarray(length, dtype=np.int64)[:, None]
+    start = np.asarray(start, dtype=np.int64)[:, None]
     lo = (i * length) // out_size
     hi = -((-(i + 1) * length) // out_size)  # integer ceil, no float rounding at the edges
-    return np.asarray(start, dtype=np.int64)[:, None] + lo, np.asarray(start, dtype=np.int64)[:, None] + hi
+    return start + lo, start + hi
 
 
 def resize_level(table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -306,7 +307,9 @@ class MTCNN:
     Args:
         pnet, rnet, onet: sessions of the graphs in ``models/mtcnn`` (inputs ``image``; outputs
             ``reg, prob`` / ``reg, prob`` / ``reg, landmarks, prob`` in that order).
-        min_face_size: smallest face side in pixels searched for (sets the pyramid's first scale).
+        min_face_size: face side in pixels that the pyramid's first level maps onto P-Net's 12 px
+            cell. A soft limit, as in facenet: faces somewhat smaller may still be found, much
+            smaller ones are not.
         thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
         factor: scale step of the image pyramid.
     """
