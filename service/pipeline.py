@@ -88,6 +88,9 @@ class FacePipeline:
             return [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks=None, aligned=crop)]
         with timer.stage("detect"):
             detections = self.detector.detect(image, min_face_size=options.min_face_size, threshold=options.threshold)
+        # MTCNN's min_face_size only sets the first pyramid scale, so smaller faces can still
+        # come back; the API promises a floor, so apply it to the boxes too.
+        detections = [d for d in detections if max(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= options.min_face_size]
         # Highest scores first (the detector's order); keep the max_faces best.
         detections = detections[: options.max_faces]
         faces: list[Face] = []
