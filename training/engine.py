@@ -402,6 +402,9 @@ def run_train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = No
     # DDP takes the parameters that require grad at construction: build the generator-side
     # wrapper with D frozen, then D's own wrapper.
     set_requires_grad(model.discriminator, False)
+    # The generator decodes full token sets here, so MAE's mask token is unused: freeze it (DDP
+    # without unused-parameter search needs every trainable parameter in every backward).
+    model.generator.mask_token.requires_grad_(False)
     gen_side = wrap_ddp(SeparationObjective(model, neutral_index(labels), cfg.label_smoothing), ctx)
     set_requires_grad(model.discriminator, True)
     disc = wrap_ddp(model.discriminator, ctx)

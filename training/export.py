@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,12 @@ def freeze_for_export(model: PFViT) -> PFViT:
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], opset: int) -> None:
     dynamic = {"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
-    # The classic TorchScript exporter: one self-contained file, stable dynamic batch axes.
-    torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=outputs,
-                      dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+    # The classic TorchScript exporter, chosen on purpose (one self-contained file, stable dynamic
+    # batch axes), so its deprecation notice is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
     graph = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(graph)
     external = [t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]

@@ -1,0 +1,65 @@
+"""Two-process DDP smoke test on CPU (gloo over loopback), bounded in time."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.training.conftest import TinyFaces, micro_overrides
+
+TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
+    from training import distributed
+    from training.checkpoint import save_checkpoint, rng_state
+    from training.config import PFViTConfig, TrainConfig
+    from training.engine import run_train
+    from training.model import PFViT
+
+    init = Path(out_dir) / "init.pt"
+    if rank == 0:
+        torch.manual_seed(0)
+        model = PFViT(PFViTConfig(**micro_overrides(), num_classes=3, labels=TinyFaces.labels))
+        save_checkpoint(init, model, "pretrain", TrainConfig(), {}, {}, 0, 0, [rng_state()])
+    else:
+        while not init.exists():
+            time.sleep(0.05)
+    cfg = TrainConfig(out_dir=out_dir, init=str(init), epochs=1, batch_size=2, warmup_epochs=0.5, max_steps_per_epoch=2,
+                      threads=1, device="cpu", progress=False, eval_every=0)
+    try:
+        result = run_train(cfg, TinyFaces(8))
+        flat = torch.cat([p.detach().flatten() for p in result["model"].parameters()])
+        torch.save(flat, Path(out_dir) / f"params-{rank}.pt")
+    finally:
+        distributed.cleanup()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"DDP smoke test did not finish in {TIMEOUT_S} s")
+    p0, p1 = torch.load(tmp_path / "params-0.pt"), torch.load(tmp_path / "params-1.pt")
+    assert torch.equal(p0, p1)  # gradients were averaged, so both replicas took the same steps
+    assert (tmp_path / "last.pt").is_file()
+    steps = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
+    assert len(steps) == 2  # rank 0 alone logs
