@@ -240,8 +240,8 @@ def random_identity(rng: np.random.Generator) -> Identity:
         hair=_tup(hair),
         hairline=float(rng.uniform(14.0, 24.0)) if style != 2 else float(rng.uniform(29.0, 35.0)),
         hair_volume=float(rng.uniform(2.0, 6.0)) if style != 4 else float(rng.uniform(8.0, 13.0)),
-        eye_hw=float(rng.uniform(6.0, 7.6)),
-        eye_open=float(rng.uniform(2.8, 4.2)),
+        eye_hw=float(rng.uniform(7.0, 8.6)),
+        eye_open=float(rng.uniform(3.0, 4.4)),
         eye_low=float(rng.uniform(2.0, 2.9)),
         eye_tilt=float(rng.uniform(-0.8, 1.2)),
         iris_r=float(rng.uniform(3.2, 3.9)),
@@ -690,11 +690,13 @@ def _noise(scene: Scene, h: int, w: int) -> np.ndarray | None:
 
 
 def _render(idn: Identity, aus: np.ndarray, g: dict[str, np.ndarray], scene: Scene, base: np.ndarray,
-            noise: np.ndarray | None, matrix: np.ndarray, grids: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+            noise: np.ndarray | None, matrix: np.ndarray, grids: tuple[np.ndarray, np.ndarray],
+            cache: dict[tuple[float, int, int, int, int], np.ndarray]) -> np.ndarray:
     """Draw the face and its features over a copy of ``base`` with the canonical -> pixel ``matrix``.
 
     ``g`` is ``face_geometry(idn, aus)``. Geometry is pulled out as plain floats first: a
     ``np.float64`` scalar would silently promote every float32 pixel array to float64.
+    ``cache`` holds face-outline distances shared between renders of one identity and scene.
     Returns the float32 ``(h, w, 3)`` image after light, exposure and noise.
     """
     h, w = base.shape[:2]
@@ -715,9 +717,16 @@ def _render(idn: Identity, aus: np.ndarray, g: dict[str, np.ndarray], scene: Sce
 
     # face with edge shading for roundness
     top = cy - idn.face_top
+    def face_d(win: _Window) -> np.ndarray:
+        # the outline only changes with the jaw, so a face and its poker face usually share it
+        key = (chin, win.rs.start, win.rs.stop, win.cs.start, win.cs.stop)
+        if key not in cache:
+            cache[key] = _face_sdf(win.x, win.y, idn, chin)
+        return cache[key]
+
     win = cv.window(_CX - fw, top, _CX + fw, chin)
     if win is not None:
-        d = _face_sdf(win.x, win.y, idn, chin)
+        d = face_d(win)
         edge = _clip01(1.0 + d * (1.0 / 7.0))[..., None]  # 0 deep inside, 1 at the outline
         cv.paint(win, cv.cover(d), skin * (1.0 - 0.22 * edge * edge))
 
@@ -764,14 +773,15 @@ def _render(idn: Identity, aus: np.ndarray, g: dict[str, np.ndarray], scene: Sce
 
     # beard under the features
     if idn.beard in (1, 2):
-        win = cv.window(_CX - fw, 76.0, _CX + fw, chin + 1)
+        win = cv.window(_CX - fw, 50.0, _CX + fw, chin + 1)
         if win is not None:
             dxm = win.x - _CX
-            d = np.maximum(_face_sdf(win.x, win.y, idn, chin), (84.0 - 0.008 * dxm * dxm) - win.y)
-            if idn.beard == 1:  # stubble: always a darker shadow, whatever the hair colour
-                cv.paint(win, _soft(d, 3.0) * 0.35, np.minimum(hair, skin) * np.float32(0.55))
+            # the beard line runs from the sideburns down to just above the mouth corners
+            d = np.maximum(face_d(win), (84.0 - 0.022 * dxm * dxm) - win.y)
+            if idn.beard == 1:  # stubble: a faint shadow, darker than the skin whatever the hair colour
+                cv.paint(win, _soft(d, 8.0) * 0.2, np.minimum(hair, skin) * np.float32(0.6))
             else:
-                cv.paint(win, _soft(d, 1.5) * 0.92, hair)
+                cv.paint(win, _soft(d, 2.5) * 0.92, hair)
     elif idn.beard == 3:
         _ellipse(cv, _CX, float(g["lip_bottom"][0]) + 7.0 + 0.4 * (chin - idn.chin_y), 7.5, 8.0, hair, alpha=0.92,
                  dx=feat_dx)
@@ -950,11 +960,12 @@ def _draw(identity: Identity, aus_list: list[np.ndarray], scene: Scene, h: int, 
     grids = _grids([float(v) for v in invert_affine(matrix).ravel()], h, w)
     base = _base(identity, scene, matrix, grids, h, w)
     noise = _noise(scene, h, w)
+    cache: dict[tuple[float, int, int, int, int], np.ndarray] = {}
     out = []
     for aus in aus_list:
         aus = np.clip(np.asarray(aus, dtype=np.float64).reshape(2, len(AU_CODES)), 0.0, 1.0)
         g = face_geometry(identity, aus)
-        img = _render(identity, aus, g, scene, base, noise, matrix, grids)
+        img = _render(identity, aus, g, scene, base, noise, matrix, grids, cache)
         lm, box = _landmarks_and_box(identity, g, scene, matrix)
         out.append(Render(_to_uint8(img), lm, box, g))
     return out
