@@ -800,8 +800,8 @@ def _render(idn: Identity, aus: np.ndarray, g: dict[str, np.ndarray], scene: Sce
             else:
                 cv.paint(win, _soft(d, 2.5) * 0.92, hair)
     elif idn.beard == 3:
-        _ellipse(cv, _CX, float(g["lip_bottom"][0]) + 7.0 + 0.4 * (chin - idn.chin_y), 7.5, 8.0, hair, alpha=0.92,
-                 dx=feat_dx)
+        lb = float(g["lip_bottom"][0])  # between lower lip and chin, so it follows the jaw
+        _ellipse(cv, _CX, 0.5 * (lb + chin) + 0.5, 7.5, max(0.5 * (chin - lb), 3.0), hair, alpha=0.92, dx=feat_dx)
 
     # nose: bridge shadow on the side away from the light, wings, nostrils, AU9 wrinkles
     tx, ty = g["nose_tip"].tolist()
