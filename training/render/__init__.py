@@ -19,6 +19,19 @@ from training.render.face import (
 )
 
 __all__ = [
-    "AU_CODES", "EMOTIONS", "PROTOTYPES", "Identity", "Render", "Scene", "action_units", "face_geometry",
-    "identity_from_id", "prototype_aus", "random_identity", "random_scene", "render_face", "render_pair", "render_scene",
+    "AU_CODES",
+    "EMOTIONS",
+    "PROTOTYPES",
+    "Identity",
+    "Render",
+    "Scene",
+    "action_units",
+    "face_geometry",
+    "identity_from_id",
+    "prototype_aus",
+    "random_identity",
+    "random_scene",
+    "render_face",
+    "render_pair",
+    "render_scene",
 ]

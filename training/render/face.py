@@ -452,28 +452,10 @@ def _seg_dist(x: np.ndarray, y: np.ndarray, ax: float, ay: float, bx: float, by:
     return np.hypot(px - t * vx, py - t * vy)
 
 
-_Q3 = np.linspace(0.0, 1.0, 4)
-_Q4 = np.linspace(0.0, 1.0, 5)
-
-
-def _quad(p0: tuple[float, float], p1: tuple[float, float], p2: tuple[float, float], n: int = 4
-          ) -> list[tuple[float, float]]:
-    """``n + 1`` points on the quadratic Bezier p0 -> p2 with control p1."""
-    out = []
-    for t in (_Q3 if n == 3 else _Q4):
-        u = 1.0 - t
-        out.append((u * u * p0[0] + 2 * u * t * p1[0] + t * t * p2[0], u * u * p0[1] + 2 * u * t * p1[1] + t * t * p2[1]))
-    return out
-
-
 def _stroke(cv: _Canvas, lines: list[list[tuple[float, float]]], width: float, colour: np.ndarray,
-            alpha: float | np.ndarray, dx: float = 0.0, alpha_x: tuple[float, float, float] | None = None) -> None:
-    """Soft lines of ``width`` along polylines (one window for all), painted at opacity ``alpha``.
-
-    ``alpha_x = (centre_alpha, outer_alpha, half_width)`` instead varies the opacity with the
-    distance from the face midline (forehead lines: AU1 acts in the middle, AU2 at the sides).
-    """
-    if alpha_x is None and alpha <= 0.01:
+            alpha: float, dx: float = 0.0) -> None:
+    """Soft lines of ``width`` along polylines (one window for all), painted at opacity ``alpha``."""
+    if alpha <= 0.01:
         return
     pad = width + 1.0
     xs = [p[0] for line in lines for p in line]
@@ -488,12 +470,7 @@ def _stroke(cv: _Canvas, lines: list[list[tuple[float, float]]], width: float, c
             d = ds if d is None else np.minimum(d, ds)
     # thin lines keep a soft profile of their own width even at large sizes
     a = _clip01(0.5 - (d - 0.5 * width) * min(cv.k, 2.0 / max(width, 1e-3)))
-    if alpha_x is not None:
-        ca, oa, hw = alpha_x
-        f = _clip01(np.abs(win.x - _CX) * (1.0 / hw) - 0.5)
-        a *= ca + (oa - ca) * f
-    else:
-        a *= alpha
+    a *= alpha
     cv.paint(win, a, colour)
 
 
@@ -504,7 +481,9 @@ def _curves(cv: _Canvas, curves: list[tuple[tuple[float, float], ...]], width: f
 
     The vertical distance stands in for the true one: ~4x cheaper than segments and exact
     enough for creases whose slope stays small. ``vertical=True`` swaps the axes (``x(y)``
-    curves, for folds that run downwards). ``alpha_x`` as in ``_stroke``.
+    curves, for folds that run downwards). ``alpha_x = (centre_alpha, outer_alpha, half_width)``
+    instead varies the opacity with the distance from the face midline (forehead lines: AU1
+    acts in the middle, AU2 at the sides).
     """
     if alpha_x is None and alpha <= 0.01:
         return
@@ -865,7 +844,8 @@ def _render(idn: Identity, aus: np.ndarray, g: dict[str, np.ndarray], scene: Sce
         cv.paint(win, cv.cover(np.maximum(np.abs(win.y - y_up + 0.2) - lash_w, beyond - 0.5)), lash)
         cv.paint(win, cv.cover(np.maximum(np.abs(win.y - y_lo) - 0.3, beyond)) * 0.5, dark)
         # lid crease (higher when the lid is raised), under-eye furrow (AU6/AU7)
-        crease = ((ex - out * hw * 0.8, ey - 1.0), (ex, ey - hu - 1.8 - 0.6 * au[s][5]), (ex + out * hw * 0.95, ey - 1.5))
+        crease = ((ex - out * hw * 0.8, ey - 1.0), (ex, ey - hu - 1.8 - 0.6 * au[s][5]),
+                  (ex + out * hw * 0.95, ey - 1.5))
         _curves(cv, [crease], 0.8, dark, 0.45, feat_dx)
         squint = max(au[s][6], au[s][7])
         under = ((ex - out * hw * 0.7, ey + hl + 1.2), (ex, ey + hl + 2.4), (ex + out * hw * 0.9, ey + hl + 1.2))
