@@ -3,8 +3,8 @@
 
 Each command fills its stage's dataclass config from the command line (flags generated from
 the dataclass fields, so the two never drift), builds the datasets and calls the engine.
-Data is named ``--data KIND:PATH`` with KIND in rafdb, ferplus, affectnet, folder, rendered,
-or ``synthetic:N`` (N procedural images with a known poker face; for smoke runs only).
+Data is named ``--data KIND:PATH`` with KIND in rafdb, ferplus, affectnet, folder, ``rendered:N``
+(N rendered training faces, ``training.render``), or ``synthetic:N`` (N procedural images with a known poker face; for smoke runs only).
 Dataset builders are imported lazily so these commands load before :mod:`training.data` exists.
 """
 
@@ -79,9 +79,12 @@ def build_data(spec: str, split: str, image_size: int, augment: bool) -> Dataset
         size = int(path or 64)
         return SyntheticFaces(size if split == "train" else max(8, size // 4), image_size, seed=0 if split == "train" else 1)
     if kind == "rendered":
-        from training.render import RenderedFaceDataset
+        from training.render.dataset import RenderedFaceDataset
 
-        return RenderedFaceDataset(root=path, split=split, image_size=image_size, augment=augment)
+        # rendered:N -> N training items; val/test get a tenth (at least 64), disjoint identities.
+        n = int(path or 8000)
+        length = n if split == "train" else max(64, n // 10)
+        return RenderedFaceDataset(split=split, image_size=image_size, length=length, seed=0, augment=augment)
     from training.data import build_dataset
 
     return build_dataset(kind, path, split, image_size, augment)
