@@ -1,56 +1,29 @@
 """The real server: `python -m service` on 127.0.0.1, called over HTTP."""
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.server import start_server, stop_server, wait_until_ready
+
 REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(env_extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "PFVIT_HOST": "127.0.0.1", "PFVIT_PORT": str(port), "PFVIT_PROVIDERS": "cpu", **env_extra}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
 def server(models_dir):
-    proc, url = start({"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_INTRA_OP_THREADS": "1"})
+    proc, url = start_server(
+        {"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("server did not become ready within 60 s")
+        wait_until_ready(proc, url)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def test_recognize_over_http(server, astronaut_bytes):
@@ -76,7 +49,9 @@ def test_concurrent_clients_all_answered(server, astronaut_bytes):
 
 
 def test_refuses_to_start_without_emotion_model(tmp_path, models_dir):
-    proc, _ = start({"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "no-such-model"})
+    proc, _ = start_server(
+        {"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "no-such-model"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server import start_server, stop_server, wait_until_ready  # noqa: E402
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -80,28 +74,12 @@ def main() -> int:
         env["PFVIT_MODELS_DIR"] = str(args.models_dir)
         if args.emotion_model:
             env["PFVIT_EMOTION_MODEL"] = args.emotion_model
-    port = free_port()
-    env["PFVIT_PORT"] = str(port)
     env["PFVIT_INTRA_OP_THREADS"] = str(args.threads)
     env["PFVIT_LOG_LEVEL"] = "warning"
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
+    proc, url = start_server(env)
     data = args.image.read_bytes()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                print("server exited before becoming ready", file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                print("server not ready after 120 s", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        wait_until_ready(proc, url, timeout_s=120)
         model = httpx.get(url + "/v1/models", timeout=10).json()["models"][0]
         idle_rss, _ = rss_mib(proc.pid)
         print(f"model: {model['name']} {model['version']}; providers: {model['graphs']['recognition']['providers']}")
@@ -140,11 +118,7 @@ def main() -> int:
                 f"{1000 * percentile(latencies, 95):.0f} | {errors} | {rss:.0f} ({peak:.0f}) |"
             )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         if tmp is not None:
             tmp.cleanup()
     return 0

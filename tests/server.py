@@ -1,0 +1,51 @@
+"""Start and stop `python -m service` on 127.0.0.1 for end-to-end tests and the HTTP benchmark."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env_extra: dict[str, str], **popen_kwargs) -> tuple[subprocess.Popen, str]:
+    """Launch the service on a free loopback port; returns the process and its base URL."""
+    port = free_port()
+    env = {**os.environ, "PFVIT_HOST": "127.0.0.1", "PFVIT_PORT": str(port), **env_extra}
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, **popen_kwargs)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before becoming ready")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"server not ready within {timeout_s} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
