@@ -30,6 +30,9 @@ from service.vision.align import align_face
 from service.vision.imaging import decode_image, encode_png
 from training.data.datasets import IMAGE_SUFFIXES
 
+# The shipped detector, wherever the command is run from.
+DEFAULT_MTCNN_DIR = Path(__file__).resolve().parents[2] / "models" / "mtcnn"
+
 if TYPE_CHECKING:  # imported lazily at run time: only main() needs ONNX Runtime
     from service.vision.mtcnn import FaceDetection
 
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("input_dir", type=Path, help="folder of raw photos (sub-folders, e.g. labels, are kept)")
     add("output_dir", type=Path, help="folder for the aligned PNG crops")
     add("--size", type=int, default=224, help="side of the aligned square crop, pixels (default 224)")
-    add("--models", type=Path, default=Path("models/mtcnn"), help="MTCNN model folder (default models/mtcnn)")
+    add("--models", type=Path, default=DEFAULT_MTCNN_DIR, help="MTCNN model folder (default: the repository's models/mtcnn)")
     add(
         "--keep",
         choices=("largest", "confident"),
