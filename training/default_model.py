@@ -229,10 +229,12 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     training["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     write_card(replace(card, training=training), model_dir)
 
+    # The pictures docs/default-model.md shows, next to the run's own copies.
     docs = Path(cfg.docs_dir)
     docs.mkdir(parents=True, exist_ok=True)
-    samples_grid(arrays, list(EMOTIONS), out / "samples.png")
-    confusion_matrix_png(np.array(metrics["confusion_matrix"]), list(EMOTIONS), out / "confusion.png")
+    for folder in (out, docs):
+        samples_grid(arrays, list(EMOTIONS), folder / "default-model-samples.png")
+        confusion_matrix_png(np.array(metrics["confusion_matrix"]), list(EMOTIONS), folder / "default-model-confusion.png")
     print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "poker_face", "poker_face_neutral_share", "timings")}, indent=2))
     return metrics
 
