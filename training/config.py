@@ -29,6 +29,10 @@ class PFViTConfig:
         num_classes: number of emotion classes K.
         labels: class names in logit order (``len(labels) == num_classes`` when given).
         mean, std: per-channel RGB normalisation of [0, 1] pixels.
+        poker_mode: how G's output becomes the poker face. "direct": G(z_p + e_n), the face
+            redrawn from tokens. "edit": x + G(z_p + e_n) - G(z), the generator's own change
+            between its neutral and its faithful decode applied to the input, so every detail
+            that G cannot redraw (texture, noise, fine identity) is kept (docs/pfvit.md).
     """
 
     image_size: int = 224
@@ -49,8 +53,11 @@ class PFViTConfig:
     labels: list[str] = field(default_factory=list)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    poker_mode: str = "direct"
 
     def __post_init__(self) -> None:
+        if self.poker_mode not in ("direct", "edit"):
+            raise ValueError(f"poker_mode must be 'direct' or 'edit', got {self.poker_mode!r}")
         for size_name in ("patch_size", "disc_patch_size"):
             if self.image_size % getattr(self, size_name):
                 raise ValueError(f"image_size {self.image_size} is not a multiple of {size_name}")
@@ -175,6 +182,7 @@ class TrainConfig(RunConfig):
         mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
         label_smoothing: for hard labels.
         eval_every: evaluate every this many epochs (0 = only at the end).
+        poker_mode: "direct" or "edit" (see :class:`PFViTConfig`); empty keeps the model's.
     """
 
     out_dir: str = "runs/train"
@@ -192,6 +200,7 @@ class TrainConfig(RunConfig):
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
     eval_every: int = 1
+    poker_mode: str = ""
 
 
 @dataclass(frozen=True)

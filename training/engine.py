@@ -143,6 +143,8 @@ def _model_overrides(cfg: RunConfig, labels: list[str]) -> dict[str, Any]:
         overrides["image_size"] = cfg.image_size
     if labels:
         overrides.update(num_classes=len(labels), labels=list(labels))
+    if getattr(cfg, "poker_mode", ""):
+        overrides["poker_mode"] = cfg.poker_mode
     return overrides
 
 

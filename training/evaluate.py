@@ -93,8 +93,9 @@ def evaluate(
         if grid is None and out_dir is not None:
             k = min(num_samples, x.shape[0])
             with autocast:
-                rec = model.denormalise(model.generate(z[:k]).float())
-                poker = model.denormalise(model.generate(model.poker_tokens(z_p[:k])).float())
+                rec_model = model.generate(z[:k])
+                rec = model.denormalise(rec_model.float())
+                poker = model.denormalise(model.synthesize_poker(x[:k], z[:k], z_p[:k], rec_model).float())
             grid = [("input", images01[:k].float().cpu().numpy()), ("recon", rec.cpu().numpy()), ("poker", poker.cpu().numpy())]
             if "poker_face" in batch:
                 grid.append(("true", batch["poker_face"][:k].float().numpy()))

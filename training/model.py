@@ -354,6 +354,22 @@ class PFViT(nn.Module):
         """``z_p + e_n``: the residue with the neutral emotional component put back."""
         return z_p + self.separator.neutral()
 
+    def synthesize_poker(self, images: torch.Tensor, z: torch.Tensor, z_p: torch.Tensor,
+                         reconstruction: torch.Tensor | None = None) -> torch.Tensor:
+        """The poker face in model space, ``[N, 3, H, W]``, per ``config.poker_mode``.
+
+        Args:
+            images: the normalised input faces (used by "edit" mode).
+            z, z_p: their tokens and residue.
+            reconstruction: ``G(z)`` when the caller already has it ("edit" mode needs it).
+        """
+        poker = self.generate(self.poker_tokens(z_p))  # G(z_p + e_n)
+        if self.config.poker_mode == "edit":
+            # Keep what G cannot redraw: apply only G's own neutral-minus-faithful change.
+            rec = self.generate(z) if reconstruction is None else reconstruction
+            poker = images + (poker - rec)
+        return poker
+
     def discriminate(self, images: torch.Tensor) -> torch.Tensor:
         """D: ``[N, 3, H, W]`` -> real/fake logits ``[N]``."""
         return self.discriminator(images)
@@ -370,8 +386,9 @@ class PFViT(nn.Module):
 
     def poker_face(self, images: torch.Tensor) -> torch.Tensor:
         """E + S_p + G: normalised images -> poker faces ``[N, 3, H, W]`` RGB in [0, 1]."""
-        _, z_p = self.separate(self.forward_features(images))
-        return self.denormalise(self.generate(self.poker_tokens(z_p)))
+        z = self.forward_features(images)
+        _, z_p = self.separate(z)
+        return self.denormalise(self.synthesize_poker(images, z, z_p))
 
     # ---- MAE
     def forward_pretrain(self, images: torch.Tensor, mask_ratio: float = 0.75, norm_pix_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -527,7 +544,7 @@ class SeparationObjective(nn.Module):
         reconstruction = m.generate(z)  # z_e + z_p == z
         loss_rec = (reconstruction - images).abs().mean()
 
-        poker = m.generate(m.poker_tokens(z_p))  # [N, 3, H, W]
+        poker = m.synthesize_poker(images, z, z_p, reconstruction)  # [N, 3, H, W]
         z_cycle = m.forward_features(poker)
         z_cycle_e, z_cycle_p = m.separate(z_cycle)
         cycle_logits, _ = m.forward_head(z_cycle_e)

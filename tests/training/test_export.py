@@ -54,3 +54,25 @@ def test_export_parity_and_card(tmp_path: Path) -> None:
     assert poker.shape == (3, 3, 32, 32) and poker.min() >= 0 and poker.max() <= 1
     with torch.no_grad():
         assert np.abs(poker - model.poker_face(torch.from_numpy(x)).numpy()).mean() <= 1 / 255
+
+
+def test_edit_mode_poker_face_and_export(tmp_path: Path) -> None:
+    """"edit" mode: poker = x + G(z_p + e_n) - G(z), in torch and in the exported graph."""
+    torch.manual_seed(1)
+    torch.set_num_threads(2)
+    labels = TinyFaces.labels
+    model = PFViT(PFViTConfig(**micro_overrides(), num_classes=3, labels=labels, poker_mode="edit")).eval()
+    ds = TinyFaces(4)
+    images = torch.stack([ds[i]["image"] for i in range(4)])
+    x = model.normalise(images)
+    with torch.no_grad():
+        z = model.forward_features(x)
+        _, z_p = model.separate(z)
+        want = model.denormalise(x + model.generate(model.poker_tokens(z_p)) - model.generate(z))
+        assert torch.allclose(model.poker_face(x), want, atol=1e-6)
+    ckpt = save_checkpoint(tmp_path / "last.pt", model, "train", TrainConfig(data="synthetic:8"), {}, {}, 0, 0, [rng_state()])
+    out = tmp_path / "model"
+    result = export_checkpoint(ckpt, out, images, name="micro-edit")
+    assert result["parity"]["poker_face_mean_abs_diff"] <= 1 / 255
+    (poker,) = ort.InferenceSession(str(out / "poker_face.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    assert np.abs(poker - want.numpy()).mean() <= 1 / 255
