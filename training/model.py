@@ -186,7 +186,10 @@ class OrthogonalSeparator(nn.Module):
 
     def __init__(self, dim: int, emotion_dim: int, num_tokens: int) -> None:
         super().__init__()
-        self.basis = orthogonal(nn.Linear(dim, emotion_dim, bias=False))
+        # matrix_exp, not the default Householder map for a non-square weight: under Adam-type
+        # updates the Householder map collapses W to zeros after one step (tested), which
+        # silently empties z_e and leaves the classifier at chance.
+        self.basis = orthogonal(nn.Linear(dim, emotion_dim, bias=False), orthogonal_map="matrix_exp")
         self.neutral_coords = nn.Parameter(torch.zeros(1, num_tokens, emotion_dim))
 
     @property
