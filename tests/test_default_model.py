@@ -65,3 +65,30 @@ def test_served_default_model_reads_rendered_expressions(default_client):
     correct = sum(p == t for p, t in zip(predicted, truth))
     assert correct >= len(truth) - 2, list(zip(truth, predicted))
     assert all(image["faces"][0]["poker_face_png"] for image in body["images"])
+
+
+def test_served_default_model_on_scenes_through_detection(default_client):
+    """The whole path on rendered pictures: MTCNN finds the face, alignment, then PF-ViT."""
+    from training.render.dataset import EMOTIONS, IDENTITY_RANGES, sample_parameters
+    from training.render.face import render_scene
+
+    files, truth, centres = [], [], []
+    for i in range(16):
+        label, identity, aus, scene, _ = sample_parameters((20261123, 7, i), IDENTITY_RANGES["test"], label=i % len(EMOTIONS))
+        render = render_scene(identity, aus, scene, canvas=(320, 240), face_px=100)
+        files.append(("images", (f"scene{i}.png", encode(render.image, "PNG"), "image/png")))
+        truth.append(EMOTIONS[label])
+        centres.append(render.landmarks.mean(axis=0))
+    resp = default_client.post("/v1/recognize", params={"max_faces": 1}, files=files)
+    assert resp.status_code == 200, resp.text
+    found = correct = 0
+    for image, label, (cx, cy) in zip(resp.json()["images"], truth, centres):
+        if not image["faces"]:
+            continue
+        face = image["faces"][0]
+        box = face["box"]
+        assert box["x1"] < cx < box["x2"] and box["y1"] < cy < box["y2"]  # the face we drew, not clutter
+        found += 1
+        correct += face["label"] == label
+    assert found >= 12, f"the detector found only {found} of 16 rendered faces"
+    assert correct >= 0.75 * found, f"{correct} of {found} detected faces read correctly"
