@@ -174,6 +174,63 @@ def samples_grid(arrays: dict[str, np.ndarray], labels: list[str], path: Path, p
     Image.fromarray(canvas).resize((canvas.shape[1] * 2, canvas.shape[0] * 2), Image.Resampling.NEAREST).save(path, optimize=True)
 
 
+def write_report(metrics: dict[str, Any], path: Path) -> None:
+    """``docs/default-model.md``: the held-out numbers of the shipped model, from its run."""
+    pf = metrics["poker_face"]
+    recipe = metrics["recipe"]
+    t = metrics["timings"]
+    per_class = " | ".join(f"{name} {100 * acc:.1f}" for name, acc in metrics["per_class_accuracy"].items() if acc is not None)
+    goal = lambda ok: "met" if ok else "not met"  # noqa: E731
+    text = f"""# The shipped default model: `{Path(recipe["model_dir"]).name}`
+
+PF-ViT micro (64 px input, patch 8, encoder 128 wide × 4 deep, emotional subspace k = 32)
+trained **on rendered faces only** (`training/render`, see [rendered-faces.md](rendered-faces.md)).
+It exists to show the whole pipeline working end to end — detection, alignment, recognition,
+poker-face generation — and is **not meant for photographs of real people**: it has never seen
+one. Train on RAF-DB, AffectNet or FERPlus for real use (README, "Training").
+
+## Reproduce
+
+```bash
+make train-default        # = python -m training.default_model (seeded; {t["total_s"] / 60:.0f} min on this 2-core CPU)
+```
+
+Recipe (all in `training/default_model.py`): {recipe["train_size"]} training / {recipe["val_size"]} validation /
+{recipe["test_size"]} test samples at {recipe["image_size"]} px, identities disjoint across splits
+(protocol in [rendered-faces.md](rendered-faces.md)), seed {recipe["seed"]}; MAE pre-training
+{recipe["pretrain_epochs"]} epochs, then the PF-ViT stage {recipe["train_epochs"]} epochs at batch
+{recipe["batch_size"]}, classification weight {recipe["cls_weight"]}, poker faces in
+`{recipe["poker_mode"]}` mode ([pfvit.md](pfvit.md)). Time: rendering {t["render_s"]:.0f} s,
+pre-training {t["pretrain_s"]:.0f} s, PF-ViT stage {t["train_s"]:.0f} s.
+
+## Held-out results (test identities, the exported ONNX files through the service's own runtime code)
+
+| measure | value | goal |
+|---|---|---|
+| accuracy | {100 * metrics["accuracy"]:.2f} % | ≥ 95 % ({goal(metrics["accuracy"] >= 0.95)}) |
+| macro-F1 | {100 * metrics["macro_f1"]:.2f} % | ≥ 95 % ({goal(metrics["macro_f1"] >= 0.95)}) |
+| poker face vs true poker face, PSNR | {pf["psnr_db"]:.2f} dB | |
+| trivial baseline (input unchanged) vs true poker face, PSNR | {pf["baseline_psnr_db"]:.2f} dB | |
+| PSNR gain over the baseline | {pf["psnr_gain_db"]:+.2f} dB | ≥ +6 dB ({goal(pf["psnr_gain_db"] >= 6)}) |
+| poker face SSIM (baseline) | {pf["ssim"]:.4f} ({pf["baseline_ssim"]:.4f}) | |
+| poker faces the model itself classifies as neutral | {100 * metrics["poker_face_neutral_share"]:.1f} % | ≥ 95 % ({goal(metrics["poker_face_neutral_share"] >= 0.95)}) |
+
+Per-class accuracy (%): {per_class}. Poker-face fidelity is measured on the expressive test
+faces only: a neutral face already is its own poker face, so the baseline would be perfect there.
+{metrics["num_samples"]} test samples.
+
+Examples (rows: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt; each
+triple: input | generated poker face | true poker face):
+
+![samples](default-model-samples.png)
+
+Confusion matrix (rows true, columns predicted):
+
+![confusion](default-model-confusion.png)
+"""
+    path.write_text(text, encoding="utf-8")
+
+
 def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -240,6 +297,7 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     for folder in (out, docs):
         samples_grid(arrays, list(EMOTIONS), folder / "default-model-samples.png")
         confusion_matrix_png(np.array(metrics["confusion_matrix"]), list(EMOTIONS), folder / "default-model-confusion.png")
+    write_report(metrics, docs / "default-model.md")
     print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "poker_face", "poker_face_neutral_share", "timings")}, indent=2))
     return metrics
 
