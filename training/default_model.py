@@ -219,6 +219,15 @@ Per-class accuracy (%): {per_class}. Poker-face fidelity is measured on the expr
 faces only: a neutral face already is its own poker face, so the baseline would be perfect there.
 {metrics["num_samples"]} test samples.
 
+**Reading the poker-face numbers together.** The neutral share asks the model's own recognition
+graph about its own poker faces, and the cycle term of training optimises exactly that, so it
+can be met by a shortcut: the encoder learns to read "generated" as neutral while the generator
+changes little. The PSNR gain against the unchanged input is the check that cannot be gamed
+that way. A high neutral share with a gain near 0 dB, as here, means the poker faces are barely
+edited and the neutral reading is that shortcut, not an emotionless face; the sample grid below
+shows it. Closing that gap (a longer schedule, a stronger supervised poker-face term, a larger
+generator) is open work.
+
 Examples (rows: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt; each
 triple: input | generated poker face | true poker face):
 
