@@ -77,10 +77,10 @@ class EmotionModel:
             inputs = session.get_inputs()
             if len(inputs) != 1 or inputs[0].name != graph.inputs[0].name:
                 raise ModelLoadError(f"{name}: session inputs {[i.name for i in inputs]} do not match the card")
-            shape = inputs[0].shape
-            if len(shape) != 4 or shape[1] != 3 or shape[2] not in (h, None) or shape[3] not in (w, None):
-                if not (isinstance(shape[2], str) and isinstance(shape[3], str)):
-                    raise ModelLoadError(f"{name}: session input shape {shape} does not match the card's {h}x{w}")
+            shape = inputs[0].shape  # dynamic axes come back as names (str) or None
+            fits = lambda dim, want: dim == want or dim is None or isinstance(dim, str)  # noqa: E731
+            if len(shape) != 4 or not (fits(shape[1], 3) and fits(shape[2], h) and fits(shape[3], w)):
+                raise ModelLoadError(f"{name}: session input shape {shape} does not match the card's [batch, 3, {h}, {w}]")
             outputs = {o.name: o for o in session.get_outputs()}
             for spec in graph.outputs:
                 if spec.name not in outputs:

@@ -123,3 +123,13 @@ def test_service_refuses_to_start_on_tampered_model(tmp_path, settings):
     with pytest.raises(ModelLoadError, match="sha256"):
         with TestClient(app):
             pass
+
+
+def test_input_size_must_match_the_card(tmp_path):
+    write_stub_model(tmp_path / "m", size=64)
+    path = tmp_path / "m" / "card.json"
+    data = json.loads(path.read_text())
+    data["input"]["size"] = [112, 112]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="does not match the card"):
+        EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
