@@ -133,3 +133,17 @@ def test_input_size_must_match_the_card(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ModelLoadError, match="does not match the card"):
         EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
+
+
+def test_poker_face_routes_without_the_graph_answer_501(tmp_path, settings, astronaut_bytes):
+    from tests.conftest import wait_ready
+
+    shutil.copytree(settings.models_dir / "mtcnn", tmp_path / "mtcnn")
+    write_stub_model(tmp_path / "recognition-only", with_poker_face=False)
+    app = create_app(settings.model_copy(update={"models_dir": tmp_path, "emotion_model": "recognition-only"}))
+    files = {"images": ("a.png", astronaut_bytes, "image/png")}
+    with TestClient(app) as client:
+        wait_ready(client)
+        for resp in (client.post("/v1/poker-face", files=files), client.post("/v1/recognize", params={"return_poker_face": "true"}, files=files)):
+            assert resp.status_code == 501 and resp.json()["type"].endswith("/capability-missing"), resp.text
+        assert client.post("/v1/recognize", files=files).status_code == 200  # recognition still serves

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from service.card import load_card, write_card
 from service.models import EmotionModel

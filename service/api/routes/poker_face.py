@@ -62,8 +62,9 @@ async def poker_face(
     png = wants_png(accept)
     if png and len(images) != 1:
         raise InvalidRequest(f"Accept: image/png returns one picture; upload exactly one image (got {len(images)})", field="images")
-    if not state.require_pipeline().model.has_poker_face:
-        raise CapabilityMissing(f"model {state.require_pipeline().model.card.name!r} ships no poker-face graph")
+    model = state.require_pipeline().model
+    if not model.has_poker_face:  # refuse before decoding and detecting anything
+        raise CapabilityMissing(f"model {model.card.name!r} ships no poker-face graph")
     uploads = await read_uploads(images, settings)
     analysis = await analyse(state, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True)
     assert analysis.poker_pngs is not None
@@ -72,7 +73,7 @@ async def poker_face(
         if not result.faces:
             raise NoFaceFound("no face was found in the image")
         largest = max(range(len(result.faces)), key=lambda i: result.faces[i].area)
-        headers = {"X-Model": f"{state.require_pipeline().model.card.name}/{state.require_pipeline().model.card.version}"}
+        headers = {"X-Model": f"{model.card.name}/{model.card.version}"}
         return Response(analysis.poker_pngs[0][largest], media_type="image/png", headers=headers)
     out_images = [
         PokerFaceImage(
