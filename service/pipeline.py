@@ -15,7 +15,7 @@ import numpy as np
 
 from service import metrics
 from service.models import EmotionModel
-from service.vision.align import align_face
+from service.vision.faces import find_faces
 from service.vision.imaging import resize_rgb
 from service.vision.mtcnn import MTCNN
 
@@ -86,19 +86,16 @@ class FacePipeline:
             with timer.stage("align"):
                 crop = resize_rgb(image, (size_w, size_h))
             return [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks=None, aligned=crop)]
-        with timer.stage("detect"):
-            detections = self.detector.detect(image, min_face_size=options.min_face_size, threshold=options.threshold)
-        # MTCNN's min_face_size only sets the first pyramid scale, so smaller faces can still
-        # come back; the API promises a floor, so apply it to the boxes too.
-        detections = [d for d in detections if max(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= options.min_face_size]
-        # Highest scores first (the detector's order); keep the max_faces best.
-        detections = detections[: options.max_faces]
-        faces: list[Face] = []
-        with timer.stage("align"):
-            for det in detections:
-                crop, _ = align_face(image, det.landmarks, size_h)  # square input, checked at load
-                faces.append(Face(box=tuple(float(v) for v in det.box), score=float(det.score), landmarks=np.asarray(det.landmarks, dtype=np.float64), aligned=crop))
-        return faces
+        found = find_faces(
+            self.detector,
+            image,
+            size=size_h,  # square input, checked at load
+            min_face_size=options.min_face_size,
+            threshold=options.threshold,
+            max_faces=options.max_faces,
+            stage=timer.stage,
+        )
+        return [Face(box=f.box, score=f.score, landmarks=f.landmarks, aligned=f.aligned) for f in found]
 
     def run(
         self,
