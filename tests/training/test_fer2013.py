@@ -79,3 +79,35 @@ def test_bad_split_and_empty_root_are_clear_errors(tmp_path: Path) -> None:
         FER2013(tmp_path, "holdout", transform)
     with pytest.raises(ValueError, match="no FER2013 Training faces"):
         FER2013(tmp_path, "train", transform)
+
+
+def test_joint_faces_map_labels_and_mark_poker_faces(folder_form: Path) -> None:
+    import torch
+
+    from training.data.joint import JointFaces
+
+    class Rendered(torch.utils.data.Dataset):
+        labels = ["neutral", "happiness", "contempt"]
+        targets = [1, 2, 0]
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> dict:
+            image = torch.zeros(3, 48, 48)
+            image[0] = 1.0  # pure red: grey only through the luma
+            return {"image": image, "poker_face": image * 0.5, "label": torch.tensor(self.targets[i])}
+
+    real = FER2013(folder_form, "train", FaceTransform(image_size=48, augment=False))
+    joint = JointFaces(real, Rendered(), greyscale=True)
+    assert joint.labels == FER2013_LABELS
+    assert len(joint) == 5
+    # Real photos first; rendered labels mapped by name, contempt (not in FER2013) unlabelled.
+    assert joint.targets == [0, 3, 3, -1, 6]
+    real_item, rendered_item = joint[0], joint[2]
+    assert float(real_item["has_poker_face"]) == 0.0 and float(rendered_item["has_poker_face"]) == 1.0
+    assert int(rendered_item["label"]) == 3
+    assert torch.allclose(rendered_item["image"][0], rendered_item["image"][2])  # grey
+    assert abs(float(rendered_item["image"][0, 0, 0]) - 0.299) < 1e-6
+    batch = torch.utils.data.default_collate([joint[i] for i in range(5)])
+    assert batch["poker_face"].shape == (5, 3, 48, 48)

@@ -53,6 +53,11 @@ def _greyscale(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(dim=0, keepdim=True)
 
 
+def to_greyscale(x: torch.Tensor) -> torch.Tensor:
+    """``(3, H, W)`` RGB -> ``(3, H, W)`` with the luma in every channel (a grey picture in RGB)."""
+    return _greyscale(x).expand_as(x).clone()
+
+
 def hflip(x: torch.Tensor) -> torch.Tensor:
     """Mirror a ``(3, H, W)`` image left to right."""
     return x.flip(-1)

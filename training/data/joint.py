@@ -1,0 +1,72 @@
+"""Real photos and rendered faces in one training set.
+
+Real photos carry labels but no poker face; rendered faces carry the true poker face (the same
+face with every action unit at zero), which gives the generator a supervised target. Training
+on both teaches the generator what "remove the expression" means on rendered faces and the
+unpaired photos carry it over to people.
+
+Items follow the dataset contract plus ``poker_face`` and ``has_poker_face``: a real photo's
+``poker_face`` is its own image (never used: ``has_poker_face`` is 0). Rendered labels are
+mapped onto the real set's label list by name; a rendered class the real set lacks (contempt
+for FER2013) gets label -1, so it still trains the generator but not the classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from training.data.transforms import to_greyscale
+
+
+class JointFaces(Dataset):
+    """``real`` followed by ``rendered``; the sampler shuffles them together, so the share of
+    rendered faces in a batch is ``len(rendered) / len(self)`` on average.
+
+    Args:
+        real: labelled photos (``labels``, ``targets``; items ``image``, ``label``).
+        rendered: faces with ``poker_face`` (items ``image``, ``label``, ``poker_face``).
+        greyscale: turn rendered faces (and their poker faces) grey, for real sets that are grey
+            (FER2013): the generator's targets then live in one colour space.
+    """
+
+    def __init__(self, real: Dataset, rendered: Dataset, greyscale: bool = False) -> None:
+        self.real = real
+        self.rendered = rendered
+        self.greyscale = greyscale
+        self.labels: list[str] = list(real.labels)
+        index = {name.lower(): k for k, name in enumerate(self.labels)}
+        self.rendered_to_real = [index.get(name.lower(), -1) for name in rendered.labels]
+        rendered_targets = [int(t) for t in getattr(rendered, "targets")]
+        self.targets: list[int] = [int(t) for t in real.targets] + [
+            self.rendered_to_real[t] if t >= 0 else -1 for t in rendered_targets
+        ]
+
+    def __len__(self) -> int:
+        return len(self.real) + len(self.rendered)
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in (self.real, self.rendered):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index < len(self.real):
+            item = self.real[index]
+            return {
+                "image": item["image"],
+                "label": torch.as_tensor(int(item["label"]), dtype=torch.int64),
+                "poker_face": item["image"],
+                "has_poker_face": torch.tensor(0.0),
+            }
+        item = self.rendered[index - len(self.real)]
+        image, poker = item["image"], item["poker_face"]
+        if self.greyscale:
+            image, poker = to_greyscale(image), to_greyscale(poker)
+        label = int(item["label"])
+        return {
+            "image": image,
+            "label": torch.tensor(self.rendered_to_real[label] if label >= 0 else -1, dtype=torch.int64),
+            "poker_face": poker,
+            "has_poker_face": torch.tensor(1.0),
+        }
