@@ -33,6 +33,9 @@ class PFViTConfig:
             redrawn from tokens. "edit": x + G(z_p + e_n) - G(z), the generator's own change
             between its neutral and its faithful decode applied to the input, so every detail
             that G cannot redraw (texture, noise, fine identity) is kept (docs/pfvit.md).
+        stem: how the encoder turns pixels into tokens: "patch" (one linear projection per
+            patch, the vanilla ViT) or "conv" (3x3 stride-2 convolutions, :class:`ConvStem`).
+        greyscale: the encoder reads the luma only (models trained on grey photos).
     """
 
     image_size: int = 224
@@ -54,8 +57,12 @@ class PFViTConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     poker_mode: str = "direct"
+    stem: str = "patch"
+    greyscale: bool = False
 
     def __post_init__(self) -> None:
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.poker_mode not in ("direct", "edit"):
             raise ValueError(f"poker_mode must be 'direct' or 'edit', got {self.poker_mode!r}")
         for size_name in ("patch_size", "disc_patch_size"):
@@ -111,6 +118,8 @@ class RunConfig:
         device: "auto", "cpu" or "cuda".
         save_every: keep ``checkpoint-<epoch>.pt`` every this many epochs (``last.pt`` always).
         progress: show tqdm bars (rank 0 only).
+        stem: encoder stem ("patch" or "conv") of a model built from ``model``; empty keeps the factory's.
+        greyscale: a model built from ``model`` reads the luma only.
     """
 
     out_dir: str = "runs/pfvit"
@@ -132,6 +141,8 @@ class RunConfig:
     device: str = "auto"
     save_every: int = 0
     progress: bool = True
+    stem: str = ""
+    greyscale: bool = False
 
 
 @dataclass(frozen=True)

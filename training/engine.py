@@ -145,6 +145,10 @@ def _model_overrides(cfg: RunConfig, labels: list[str]) -> dict[str, Any]:
         overrides.update(num_classes=len(labels), labels=list(labels))
     if getattr(cfg, "poker_mode", ""):
         overrides["poker_mode"] = cfg.poker_mode
+    if cfg.stem:
+        overrides["stem"] = cfg.stem
+    if cfg.greyscale:
+        overrides["greyscale"] = True
     return overrides
 
 
@@ -302,14 +306,17 @@ def train_one_epoch(
         x = model.normalise(batch["image"].to(ctx.device, non_blocking=True))  # [N, 3, H, W]
         targets, labelled = targets_from_batch(batch, k, ctx.device)
         true_poker = model.normalise(batch["poker_face"].to(ctx.device)) if "poker_face" in batch else None
+        has_poker = batch["has_poker_face"].to(ctx.device) if "has_poker_face" in batch else None
         if cfg.mixup_alpha > 0:
             (x, targets, true_poker), _, perm = mixup([x, targets, true_poker], cfg.mixup_alpha)
             labelled = labelled * labelled[perm.to(labelled.device)]
+            if has_poker is not None:
+                has_poker = has_poker * has_poker[perm.to(has_poker.device)]
 
         # Generator side (E, S, G, H): D frozen so its weights take no gradient from here.
         set_requires_grad(model.discriminator, False)
         with autocast_for(ctx.device):
-            out = gen_side(x, targets, labelled, true_poker)
+            out = gen_side(x, targets, labelled, true_poker, has_poker)
             losses = dict(out.losses)
             losses["adv_poker"] = generator_adv_loss(model.discriminator(out.poker_face).float(), cfg.gan)
             losses["adv_rec"] = generator_adv_loss(model.discriminator(out.reconstruction).float(), cfg.gan)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 # ITU-R 601 luma weights, the ones PIL and torchvision use for greyscale.
-_LUMA_RGB = (0.299, 0.587, 0.114)
+LUMA_RGB = (0.299, 0.587, 0.114)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -49,7 +49,7 @@ def _uniform(low: float, high: float, generator: torch.Generator | None) -> floa
 
 def _greyscale(x: torch.Tensor) -> torch.Tensor:
     """``(3, H, W)`` -> ``(1, H, W)`` luma."""
-    w = torch.tensor(_LUMA_RGB, dtype=x.dtype).view(3, 1, 1)
+    w = torch.tensor(LUMA_RGB, dtype=x.dtype).view(3, 1, 1)
     return (x * w).sum(dim=0, keepdim=True)
 
 

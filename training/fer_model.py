@@ -1,0 +1,289 @@
+"""Reproduce the shipped default model: PF-ViT (micro, 48 px) on FER2013 photos, trained
+jointly with rendered faces.
+
+    python -m training.fer_model --fer2013 /data/fer2013             # the shipped recipe
+    python -m training.fer_model --fer2013 /data/fer2013 --quick     # a few-minute smoke run
+    python -m training.fer_model --fer2013 /data/fer2013 --evaluate-only
+
+``--fer2013`` is Kaggle's FER2013: the folder holding ``fer2013.csv``, or its image-folder form
+(docs/datasets.md). Steps, all seeded; each resumes from its own files when interrupted:
+1. align every face with the service's detector and aligner (``pfvit-align-dataset``): the
+   48 px crop edge-padded by 24 px and upscaled x3, as a photo of it reaches the service;
+   faces it cannot find get one fixed transform (the detected faces' mean landmarks);
+2. train the judge (``training.judge``), a plain CNN that never sees the generator;
+3. MAE pre-training of encoder and generator on FER2013 train plus rendered faces;
+4. the PF-ViT stage on FER2013 (labels) jointly with rendered faces (their true poker faces
+   supervise the generator);
+5. export the recognition and poker-face graphs with the card;
+6. evaluate the exported files through the service's own code on PrivateTest and on rendered
+   test identities (``training.served_eval``); the numbers go into the card and
+   ``docs/default-model.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.card import load_card, write_card
+from training import served_eval
+from training.checkpoint import load_checkpoint
+from training.config import IMAGENET_MEAN, IMAGENET_STD, LossWeights, PretrainConfig, TrainConfig
+from training.data import align_dataset
+from training.data.fer2013 import FER2013, export_csv
+from training.data.joint import JointFaces
+from training.data.transforms import FaceTransform
+from training.default_model import InMemoryFaces, render_split
+from training.engine import run_pretrain, run_train
+from training.export import export_checkpoint
+from training.judge import JudgeConfig, poker_face_report, train_judge
+from training.plots import confusion_matrix_png
+
+REPO = Path(__file__).resolve().parent.parent
+MTCNN_DIR = REPO / "models" / "mtcnn"
+DATA_TERMS = (
+    "FER2013 (ICML 2013 representation-learning challenge, Goodfellow et al.) was released for research; "
+    "check its terms before any other use of this model."
+)
+
+
+@dataclass(frozen=True)
+class FERModelConfig:
+    """The shipped recipe. Args are the command-line flags of the same names."""
+
+    fer2013: str = ""
+    out_dir: str = "runs/fer-model"
+    model_dir: str = str(REPO / "models" / "pfvit-micro-fer2013")
+    docs_dir: str = str(REPO / "docs")
+    name: str = "pfvit-micro-fer2013"
+    version: str = "1.0.0"
+    image_size: int = 48
+    pad_px: int = 24
+    upscale: float = 3.0
+    seed: int = 0
+    judge_epochs: int = 6
+    pretrain_epochs: int = 3
+    train_epochs: int = 8
+    batch_size: int = 64
+    # Rendered faces beside FER2013's 28,709 train photos: about one sample in six.
+    rendered_train: int = 5600
+    rendered_test: int = 800
+    cls_weight: float = 2.0
+    poker_sup_weight: float = 2.0
+    cyc_neutral_weight: float = 0.5
+    label_smoothing: float = 0.1
+    render_workers: int = 0  # 0 = one per core
+    device: str = "auto"
+    threads: int = 0
+
+
+QUICK = dict(judge_epochs=1, pretrain_epochs=1, train_epochs=1, rendered_train=256, rendered_test=64)
+
+
+def aligned_dir(cfg: FERModelConfig) -> Path:
+    return Path(cfg.out_dir) / "aligned"
+
+
+def align(cfg: FERModelConfig) -> dict[str, Any]:
+    """Step 1: FER2013 through the service's detector and aligner (resumable)."""
+    source = Path(cfg.fer2013)
+    if (source / "fer2013.csv").is_file():
+        images = Path(cfg.out_dir) / "fer2013-images"
+        if not images.is_dir():
+            export_csv(source / "fer2013.csv", images)
+        source = images
+    out = aligned_dir(cfg)
+    align_dataset.main([
+        str(source), str(out), "--size", str(cfg.image_size), "--pad", str(cfg.pad_px), "--upscale", str(cfg.upscale),
+        "--fallback", "mean", "--models", str(MTCNN_DIR), "--threads", str(cfg.threads),
+    ])
+    return json.loads((out / "summary.json").read_text())
+
+
+def split_counts(aligned: Path) -> dict[str, dict[str, int]]:
+    """Detected / fallback / failed faces per FER2013 split, read by file-name prefix."""
+    import csv
+
+    counts: dict[str, dict[str, int]] = {}
+    with (aligned / "landmarks.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            usage = Path(row["path"]).name.split("_", 1)[0]
+            per = counts.setdefault(usage, {})
+            per[row["method"]] = per.get(row["method"], 0) + 1
+    return counts
+
+
+def _resume_or_skip(run_dir: Path, epochs: int) -> tuple[str, bool]:
+    """``(resume path, finished)`` for a stage whose checkpoints live in ``run_dir``."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return "", False
+    done = int(load_checkpoint(last)["epoch"])
+    return ("", True) if done >= epochs else (str(last), False)
+
+
+def rendered_faces(cfg: FERModelConfig, split: str, length: int) -> InMemoryFaces:
+    return render_split(split, cfg.image_size, length, cfg.seed, cfg.render_workers or os.cpu_count() or 1)
+
+
+def run(cfg: FERModelConfig) -> dict[str, Any]:
+    if not cfg.fer2013:
+        raise SystemExit("--fer2013 PATH is required (Kaggle's FER2013; docs/datasets.md)")
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    align(cfg)
+    timings["align_s"] = time.perf_counter() - t0
+    aligned = aligned_dir(cfg)
+    train_fer = FER2013(aligned, "train", FaceTransform(image_size=cfg.image_size, augment=True))
+    val_fer = FER2013(aligned, "val", FaceTransform(image_size=cfg.image_size, augment=False))
+    print(f"aligned FER2013: {split_counts(aligned)} ({timings['align_s']:.0f} s)", flush=True)
+
+    t0 = time.perf_counter()
+    judge = train_judge(JudgeConfig(out_dir=str(out / "judge"), epochs=cfg.judge_epochs, seed=cfg.seed), train_fer, val_fer,
+                        list(IMAGENET_MEAN), list(IMAGENET_STD))
+    timings["judge_s"] = time.perf_counter() - t0
+    print(f"judge: val accuracy {judge.val_accuracy:.4f} ({timings['judge_s']:.0f} s)", flush=True)
+
+    t0 = time.perf_counter()
+    rendered = rendered_faces(cfg, "train", cfg.rendered_train)
+    joint = JointFaces(train_fer, rendered, greyscale=True)
+    timings["render_s"] = time.perf_counter() - t0
+
+    common = dict(model="micro", image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
+                  threads=cfg.threads, progress=False, stem="conv", greyscale=True,
+                  data=f"fer2013:{aligned} + rendered:seed={cfg.seed},size={cfg.image_size},n={cfg.rendered_train}")
+    t0 = time.perf_counter()
+    resume, finished = _resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
+    if not finished:
+        run_pretrain(
+            PretrainConfig(out_dir=str(out / "pretrain"), epochs=cfg.pretrain_epochs, warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
+                           blr=1.5e-3, mask_ratio=0.75, resume=resume, **common),
+            joint,
+        )
+    timings["pretrain_s"] = time.perf_counter() - t0
+    print(f"pre-training: {timings['pretrain_s']:.0f} s", flush=True)
+
+    t0 = time.perf_counter()
+    resume, finished = _resume_or_skip(out / "train", cfg.train_epochs)
+    if not finished:
+        weights = LossWeights(cls=cfg.cls_weight, poker_sup=cfg.poker_sup_weight, cyc_neutral=cfg.cyc_neutral_weight)
+        run_train(
+            TrainConfig(out_dir=str(out / "train"), init=str(out / "pretrain" / "last.pt"), epochs=cfg.train_epochs,
+                        warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=1e-3, d_blr=5e-4, weights=weights,
+                        label_smoothing=cfg.label_smoothing, poker_mode="edit", eval_every=max(1, cfg.train_epochs // 4),
+                        resume=resume, **common),
+            joint,
+            val_fer,
+        )
+    timings["train_s"] = time.perf_counter() - t0
+
+    model_dir = Path(cfg.model_dir)
+    sample = torch.stack([val_fer[i]["image"] for i in range(64)])
+    export_checkpoint(out / "train" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version,
+                      license="MIT (code and weights); training data FER2013: research use, see the card's training.data",
+                      description=("PF-ViT micro (48 px, convolutional stem, greyscale input) trained on FER2013 photos jointly with "
+                                   "rendered faces. " + DATA_TERMS))
+    timings["total_s"] = time.perf_counter() - t_start
+    return publish(cfg, timings)
+
+
+def evaluate(cfg: FERModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Step 6: the exported files through the service's code."""
+    model = served_eval.load_emotion_model(cfg.model_dir, threads=cfg.threads)
+    labels = model.labels
+    raw_test = FER2013(cfg.fer2013 if not (Path(cfg.out_dir) / "fer2013-images").is_dir() else Path(cfg.out_dir) / "fer2013-images",
+                       "test", FaceTransform(image_size=48, augment=False))
+    crops = [raw_test.load_face(i) for i in range(len(raw_test))]
+    y = np.asarray(raw_test.targets, dtype=np.int64)
+    photos = served_eval.recognise_photos(model, MTCNN_DIR, crops, cfg.pad_px, cfg.upscale, threads=cfg.threads)
+    metrics: dict[str, Any] = {"photos": served_eval.score(y, photos.predictions, labels)}
+    metrics["aligned_upload"] = served_eval.score(y, served_eval.recognise_crops(model, np.stack(crops)), labels)
+
+    found = photos.detected
+    faces = photos.aligned[found]
+    pokers = served_eval.poker_faces(model, faces)
+    metrics["poker_face_fer2013"] = {**served_eval.change_measures(faces, pokers), "num_samples": int(found.sum())}
+    judge = train_judge(JudgeConfig(out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, seed=cfg.seed),
+                        FER2013(aligned_dir(cfg), "train", FaceTransform(image_size=cfg.image_size, augment=True)),
+                        FER2013(aligned_dir(cfg), "val", FaceTransform(image_size=cfg.image_size, augment=False)),
+                        list(IMAGENET_MEAN), list(IMAGENET_STD))
+    to01 = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    metrics["judge"] = {"val_accuracy": judge.val_accuracy,
+                        **poker_face_report(judge.model, judge.labels, to01(faces), to01(pokers), torch.from_numpy(y[found]),
+                                            list(IMAGENET_MEAN), list(IMAGENET_STD))}
+
+    rendered = rendered_faces(cfg, "test", cfg.rendered_test)
+    r_faces = rendered.images.permute(0, 2, 3, 1).numpy()
+    r_truth = rendered.pokers.permute(0, 2, 3, 1).numpy()
+    expressive = rendered.targets.numpy() != list(rendered.labels).index("neutral")
+    metrics["poker_face_rendered"] = served_eval.rendered_fidelity(model, r_faces, r_truth, expressive)
+    return metrics, {"faces": faces, "pokers": pokers, "labels": y[found]}
+
+
+def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
+    """Evaluate the exported model; write metrics, card numbers, report and pictures."""
+    out = Path(cfg.out_dir)
+    metrics, arrays = evaluate(cfg)
+    metrics["alignment"] = split_counts(aligned_dir(cfg))
+    metrics["timings"] = timings
+    metrics["recipe"] = asdict(cfg)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    model_dir = Path(cfg.model_dir)
+    card = load_card(model_dir)
+    training = dict(card.training)
+    training["data"] = ("FER2013 (Kaggle, ICML 2013 challenge): Training 28,709 / PublicTest 3,589 (validation) / PrivateTest 3,589 (test), "
+                        f"aligned at {cfg.image_size} px by the service's MTCNN and 5-point template after edge-padding {cfg.pad_px} px and "
+                        f"upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces (training/render) with their true poker faces. "
+                        + DATA_TERMS)
+    training["metrics"] = {k: metrics[k] for k in ("photos", "aligned_upload", "poker_face_fer2013", "judge", "poker_face_rendered", "alignment")}
+    for part in ("photos", "aligned_upload"):
+        training["metrics"][part] = {k: v for k, v in metrics[part].items() if k != "confusion_matrix"}
+    training["reproduce"] = "make train-default FER2013=/path/to/fer2013  (python -m training.fer_model --fer2013 PATH)"
+    training["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    write_card(replace(card, training=training), model_dir)
+
+    docs = Path(cfg.docs_dir)
+    labels = load_card(model_dir).labels
+    for folder in (out, docs):
+        served_eval.difference_grid(arrays["faces"], arrays["pokers"], arrays["labels"], labels, folder / "default-model-samples.png")
+        confusion_matrix_png(np.array(metrics["photos"]["confusion_matrix"]), labels, folder / "default-model-confusion.png")
+    print(json.dumps({k: metrics[k] for k in ("photos", "poker_face_fer2013", "poker_face_rendered", "timings")}, indent=1, default=str)[:4000])
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.fer_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = FERModelConfig()
+    for f in fields(FERModelConfig):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
+    ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the model in --model-dir and rewrite its numbers")
+    args = vars(ap.parse_args(argv))
+    quick, evaluate_only = args.pop("quick"), args.pop("evaluate_only")
+    cfg = FERModelConfig(**args)
+    if quick:
+        cfg = replace(cfg, **QUICK)
+    if evaluate_only:
+        previous = Path(cfg.out_dir) / "metrics.json"
+        publish(cfg, json.loads(previous.read_text())["timings"] if previous.is_file() else {})
+    else:
+        run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
