@@ -21,10 +21,6 @@ class PFViTError(Exception):
         self.detail = detail
         self.extra = extra  # extra members for the problem document (e.g. the offending field)
 
-    @property
-    def type_uri(self) -> str:
-        return f"https://pfvit.dev/problems/{self.slug}"
-
 
 # --- client errors (4xx) -------------------------------------------------------------------
 
