@@ -10,6 +10,7 @@ from service.config import Settings
 from service.errors import InvalidRequest
 from service.pipeline import DetectOptions
 from service.state import ServiceState
+from service.vision.mtcnn import MIN_FACE_SIZE_FLOOR
 
 
 def get_state(request: Request) -> ServiceState:
@@ -32,7 +33,7 @@ ImagesField = Annotated[
 def detect_options(
     settings: SettingsDep,
     max_faces: Annotated[int | None, Query(ge=1, description="Most faces returned per image (highest scores first).")] = None,
-    min_face_size: Annotated[int | None, Query(ge=8, le=4096, description="Smallest face side searched for, in pixels.")] = None,
+    min_face_size: Annotated[int | None, Query(ge=MIN_FACE_SIZE_FLOOR, le=4096, description="Smallest face side searched for, in pixels.")] = None,
     threshold: Annotated[float | None, Query(gt=0.0, lt=1.0, description="Final detection probability threshold.")] = None,
     aligned: Annotated[bool, Query(description="The upload is already an aligned face crop: skip detection.")] = False,
 ) -> DetectOptions:
