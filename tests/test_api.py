@@ -10,7 +10,7 @@ from PIL import Image
 from service.vision.align import align_face
 from service.vision.imaging import resize_rgb
 from tests.images import encode, png_bomb, with_exif_orientation
-from tests.stub_model import LABELS, expected_logits
+from tools.stub_model import LABELS, expected_logits
 
 REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
 REF_LANDMARKS = np.array([[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]])

@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.server import start_server, stop_server, wait_until_ready
+from tools.loopback import start_server, stop_server, wait_until_ready
 
 REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
 
