@@ -10,6 +10,7 @@ from PIL import Image
 from service.vision.align import align_face
 from service.vision.imaging import resize_rgb
 from tests.images import encode, png_bomb, with_exif_orientation
+from tests.prometheus_text import sample_value
 from tools.stub_model import LABELS, expected_logits
 
 REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
@@ -93,10 +94,7 @@ def test_several_images_one_batch(client, astronaut_bytes, astronaut_rgb):
 
 
 def _batch_count(client) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith('pfvit_inference_batch_size_count{graph="recognition"}'):
-            return float(line.split()[-1])
-    return 0.0
+    return sample_value(client.get("/metrics").text, "pfvit_inference_batch_size_count", graph="recognition")
 
 
 def test_exif_rotated_upload_finds_the_same_face(client, astronaut_rgb):
@@ -213,11 +211,15 @@ def test_models_health_and_metrics(client):
 
 
 def test_metric_labels_are_bounded(client):
+    def unmatched(text: str) -> float:
+        return sample_value(text, "pfvit_http_requests_total", method="GET", route="unmatched", status="404")
+
+    before = client.get("/metrics").text
     for i in range(5):
         client.get(f"/no/such/path/{i}")
     text = client.get("/metrics").text
     assert "/no/such/path" not in text
-    assert 'route="unmatched"' in text
+    assert unmatched(text) - unmatched(before) == 5
 
 
 def test_openapi_documents_both_endpoints(client):
