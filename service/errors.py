@@ -31,6 +31,20 @@ class InvalidRequest(PFViTError):
     title = "Invalid request"
 
 
+class ValidationFailed(PFViTError):
+    """A missing or misnamed field, or an option outside what the service accepts.
+
+    The framework's own request validation is rendered as this class too
+    (``service.api.problems``), so a client sees one problem type for every invalid option,
+    whether its bound is in the schema (``max_faces=0``) or a setting (``max_faces`` over
+    ``PFVIT_MAX_FACES_LIMIT``). ``errors`` lists ``{loc, msg, type}`` per offending field.
+    """
+
+    status = 422
+    slug = "validation-error"
+    title = "Request validation failed"
+
+
 class EmptyUpload(InvalidRequest):
     slug = "empty-upload"
     title = "Empty upload"

@@ -169,18 +169,33 @@ def test_bomb_is_small(client):
     ],
     ids=["no-body", "text-field", "misnamed-field", "raw-body"],
 )
-def test_missing_or_misnamed_field(client, astronaut_bytes, kwargs):
-    assert_problem(client.post("/v1/recognize", **kwargs), 422, "validation-error")
+@pytest.mark.parametrize("route", ["/v1/recognize", "/v1/poker-face"])
+def test_missing_or_misnamed_field(client, astronaut_bytes, route, kwargs):
+    resp = client.post(route, **kwargs)
+    assert_problem(resp, 422, "validation-error")
+    assert ["body", "images"] in [e["loc"][:2] for e in resp.json()["errors"]]  # names the field
     assert_still_serving(client, astronaut_bytes)
 
 
 @pytest.mark.parametrize(
-    "params,status",
-    [({"max_faces": 0}, 422), ({"max_faces": "many"}, 422), ({"threshold": 1.5}, 422), ({"min_face_size": 2}, 422), ({"aligned": "perhaps"}, 422), ({"max_faces": 5000}, 400)],
+    "params",
+    [
+        {"max_faces": 0},
+        {"max_faces": "many"},
+        {"max_faces": 5000},  # over the service's max_faces_limit (a setting, not the schema)
+        {"threshold": 1.5},
+        {"min_face_size": 2},
+        {"aligned": "perhaps"},
+    ],
+    ids=["max_faces-0", "max_faces-text", "max_faces-over-limit", "threshold", "min_face_size", "aligned"],
 )
-def test_invalid_options(client, astronaut_bytes, params, status):
-    resp = client.post("/v1/recognize", params=params, files=upload(("a.png", astronaut_bytes, "image/png")))
-    assert_problem(resp, status)
+@pytest.mark.parametrize("route", ["/v1/recognize", "/v1/poker-face"])
+def test_invalid_options(client, astronaut_bytes, route, params):
+    # Every invalid option is the same 422 problem, naming the option in `errors`.
+    resp = client.post(route, params=params, files=upload(("a.png", astronaut_bytes, "image/png")))
+    assert_problem(resp, 422, "validation-error")
+    (option,) = params
+    assert [e["loc"] for e in resp.json()["errors"]] == [["query", option]]
     assert_still_serving(client, astronaut_bytes)
 
 

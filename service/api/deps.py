@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, File, Query, Request, UploadFile
 
 from service.config import Settings
-from service.errors import InvalidRequest
+from service.errors import ValidationFailed
 from service.pipeline import DetectOptions
 from service.state import ServiceState
 from service.vision.mtcnn import MIN_FACE_SIZE_FLOOR
@@ -38,7 +38,12 @@ def detect_options(
     aligned: Annotated[bool, Query(description="The upload is already an aligned face crop: skip detection.")] = False,
 ) -> DetectOptions:
     if max_faces is not None and max_faces > settings.max_faces_limit:
-        raise InvalidRequest(f"max_faces={max_faces} is over this service's limit of {settings.max_faces_limit}", field="max_faces")
+        # The bound is a setting, so the signature cannot carry it; reported like max_faces=0.
+        limit = settings.max_faces_limit
+        raise ValidationFailed(
+            f"query.max_faces: {max_faces} is over this service's limit of {limit}",
+            errors=[{"loc": ["query", "max_faces"], "msg": f"Input should be less than or equal to {limit}", "type": "less_than_equal"}],
+        )
     return DetectOptions(
         max_faces=max_faces or settings.default_max_faces,
         min_face_size=min_face_size or settings.default_min_face_size,
