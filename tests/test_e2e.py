@@ -52,6 +52,7 @@ def test_concurrent_clients_all_answered(server, astronaut_bytes):
     assert answered(after, "200") - answered(before, "200") == 8
     assert answered(after, "422") - answered(before, "422") == 4
     assert sample_value(after, "pfvit_http_requests_in_flight") == 1.0  # only the scrape itself
+    assert sample_value(after, "pfvit_ready") == 1.0
 
 
 def test_refuses_to_start_without_emotion_model(tmp_path, models_dir):
