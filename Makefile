@@ -10,11 +10,12 @@ VENV := .venv-gpu
 endif
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast bench train-default clean help
+.PHONY: serve test test-fast test-tools bench train-default clean help
 
 help:
 	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
 	@echo "make test             set up $(VENV) with training and test tools and run every test"
+	@echo "make test-tools       install promtool for the deploy tests (Debian, as root; run by make test)"
 	@echo "make bench            detection and HTTP throughput benchmarks (see docs/benchmarks.md)"
 	@echo "make train-default    reproduce the shipped default model on rendered faces"
 
@@ -37,10 +38,21 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve-$(RUNTIME)
 	$(BIN)/python -m service
 
-test: $(VENV)/.test
+# promtool checks the Prometheus config and the dashboard's PromQL (tests/test_deploy.py). It is
+# not on PyPI; Debian's prometheus package ships it. Installed where that is possible (root with
+# apt-get, as on CI); elsewhere the two promtool tests skip and say why.
+test-tools:
+	@if command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing promtool (Debian package prometheus)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+			|| echo "could not install prometheus: the promtool tests will skip"; \
+	else echo "promtool is missing and needs root with apt-get to install: the promtool tests will skip"; fi
+
+test: $(VENV)/.test test-tools
 	$(BIN)/python -m pytest
 
-test-fast: $(VENV)/.test
+test-fast: $(VENV)/.test test-tools
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(VENV)/.test

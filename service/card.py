@@ -49,12 +49,6 @@ class GraphSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
-    def output(self, name: str) -> TensorSpec:
-        for spec in self.outputs:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
 
 @dataclass(frozen=True)
 class InputSpec:

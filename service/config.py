@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLDS, MIN_FACE_SIZE_FLOOR
+
 # models/ at the repository root, beside this package (the Docker image sets PFVIT_MODELS_DIR).
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_EMOTION_MODEL = "pfvit-micro-rendered"
@@ -48,10 +50,12 @@ class Settings(BaseSettings):
     max_images: int = Field(16, ge=1, le=256, description="Images per request.")
     max_faces_limit: int = Field(100, ge=1, le=1000, description="Largest max_faces a client may ask for.")
 
-    # --- detection defaults (clients may override per request)
+    # --- detection defaults (clients may override per request); the detector's own by default
     default_max_faces: int = Field(20, ge=1)
-    default_min_face_size: int = Field(20, ge=8)
-    default_detection_threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    default_min_face_size: int = Field(DEFAULT_MIN_FACE_SIZE, ge=MIN_FACE_SIZE_FLOOR, description="Pixels.")
+    default_detection_threshold: float = Field(
+        DEFAULT_THRESHOLDS[2], gt=0.0, lt=1.0, description="Final (O-Net) face probability."
+    )
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -21,10 +21,6 @@ class PFViTError(Exception):
         self.detail = detail
         self.extra = extra  # extra members for the problem document (e.g. the offending field)
 
-    @property
-    def type_uri(self) -> str:
-        return f"https://pfvit.dev/problems/{self.slug}"
-
 
 # --- client errors (4xx) -------------------------------------------------------------------
 
@@ -33,6 +29,20 @@ class InvalidRequest(PFViTError):
     status = 400
     slug = "invalid-request"
     title = "Invalid request"
+
+
+class ValidationFailed(PFViTError):
+    """A missing or misnamed field, or an option outside what the service accepts.
+
+    The framework's own request validation is rendered as this class too
+    (``service.api.problems``), so a client sees one problem type for every invalid option,
+    whether its bound is in the schema (``max_faces=0``) or a setting (``max_faces`` over
+    ``PFVIT_MAX_FACES_LIMIT``). ``errors`` lists ``{loc, msg, type}`` per offending field.
+    """
+
+    status = 422
+    slug = "validation-error"
+    title = "Request validation failed"
 
 
 class EmptyUpload(InvalidRequest):

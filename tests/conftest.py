@@ -30,7 +30,7 @@ def astronaut_rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder: the shipped MTCNN and a stub emotion model (112 px, 8 labels)."""
-    from tests.stub_model import write_stub_model
+    from tools.stub_model import write_stub_model
 
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(REPO / "models" / "mtcnn", root / "mtcnn")

@@ -2,9 +2,10 @@
 
 No Docker engine is needed: the Dockerfile is linted (hadolint) and read as text, the compose
 files are validated and resolved by the compose CLI, the Prometheus config and the dashboard's
-PromQL are checked by promtool where it is installed, and every metric the dashboard queries is
-looked up in what the real app serves on /metrics (the `metrics_text` fixture in conftest.py).
-Tools that are missing make their test skip with the reason, never pass silently.
+PromQL are checked by promtool, and every metric the dashboard queries is looked up in what the
+real app serves on /metrics (the `metrics_text` fixture in conftest.py). The Python tools come
+with the dev extra; promtool is not on PyPI and `make test` installs it (Debian's prometheus
+package) where it can. A tool that is missing makes its test skip with the reason, never pass.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
 
-yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extra")
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -102,7 +108,7 @@ def test_dockerfile_never_installs_torch_or_training():
 
 def test_service_wheel_holds_no_training_package(tmp_path: Path):
     """Build the wheel the way the Dockerfile's builder does: pyproject.toml and service/ only."""
-    pytest.importorskip("setuptools", reason="the wheel is built without isolation, from the venv's setuptools")
+    # Built without isolation, so with the venv's setuptools (in the dev extra): no network.
     (tmp_path / "src").mkdir()
     shutil.copy(REPO / "pyproject.toml", tmp_path / "src")
     shutil.copytree(REPO / "service", tmp_path / "src" / "service", ignore=shutil.ignore_patterns("__pycache__"))
@@ -146,13 +152,11 @@ def test_cuda_base_image_matches_onnxruntime_gpu():
 
 
 def test_dockerfile_onnxruntime_pins_satisfy_pyproject():
-    specifiers = pytest.importorskip("packaging.specifiers")
-    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+")
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     args = _dockerfile_args()
     for extra, package, arg in (("gpu", "onnxruntime-gpu", "ORT_GPU_VERSION"), ("cpu", "onnxruntime", "ORT_CPU_VERSION")):
         (requirement,) = [r for r in extras[extra] if re.match(rf"{re.escape(package)}\b(?!-)", r)]
-        spec = specifiers.SpecifierSet(requirement[len(package):].split(";")[0].strip())
+        spec = SpecifierSet(requirement[len(package):].split(";")[0].strip())
         assert args[arg] in spec, f"{arg}={args[arg]} is outside pyproject's {requirement!r}"
 
 
@@ -257,10 +261,18 @@ def test_prometheus_scrapes_the_service():
     assert host in compose_services and int(port) == SERVICE_PORT
 
 
-def test_prometheus_config_passes_promtool():
-    promtool = _tool("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    found = _tool("promtool")
+    if found is None:
+        pytest.skip(
+            "promtool is not installed: `make test` installs it as root on Debian "
+            "(apt-get install --no-install-recommends prometheus)"
+        )
+    return found
+
+
+def test_prometheus_config_passes_promtool(promtool: str):
     result = _run([promtool, "check", "config", str(PROMETHEUS)])
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -404,11 +416,8 @@ def test_dashboard_queries_only_exported_metrics(metrics_text: str):
     assert not unknown, f"not exported by the service: {unknown}"
 
 
-def test_dashboard_promql_passes_promtool(tmp_path: Path):
+def test_dashboard_promql_passes_promtool(promtool: str, tmp_path: Path):
     # promtool parses PromQL only inside rule files: wrap each expression in a recording rule.
-    promtool = _tool("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
     rules = [
         {"record": f"pfvit:dashboard_expr_{i}", "expr": expr.replace("$__rate_interval", "1m")}
         for i, expr in enumerate(_expressions(_dashboard()))

@@ -24,3 +24,14 @@ def test_no_service_module_mentions_torch_imports():
         for line in path.read_text().splitlines():
             stripped = line.strip()
             assert not stripped.startswith(("import torch", "from torch", "import training", "from training")), f"{path}: {line}"
+
+
+def test_nothing_outside_tests_imports_tests():
+    # The tests may use the tools (tools.loopback, tools.stub_model); never the other way round.
+    offenders = []
+    for top in ("service", "training", "tools"):
+        for path in (REPO / top).rglob("*.py"):
+            for line in path.read_text().splitlines():
+                if line.strip().startswith(("import tests", "from tests")):
+                    offenders.append(f"{path.relative_to(REPO)}: {line.strip()}")
+    assert offenders == []

@@ -13,7 +13,7 @@ from service.card import load_card, sha256_file, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
 from service.models import EmotionModel, softmax
 from service.runtime import CPU, resolve_providers
-from tests.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
+from tools.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
 
 
 def test_softmax_is_stable_and_normalised():

@@ -13,6 +13,9 @@ from PIL import Image
 from service.card import load_card, verify_files
 from service.errors import ModelLoadError
 from service.vision.mtcnn import (
+    DEFAULT_FACTOR,
+    DEFAULT_MIN_FACE_SIZE,
+    DEFAULT_THRESHOLDS,
     MTCNN,
     FaceDetection,
     area_resize,
@@ -242,9 +245,15 @@ def test_card_describes_the_shipped_graphs() -> None:
     assert card.kind == "detector"
     assert set(card.graphs) == {"pnet", "rnet", "onet"}
     assert card.license.startswith("MIT")
-    paths = verify_files(card, MODEL_DIR)
-    assert all(p.is_file() for p in paths.values())
+    assert set(verify_files(card, MODEL_DIR)) == {"pnet", "rnet", "onet"}
     assert [o.name for o in card.graphs["onet"].outputs] == ["reg", "landmarks", "prob"]
+    # The card records the settings the cascade was checked against facenet with: the
+    # detector's own defaults, which the service settings and the dataset aligner take too.
+    assert card.extra["defaults"] == {
+        "min_face_size": DEFAULT_MIN_FACE_SIZE,
+        "thresholds": list(DEFAULT_THRESHOLDS),
+        "factor": DEFAULT_FACTOR,
+    }
 
 
 def test_tampered_graph_is_rejected(tmp_path: Path) -> None:

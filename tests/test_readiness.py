@@ -32,6 +32,7 @@ def test_not_ready_until_warm(monkeypatch, settings, astronaut_bytes):
         assert "pfvit_ready 0.0" in client.get("/metrics").text
         release.set()
         wait_ready(client)
+        assert "pfvit_ready 1.0" in client.get("/metrics").text
         assert client.post("/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
 
 

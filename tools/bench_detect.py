@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from service.vision.mtcnn import MTCNN  # noqa: E402
+from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, MTCNN  # noqa: E402
 
 Row = tuple[np.ndarray, float, np.ndarray]  # box (4,), score, landmarks (5, 2)
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads = ORT intra-op threads")
-    parser.add_argument("--min-face-size", type=int, default=20)
+    parser.add_argument("--min-face-size", type=int, default=DEFAULT_MIN_FACE_SIZE)
     args = parser.parse_args(argv)
 
     image = np.asarray(Image.open(args.image).convert("RGB"))  # (H, W, 3) uint8 RGB

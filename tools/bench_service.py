@@ -27,7 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.server import start_server, stop_server, wait_until_ready  # noqa: E402
+from tools.loopback import start_server, stop_server, wait_until_ready  # noqa: E402
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def main() -> int:
     if args.stub:
         import shutil
 
-        from tests.stub_model import write_stub_model
+        from tools.stub_model import write_stub_model
 
         tmp = tempfile.TemporaryDirectory()
         root = Path(tmp.name)

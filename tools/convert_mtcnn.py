@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
 from service.card import GraphSpec, ModelCard, TensorSpec, sha256_file, write_card  # noqa: E402
+from service.vision.mtcnn import DEFAULT_FACTOR, DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLDS  # noqa: E402
 
 OPSET = 17
 FACENET_VERSION = "2.6.0"
@@ -270,7 +271,7 @@ def build_card(out_dir: Path, diffs: dict[str, float]) -> ModelCard:
             "source": f"facenet_pytorch/data/{{pnet,rnet,onet}}.pt from the facenet-pytorch {FACENET_VERSION} wheel",
             "opset": OPSET,
             "normalisation": "(x - 127.5) * 0.0078125 on RGB uint8 pixels",
-            "defaults": {"min_face_size": 20, "thresholds": [0.6, 0.7, 0.7], "factor": 0.709},
+            "defaults": {"min_face_size": DEFAULT_MIN_FACE_SIZE, "thresholds": list(DEFAULT_THRESHOLDS), "factor": DEFAULT_FACTOR},
             "max_abs_diff_vs_torch": diffs,
         },
     )

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
-from service.errors import PFViTError
+from service.errors import PFViTError, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,8 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
     ]
     where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-    metrics.ERRORS.labels(type="validation-error").inc()
-    body = problem_body(
-        slug="validation-error",
-        title="Request validation failed",
-        status=422,
-        detail=where or "the request does not match the API",
-        instance=request.url.path,
-        errors=errors,
-    )
-    return JSONResponse(body, status_code=422, media_type=PROBLEM_JSON)
+    failed = ValidationFailed(where or "the request does not match the API", errors=errors)
+    return problem_response(failed, instance=request.url.path)
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

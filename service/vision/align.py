@@ -121,15 +121,6 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.
     return warp_affine(image, matrix, (size, size)), matrix
 
 
-def align_faces(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
-    """Align every face of one image. ``landmarks`` is ``(F, 5, 2)``; returns ``(F, size, size, 3) uint8``."""
-    landmarks = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
-    out = np.empty((landmarks.shape[0], size, size, 3), dtype=np.uint8)
-    for i, pts in enumerate(landmarks):
-        out[i] = align_face(image, pts, size)[0]
-    return out
-
-
 def normalise(faces: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
     """``(B, H, W, 3) uint8`` RGB faces -> ``(B, 3, H, W) float32`` network input.
 

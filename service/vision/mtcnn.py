@@ -32,7 +32,16 @@ import numpy as np
 
 from service.card import load_card, verify_files
 from service.errors import InvalidImage, ModelLoadError
-from service.runtime import CPU, create_session
+
+# Detection defaults, facenet-pytorch's. The one declaration: the service settings
+# (``service.config``) and the dataset aligner (``training/data/align_dataset.py``) take theirs
+# from here, so training crops and served requests are detected alike.
+DEFAULT_MIN_FACE_SIZE = 20  # pixels; the face side the first pyramid level maps onto P-Net's cell
+DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)  # face probability kept by P-Net, R-Net, O-Net
+DEFAULT_FACTOR = 0.709  # image-pyramid scale step
+# pixels; the smallest min_face_size a caller may ask for: below it the first pyramid level
+# upsamples the image more than 12/8 = 1.5x, and the work grows with the square of that.
+MIN_FACE_SIZE_FLOOR = 8
 
 GRAPH_NAMES = ("pnet", "rnet", "onet")
 PNET_CELL = 12  # P-Net's receptive field in pixels of the resized level
@@ -320,9 +329,9 @@ class MTCNN:
         rnet: Session,
         onet: Session,
         *,
-        min_face_size: int = 20,
-        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-        factor: float = 0.709,
+        min_face_size: int = DEFAULT_MIN_FACE_SIZE,
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+        factor: float = DEFAULT_FACTOR,
     ) -> None:
         if len(thresholds) != 3:
             raise ValueError(f"need 3 thresholds (P-Net, R-Net, O-Net), got {thresholds}")
@@ -350,6 +359,9 @@ class MTCNN:
             ModelLoadError: missing/malformed card, wrong kind, missing graph, bad checksum, or
                 a file ONNX Runtime cannot load.
         """
+        # Imported here so that the module (its constants, the numpy stages) loads without ONNX Runtime.
+        from service.runtime import CPU, create_session
+
         card = load_card(model_dir)
         if card.kind != "detector":
             raise ModelLoadError(f"model {card.name!r} in {model_dir} is a {card.kind!r}, not a detector")

@@ -14,10 +14,10 @@ router = APIRouter(prefix="/v1", tags=["emotions"])
 PROBLEM_RESPONSES = {
     status: {"description": desc, "content": {PROBLEM_JSON: {"example": {"type": "https://pfvit.dev/problems/" + slug, "title": title, "status": status, "detail": detail}}}}
     for status, desc, slug, title, detail in [
-        (400, "Empty upload or invalid option", "empty-upload", "Empty upload", "image 0 (a.jpg): the uploaded file is empty"),
+        (400, "Empty upload, or more images than the service takes per request", "empty-upload", "Empty upload", "image 0 (a.jpg): the uploaded file is empty"),
         (413, "Upload or image too large", "image-too-large", "Image has too many pixels", "image is 30000x30000 = 900000000 pixels; the limit is 40000000"),
         (415, "Image format not accepted", "unsupported-media-type", "Unsupported image format", "image format GIF is not accepted; send JPEG, PNG, WebP or BMP"),
-        (422, "Not an image, truncated, or a missing/misnamed field", "invalid-image", "Invalid image", "image data is truncated or corrupt"),
+        (422, "Not an image or truncated (invalid-image); a missing field or an invalid option (validation-error)", "invalid-image", "Invalid image", "image data is truncated or corrupt"),
         (503, "Models still loading", "not-ready", "Models are not loaded yet", "models are still loading and warming up; retry shortly"),
     ]
 }

@@ -1,6 +1,7 @@
 """A small hand-built ONNX emotion model with the exported PF-ViT graphs' inputs and outputs.
 
-It lets the service tests run real ONNX Runtime sessions with a known answer:
+It lets the service tests (and ``tools/bench_service.py --stub``) run real ONNX Runtime
+sessions with a known answer:
 - recognition: logits = mean colour of the normalised face (N, 3) @ W + b, embedding = mean colour;
 - poker_face: the face itself, de-normalised back to [0, 1] (so the served PNG must equal
   the aligned crop up to rounding).

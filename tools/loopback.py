@@ -1,4 +1,4 @@
-"""Start and stop `python -m service` on 127.0.0.1 for end-to-end tests and the HTTP benchmark."""
+"""Start and stop `python -m service` on 127.0.0.1: for the end-to-end tests and the HTTP benchmark."""
 
 from __future__ import annotations
 
