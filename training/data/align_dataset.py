@@ -40,6 +40,7 @@ from service.errors import PFViTError
 from service.vision.align import align_face
 from service.vision.faces import AlignedFace, find_faces
 from service.vision.imaging import decode_image, encode_png, resize_rgb
+from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, MIN_FACE_SIZE_FLOOR
 from training.data.datasets import IMAGE_SUFFIXES
 
 # The shipped detector, wherever the command is run from.
@@ -48,7 +49,6 @@ DEFAULT_MTCNN_DIR = Path(__file__).resolve().parents[2] / "models" / "mtcnn"
 if TYPE_CHECKING:  # imported lazily at run time: only main() needs ONNX Runtime
     from service.vision.mtcnn import MTCNN
 
-MIN_FACE_SIZE_PX = 20  # replaced by the detector's own default at merge
 LANDMARK_COLUMNS = ("path", "method", "width", "height", *(f"{axis}{i}" for i in range(1, 6) for axis in "xy"))
 DETECTED, FALLBACK = "detected", "fallback"
 # Every face of a photo is detected and aligned; choose_face then keeps one.
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="largest",
         help="which face to keep when several are found (default largest)",
     )
-    add("--min-face-size", type=int, default=MIN_FACE_SIZE_PX, help=f"smallest face side searched for and kept, pixels (default {MIN_FACE_SIZE_PX})")
+    add("--min-face-size", type=int, default=DEFAULT_MIN_FACE_SIZE, help=f"smallest face side searched for and kept, pixels (default {DEFAULT_MIN_FACE_SIZE})")
     add("--threshold", type=float, default=None, help="O-Net score threshold (default: the detector's)")
     add("--pad", type=int, default=0, help="edge-pad every photo by this many pixels before detection (default 0)")
     add("--upscale", type=float, default=1.0, help="resize every (padded) photo by this factor before detection (default 1)")
@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"input folder {input_dir} does not exist")
     if args.size <= 0:
         parser.error("--size must be positive")
+    if args.min_face_size < MIN_FACE_SIZE_FLOOR:
+        parser.error(f"--min-face-size must be at least {MIN_FACE_SIZE_FLOOR}")
     if args.pad < 0 or args.upscale <= 0:
         parser.error("--pad must be >= 0 and --upscale > 0")
     if output_dir.resolve().is_relative_to(input_dir.resolve()):
