@@ -189,6 +189,39 @@ def test_augmentation_treats_face_and_poker_face_alike() -> None:
     assert 0 < flips < 8
 
 
+
+def test_set_epoch_redraws_augmentation_and_is_deterministic_per_epoch() -> None:
+    def images(ds: RenderedFaceDataset, epoch: int) -> list[torch.Tensor]:
+        ds.set_epoch(epoch)
+        return [ds[i]["image"] for i in range(len(ds))]
+
+    aug = RenderedFaceDataset("train", 32, 8, seed=4, augment=True)
+    epoch0, epoch1, epoch0_again = images(aug, 0), images(aug, 1), images(aug, 0)
+    assert all(torch.equal(a, b) for a, b in zip(epoch0, epoch0_again))
+    # gain and bias are continuous draws, so every item changes with the epoch
+    assert not any(torch.equal(a, b) for a, b in zip(epoch0, epoch1))
+    fresh = RenderedFaceDataset("train", 32, 8, seed=4, augment=True)
+    assert all(torch.equal(a, b) for a, b in zip(images(fresh, 1), epoch1))  # a function of the epoch, not of history
+    plain = RenderedFaceDataset("train", 32, 8, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(images(plain, 0), images(plain, 3)))  # no augmentation, no change
+
+
+def test_grid_command_writes_rows_of_emotions_and_pairs_of_columns(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from training.render.__main__ import main
+
+    out = tmp_path / "grid.png"
+    main(["grid", "--out", str(out), "--size", "24", "--cols", "2", "--seed", "1"])
+    pad, header, size = 2, 16, 24  # image_grid_png's gap and title row
+    with Image.open(out) as img:
+        assert img.size == (4 * (size + pad) + pad, header + len(EMOTIONS) * (size + pad) + pad)
+        grid = np.asarray(img.convert("RGB"))
+    s = render_sample((1, 3, 1), size, label=3)  # row 3 (sadness), pair 1: columns 2 and 3
+    y, x = header + pad + 3 * (size + pad), pad + 2 * (size + pad)
+    assert np.array_equal(grid[y:y + size, x:x + size], s.image)
+    assert np.array_equal(grid[y:y + size, x + size + pad:x + 2 * size + pad], s.poker_face)
+
 # --------------------------------------------------------------------------- golden renders
 # A rendered face is a pure function of its seed, down to the byte: these digests were taken
 # from the renderer before it was split into modules, and any change to a drawing, a constant
