@@ -1,7 +1,7 @@
 """Command line: ``python -m training.render grid --out grid.png`` or ``... speed --size 112 --n 500``.
 
-``grid``: one row per emotion (neutral first); each cell is a sample followed by its true
-poker face, so the pair shows what the expression changed.
+``grid``: one row per emotion (neutral first); columns alternate sample and its true poker
+face, so each pair shows what the expression changed.
 ``speed``: renders ``n`` samples (2 faces each) in one thread and prints faces per second.
 """
 
@@ -11,26 +11,26 @@ import argparse
 import time
 
 import numpy as np
-from PIL import Image
 
+from training.plots import image_grid_png
 from training.render.dataset import render_sample
-from training.render.face import EMOTIONS
+from training.render.facs import EMOTIONS
+
+
+def _chw(images: list[np.ndarray]) -> np.ndarray:
+    """``(H, W, 3) uint8`` images -> one ``(B, 3, H, W)`` float32 batch in [0, 1]."""
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
 def grid(out: str, size: int, cols: int, seed: int) -> None:
     """Write a PNG grid: rows are emotions, columns alternate sample / poker face."""
-    rows = len(EMOTIONS)
-    pad = 2
-    canvas = np.full((rows * (size + pad) + pad, cols * 2 * (size + pad) + cols * pad + pad, 3), 255, np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            s = render_sample((seed, r, c), size, label=r)
-            y = pad + r * (size + pad)
-            x = pad + c * (2 * (size + pad) + pad)
-            canvas[y:y + size, x:x + size] = s.image
-            canvas[y:y + size, x + size + pad:x + 2 * size + pad] = s.poker_face
-    Image.fromarray(canvas).save(out, optimize=True)
-    print(f"wrote {out}: rows {', '.join(EMOTIONS)}; each cell = sample | poker face")
+    columns: list[tuple[str, np.ndarray]] = []
+    for c in range(cols):
+        samples = [render_sample((seed, r, c), size, label=r) for r in range(len(EMOTIONS))]
+        columns.append((f"face {c + 1}", _chw([s.image for s in samples])))
+        columns.append((f"poker {c + 1}", _chw([s.poker_face for s in samples])))
+    image_grid_png(columns, out)
+    print(f"wrote {out}: rows {', '.join(EMOTIONS)}; columns alternate sample | poker face")
 
 
 def speed(size: int, n: int) -> None:

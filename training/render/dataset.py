@@ -17,17 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from training.render.face import (
-    EMOTIONS,
-    PROTOTYPES,
-    UNILATERAL,
-    Identity,
-    Scene,
-    action_units,
-    identity_from_id,
-    random_scene,
-    render_pair,
-)
+from training.render.face import render_pair
+from training.render.facs import EMOTIONS, PROTOTYPES, UNILATERAL, action_units
+from training.render.params import Identity, Scene, identity_from_id, random_scene
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Disjoint identity-id ranges, so no person is ever in two splits: [start, start + size).
@@ -36,7 +28,14 @@ IDENTITY_RANGES: dict[str, tuple[int, int]] = {
     "val": (1_000_000, 1_000),
     "test": (2_000_000, 1_000),
 }
-INTENSITY_RANGE = (0.5, 1.0)
+INTENSITY_RANGE = (0.5, 1.0)  # overall expression intensity, uniform
+AU_JITTER_RANGE = (0.85, 1.12)  # per-AU factor on top of the intensity, uniform
+ASYMMETRY_RANGE = (0.92, 1.0)  # per-half factor of symmetric prototypes: real faces are never symmetric
+# Augmentation, applied alike to a face and its poker face.
+FLIP_P = 0.5  # horizontal flip probability
+GAIN_RANGE = (0.85, 1.15)  # contrast: pixel x gain, uniform
+BIAS_RANGE = (-0.06, 0.06)  # brightness: + bias in [0, 1] units, uniform
+AUGMENT_STREAM = 7  # last seed word of the augmentation generator, apart from the sample's own stream
 
 
 def identity_split(identity_id: int) -> str:
@@ -77,13 +76,13 @@ def sample_aus(rng: np.random.Generator, label: int) -> np.ndarray:
     """
     emotion = EMOTIONS[label]
     intensity = rng.uniform(*INTENSITY_RANGE)
-    weights = {code: float(np.clip(w * intensity * rng.uniform(0.85, 1.12), 0.0, 1.0))
+    weights = {code: float(np.clip(w * intensity * rng.uniform(*AU_JITTER_RANGE), 0.0, 1.0))
                for code, w in PROTOTYPES[emotion].items()}
     if emotion in UNILATERAL:
         return action_units(left=weights) if rng.uniform() < 0.5 else action_units(right=weights)
     aus = action_units(weights)
     if weights:  # real faces are never perfectly symmetric
-        aus = np.clip(aus * rng.uniform(0.92, 1.0, aus.shape) * (aus > 0), 0.0, 1.0)
+        aus = np.clip(aus * rng.uniform(*ASYMMETRY_RANGE, aus.shape) * (aus > 0), 0.0, 1.0)
     return aus
 
 
@@ -106,6 +105,15 @@ def render_sample(seed: int | tuple[int, ...], size: int = 112, label: int | Non
     label, idn, aus, scene, identity_id = sample_parameters(seed, identity_range, label)
     face, poker = render_pair(idn, aus, scene, size)
     return Sample(face.image, poker.image, label, identity_id, aus, face.landmarks, poker.landmarks)
+
+
+def augment_pair(image: np.ndarray, poker: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random horizontal flip and brightness/contrast change, the same draw for a face and its
+    poker face (``(H, W, 3)`` float32 in [0, 1] each, results clipped to [0, 1])."""
+    if rng.uniform() < FLIP_P:
+        image, poker = image[:, ::-1], poker[:, ::-1]
+    gain, bias = rng.uniform(*GAIN_RANGE), rng.uniform(*BIAS_RANGE)
+    return np.clip(image * gain + bias, 0.0, 1.0), np.clip(poker * gain + bias, 0.0, 1.0)
 
 
 class RenderedFaceDataset(Dataset):
@@ -153,12 +161,8 @@ class RenderedFaceDataset(Dataset):
         image = s.image.astype(np.float32) / 255.0  # (H, W, 3)
         poker = s.poker_face.astype(np.float32) / 255.0
         if self.augment:
-            rng = np.random.default_rng((self.seed, split_index, index, self.epoch, 7))
-            if rng.uniform() < 0.5:
-                image, poker = image[:, ::-1], poker[:, ::-1]
-            gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-0.06, 0.06)
-            image = np.clip(image * gain + bias, 0.0, 1.0)
-            poker = np.clip(poker * gain + bias, 0.0, 1.0)
+            rng = np.random.default_rng((self.seed, split_index, index, self.epoch, AUGMENT_STREAM))
+            image, poker = augment_pair(image, poker, rng)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, H, W)
             "label": torch.tensor(s.label, dtype=torch.int64),
