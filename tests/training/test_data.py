@@ -247,7 +247,7 @@ def test_folder_labels_sorted_or_from_labels_txt_and_unlabeled(tmp_path: Path) -
 
 
 def test_build_dataset_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown dataset kind"):
+    with pytest.raises(ValueError, match="unknown data kind"):
         build_dataset("imagenet", tmp_path, "train", 32, augment=False)
     with pytest.raises(ValueError, match="no folder"):
         build_dataset("folder", tmp_path, "train", 32, augment=False)
