@@ -63,6 +63,8 @@ class DefaultModelConfig:
     pretrain_epochs: int = 8
     train_epochs: int = 14
     batch_size: int = 64
+    pretrain_blr: float = 1.5e-3
+    train_blr: float = 1e-3
     # Classification counts double next to the generation terms: on CPU the step budget is
     # small, and recognition is what the service is mostly asked for.
     cls_weight: float = 2.0
@@ -270,7 +272,7 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     pre = run_pretrain(
         PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size}", epochs=cfg.pretrain_epochs,
-                       warmup_epochs=min(1.0, cfg.pretrain_epochs / 4), blr=1.5e-3, mask_ratio=0.75, **common),
+                       warmup_epochs=min(1.0, cfg.pretrain_epochs / 4), blr=cfg.pretrain_blr, mask_ratio=0.75, **common),
         train,
     )
     timings["pretrain_s"] = time.perf_counter() - t0
@@ -279,7 +281,7 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     trained = run_train(
         TrainConfig(out_dir=str(out / "train"), init=pre.checkpoint, arch=f"poker_mode={cfg.poker_mode}", epochs=cfg.train_epochs,
-                    warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=1e-3, d_blr=5e-4, weights=LossWeights(cls=cfg.cls_weight),
+                    warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=cfg.train_blr, d_blr=5e-4, weights=LossWeights(cls=cfg.cls_weight),
                     eval_every=max(1, cfg.train_epochs // 4), **common),
         train,
         val,

@@ -68,7 +68,6 @@ def test_poker_term_averages_over_items_that_have_a_true_poker_face() -> None:
     batch = prepare_batch(raw, model, torch.device("cpu"))
     torch.manual_seed(1)
     got = objective.generator_loss(batch)
-    per_item = (objective.model.poker_face(batch.images) * 0)  # noqa: F841  (shape only)
     torch.manual_seed(1)
     only = prepare_batch({k: v[has] for k, v in raw.items()}, model, torch.device("cpu"))
     with torch.no_grad():
