@@ -1,14 +1,16 @@
 """Checkpoints: plain data only, so ``torch.load(weights_only=True)`` reads them.
 
 A checkpoint holds the model config as a dict (the file alone rebuilds the model), the stage
-config, the *unwrapped* state dicts of model, optimizers and schedulers, step and epoch, and
-the RNG states of every rank, so a resumed run takes exactly the steps it would have taken.
+config, the *unwrapped* state dicts of the model (E, S, G, H), of the discriminator (separately,
+under ``"discriminator"``: only resuming the PF-ViT stage needs it), of optimizers and
+schedulers, step and epoch, and the RNG states of every rank, so a resumed run takes exactly
+the steps it would have taken.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,26 @@ from torch import nn
 
 from training.config import PFViTConfig
 from training.model import PFViT
+
+
+@dataclass
+class TrainState:
+    """Everything a run advances and a checkpoint must restore.
+
+    Attributes:
+        model: the PF-ViT (E, S, G, H), unwrapped.
+        optimizers, schedulers: by name ("main"; "disc" in the PF-ViT stage).
+        discriminator: D, in the PF-ViT stage only.
+        step: optimizer steps taken so far.
+        epoch: epochs completed (while an epoch runs: its index).
+    """
+
+    model: PFViT
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    schedulers: dict[str, Any] = field(default_factory=dict)
+    discriminator: nn.Module | None = None
+    step: int = 0
+    epoch: int = 0
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -54,26 +76,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(
     path: str | Path,
-    model: PFViT,
+    state: TrainState,
     stage: str,
     stage_config: Any,
-    optimizers: dict[str, torch.optim.Optimizer],
-    schedulers: dict[str, Any],
-    step: int,
-    epoch: int,
-    rng_states: list[dict[str, Any]],
+    rng_states: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temp file, then rename) so a crash never leaves half a file.
 
     Args:
         path: destination file.
-        model: the unwrapped model.
+        state: model, discriminator, optimizers, schedulers, step and epochs completed.
         stage: "pretrain" or "train".
         stage_config: the stage's dataclass config (stored as a dict).
-        optimizers, schedulers: by name.
-        step: optimizer steps taken so far; epoch: epochs completed.
-        rng_states: one RNG state per rank, in rank order.
+        rng_states: one RNG state per rank, in rank order (default: this process's).
         extra: anything else plain (e.g. the last metrics).
     """
     path = Path(path)
@@ -81,16 +97,18 @@ def save_checkpoint(
     payload = {
         "format": "pfvit-checkpoint/1",
         "stage": stage,
-        "model_config": model.config.to_dict(),
+        "model_config": state.model.config.to_dict(),
         "stage_config": asdict(stage_config) if is_dataclass(stage_config) else dict(stage_config),
-        "model": unwrap(model).state_dict(),
-        "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
-        "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
-        "step": step,
-        "epoch": epoch,
-        "rng": rng_states,
+        "model": unwrap(state.model).state_dict(),
+        "optimizers": {k: v.state_dict() for k, v in state.optimizers.items()},
+        "schedulers": {k: v.state_dict() for k, v in state.schedulers.items()},
+        "step": state.step,
+        "epoch": state.epoch,
+        "rng": rng_states if rng_states is not None else [rng_state()],
         "extra": extra or {},
     }
+    if state.discriminator is not None:
+        payload["discriminator"] = unwrap(state.discriminator).state_dict()
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

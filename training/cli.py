@@ -2,10 +2,12 @@
 ``pfvit-export``, ``pfvit-align-dataset`` (or ``python -m training.cli <command> ...``).
 
 Each command fills its stage's dataclass config from the command line (flags generated from
-the dataclass fields, so the two never drift), builds the datasets and calls the engine.
-Data is named ``--data KIND:PATH`` with KIND in rafdb, ferplus, affectnet, folder, ``rendered:N``
-(N rendered training faces, ``training.render``), or ``synthetic:N`` (N procedural images with a known poker face; for smoke runs only).
-Dataset builders are imported lazily so these commands load before :mod:`training.data` exists.
+the dataclass fields by :func:`parse_config`, so the two never drift), builds the data with
+:func:`training.data.build_data` and calls the engine. Data is named by a data spec,
+``--data KIND:PATH[,key=value...]`` or ``--data KIND:key=value,...`` (kinds: rafdb, ferplus,
+affectnet, affectnet7, affectnet8, folder, rendered, synthetic; see :mod:`training.data.spec`),
+e.g. ``--data affectnet7:/data/AffectNet,precropped=true`` or ``--data rendered:n=16000``.
+Heavy modules are imported inside the commands so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -18,76 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-from torch.utils.data import Dataset
-
-DATA_KINDS = ("rafdb", "ferplus", "affectnet", "folder", "rendered", "synthetic")
-DEFAULT_IMAGE_SIZE = {"micro": 64, "tiny": 224, "small": 224, "base": 224}
-
-
-# ----------------------------------------------------------------------------- data
-class SyntheticFaces(Dataset):
-    """Procedural stand-in data: a grey face disc with a class-specific coloured mark.
-
-    The same image without the mark is its ``poker_face``, so every part of the PF-ViT stage
-    runs. Deterministic per index. Not faces; for smoke tests and demos only.
-
-    Args:
-        size: number of items.
-        image_size: side in pixels.
-        seed: varies the per-item noise.
-    """
-
-    labels = ["happiness", "sadness", "surprise", "neutral"]
-
-    def __init__(self, size: int, image_size: int, seed: int = 0) -> None:
-        self.size = size
-        self.image_size = image_size
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        s = self.image_size
-        label = index % len(self.labels)
-        yy, xx = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
-        tone = 0.4 + 0.3 * torch.rand(3, 1, 1, generator=g)
-        disc = ((xx**2 / 0.6 + yy**2 / 0.8) < 1).float()
-        poker = (0.1 + disc * tone + 0.03 * torch.rand(3, s, s, generator=g)).clamp(0, 1)
-        image = poker.clone()
-        if self.labels[label] != "neutral":
-            # The "expression": a coloured band whose height and colour depend on the class.
-            row = int(s * (0.55 + 0.1 * label))
-            image[label % 3, row : row + max(2, s // 12), s // 4 : 3 * s // 4] = 1.0
-        return {"image": image, "label": torch.tensor(label, dtype=torch.long), "poker_face": poker}
-
-
-def parse_data(spec: str) -> tuple[str, str]:
-    """``"KIND:PATH"`` -> ``(kind, path)``; the kind must be known."""
-    kind, sep, path = spec.partition(":")
-    if not sep or kind not in DATA_KINDS:
-        raise SystemExit(f"--data must be KIND:PATH with KIND in {', '.join(DATA_KINDS)}; got {spec!r}")
-    return kind, path
-
-
-def build_data(spec: str, split: str, image_size: int, augment: bool) -> Dataset:
-    """Build one split of the dataset named by ``spec`` (builders imported lazily)."""
-    kind, path = parse_data(spec)
-    if kind == "synthetic":
-        size = int(path or 64)
-        return SyntheticFaces(size if split == "train" else max(8, size // 4), image_size, seed=0 if split == "train" else 1)
-    if kind == "rendered":
-        from training.render.dataset import RenderedFaceDataset
-
-        # rendered:N -> N training items; val/test get a tenth (at least 64), disjoint identities.
-        n = int(path or 8000)
-        length = n if split == "train" else max(64, n // 10)
-        return RenderedFaceDataset(split=split, image_size=image_size, length=length, seed=0, augment=augment)
-    from training.data import build_dataset
-
-    return build_dataset(kind, path, split, image_size, augment)
+DATA_FIELDS = ("data", "val_data")  # config fields that hold data specs, checked at parse time
 
 
 # ----------------------------------------------------------------------------- config <-> argparse
@@ -133,21 +66,40 @@ def dataclass_from_args(cls: type, values: dict[str, Any], prefix: str = "") -> 
     return cls(**kwargs)
 
 
-def parse_config(cls: type, prog: str, description: str, argv: Sequence[str] | None) -> Any:
+def parse_config(cls: type, prog: str, description: str, argv: Sequence[str] | None,
+                 extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Any:
+    """Fill ``cls`` from ``argv``; data specs are checked here, so a bad one is a usage error.
+
+    Args:
+        extra: adds flags that are not fields of ``cls``; their values come back as
+            ``(config, {name: value})`` instead of the config alone.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_arguments(parser, cls)
-    return dataclass_from_args(cls, vars(parser.parse_args(argv)))
+    if extra is not None:
+        extra(parser)
+    values = vars(parser.parse_args(argv))
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in DATA_FIELDS:
+        if values.get(name) and name in names:
+            from training.data.spec import DataSpec
 
+            try:
+                values[name] = str(DataSpec.parse(values[name]))
+            except ValueError as exc:
+                parser.error(f"--{name.replace('_', '-')}: {exc}")
+    if "arch" in values and "arch" in names:
+        from training.config import PFViTConfig
 
-def _image_size(model: str, image_size: int, checkpoint: str) -> int:
-    """The input side the data must be built at: explicit, else the checkpoint's, else the factory's."""
-    if image_size:
-        return image_size
-    if checkpoint:
-        from training.checkpoint import load_checkpoint
-
-        return int(load_checkpoint(checkpoint)["model_config"]["image_size"])
-    return DEFAULT_IMAGE_SIZE[model]
+        try:
+            PFViTConfig.parse_overrides(values["arch"])
+        except ValueError as exc:
+            parser.error(f"--arch: {exc}")
+    cfg = dataclass_from_args(cls, values)
+    if extra is None:
+        return cfg
+    top = {k: v for k, v in values.items() if k not in names and not any(k.startswith(n + "_") for n in names)}
+    return cfg, top
 
 
 # ----------------------------------------------------------------------------- commands
@@ -155,36 +107,38 @@ def pretrain_main(argv: Sequence[str] | None = None) -> None:
     """``pfvit-pretrain``: MAE pre-training of encoder + generator on unlabeled faces."""
     from training import distributed
     from training.config import PretrainConfig
-    from training.engine import run_pretrain
+    from training.data import build_data
+    from training.engine import input_size, run_pretrain
 
     cfg = parse_config(PretrainConfig, "pfvit-pretrain", pretrain_main.__doc__, argv)
     if not cfg.data:
-        raise SystemExit("--data KIND:PATH is required")
-    dataset = build_data(cfg.data, "train", _image_size(cfg.model, cfg.image_size, cfg.resume), augment=True)
+        raise SystemExit("pfvit-pretrain: --data is required (a data spec such as rafdb:/data/RAF-DB)")
+    dataset = build_data(cfg.data, "train", input_size(cfg), augment=True)
     try:
         result = run_pretrain(cfg, dataset)
     finally:
         distributed.cleanup()
-    print(json.dumps({"checkpoint": result["checkpoint"], "last": result["history"][-1] if result["history"] else None}))
+    print(json.dumps({"checkpoint": result.checkpoint, "last": result.last or None}))
 
 
 def train_main(argv: Sequence[str] | None = None) -> None:
     """``pfvit-train``: the PF-ViT stage (separation, generation, adversarial, cycles)."""
     from training import distributed
     from training.config import TrainConfig
-    from training.engine import run_train
+    from training.data import build_data
+    from training.engine import input_size, run_train
 
     cfg = parse_config(TrainConfig, "pfvit-train", train_main.__doc__, argv)
     if not cfg.data:
-        raise SystemExit("--data KIND:PATH is required")
-    size = _image_size(cfg.model, cfg.image_size, cfg.resume or cfg.init)
+        raise SystemExit("pfvit-train: --data is required (a data spec such as rafdb:/data/RAF-DB)")
+    size = input_size(cfg)
     train_set = build_data(cfg.data, "train", size, augment=True)
     val_set = build_data(cfg.val_data or cfg.data, "val", size, augment=False)
     try:
         result = run_train(cfg, train_set, val_set)
     finally:
         distributed.cleanup()
-    print(json.dumps({"checkpoint": result["checkpoint"], "val_accuracy": (result["metrics"] or {}).get("accuracy")}))
+    print(json.dumps({"checkpoint": result.checkpoint, "val_accuracy": (result.metrics or {}).get("accuracy")}))
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
@@ -193,6 +147,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
 
     from training.checkpoint import model_from_checkpoint
     from training.config import EvalConfig
+    from training.data import build_data
     from training.distributed import setup
     from training.evaluate import evaluate
 
@@ -211,8 +166,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
 
 def export_main(argv: Sequence[str] | None = None) -> None:
     """``pfvit-export``: ONNX graphs + card from a checkpoint, checked against ONNX Runtime."""
+    import torch
+
     from training.checkpoint import load_checkpoint
     from training.config import ExportConfig
+    from training.data import build_data
     from training.export import export_checkpoint
 
     cfg = parse_config(ExportConfig, "pfvit-export", export_main.__doc__, argv)

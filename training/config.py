@@ -2,11 +2,15 @@
 
 The model config is the model's only constructor argument and is stored in every checkpoint
 as a plain dict, so a checkpoint alone rebuilds its model. Stage configs are filled from the
-command line by :mod:`training.cli` (or directly by tests) and are never mutated afterwards.
+command line by :mod:`training.cli` (flags generated from these fields) or directly by tests,
+and are never mutated afterwards. Every setting is declared once, here: architecture settings
+only in :class:`PFViTConfig` (a stage changes them through ``arch``), run settings only in the
+stage configs.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -16,7 +20,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class PFViTConfig:
-    """Architecture of one PF-ViT (encoder, separator, generator, discriminator, head).
+    """Architecture of one PF-ViT (encoder, separator, generator, head) and of the
+    discriminator that trains it (sized with the model, built by :mod:`training.adversarial`).
 
     Args:
         image_size: side of the square RGB input in pixels.
@@ -26,8 +31,8 @@ class PFViTConfig:
         decoder_dim, decoder_depth, decoder_heads: the MAE-style generator.
         disc_dim, disc_depth, disc_heads, disc_patch_size: the ViT discriminator.
         mlp_ratio: hidden width of every MLP as a multiple of its block width.
-        num_classes: number of emotion classes K.
-        labels: class names in logit order (``len(labels) == num_classes`` when given).
+        labels: class names in logit order; the number of classes K is ``len(labels)``
+            (0 for a pre-training model, whose head is then an identity).
         mean, std: per-channel RGB normalisation of [0, 1] pixels.
         poker_mode: how G's output becomes the poker face. "direct": G(z_p + e_n), the face
             redrawn from tokens. "edit": x + G(z_p + e_n) - G(z), the generator's own change
@@ -52,7 +57,6 @@ class PFViTConfig:
     disc_heads: int = 3
     disc_patch_size: int = 16
     mlp_ratio: float = 4.0
-    num_classes: int = 7
     labels: list[str] = field(default_factory=list)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
@@ -72,11 +76,16 @@ class PFViTConfig:
             raise ValueError("every width must be a multiple of its number of heads")
         if not 0 < self.emotion_dim < self.embed_dim:
             raise ValueError(f"emotion_dim must lie in (0, {self.embed_dim}), got {self.emotion_dim}")
-        if self.labels and len(self.labels) != self.num_classes:
-            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be distinct, got {self.labels}")
         self.labels = list(self.labels)
         self.mean = [float(v) for v in self.mean]
         self.std = [float(v) for v in self.std]
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of emotion classes: ``len(labels)``."""
+        return len(self.labels)
 
     @property
     def num_patches(self) -> int:
@@ -88,11 +97,46 @@ class PFViTConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PFViTConfig":
         """Rebuild from :meth:`to_dict` output; unknown keys are an error, not silently dropped."""
+        data = dict(data)
+        # Checkpoints written before K was derived from the labels also stored it.
+        legacy_classes = data.pop("num_classes", None)
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown PFViTConfig keys: {sorted(unknown)}")
+        if legacy_classes is not None and data.get("labels") and legacy_classes != len(data["labels"]):
+            raise ValueError(f"{len(data['labels'])} labels for {legacy_classes} classes")
         return cls(**data)
+
+    @classmethod
+    def parse_overrides(cls, text: str) -> dict[str, Any]:
+        """``"poker_mode=edit,image_size=112"`` -> typed keyword overrides of this config.
+
+        Raises:
+            ValueError: an unknown field, a field that is no scalar, or a value of the wrong type.
+        """
+        hints = typing.get_type_hints(cls)
+        scalar = {f.name: hints[f.name] for f in fields(cls) if hints[f.name] in (int, float, str, bool)}
+        out: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or key not in scalar:
+                raise ValueError(f"architecture override {part!r}: use NAME=VALUE with NAME in {', '.join(sorted(scalar))}")
+            try:
+                out[key] = _parse_bool(value) if scalar[key] is bool else scalar[key](value.strip())
+            except ValueError as exc:
+                raise ValueError(f"architecture override {part!r}: {exc}") from exc
+        return out
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
 
 
 @dataclass(frozen=True)
@@ -101,9 +145,16 @@ class RunConfig:
 
     Args:
         out_dir: run folder (checkpoints, ``log.jsonl``, evaluation files).
-        data: training data as ``KIND:PATH`` (rafdb, ferplus, affectnet, folder, rendered, synthetic).
+        data: training data as a data spec, ``KIND:PATH[,key=value...]`` or ``KIND:key=value,...``
+            (:mod:`training.data.spec`; kinds: rafdb, ferplus, affectnet, affectnet7, affectnet8,
+            folder, rendered, synthetic).
         model: size factory (micro, tiny, small, base) when no checkpoint gives the architecture.
-        image_size: input side; 0 keeps the factory's default.
+        arch: overrides of :class:`PFViTConfig` fields as ``name=value,...`` (e.g.
+            ``image_size=112,poker_mode=edit``), applied on top of the factory or the
+            initialising checkpoint; the data is built at the resulting ``image_size``.
+        sampler: "distributed" (every item once per epoch, shuffled) or "balanced" (classes
+            drawn equally often, with replacement; for skewed sets such as AffectNet). Both
+            depend only on (seed, epoch), so resuming replays the same batches.
         epochs, batch_size: per process; the effective batch is ``batch_size * world_size``.
         blr: base learning rate; the actual rate is ``blr * effective_batch / 256``.
         min_lr_ratio: cosine floor as a fraction of the peak rate.
@@ -118,14 +169,13 @@ class RunConfig:
         device: "auto", "cpu" or "cuda".
         save_every: keep ``checkpoint-<epoch>.pt`` every this many epochs (``last.pt`` always).
         progress: show tqdm bars (rank 0 only).
-        stem: encoder stem ("patch" or "conv") of a model built from ``model``; empty keeps the factory's.
-        greyscale: a model built from ``model`` reads the luma only.
     """
 
     out_dir: str = "runs/pfvit"
     data: str = ""
     model: str = "micro"
-    image_size: int = 0
+    arch: str = ""
+    sampler: Literal["distributed", "balanced"] = "distributed"
     epochs: int = 1
     batch_size: int = 64
     blr: float = 1e-3
@@ -141,8 +191,6 @@ class RunConfig:
     device: str = "auto"
     save_every: int = 0
     progress: bool = True
-    stem: str = ""
-    greyscale: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,7 +231,7 @@ class TrainConfig(RunConfig):
     Args:
         init: MAE pre-training checkpoint whose encoder and generator start this stage (and
             whose architecture is used); empty = random init of ``model``.
-        val_data: validation data as ``KIND:PATH``; empty = the ``val`` split of ``data``.
+        val_data: validation data spec; empty = the ``val`` split of ``data``.
         weights: loss weights.
         gan: "hinge" or "nonsat" (non-saturating logistic).
         r1_gamma: R1 penalty weight on real images (0 = off).
@@ -193,7 +241,6 @@ class TrainConfig(RunConfig):
         mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
         label_smoothing: for hard labels.
         eval_every: evaluate every this many epochs (0 = only at the end).
-        poker_mode: "direct" or "edit" (see :class:`PFViTConfig`); empty keeps the model's.
     """
 
     out_dir: str = "runs/train"
@@ -211,7 +258,6 @@ class TrainConfig(RunConfig):
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
     eval_every: int = 1
-    poker_mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,7 +266,7 @@ class EvalConfig:
 
     Args:
         checkpoint: the checkpoint file.
-        data: evaluation data as ``KIND:PATH`` (its ``val``/``test`` split, see ``split``).
+        data: evaluation data spec (its ``val``/``test`` split, see ``split``).
         split: which split to build.
         out_dir: where ``metrics.json``, ``confusion.png`` and ``samples.png`` go.
         batch_size, num_workers, threads, device: as in :class:`RunConfig`.
@@ -247,7 +293,7 @@ class ExportConfig:
         out_dir: model folder (``models/<name>``).
         name, version, license, description: card fields.
         metrics: evaluation ``metrics.json`` whose numbers go into the card (optional).
-        data: data ``KIND:PATH`` whose images feed the parity check (optional).
+        data: data spec whose images feed the parity check (optional).
         opset: ONNX opset (17 or later).
         poker_face: also export the poker-face graph.
     """

@@ -21,26 +21,27 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from service.card import load_card, write_card
 from service.models import EmotionModel
 from service.runtime import CPU
+from training.cli import parse_config
 from training.config import LossWeights, PretrainConfig, TrainConfig
+from training.data import DataSpec, build_data
 from training.engine import run_pretrain, run_train
 from training.evaluate import classification_metrics, confusion_matrix
 from training.export import export_checkpoint
 from training.fidelity import psnr, ssim
-from training.plots import confusion_matrix_png
-from training.render.dataset import EMOTIONS, RenderedFaceDataset
+from training.plots import confusion_matrix_png, image_grid_png
+from training.render.dataset import EMOTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,6 +63,8 @@ class DefaultModelConfig:
     pretrain_epochs: int = 8
     train_epochs: int = 14
     batch_size: int = 64
+    pretrain_blr: float = 1.5e-3
+    train_blr: float = 1e-3
     # Classification counts double next to the generation terms: on CPU the step budget is
     # small, and recognition is what the service is mostly asked for.
     cls_weight: float = 2.0
@@ -69,6 +72,12 @@ class DefaultModelConfig:
     render_workers: int = 0  # 0 = one per core
     device: str = "auto"
     threads: int = 0
+
+    @property
+    def data(self) -> DataSpec:
+        """The rendered data set of the recipe, as its spec (it goes into the checkpoints and the card)."""
+        return DataSpec.of("rendered", seed=self.seed, size=self.image_size, n=self.train_size, val_n=self.val_size,
+                           test_n=self.test_size)
 
 
 QUICK = dict(train_size=1024, val_size=128, test_size=256, pretrain_epochs=1, train_epochs=1, batch_size=64)
@@ -80,24 +89,25 @@ class InMemoryFaces(Dataset):
     def __init__(self, images: torch.Tensor, pokers: torch.Tensor, labels: torch.Tensor, label_names: list[str]) -> None:
         self.images = images  # [N, 3, H, W] uint8
         self.pokers = pokers  # [N, 3, H, W] uint8
-        self.targets = labels  # [N] int64
+        self.labels_tensor = labels  # [N] int64
+        self.targets = labels.tolist()
         self.labels = list(label_names)
 
     def __len__(self) -> int:
-        return self.targets.shape[0]
+        return self.labels_tensor.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {
             "image": self.images[i].float() / 255.0,
             "poker_face": self.pokers[i].float() / 255.0,
-            "label": self.targets[i],
+            "has_poker_face": torch.tensor(True),
+            "label": self.labels_tensor[i],
         }
 
 
-def _render_chunk(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    split, size, length, seed, start_stop = args[0], args[1], args[2], args[3], args[4]
-    ds = RenderedFaceDataset(split, size, length, seed=seed)
-    start, stop = start_stop
+def _render_chunk(args: tuple[str, str, int, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    spec, split, size, (start, stop) = args
+    ds = build_data(spec, split, size, augment=False)
     imgs, pokers, labels = [], [], []
     for i in range(start, stop):
         item = ds[i]
@@ -107,10 +117,12 @@ def _render_chunk(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.
     return np.stack(imgs), np.stack(pokers), np.array(labels, dtype=np.int64)
 
 
-def render_split(split: str, size: int, length: int, seed: int, workers: int) -> InMemoryFaces:
-    """Render ``length`` items of ``split`` in parallel processes (the items are pure functions of their index)."""
+def render_split(spec: DataSpec, split: str, size: int, workers: int) -> InMemoryFaces:
+    """Render ``split`` of the rendered data ``spec`` in parallel processes (the items are pure
+    functions of their index)."""
+    length = len(build_data(spec, split, size, augment=False))
     bounds = np.linspace(0, length, max(1, workers) * 4 + 1).astype(int)
-    jobs = [(split, size, length, seed, (int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    jobs = [(str(spec), split, size, (int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     with get_context("spawn").Pool(max(1, workers)) as pool:
         parts = pool.map(_render_chunk, jobs)
     imgs = torch.from_numpy(np.concatenate([p[0] for p in parts]))
@@ -124,7 +136,7 @@ def evaluate_exported(model_dir: Path, test: InMemoryFaces, batch: int = 256) ->
     model = EmotionModel.from_dir(model_dir, providers=[CPU])
     faces = test.images.permute(0, 2, 3, 1).numpy()  # [N, H, W, 3] uint8
     truth = test.pokers.permute(0, 2, 3, 1).numpy()
-    y = test.targets.numpy()
+    y = test.labels_tensor.numpy()
     logits, pokers = [], []
     for i in range(0, len(faces), batch):
         logits.append(model.recognise(faces[i : i + batch]).logits)
@@ -164,20 +176,13 @@ def evaluate_exported(model_dir: Path, test: InMemoryFaces, batch: int = 256) ->
 
 
 def samples_grid(arrays: dict[str, np.ndarray], labels: list[str], path: Path, per_class: int = 2) -> None:
-    """PNG grid, one row per class: (input | poker face | true poker face) x per_class."""
-    faces, pokers, truth, y = arrays["faces"], arrays["pokers"], arrays["truth"], arrays["labels"]
-    s = faces.shape[1]
-    gap = 4
-    cell = 3 * s + 2 * 1
-    canvas = np.full((len(labels) * (s + gap), per_class * (cell + gap * 3), 3), 255, np.uint8)
-    for row, _ in enumerate(labels):
-        idx = np.flatnonzero(y == row)[:per_class]
-        for col, i in enumerate(idx):
-            x0 = col * (cell + gap * 3)
-            y0 = row * (s + gap)
-            for k, img in enumerate((faces[i], pokers[i], truth[i])):
-                canvas[y0 : y0 + s, x0 + k * (s + 1) : x0 + k * (s + 1) + s] = img
-    Image.fromarray(canvas).resize((canvas.shape[1] * 2, canvas.shape[0] * 2), Image.Resampling.NEAREST).save(path, optimize=True)
+    """PNG grid: ``per_class`` rows per class in label order; columns input | poker face | true poker face."""
+    rows = np.concatenate([np.flatnonzero(arrays["labels"] == k)[:per_class] for k in range(len(labels))])
+
+    def column(name: str) -> np.ndarray:  # [B, H, W, 3] uint8 -> [B, 3, H, W] float in [0, 1]
+        return arrays[name][rows].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+    image_grid_png([("input", column("faces")), ("poker", column("pokers")), ("true", column("truth"))], path)
 
 
 def write_report(metrics: dict[str, Any], path: Path) -> None:
@@ -258,38 +263,35 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    train = render_split("train", cfg.image_size, cfg.train_size, cfg.seed, workers)
-    val = render_split("val", cfg.image_size, cfg.val_size, cfg.seed, workers)
-    test = render_split("test", cfg.image_size, cfg.test_size, cfg.seed, workers)
+    train, val, test = (render_split(cfg.data, split, cfg.image_size, workers) for split in ("train", "val", "test"))
     timings["render_s"] = time.perf_counter() - t0
     print(f"rendered {len(train)}/{len(val)}/{len(test)} faces in {timings['render_s']:.0f} s", flush=True)
 
-    common = dict(model="micro", image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
-                  threads=cfg.threads, progress=False, data=f"rendered:seed={cfg.seed},size={cfg.image_size},n={cfg.train_size}")
+    common = dict(model="micro", batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, threads=cfg.threads, progress=False,
+                  data=str(cfg.data))
     t0 = time.perf_counter()
     pre = run_pretrain(
-        PretrainConfig(out_dir=str(out / "pretrain"), epochs=cfg.pretrain_epochs, warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
-                       blr=1.5e-3, mask_ratio=0.75, **common),
+        PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size}", epochs=cfg.pretrain_epochs,
+                       warmup_epochs=min(1.0, cfg.pretrain_epochs / 4), blr=cfg.pretrain_blr, mask_ratio=0.75, **common),
         train,
     )
     timings["pretrain_s"] = time.perf_counter() - t0
-    print(f"pre-training: {timings['pretrain_s']:.0f} s, last {pre['history'][-1]}", flush=True)
+    print(f"pre-training: {timings['pretrain_s']:.0f} s, last {pre.last}", flush=True)
 
     t0 = time.perf_counter()
     trained = run_train(
-        TrainConfig(out_dir=str(out / "train"), init=pre["checkpoint"], epochs=cfg.train_epochs,
-                    warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=1e-3, d_blr=5e-4, weights=LossWeights(cls=cfg.cls_weight),
-                    poker_mode=cfg.poker_mode,
+        TrainConfig(out_dir=str(out / "train"), init=pre.checkpoint, arch=f"poker_mode={cfg.poker_mode}", epochs=cfg.train_epochs,
+                    warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=cfg.train_blr, d_blr=5e-4, weights=LossWeights(cls=cfg.cls_weight),
                     eval_every=max(1, cfg.train_epochs // 4), **common),
         train,
         val,
     )
     timings["train_s"] = time.perf_counter() - t0
-    print(f"PF-ViT stage: {timings['train_s']:.0f} s, val {trained['metrics']['accuracy'] if trained.get('metrics') else None}", flush=True)
+    print(f"PF-ViT stage: {timings['train_s']:.0f} s, val {trained.metrics['accuracy'] if trained.metrics else None}", flush=True)
 
     model_dir = Path(cfg.model_dir)
     sample = test.images[:64].float() / 255.0
-    export_checkpoint(trained["checkpoint"], model_dir, sample, name=cfg.name, version=cfg.version, license="MIT",
+    export_checkpoint(trained.checkpoint, model_dir, sample, name=cfg.name, version=cfg.version, license="MIT",
                       description=("PF-ViT micro (64 px, patch 8) trained on rendered faces (training/render). It demonstrates the "
                                    "whole pipeline end to end and is not meant for photographs of real people."))
     timings["total_s"] = time.perf_counter() - t_start
@@ -330,24 +332,22 @@ def publish(cfg: DefaultModelConfig, test: InMemoryFaces, timings: dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.default_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = DefaultModelConfig()
-    for f in fields(DefaultModelConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
-    ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
-    ap.add_argument("--evaluate-only", action="store_true",
-                    help="skip training: re-evaluate the model already in --model-dir and rewrite its numbers "
-                         "(card, report, pictures); timings are kept from the last run's metrics.json")
-    args = vars(ap.parse_args(argv))
-    quick = args.pop("quick")
-    evaluate_only = args.pop("evaluate_only")
-    cfg = DefaultModelConfig(**args)
-    if quick:
+    def flags(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
+        ap.add_argument("--evaluate-only", action="store_true",
+                        help="skip training: re-evaluate the model already in --model-dir and rewrite its numbers "
+                             "(card, report, pictures); timings are kept from the last run's metrics.json, else from the card")
+
+    cfg, top = parse_config(DefaultModelConfig, "python -m training.default_model", __doc__, argv, extra=flags)
+    if top["quick"]:
         cfg = replace(cfg, **QUICK)
-    if evaluate_only:
+    if top["evaluate_only"]:
         previous = Path(cfg.out_dir) / "metrics.json"
-        timings = json.loads(previous.read_text())["timings"] if previous.is_file() else {}
-        test = render_split("test", cfg.image_size, cfg.test_size, cfg.seed, cfg.render_workers or os.cpu_count() or 1)
+        if previous.is_file():
+            timings = json.loads(previous.read_text())["timings"]
+        else:
+            timings = dict(load_card(cfg.model_dir).training.get("timings_s", {}))
+        test = render_split(cfg.data, "test", cfg.image_size, cfg.render_workers or os.cpu_count() or 1)
         publish(cfg, test, timings)
     else:
         run(cfg)

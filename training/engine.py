@@ -1,5 +1,6 @@
-"""Engine: one epoch of MAE pre-training, one epoch of the PF-ViT stage, and the runs that wire
-model, data, optimizers, schedules, checkpoints and logs together.
+"""Engine: one epoch of MAE pre-training, one epoch of the PF-ViT stage, and the one run
+skeleton (:func:`run_stage`) that wires model, data, optimizers, schedules, checkpoints, logs
+and evaluation together for both.
 
 Runs take a stage config and ready-made datasets (the CLI builds them), so tests call them
 directly. Under ``torchrun`` the same functions run data-parallel: every process calls them,
@@ -13,26 +14,24 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from training import distributed
-from training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.adversarial import Discriminator, PokerFaceObjective, build_discriminator, prepare_batch
+from training.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import PFViTConfig, PretrainConfig, RunConfig, TrainConfig
-from training.distributed import DistContext
+from training.data.sampling import BalancedSampler
+from training.distributed import DistContext, wrap_ddp
 from training.evaluate import evaluate
-from training.model import MAEObjective, PFViT, SeparationObjective, build_model, weighted_total
+from training.model import MAEObjective, PFViT, model_config, optim_groups
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -75,20 +74,36 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
+def make_sampler(dataset: Dataset, cfg: RunConfig, ctx: DistContext) -> Sampler[int]:
+    """The training sampler ``cfg.sampler`` names; both orders depend only on (seed, epoch),
+    also with one process, which is what makes resuming exact."""
+    if cfg.sampler == "balanced":
+        targets = getattr(dataset, "targets", None)
+        if targets is None:
+            raise ValueError(f"sampler 'balanced' needs a dataset with targets; {type(dataset).__name__} has none")
+        return BalancedSampler(list(targets), len(dataset.labels), ctx.world_size, ctx.rank, cfg.seed)
+    if cfg.sampler == "distributed":
+        return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    raise ValueError(f"unknown sampler {cfg.sampler!r}; use distributed or balanced")
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, ctx: DistContext, seed: int, train: bool) -> DataLoader:
-    """Training loaders always go through a DistributedSampler (one replica when alone) so the
-    order depends only on (seed, epoch): that is what makes resuming exact."""
-    if train:
-        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True)
-    else:
-        sampler = None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
+def make_loader(dataset: Dataset, cfg: RunConfig, ctx: DistContext, train: bool) -> DataLoader:
+    """Training loaders draw through :func:`make_sampler`; evaluation loaders go in order."""
+    sampler = make_sampler(dataset, cfg, ctx) if train else None
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, num_workers=cfg.num_workers,
                       drop_last=train, pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+
+
+def set_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell every dataset (inside concatenations and subsets too) that has ``set_epoch`` which
+    epoch runs, so per-epoch augmentation draws differ. Loader workers are started anew each
+    epoch, so they see it."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    for child in getattr(dataset, "datasets", ()):  # ConcatDataset
+        set_epoch(child, epoch)
+    if isinstance(getattr(dataset, "dataset", None), Dataset):  # Subset
+        set_epoch(dataset.dataset, epoch)
 
 
 def autocast_for(device: torch.device):
@@ -108,273 +123,28 @@ def limited(loader: DataLoader, steps: int) -> Iterator[dict[str, torch.Tensor]]
         yield batch
 
 
-def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
-    """DDP over the parameters that currently require grad (frozen ones are left out by DDP)."""
-    if not ctx.distributed:
-        return module
-    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
+def resolve_model_config(cfg: RunConfig, labels: list[str]) -> PFViTConfig:
+    """The architecture a run trains: the resumed checkpoint's; else the initialising
+    checkpoint's (``TrainConfig.init``) with ``cfg.arch`` on top; else the size factory's with
+    ``cfg.arch``. ``labels`` set the classes (the pre-training stage passes none)."""
+    if cfg.resume:
+        return PFViTConfig.from_dict(load_checkpoint(cfg.resume)["model_config"])
+    arch = PFViTConfig.parse_overrides(cfg.arch)
+    init = getattr(cfg, "init", "")
+    if init:
+        return PFViTConfig.from_dict({**load_checkpoint(init)["model_config"], **arch, "labels": list(labels)})
+    return model_config(cfg.model, **arch, labels=list(labels))
 
 
-def _restore_rng(payload: dict[str, Any], ctx: DistContext) -> None:
-    states = payload.get("rng") or []
-    if len(states) == ctx.world_size:
-        set_rng_state(states[ctx.rank])
-    else:
-        # A different world size cannot replay the old streams; start fresh, reproducibly.
-        seed_everything(int(payload["stage_config"].get("seed", 0)) + ctx.rank + 7919 * int(payload["epoch"]))
+def input_size(cfg: RunConfig) -> int:
+    """The image side the data of a run must be built at (:func:`resolve_model_config`'s)."""
+    return resolve_model_config(cfg, []).image_size
 
 
-def _save(cfg: RunConfig, ctx: DistContext, model: PFViT, stage: str, optimizers: dict, schedulers: dict, step: int, epoch: int, extra: dict) -> Path | None:
-    rngs = distributed.gather_objects(rng_state(), ctx)  # every rank takes part
-    path = None
-    if ctx.is_main:
-        out = Path(cfg.out_dir)
-        path = save_checkpoint(out / "last.pt", model, stage, cfg, optimizers, schedulers, step, epoch, rngs, extra)
-        if cfg.save_every and epoch % cfg.save_every == 0:
-            save_checkpoint(out / f"checkpoint-{epoch:04d}.pt", model, stage, cfg, optimizers, schedulers, step, epoch, rngs, extra)
-    distributed.barrier(ctx)
-    return path
-
-
-def _model_overrides(cfg: RunConfig, labels: list[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if cfg.image_size:
-        overrides["image_size"] = cfg.image_size
-    if labels:
-        overrides.update(num_classes=len(labels), labels=list(labels))
-    if getattr(cfg, "poker_mode", ""):
-        overrides["poker_mode"] = cfg.poker_mode
-    if cfg.stem:
-        overrides["stem"] = cfg.stem
-    if cfg.greyscale:
-        overrides["greyscale"] = True
-    return overrides
-
-
-# ----------------------------------------------------------------------------- MAE pre-training
-def pretrain_one_epoch(
-    objective: nn.Module,
-    model: PFViT,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ctx: DistContext,
-    cfg: PretrainConfig,
-    epoch: int,
-    step: int,
-    log: RunLog,
-) -> tuple[dict[str, float], int]:
-    """One epoch of MAE. Returns ``(epoch means, global step after it)``."""
-    objective.train()
-    steps = steps_in_epoch(loader, cfg)
-    totals: dict[str, float] = {"loss": 0.0}
-    bar = tqdm(limited(loader, steps), total=steps, desc=f"pretrain {epoch}", disable=not (cfg.progress and ctx.is_main))
-    for batch in bar:
-        x = model.normalise(batch["image"].to(ctx.device, non_blocking=True))  # [N, 3, H, W]
-        with autocast_for(ctx.device):
-            loss, _, _ = objective(x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"MAE loss is {value} at step {step}")
-        totals["loss"] += value
-        record = {"stage": "pretrain", "epoch": epoch, "step": step, "loss": value, "lr": optimizer.param_groups[0]["lr"]}
-        log.write(record)
-        bar.set_postfix(loss=f"{value:.4f}")
-    return {k: v / max(1, steps) for k, v in totals.items()}, step
-
-
-def run_pretrain(cfg: PretrainConfig, dataset: Dataset) -> dict[str, Any]:
-    """MAE pre-training of encoder + generator. Returns ``{"checkpoint": path, "history": [...]}``.
-
-    Args:
-        cfg: the stage config.
-        dataset: images (labels, if any, are ignored).
-    """
-    ctx = distributed.setup(cfg.device, cfg.threads)
-    seed_everything(cfg.seed + ctx.rank)
-    payload = load_checkpoint(cfg.resume) if cfg.resume else None
-    if payload is not None:
-        model = PFViT(PFViTConfig.from_dict(payload["model_config"]))
-    else:
-        model = build_model(cfg.model, **_model_overrides(cfg, list(getattr(dataset, "labels", []) or [])))
-    model.to(ctx.device)
-    # MAE trains E and G only; frozen parts stay out of the optimizer and out of DDP.
-    for part in (model.separator, model.head, model.discriminator):
-        set_requires_grad(part, False)
-    objective = wrap_ddp(MAEObjective(model, cfg.mask_ratio, cfg.norm_pix_loss), ctx)
-    loader = make_loader(dataset, cfg.batch_size, cfg.num_workers, ctx, cfg.seed, train=True)
-    steps = steps_in_epoch(loader, cfg)
-    lr = cfg.blr * cfg.batch_size * ctx.world_size / 256
-    optimizer = torch.optim.AdamW(model.optim_groups("main", cfg.weight_decay), lr=lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(int(cfg.warmup_epochs * steps), cfg.epochs * steps, cfg.min_lr_ratio))
-    start_epoch, step = 0, 0
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizers"]["main"])
-        scheduler.load_state_dict(payload["schedulers"]["main"])
-        start_epoch, step = int(payload["epoch"]), int(payload["step"])
-        _restore_rng(payload, ctx)
-    log = RunLog(Path(cfg.out_dir) / "log.jsonl", ctx.is_main)
-    history, path = [], None
-    for epoch in range(start_epoch, cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        stats, step = pretrain_one_epoch(objective, model, loader, optimizer, scheduler, ctx, cfg, epoch, step, log)
-        stats = distributed.mean_over_ranks(stats, ctx)
-        summary = {"stage": "pretrain", "epoch": epoch, "step": step, "summary": True, "seconds": time.perf_counter() - t0, **stats}
-        log.write(summary)
-        history.append(summary)
-        path = _save(cfg, ctx, model, "pretrain", {"main": optimizer}, {"main": scheduler}, step, epoch + 1, {"last": stats})
-    return {"checkpoint": str(path) if path else str(Path(cfg.out_dir) / "last.pt"), "history": history, "model": model}
-
-
-# ----------------------------------------------------------------------------- PF-ViT stage
-def targets_from_batch(batch: dict[str, torch.Tensor], num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(targets [N, K] probabilities, labelled [N] float)`` from ``soft_label`` or ``label`` (-1 = none)."""
-    label = batch["label"].to(device).long()
-    labelled = (label >= 0).float()
-    if "soft_label" in batch:
-        targets = batch["soft_label"].to(device).float()
-        labelled = (targets.sum(dim=1) > 0).float()
-    else:
-        targets = F.one_hot(label.clamp_min(0), num_classes).float() * labelled[:, None]
-    return targets, labelled
-
-
-def mixup(tensors: list[torch.Tensor | None], alpha: float) -> tuple[list[torch.Tensor | None], float, torch.Tensor]:
-    """Mix each tensor with a shuffled copy of the batch by ``lam ~ Beta(alpha, alpha)``.
-
-    Uses torch's RNG (restored on resume). Returns the mixed tensors, lam and the permutation.
-    """
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    n = next(t for t in tensors if t is not None).shape[0]
-    perm = torch.randperm(n)
-    mixed = [None if t is None else lam * t + (1 - lam) * t[perm.to(t.device)] for t in tensors]
-    return mixed, lam, perm
-
-
-def generator_adv_loss(fake_logits: torch.Tensor, gan: str) -> torch.Tensor:
-    """Generator side: hinge uses ``-D(fake)``; non-saturating uses ``softplus(-D(fake))``."""
-    return -fake_logits.mean() if gan == "hinge" else F.softplus(-fake_logits).mean()
-
-
-def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, gan: str) -> torch.Tensor:
-    if gan == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return F.softplus(-real).mean() + F.softplus(fake).mean()
-
-
-def train_one_epoch(
-    gen_side: nn.Module,
-    disc: nn.Module,
-    model: PFViT,
-    loader: DataLoader,
-    optimizers: dict[str, torch.optim.Optimizer],
-    schedulers: dict[str, Any],
-    ctx: DistContext,
-    cfg: TrainConfig,
-    epoch: int,
-    step: int,
-    log: RunLog,
-) -> tuple[dict[str, float], int]:
-    """One epoch of the PF-ViT stage: a generator-side step, then a discriminator step.
-
-    Args:
-        gen_side: :class:`SeparationObjective` (DDP-wrapped when distributed).
-        disc: the discriminator (DDP-wrapped when distributed).
-        model: the unwrapped model (normalisation, the frozen D for the adversarial terms).
-        loader, optimizers ("main", "disc"), schedulers: as built by :func:`run_train`.
-
-    Returns ``(epoch means of every logged term, global step after the epoch)``.
-    """
-    gen_side.train()
-    disc.train()
-    steps = steps_in_epoch(loader, cfg)
-    totals: dict[str, float] = {}
-    correct = seen = 0.0
-    k = model.config.num_classes
-    bar = tqdm(limited(loader, steps), total=steps, desc=f"train {epoch}", disable=not (cfg.progress and ctx.is_main))
-    for batch in bar:
-        x = model.normalise(batch["image"].to(ctx.device, non_blocking=True))  # [N, 3, H, W]
-        targets, labelled = targets_from_batch(batch, k, ctx.device)
-        true_poker = model.normalise(batch["poker_face"].to(ctx.device)) if "poker_face" in batch else None
-        has_poker = batch["has_poker_face"].to(ctx.device) if "has_poker_face" in batch else None
-        if cfg.mixup_alpha > 0:
-            (x, targets, true_poker), _, perm = mixup([x, targets, true_poker], cfg.mixup_alpha)
-            labelled = labelled * labelled[perm.to(labelled.device)]
-            if has_poker is not None:
-                has_poker = has_poker * has_poker[perm.to(has_poker.device)]
-
-        # Generator side (E, S, G, H): D frozen so its weights take no gradient from here.
-        set_requires_grad(model.discriminator, False)
-        with autocast_for(ctx.device):
-            out = gen_side(x, targets, labelled, true_poker, has_poker)
-            losses = dict(out.losses)
-            losses["adv_poker"] = generator_adv_loss(model.discriminator(out.poker_face).float(), cfg.gan)
-            losses["adv_rec"] = generator_adv_loss(model.discriminator(out.reconstruction).float(), cfg.gan)
-        total = weighted_total(losses, cfg.weights)
-        optimizers["main"].zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizers["main"].param_groups for p in g["params"]], cfg.grad_clip)
-        optimizers["main"].step()
-        schedulers["main"].step()
-
-        # Discriminator: real faces against poker faces and reconstructions, in one forward
-        # (one DDP forward per backward).
-        set_requires_grad(model.discriminator, True)
-        use_r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
-        real = x.detach().requires_grad_(use_r1)
-        fakes = torch.cat([out.poker_face.detach(), out.reconstruction.detach()])
-        # R1 needs a double backward, which only SDPA's math kernel provides.
-        with autocast_for(ctx.device), (sdpa_kernel(SDPBackend.MATH) if use_r1 else nullcontext()):
-            d_logits = disc(torch.cat([real, fakes])).float()
-        n = x.shape[0]
-        loss_d = discriminator_loss(d_logits[:n], d_logits[n:], cfg.gan)
-        d_terms = {"d": loss_d.detach()}
-        if use_r1:
-            (grad,) = torch.autograd.grad(d_logits[:n].sum(), real, create_graph=True)
-            r1 = grad.pow(2).flatten(1).sum(1).mean()
-            loss_d = loss_d + 0.5 * cfg.r1_gamma * cfg.r1_every * r1  # lazy R1, scaled to match
-            d_terms["r1"] = r1.detach()
-        optimizers["disc"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        optimizers["disc"].step()
-        schedulers["disc"].step()
-        step += 1
-
-        record = {name: float(v.detach()) for name, v in losses.items()}
-        record.update({name: float(v) for name, v in d_terms.items()})
-        record["total"] = float(total.detach())
-        if not math.isfinite(record["total"]):
-            raise FloatingPointError(f"PF-ViT loss is {record['total']} at step {step}")
-        mask = labelled > 0
-        if mask.any():
-            correct += float((out.logits.argmax(1)[mask] == targets.argmax(1)[mask]).sum())
-            seen += float(mask.sum())
-        for name, value in record.items():
-            totals[name] = totals.get(name, 0.0) + value
-        log.write({"stage": "train", "epoch": epoch, "step": step, "lr": optimizers["main"].param_groups[0]["lr"], **record})
-        bar.set_postfix(total=f"{record['total']:.3f}", cls=f"{record['cls']:.3f}", d=f"{record['d']:.3f}")
-    means = {k: v / max(1, steps) for k, v in totals.items()}
-    means["train_accuracy"] = correct / seen if seen else 0.0
-    return means, step
-
-
-def _init_from_pretrain(path: str, labels: list[str], cfg: TrainConfig) -> PFViT:
-    """Architecture from the MAE checkpoint; its encoder and generator weights; a fresh head."""
-    payload = load_checkpoint(path)
-    model_cfg = PFViTConfig.from_dict({**payload["model_config"], **_model_overrides(replace(cfg, image_size=0), labels)})
-    model = PFViT(model_cfg)
-    keep = {k: v for k, v in payload["model"].items() if k.startswith(("encoder.", "generator."))}
+def _init_from_pretrain(path: str, config: PFViTConfig) -> PFViT:
+    """``config``'s model with the encoder and generator weights of a pre-training checkpoint."""
+    model = PFViT(config)
+    keep = {k: v for k, v in load_checkpoint(path)["model"].items() if k.startswith(("encoder.", "generator."))}
     missing, unexpected = model.load_state_dict(keep, strict=False)
     if unexpected or any(k.startswith(("encoder.", "generator.")) for k in missing):
         raise RuntimeError(f"pre-training checkpoint does not fit: missing {missing}, unexpected {unexpected}")
@@ -387,69 +157,232 @@ def neutral_index(labels: list[str]) -> int | None:
     return lowered.index("neutral") if "neutral" in lowered else None
 
 
-def run_train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = None) -> dict[str, Any]:
-    """The PF-ViT stage. Returns ``{"checkpoint", "history", "metrics", "model"}``.
+def _adamw(params: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=lr, betas=betas)
+
+
+# ----------------------------------------------------------------------------- stages
+class Stage(Protocol):
+    """What differs between the two stages; :func:`run_stage` does the rest."""
+
+    name: str
+
+    def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
+        """Freeze what the stage does not train, build objective, optimizers and schedulers."""
+
+    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
+                        log: RunLog) -> dict[str, float]:
+        """Run ``steps`` optimizer steps; advance ``state.step``; return the epoch's means."""
+
+
+def _schedule(cfg: RunConfig, steps_per_epoch: int) -> WarmupCosine:
+    return WarmupCosine(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch, cfg.min_lr_ratio)
+
+
+class MAEStage:
+    """MAE pre-training of encoder + generator (separator and head stay out of the optimizer and DDP)."""
+
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.objective: torch.nn.Module | None = None
+
+    def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
+        cfg = self.cfg
+        for part in (model.separator, model.head):
+            part.requires_grad_(False)
+        self.objective = wrap_ddp(MAEObjective(model, cfg.mask_ratio, cfg.norm_pix_loss), ctx)
+        lr = cfg.blr * cfg.batch_size * ctx.world_size / 256
+        optimizer = _adamw(model.optim_groups(cfg.weight_decay), lr, (0.9, 0.95))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch))
+        return TrainState(model=model, optimizers={"main": optimizer}, schedulers={"main": scheduler})
+
+    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
+                        log: RunLog) -> dict[str, float]:
+        cfg, model = self.cfg, state.model
+        optimizer, scheduler = state.optimizers["main"], state.schedulers["main"]
+        self.objective.train()
+        total = 0.0
+        bar = tqdm(batches, total=steps, desc=f"pretrain {state.epoch}", disable=not (cfg.progress and ctx.is_main))
+        for batch in bar:
+            x = model.normalise(batch["image"].to(ctx.device, non_blocking=True))  # [N, 3, H, W]
+            with autocast_for(ctx.device):
+                loss, _, _ = self.objective(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"MAE loss is {value} at step {state.step}")
+            total += value
+            log.write({"stage": "pretrain", "epoch": state.epoch, "step": state.step, "loss": value, "lr": optimizer.param_groups[0]["lr"]})
+            bar.set_postfix(loss=f"{value:.4f}")
+        return {"loss": total / max(1, steps)}
+
+
+class PFViTStage:
+    """The PF-ViT stage: per step a generator-side step (E, S, G, H), then a discriminator step,
+    both through :class:`~training.adversarial.PokerFaceObjective`."""
+
+    name = "train"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.objective: PokerFaceObjective | None = None
+
+    def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
+        cfg = self.cfg
+        # The generator decodes full token sets here, so MAE's mask token is unused: out of the
+        # optimizer and of DDP (which, without unused-parameter search, needs every trainable
+        # parameter in every backward).
+        model.generator.mask_token.requires_grad_(False)
+        discriminator = build_discriminator(model.config).to(ctx.device)
+        self.objective = PokerFaceObjective(model, discriminator, cfg, neutral_index(model.config.labels), ctx)
+        scale = cfg.batch_size * ctx.world_size / 256
+        optimizers = {
+            "main": _adamw(model.optim_groups(cfg.weight_decay), cfg.blr * scale, (0.9, 0.999)),
+            "disc": _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, tuple(cfg.d_betas)),
+        }
+        schedule = _schedule(cfg, steps_per_epoch)
+        schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
+        return TrainState(model=model, optimizers=optimizers, schedulers=schedulers, discriminator=discriminator)
+
+    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
+                        log: RunLog) -> dict[str, float]:
+        cfg, model, objective = self.cfg, state.model, self.objective
+        main, disc = state.optimizers["main"], state.optimizers["disc"]
+        objective.train()
+        totals: dict[str, float] = {}
+        correct = seen = 0.0
+        bar = tqdm(batches, total=steps, desc=f"train {state.epoch}", disable=not (cfg.progress and ctx.is_main))
+        for raw in bar:
+            batch = prepare_batch(raw, model, ctx.device, cfg.mixup_alpha)
+            with autocast_for(ctx.device):
+                gen = objective.generator_loss(batch)
+            main.zero_grad(set_to_none=True)
+            gen.total.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in main.param_groups for p in g["params"]], cfg.grad_clip)
+            main.step()
+            state.schedulers["main"].step()
+
+            loss_d, d_terms = objective.discriminator_loss(batch.images, gen.fakes, state.step, lambda: autocast_for(ctx.device))
+            disc.zero_grad(set_to_none=True)
+            loss_d.backward()
+            disc.step()
+            state.schedulers["disc"].step()
+            state.step += 1
+
+            record = {name: float(v.detach()) for name, v in gen.terms.items()}
+            record.update({name: float(v) for name, v in d_terms.items()})
+            record["total"] = float(gen.total.detach())
+            if not math.isfinite(record["total"]):
+                raise FloatingPointError(f"PF-ViT loss is {record['total']} at step {state.step}")
+            mask = batch.labelled > 0
+            if mask.any():
+                correct += float((gen.logits.argmax(1)[mask] == batch.targets.argmax(1)[mask]).sum())
+                seen += float(mask.sum())
+            for name, value in record.items():
+                totals[name] = totals.get(name, 0.0) + value
+            log.write({"stage": "train", "epoch": state.epoch, "step": state.step, "lr": main.param_groups[0]["lr"], **record})
+            bar.set_postfix(total=f"{record['total']:.3f}", cls=f"{record['cls']:.3f}", d=f"{record['d']:.3f}")
+        means = {k: v / max(1, steps) for k, v in totals.items()}
+        means["train_accuracy"] = correct / seen if seen else 0.0
+        return means
+
+
+# ----------------------------------------------------------------------------- the run skeleton
+@dataclass(frozen=True)
+class RunResult:
+    """What a run leaves: its last checkpoint, per-epoch summaries, the last validation
+    metrics (None without validation data) and the trained parts."""
+
+    checkpoint: str
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any] | None
+    model: PFViT
+    discriminator: Discriminator | None = None
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def _restore(state: TrainState, payload: dict[str, Any], ctx: DistContext) -> None:
+    state.model.load_state_dict(payload["model"])
+    if state.discriminator is not None:
+        if "discriminator" not in payload:
+            raise ValueError("the checkpoint has no discriminator to resume the PF-ViT stage with")
+        state.discriminator.load_state_dict(payload["discriminator"])
+    for name in state.optimizers:
+        state.optimizers[name].load_state_dict(payload["optimizers"][name])
+        state.schedulers[name].load_state_dict(payload["schedulers"][name])
+    state.step, state.epoch = int(payload["step"]), int(payload["epoch"])
+    states = payload.get("rng") or []
+    if len(states) == ctx.world_size:
+        set_rng_state(states[ctx.rank])
+    else:
+        # A different world size cannot replay the old streams; start fresh, reproducibly.
+        seed_everything(int(payload["stage_config"].get("seed", 0)) + ctx.rank + 7919 * state.epoch)
+
+
+def _save(cfg: RunConfig, ctx: DistContext, state: TrainState, stage: str, extra: dict[str, Any]) -> Path | None:
+    rngs = distributed.gather_objects(rng_state(), ctx)  # every rank takes part
+    path = None
+    if ctx.is_main:
+        out = Path(cfg.out_dir)
+        path = save_checkpoint(out / "last.pt", state, stage, cfg, rngs, extra)
+        if cfg.save_every and state.epoch % cfg.save_every == 0:
+            save_checkpoint(out / f"checkpoint-{state.epoch:04d}.pt", state, stage, cfg, rngs, extra)
+    distributed.barrier(ctx)
+    return path
+
+
+def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset | None = None, labels: list[str] | None = None) -> RunResult:
+    """Setup, resume, the epoch loop, evaluation and saving, shared by both stages.
 
     Args:
+        stage: :class:`MAEStage` or :class:`PFViTStage`.
         cfg: the stage config.
-        train_set: labelled (or partly labelled, label -1) faces; its ``labels`` name the classes.
-        val_set: evaluated by rank 0 every ``cfg.eval_every`` epochs and at the end.
+        train_set: training items (the dataset contract's dicts).
+        val_set: evaluated by rank 0 every ``eval_every`` epochs and at the end (PF-ViT stage).
+        labels: the model's classes (none for pre-training).
     """
     ctx = distributed.setup(cfg.device, cfg.threads)
     seed_everything(cfg.seed + ctx.rank)
-    labels = list(train_set.labels)
-    payload = load_checkpoint(cfg.resume) if cfg.resume else None
-    if payload is not None:
-        model = PFViT(PFViTConfig.from_dict(payload["model_config"]))
-    elif cfg.init:
-        model = _init_from_pretrain(cfg.init, labels, cfg)
-    else:
-        model = build_model(cfg.model, **_model_overrides(cfg, labels))
-    if list(model.config.labels) != labels:
-        raise ValueError(f"model labels {model.config.labels} differ from the data's {labels}")
+    labels = list(labels or [])
+    config = resolve_model_config(cfg, labels)
+    if list(config.labels) != labels:
+        raise ValueError(f"model labels {config.labels} differ from the data's {labels}")
+    init = getattr(cfg, "init", "")
+    model = _init_from_pretrain(init, config) if init and not cfg.resume else PFViT(config)
     model.to(ctx.device)
-    # DDP takes the parameters that require grad at construction: build the generator-side
-    # wrapper with D frozen, then D's own wrapper.
-    set_requires_grad(model.discriminator, False)
-    # The generator decodes full token sets here, so MAE's mask token is unused: freeze it (DDP
-    # without unused-parameter search needs every trainable parameter in every backward).
-    model.generator.mask_token.requires_grad_(False)
-    gen_side = wrap_ddp(SeparationObjective(model, neutral_index(labels), cfg.label_smoothing), ctx)
-    set_requires_grad(model.discriminator, True)
-    disc = wrap_ddp(model.discriminator, ctx)
-
-    loader = make_loader(train_set, cfg.batch_size, cfg.num_workers, ctx, cfg.seed, train=True)
+    loader = make_loader(train_set, cfg, ctx, train=True)
     steps = steps_in_epoch(loader, cfg)
-    scale = cfg.batch_size * ctx.world_size / 256
-    optimizers = {
-        "main": torch.optim.AdamW(model.optim_groups("main", cfg.weight_decay), lr=cfg.blr * scale, betas=(0.9, 0.999)),
-        "disc": torch.optim.AdamW(model.optim_groups("discriminator", cfg.weight_decay), lr=cfg.d_blr * scale, betas=tuple(cfg.d_betas)),
-    }
-    schedule = WarmupCosine(int(cfg.warmup_epochs * steps), cfg.epochs * steps, cfg.min_lr_ratio)
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
-    start_epoch, step = 0, 0
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        for name in optimizers:
-            optimizers[name].load_state_dict(payload["optimizers"][name])
-            schedulers[name].load_state_dict(payload["schedulers"][name])
-        start_epoch, step = int(payload["epoch"]), int(payload["step"])
-        _restore_rng(payload, ctx)
+    state = stage.setup(model, ctx, steps)
+    if cfg.resume:
+        _restore(state, load_checkpoint(cfg.resume), ctx)
     out_dir = Path(cfg.out_dir)
     log = RunLog(out_dir / "log.jsonl", ctx.is_main)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps({"stage": asdict(cfg), "model": model.config.to_dict()}, indent=2), encoding="utf-8")
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers) if val_set is not None else None
-    history, metrics, path = [], None, None
-    for epoch in range(start_epoch, cfg.epochs):
+    val_loader = make_loader(val_set, cfg, ctx, train=False) if val_set is not None else None
+    eval_every = getattr(cfg, "eval_every", 0)
+    history: list[dict[str, Any]] = []
+    metrics, path = None, None
+    for epoch in range(state.epoch, cfg.epochs):
+        state.epoch = epoch
         loader.sampler.set_epoch(epoch)
+        set_epoch(train_set, epoch)
         t0 = time.perf_counter()
-        stats, step = train_one_epoch(gen_side, disc, model, loader, optimizers, schedulers, ctx, cfg, epoch, step, log)
+        stats = stage.train_one_epoch(state, limited(loader, steps), steps, ctx, log)
         stats = distributed.mean_over_ranks(stats, ctx)
-        summary: dict[str, Any] = {"stage": "train", "epoch": epoch, "step": step, "summary": True, "seconds": time.perf_counter() - t0, **stats}
-        last = epoch + 1 == cfg.epochs
-        if val_loader is not None and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+        summary: dict[str, Any] = {"stage": stage.name, "epoch": epoch, "step": state.step, "summary": True,
+                                   "seconds": time.perf_counter() - t0, **stats}
+        if val_loader is not None and (epoch + 1 == cfg.epochs or (eval_every and (epoch + 1) % eval_every == 0)):
             if ctx.is_main:
                 # Rank 0 evaluates the whole validation set; the others wait at the barrier.
                 metrics = evaluate(model, val_loader, ctx.device, out_dir / "eval", progress=cfg.progress)
@@ -457,6 +390,18 @@ def run_train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = No
             distributed.barrier(ctx)
         log.write(summary)
         history.append(summary)
-        extra = {"last": {k: v for k, v in summary.items() if isinstance(v, (int, float))}}
-        path = _save(cfg, ctx, model, "train", optimizers, schedulers, step, epoch + 1, extra)
-    return {"checkpoint": str(path) if path else str(out_dir / "last.pt"), "history": history, "metrics": metrics, "model": model}
+        state.epoch = epoch + 1
+        path = _save(cfg, ctx, state, stage.name, {"last": {k: v for k, v in summary.items() if isinstance(v, (int, float))}})
+    return RunResult(checkpoint=str(path) if path else str(out_dir / "last.pt"), history=history, metrics=metrics, model=model,
+                     discriminator=state.discriminator, last=history[-1] if history else {})
+
+
+def run_pretrain(cfg: PretrainConfig, dataset: Dataset) -> RunResult:
+    """MAE pre-training of encoder + generator on ``dataset``'s images (labels unused)."""
+    return run_stage(MAEStage(cfg), cfg, dataset)
+
+
+def run_train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = None) -> RunResult:
+    """The PF-ViT stage on labelled (or partly labelled, label -1) faces; the classes are
+    ``train_set.labels``."""
+    return run_stage(PFViTStage(cfg), cfg, train_set, val_set, labels=list(train_set.labels))

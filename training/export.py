@@ -30,7 +30,7 @@ POKER_FACE_TOLERANCE = 1.0 / 255.0
 
 
 class RecognitionGraph(nn.Module):
-    """``image`` (normalised) -> ``(logits, embedding)``; holds no generator or discriminator."""
+    """``image`` (normalised) -> ``(logits, embedding)``; E, S and H only, no generator weights."""
 
     def __init__(self, model: PFViT) -> None:
         super().__init__()
@@ -58,7 +58,8 @@ class PokerFaceGraph(nn.Module):
 def freeze_for_export(model: PFViT) -> PFViT:
     """A copy whose orthogonal parametrisation is baked into a plain weight.
 
-    The parametrisation (Householder products) has no ONNX form; its value is all the graph needs.
+    The parametrisation (``matrix_exp`` of a skew-symmetric matrix) has no ONNX form here, and
+    its value is all the graph needs.
     """
     frozen = copy.deepcopy(model).eval()
     parametrize.remove_parametrizations(frozen.separator.basis, "weight", leave_parametrized=True)

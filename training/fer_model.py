@@ -41,6 +41,7 @@ from training.data import align_dataset
 from training.data.fer2013 import FER2013, export_csv
 from training.data.joint import JointFaces
 from training.data.transforms import FaceTransform
+from training.data.spec import DataSpec
 from training.default_model import InMemoryFaces, render_split
 from training.engine import run_pretrain, run_train
 from training.export import export_checkpoint
@@ -130,8 +131,17 @@ def _resume_or_skip(run_dir: Path, epochs: int) -> tuple[str, bool]:
     return ("", True) if done >= epochs else (str(last), False)
 
 
-def rendered_faces(cfg: FERModelConfig, split: str, length: int) -> InMemoryFaces:
-    return render_split(split, cfg.image_size, length, cfg.seed, cfg.render_workers or os.cpu_count() or 1)
+def rendered_spec(cfg: FERModelConfig) -> DataSpec:
+    """The rendered faces trained on (``train``) and scored on (``test``: held-out identities)."""
+    return DataSpec.of("rendered", "", seed=cfg.seed, size=cfg.image_size, n=cfg.rendered_train, test_n=cfg.rendered_test)
+
+
+def fer2013_spec(cfg: FERModelConfig) -> DataSpec:
+    return DataSpec.of("fer2013", str(aligned_dir(cfg)))
+
+
+def rendered_faces(cfg: FERModelConfig, split: str) -> InMemoryFaces:
+    return render_split(rendered_spec(cfg), split, cfg.image_size, cfg.render_workers or os.cpu_count() or 1)
 
 
 def run(cfg: FERModelConfig) -> dict[str, Any]:
@@ -158,18 +168,19 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     print(f"judge: val accuracy {judge.val_accuracy:.4f} ({timings['judge_s']:.0f} s)", flush=True)
 
     t0 = time.perf_counter()
-    rendered = rendered_faces(cfg, "train", cfg.rendered_train)
+    rendered = rendered_faces(cfg, "train")
     joint = JointFaces(train_fer, rendered, greyscale=True)
     timings["render_s"] = time.perf_counter() - t0
 
-    common = dict(model="micro", image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
-                  threads=cfg.threads, progress=False, stem="conv", greyscale=True,
-                  data=f"fer2013:{aligned} + rendered:seed={cfg.seed},size={cfg.image_size},n={cfg.rendered_train}")
+    # The run records the photo data; the rendered faces beside them are named in the card.
+    common = dict(model="micro", batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, threads=cfg.threads, progress=False,
+                  data=str(fer2013_spec(cfg)))
     t0 = time.perf_counter()
     resume, finished = _resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
     if not finished:
         run_pretrain(
-            PretrainConfig(out_dir=str(out / "pretrain"), epochs=cfg.pretrain_epochs, warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
+            PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size},stem=conv,greyscale=true",
+                           epochs=cfg.pretrain_epochs, warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
                            blr=1.5e-3, mask_ratio=0.75, resume=resume, **common),
             joint,
         )
@@ -183,7 +194,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
         run_train(
             TrainConfig(out_dir=str(out / "train"), init=str(out / "pretrain" / "last.pt"), epochs=cfg.train_epochs,
                         warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=1e-3, d_blr=5e-4, weights=weights,
-                        label_smoothing=cfg.label_smoothing, poker_mode="edit", eval_every=max(1, cfg.train_epochs // 4),
+                        label_smoothing=cfg.label_smoothing, arch="poker_mode=edit", eval_every=max(1, cfg.train_epochs // 4),
                         resume=resume, **common),
             joint,
             val_fer,
@@ -225,7 +236,7 @@ def evaluate(cfg: FERModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
                         **poker_face_report(judge.model, judge.labels, to01(faces), to01(pokers), torch.from_numpy(y[found]),
                                             list(IMAGENET_MEAN), list(IMAGENET_STD))}
 
-    rendered = rendered_faces(cfg, "test", cfg.rendered_test)
+    rendered = rendered_faces(cfg, "test")
     r_faces = rendered.images.permute(0, 2, 3, 1).numpy()
     r_truth = rendered.pokers.permute(0, 2, 3, 1).numpy()
     expressive = rendered.targets.numpy() != list(rendered.labels).index("neutral")
@@ -247,7 +258,7 @@ def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
     training = dict(card.training)
     training["data"] = ("FER2013 (Kaggle, ICML 2013 challenge): Training 28,709 / PublicTest 3,589 (validation) / PrivateTest 3,589 (test), "
                         f"aligned at {cfg.image_size} px by the service's MTCNN and 5-point template after edge-padding {cfg.pad_px} px and "
-                        f"upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces (training/render) with their true poker faces. "
+                        f"upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces ({rendered_spec(cfg)}, training/render) with their true poker faces. "
                         + DATA_TERMS)
     training["metrics"] = {k: metrics[k] for k in ("photos", "aligned_upload", "poker_face_fer2013", "judge", "poker_face_rendered", "alignment")}
     for part in ("photos", "aligned_upload"):

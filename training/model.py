@@ -1,26 +1,27 @@
-"""PF-ViT networks: encoder E, separator S, generator G, discriminator D and head H.
+"""PF-ViT networks: encoder E, separator S, generator G and head H (what inference and export
+need). The discriminator D and the adversarial stage's losses live in :mod:`training.adversarial`.
 
 All parts are plain ViTs built from the same pre-norm :class:`Block` (attention through
 ``torch.nn.functional.scaled_dot_product_attention``). Tensors are ``(N, 3, H, W)`` float32
 RGB images already normalised with the config's mean/std (:meth:`PFViT.normalise`), and
 ``[N, 1 + L, D]`` token sequences whose first token is the class token.
 
-Objectives (:class:`MAEObjective`, :class:`SeparationObjective`) are ``nn.Module`` wrappers so
-that DistributedDataParallel can wrap exactly the computation that one optimizer updates.
+:class:`MAEObjective` is an ``nn.Module`` wrapper so that DistributedDataParallel wraps exactly
+the computation that the pre-training optimizer updates.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
+from training.config import PFViTConfig
 from training.data.transforms import LUMA_RGB
-from training.config import LossWeights, PFViTConfig
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -187,7 +188,7 @@ class Greyscale(nn.Module):
         return (grey - self.mean) / self.std
 
 
-# ----------------------------------------------------------------------------- the five parts
+# ----------------------------------------------------------------------------- the four parts
 class Encoder(nn.Module):
     """E: vanilla ViT with a class token and fixed 2D sin-cos positions.
 
@@ -312,31 +313,14 @@ class Generator(nn.Module):
         return self._decode(torch.cat([x[:, :1], patches], dim=1))
 
 
-class Discriminator(nn.Module):
-    """D: a small ViT with a real/fake logit read from its class token.
-
-    Args:
-        image_size, patch_size: input and patch side.
-        dim, depth, num_heads, mlp_ratio: transformer shape.
-    """
-
-    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.vit = Encoder(image_size, patch_size, dim, depth, num_heads, mlp_ratio)
-        self.head = nn.Linear(dim, 1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` normalised -> real/fake logits ``[N]``."""
-        return self.head(self.vit(images)[:, 0]).squeeze(1)
-
-
 class ClassifierHead(nn.Module):
-    """H: LayerNorm + linear on the pooled emotional component."""
+    """H: LayerNorm + linear on the pooled emotional component (identity without classes, as
+    in a pre-training model, whose head the PF-ViT stage replaces)."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.fc = nn.Linear(dim, num_classes)
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if num_classes else nn.Identity()
+        self.fc = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         """``[N, D]`` -> logits ``[N, K]``."""
@@ -348,8 +332,8 @@ class PFViT(nn.Module):
     """Poker Face Vision Transformer.
 
     Named stages: :meth:`forward_features` (E), :meth:`separate` (S), :meth:`pool`,
-    :meth:`forward_head` (H), :meth:`generate` (G), :meth:`discriminate` (D). ``forward``
-    is recognition only (E + S_e + H); the generator is never touched there.
+    :meth:`forward_head` (H), :meth:`generate` (G). ``forward`` is recognition only
+    (E + S_e + H); the generator is never touched there.
 
     Args:
         config: the architecture; the model's only constructor argument.
@@ -363,28 +347,16 @@ class PFViT(nn.Module):
         self.encoder = Encoder(c.image_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio, c.stem)
         self.separator = OrthogonalSeparator(c.embed_dim, c.emotion_dim, c.num_patches + 1)
         self.generator = Generator(c.num_patches, c.patch_size, c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.mlp_ratio)
-        self.discriminator = Discriminator(c.image_size, c.disc_patch_size, c.disc_dim, c.disc_depth, c.disc_heads, c.mlp_ratio)
         self.head = ClassifierHead(c.embed_dim, c.num_classes)
         self.register_buffer("pixel_mean", torch.tensor(c.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and not torch.nn.utils.parametrize.is_parametrized(module):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, PatchEmbed):
-                # As a linear layer on the flattened patch (MAE), not as a conv.
-                nn.init.xavier_uniform_(module.proj.weight.view(module.proj.weight.shape[0], -1))
-                nn.init.zeros_(module.proj.bias)
-        for param in (self.encoder.cls_token, self.discriminator.vit.cls_token, self.generator.mask_token):
+        init_vit_weights(self)
+        for param in (self.encoder.cls_token, self.generator.mask_token, self.separator.neutral_coords):
             nn.init.normal_(param, std=0.02)
-        nn.init.normal_(self.separator.neutral_coords, std=0.02)
-        # A small head start, so the first logits are near uniform (timm's head_init_scale idea).
-        with torch.no_grad():
-            self.head.fc.weight.mul_(0.1)
+        if isinstance(self.head.fc, nn.Linear):
+            # A small head start, so the first logits are near uniform (timm's head_init_scale idea).
+            with torch.no_grad():
+                self.head.fc.weight.mul_(0.1)
 
     # ---- pixels
     def normalise(self, images01: torch.Tensor) -> torch.Tensor:
@@ -438,10 +410,6 @@ class PFViT(nn.Module):
             poker = images + (poker - rec)
         return poker
 
-    def discriminate(self, images: torch.Tensor) -> torch.Tensor:
-        """D: ``[N, 3, H, W]`` -> real/fake logits ``[N]``."""
-        return self.discriminator(images)
-
     # ---- inference entry points
     def recognise(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """E + S_e + H: normalised images -> ``(logits [N, K], embedding [N, D])``."""
@@ -477,69 +445,98 @@ class PFViT(nn.Module):
         return loss, pred, mask
 
     # ---- optimisation
-    def optim_groups(self, part: str, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups of one part: "main" (E, S, G, H) or "discriminator".
-
-        Norm weights, biases, tokens, the neutral coordinates and the orthogonal
-        parametrisation's free matrix get no weight decay: decaying them shrinks things that
-        carry no capacity (or, for the orthogonal map, bends its trivialisation).
-        """
-        modules = {
-            "main": [self.encoder, self.separator, self.generator, self.head],
-            "discriminator": [self.discriminator],
-        }[part]
-        decay, no_decay = [], []
-        for module in modules:
-            for name, param in module.named_parameters():
-                if not param.requires_grad:
-                    continue
-                if param.ndim < 2 or name.endswith(("cls_token", "mask_token", "neutral_coords")) or "parametrizations" in name:
-                    no_decay.append(param)
-                else:
-                    decay.append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+    def optim_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW parameter groups of E, S, G and H (trainable parameters only); see :func:`optim_groups`."""
+        return optim_groups(self, weight_decay)
 
     def num_params(self, part: str = "recognition") -> int:
-        """Parameters of "recognition" (E + S + H), "generator", "discriminator" or "all"."""
+        """Parameters of "recognition" (E + S + H), "generator" or "all"."""
         parts = {
             "recognition": [self.encoder, self.separator, self.head],
             "generator": [self.generator],
-            "discriminator": [self.discriminator],
             "all": [self],
         }[part]
         return sum(p.numel() for m in parts for p in m.parameters())
 
 
+def init_vit_weights(root: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linear layers (and patch embeddings), zero biases."""
+    for module in root.modules():
+        if isinstance(module, nn.Linear) and not torch.nn.utils.parametrize.is_parametrized(module):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, PatchEmbed):
+            # As a linear layer on the flattened patch (MAE), not as a conv.
+            nn.init.xavier_uniform_(module.proj.weight.view(module.proj.weight.shape[0], -1))
+            nn.init.zeros_(module.proj.bias)
+
+
+def optim_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``module``'s trainable parameters: decay, then no decay.
+
+    Norm weights, biases, tokens, the neutral coordinates and the orthogonal
+    parametrisation's free matrix get no weight decay: decaying them shrinks things that
+    carry no capacity (or, for the orthogonal map, bends its trivialisation).
+    """
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or name.endswith(("cls_token", "mask_token", "neutral_coords")) or "parametrizations" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 # ----------------------------------------------------------------------------- factories
-def pfvit_micro(**overrides) -> PFViT:
+# The size variants, as data: one place for every default of every size (the command line
+# reads the image size from here too).
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    # CPU-friendly: 64², patch 8, width 128, depth 4 (tests, smoke runs, the shipped default model).
+    "micro": dict(image_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, emotion_dim=32, decoder_dim=96,
+                  decoder_depth=2, decoder_heads=4, disc_dim=64, disc_depth=2, disc_heads=2, disc_patch_size=16),
+    # ViT-Tiny encoder (224², patch 16, 192 wide, 12 deep, 3 heads).
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3, emotion_dim=64, decoder_dim=256, decoder_depth=4, decoder_heads=8,
+                 disc_dim=192, disc_depth=4, disc_heads=3),
+    # ViT-Small encoder (224², patch 16, 384 wide, 12 deep, 6 heads).
+    "small": dict(embed_dim=384, depth=12, num_heads=6, emotion_dim=128, decoder_dim=384, decoder_depth=4, decoder_heads=12,
+                  disc_dim=192, disc_depth=4, disc_heads=3),
+    # ViT-Base encoder (224², patch 16, 768 wide, 12 deep, 12 heads).
+    "base": dict(embed_dim=768, depth=12, num_heads=12, emotion_dim=256, decoder_dim=512, decoder_depth=8, decoder_heads=16,
+                 disc_dim=384, disc_depth=6, disc_heads=6),
+}
+
+
+def model_config(size: str, **overrides: Any) -> PFViTConfig:
+    """The config of size ``size`` (micro, tiny, small, base) with field overrides."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose from {', '.join(MODEL_SIZES)}")
+    return PFViTConfig(**{**MODEL_SIZES[size], **overrides})
+
+
+def pfvit_micro(**overrides: Any) -> PFViT:
     """CPU-friendly: 64², patch 8, width 128, depth 4 (tests, smoke runs)."""
-    cfg = dict(image_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, emotion_dim=32,
-               decoder_dim=96, decoder_depth=2, decoder_heads=4, disc_dim=64, disc_depth=2, disc_heads=2, disc_patch_size=16)
-    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+    return PFViT(model_config("micro", **overrides))
 
 
-def pfvit_tiny(**overrides) -> PFViT:
+def pfvit_tiny(**overrides: Any) -> PFViT:
     """ViT-Tiny encoder (224², patch 16, 192 wide, 12 deep, 3 heads)."""
-    cfg = dict(embed_dim=192, depth=12, num_heads=3, emotion_dim=64, decoder_dim=256, decoder_depth=4, decoder_heads=8,
-               disc_dim=192, disc_depth=4, disc_heads=3)
-    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+    return PFViT(model_config("tiny", **overrides))
 
 
-def pfvit_small(**overrides) -> PFViT:
+def pfvit_small(**overrides: Any) -> PFViT:
     """ViT-Small encoder (224², patch 16, 384 wide, 12 deep, 6 heads)."""
-    cfg = dict(embed_dim=384, depth=12, num_heads=6, emotion_dim=128, decoder_dim=384, decoder_depth=4, decoder_heads=12,
-               disc_dim=192, disc_depth=4, disc_heads=3)
-    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+    return PFViT(model_config("small", **overrides))
 
 
-def pfvit_base(**overrides) -> PFViT:
+def pfvit_base(**overrides: Any) -> PFViT:
     """ViT-Base encoder (224², patch 16, 768 wide, 12 deep, 12 heads)."""
-    cfg = dict(embed_dim=768, depth=12, num_heads=12, emotion_dim=256, decoder_dim=512, decoder_depth=8, decoder_heads=16,
-               disc_dim=384, disc_depth=6, disc_heads=6)
-    return PFViT(PFViTConfig(**{**cfg, **overrides}))
+    return PFViT(model_config("base", **overrides))
 
 
 FACTORIES = {"micro": pfvit_micro, "tiny": pfvit_tiny, "small": pfvit_small, "base": pfvit_base}
@@ -559,109 +556,6 @@ class MAEObjective(nn.Module):
         return self.model.forward_pretrain(images, self.mask_ratio, self.norm_pix_loss)
 
 
-@dataclass
-class SeparationOutput:
-    """What one forward of :class:`SeparationObjective` gives the engine.
-
-    ``losses`` holds the weighted-sum-ready terms (unweighted); images are in model space.
-    """
-
-    losses: dict[str, torch.Tensor]
-    logits: torch.Tensor  # [N, K]
-    reconstruction: torch.Tensor  # [N, 3, H, W]
-    poker_face: torch.Tensor  # [N, 3, H, W]
-
-
-class SeparationObjective(nn.Module):
-    """The generator side of the PF-ViT stage (E, S, G, H), minus the adversarial terms.
-
-    The adversarial terms need D frozen and are added by the engine on ``reconstruction`` and
-    ``poker_face``; keeping D out of this forward lets DDP wrap D separately.
-
-    Args:
-        model: the PF-ViT.
-        neutral_index: index of "neutral" in the labels, or None (no neutral cycle term).
-        label_smoothing: for hard labels.
-    """
-
-    def __init__(self, model: PFViT, neutral_index: int | None, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        self.model = model
-        self.neutral_index = neutral_index
-        self.label_smoothing = label_smoothing
-
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor, true_poker: torch.Tensor | None = None,
-                has_poker: torch.Tensor | None = None) -> SeparationOutput:
-        """One forward of the separation objective.
-
-        Args:
-            images: ``[N, 3, H, W]`` normalised faces.
-            targets: ``[N, K]`` probability targets (soft or one-hot; zeros where unlabelled).
-            labelled: ``[N]`` float, 1 where the sample has a label.
-            true_poker: ``[N, 3, H, W]`` normalised true poker faces (rendered data), or None.
-            has_poker: ``[N]`` float, 1 where ``true_poker`` is a real target (batches that mix
-                photos without one); None: every row has one.
-        """
-        m = self.model
-        z = m.forward_features(images)  # [N, 1 + L, D]
-        z_e, z_p = m.separate(z)
-        logits, _ = m.forward_head(z_e)  # [N, K]
-        # Rows without a label still run through (zero weight), so every parameter is in the
-        # graph on every rank; DDP needs that.
-        num_classes = logits.shape[1]
-        smooth = targets * (1 - self.label_smoothing) + self.label_smoothing / num_classes
-        ce = -(smooth * logits.float().log_softmax(dim=-1)).sum(dim=-1)  # [N]
-        loss_cls = (ce * labelled).sum() / labelled.sum().clamp_min(1.0)
-
-        reconstruction = m.generate(z)  # z_e + z_p == z
-        loss_rec = (reconstruction - images).abs().mean()
-
-        poker = m.synthesize_poker(images, z, z_p, reconstruction)  # [N, 3, H, W]
-        z_cycle = m.forward_features(poker)
-        z_cycle_e, z_cycle_p = m.separate(z_cycle)
-        cycle_logits, _ = m.forward_head(z_cycle_e)
-        if self.neutral_index is None:
-            loss_neutral = cycle_logits.sum() * 0.0
-        else:
-            neutral = torch.full((images.shape[0],), self.neutral_index, device=images.device, dtype=torch.long)
-            loss_neutral = F.cross_entropy(cycle_logits.float(), neutral)
-        # Target detached: otherwise the cheapest way to match is to shrink z_p everywhere.
-        loss_residue = (z_cycle_p - z_p.detach()).abs().mean()
-
-        if true_poker is None:
-            loss_poker = poker.sum() * 0.0
-        else:
-            weight = torch.ones(images.shape[0], device=images.device) if has_poker is None else has_poker.float()
-            loss_poker = (poker_face_distance(poker, true_poker) * weight).sum() / weight.sum().clamp_min(1.0)
-        losses = {"cls": loss_cls, "rec": loss_rec, "cyc_neutral": loss_neutral, "cyc_residue": loss_residue, "poker_sup": loss_poker}
-        return SeparationOutput(losses=losses, logits=logits, reconstruction=reconstruction, poker_face=poker)
-
-
-def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Horizontal and vertical finite differences of ``[N, C, H, W]`` images."""
-    return images[..., :, 1:] - images[..., :, :-1], images[..., 1:, :] - images[..., :-1, :]
-
-
-def poker_face_distance(poker: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``[N]`` distance of generated to true poker faces: mean L1 on pixels plus mean
-    L1 on image gradients.
-
-    The gradient term is the structural part: a plain pixel loss is content with a blurred
-    average face, while creases, lid and lip edges are exactly what an expression moves.
-    """
-    pixel = (poker - target).abs().flatten(1).mean(1)
-    (pdx, pdy), (tdx, tdy) = image_gradients(poker), image_gradients(target)
-    edges = 0.5 * ((pdx - tdx).abs().flatten(1).mean(1) + (pdy - tdy).abs().flatten(1).mean(1))
-    return pixel + edges
-
-
-def weighted_total(losses: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """Sum of ``weights.<name> * losses[name]`` over the terms present."""
-    return sum(getattr(weights, name) * value for name, value in losses.items())
-
-
-def build_model(name: str, **overrides) -> PFViT:
+def build_model(name: str, **overrides: Any) -> PFViT:
     """Model from a size name (micro, tiny, small, base) and config overrides."""
-    if name not in FACTORIES:
-        raise ValueError(f"unknown model size {name!r}; choose from {sorted(FACTORIES)}")
-    return FACTORIES[name](**overrides)
+    return PFViT(model_config(name, **overrides))

@@ -247,7 +247,7 @@ def test_folder_labels_sorted_or_from_labels_txt_and_unlabeled(tmp_path: Path) -
 
 
 def test_build_dataset_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown dataset kind"):
+    with pytest.raises(ValueError, match="unknown data kind"):
         build_dataset("imagenet", tmp_path, "train", 32, augment=False)
     with pytest.raises(ValueError, match="no folder"):
         build_dataset("folder", tmp_path, "train", 32, augment=False)
@@ -295,35 +295,3 @@ def test_balanced_sampler_weights() -> None:
     assert (drawn - 1000).abs().max() < 150  # each class about a third
     with pytest.raises(ValueError):
         sample_weights([0, 5], num_classes=3)
-
-
-# --- align-dataset --------------------------------------------------------------------------
-
-
-def test_align_dataset_help() -> None:
-    from training.data import align_dataset
-
-    with pytest.raises(SystemExit) as info:
-        align_dataset.main(["--help"])
-    assert info.value.code == 0
-
-
-@pytest.mark.skipif(not (MTCNN_DIR / "card.json").is_file(), reason="MTCNN models not converted yet (models/mtcnn)")
-def test_align_dataset_on_a_real_photo(tmp_path: Path) -> None:
-    from training.data import align_dataset
-
-    raw = tmp_path / "raw"
-    (raw / "happy").mkdir(parents=True)
-    shutil.copy(ASTRONAUT, raw / "happy" / "astronaut.png")
-    _save(raw / "neutral" / "wall.jpg", np.full((64, 64, 3), 128, dtype=np.uint8))
-    (raw / "neutral" / "broken.png").write_bytes(b"not an image")
-    out = tmp_path / "aligned"
-    assert align_dataset.main([str(raw), str(out), "--size", "64", "--models", str(MTCNN_DIR)]) == 0
-
-    crop = np.asarray(Image.open(out / "happy" / "astronaut.png"))
-    assert crop.shape == (64, 64, 3) and crop.std() > 20  # a picture, not an empty border
-    with (out / "no_face.csv").open(newline="") as f:
-        report = {row["path"]: row["reason"] for row in csv.DictReader(f)}
-    assert report == {"neutral/broken.png": "invalid-image", "neutral/wall.jpg": "no-face"}
-    # the output is a folder dataset right away
-    assert build_dataset("folder", tmp_path, "aligned", 32, augment=False).labels == ["happy"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.training.conftest import TinyFaces, micro_overrides
+from tests.training.conftest import micro_overrides, tiny_faces
 
 TIMEOUT_S = 120
 
@@ -26,24 +26,24 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
     from training import distributed
-    from training.checkpoint import save_checkpoint, rng_state
-    from training.config import PFViTConfig, TrainConfig
+    from training.checkpoint import TrainState, save_checkpoint
+    from training.config import PFViTConfig, PretrainConfig, TrainConfig
     from training.engine import run_train
     from training.model import PFViT
 
     init = Path(out_dir) / "init.pt"
     if rank == 0:
         torch.manual_seed(0)
-        model = PFViT(PFViTConfig(**micro_overrides(), num_classes=3, labels=TinyFaces.labels))
-        save_checkpoint(init, model, "pretrain", TrainConfig(), {}, {}, 0, 0, [rng_state()])
+        model = PFViT(PFViTConfig(**micro_overrides()))
+        save_checkpoint(init, TrainState(model), "pretrain", PretrainConfig())
     else:
         while not init.exists():
             time.sleep(0.05)
     cfg = TrainConfig(out_dir=out_dir, init=str(init), epochs=1, batch_size=2, warmup_epochs=0.5, max_steps_per_epoch=2,
                       threads=1, device="cpu", progress=False, eval_every=0)
     try:
-        result = run_train(cfg, TinyFaces(8))
-        flat = torch.cat([p.detach().flatten() for p in result["model"].parameters()])
+        result = run_train(cfg, tiny_faces(8))
+        flat = torch.cat([p.detach().flatten() for p in [*result.model.parameters(), *result.discriminator.parameters()]])
         torch.save(flat, Path(out_dir) / f"params-{rank}.pt")
     finally:
         distributed.cleanup()
@@ -59,7 +59,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
                 proc.kill()
             pytest.fail(f"DDP smoke test did not finish in {TIMEOUT_S} s")
     p0, p1 = torch.load(tmp_path / "params-0.pt"), torch.load(tmp_path / "params-1.pt")
-    assert torch.equal(p0, p1)  # gradients were averaged, so both replicas took the same steps
+    assert torch.equal(p0, p1)  # gradients were averaged, so both replicas (model and D) took the same steps
     assert (tmp_path / "last.pt").is_file()
     steps = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
     assert len(steps) == 2  # rank 0 alone logs

@@ -1,4 +1,6 @@
-"""Engine: one-batch overfit, exact resume, soft labels / mixup / R1 paths, evaluation outputs."""
+"""Engine and the PF-ViT stage's objective: learning on a fixed batch, exact resume with both
+samplers, each optional loss switch changing the loss, per-epoch augmentation, checkpoints
+that keep the discriminator apart from the model, batches with only some true poker faces."""
 
 from __future__ import annotations
 
@@ -8,41 +10,97 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import ConcatDataset
 
-from tests.training.conftest import TinyFaces, micro_overrides
-from training.config import LossWeights, PFViTConfig, PretrainConfig, TrainConfig
-from training.engine import run_pretrain, run_train, targets_from_batch
-from training.model import PFViT, SeparationObjective, weighted_total
+from tests.training.conftest import IMAGE_SIZE, TINY_LABELS, micro_arch, micro_overrides, tiny_faces
+from training.adversarial import PokerFaceObjective, build_discriminator, prepare_batch
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import PFViTConfig, PretrainConfig, TrainConfig
+from training.data import build_data
+from training.data.synthetic import SyntheticFaces
+from training.distributed import setup
+from training.engine import run_pretrain, run_train
+from training.model import PFViT
 
 
-def _batch(n: int = 6, soft: bool = False) -> dict[str, torch.Tensor]:
-    ds = TinyFaces(n, soft=soft)
+def _batch(n: int = 6, soft: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    ds = tiny_faces(n, seed=seed, soft=soft)
     items = [ds[i] for i in range(n)]
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def test_one_batch_overfit() -> None:
+def _objective(**kw) -> tuple[PFViT, PokerFaceObjective]:
     torch.manual_seed(0)
-    torch.set_num_threads(2)
-    labels = TinyFaces.labels
-    model = PFViT(PFViTConfig(**micro_overrides(), num_classes=3, labels=labels))
-    objective = SeparationObjective(model, labels.index("neutral"))
-    batch = _batch()
-    x = model.normalise(batch["image"])
-    targets, labelled = targets_from_batch(batch, 3, torch.device("cpu"))
-    opt = torch.optim.AdamW(model.optim_groups("main", 0.0), lr=2e-3)
-    weights = LossWeights()
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))
+    objective = PokerFaceObjective(model, build_discriminator(model.config), TrainConfig(**kw), TINY_LABELS.index("neutral"),
+                                   setup("cpu", 2))
+    return model, objective
+
+
+def test_generator_side_learns_a_fixed_batch() -> None:
+    model, objective = _objective()
+    batch = prepare_batch(_batch(), model, torch.device("cpu"))
+    opt = torch.optim.AdamW(model.optim_groups(0.0), lr=2e-3)
     first = None
     for _ in range(60):
-        out = objective(x, targets, labelled, model.normalise(batch["poker_face"]))
-        total = weighted_total(out.losses, weights)
-        first = first if first is not None else {k: float(v.detach()) for k, v in out.losses.items()}
+        out = objective.generator_loss(batch)
+        first = first or {k: float(v.detach()) for k, v in out.terms.items()} | {"total": float(out.total.detach())}
         opt.zero_grad()
-        total.backward()
+        out.total.backward()
         opt.step()
-    assert float(out.losses["cls"]) < 0.05, out.losses
-    assert float(out.losses["rec"]) < 0.5 * first["rec"]
-    assert float(out.losses["poker_sup"]) < 0.5 * first["poker_sup"]
+    # D never took a gradient from the generator side: it reads D through detached parameters.
+    assert all(p.grad is None for p in objective.discriminator.parameters())
+    last = {k: float(v.detach()) for k, v in out.terms.items()} | {"total": float(out.total.detach())}
+    assert last["total"] < 0.5 * first["total"]
+    assert last["cls"] < 0.05 < first["cls"]
+    assert last["rec"] < 0.5 * first["rec"]
+    assert last["poker_sup"] < 0.5 * first["poker_sup"]
+    with torch.no_grad():
+        assert (model(batch.images).argmax(1) == batch.targets.argmax(1)).float().mean() == 1.0
+
+
+def test_poker_term_averages_over_items_that_have_a_true_poker_face() -> None:
+    model, objective = _objective()
+    raw = _batch(6)
+    has = torch.tensor([True, False, True, False, False, True])
+    raw["has_poker_face"] = has
+    # Items without a true poker face carry any placeholder: it must not count.
+    raw["poker_face"] = torch.where(has[:, None, None, None], raw["poker_face"], torch.rand_like(raw["poker_face"]))
+    batch = prepare_batch(raw, model, torch.device("cpu"))
+    torch.manual_seed(1)
+    got = objective.generator_loss(batch)
+    torch.manual_seed(1)
+    only = prepare_batch({k: v[has] for k, v in raw.items()}, model, torch.device("cpu"))
+    with torch.no_grad():
+        z = model.forward_features(only.images)
+        _, z_p = model.separate(z)
+        want = (model.synthesize_poker(only.images, z, z_p) - only.true_poker).abs().mean()
+    assert float(got.terms["poker_sup"]) == pytest.approx(float(want), rel=1e-5)
+    # No true poker face at all: the term is zero (and still in the graph, for DDP).
+    raw["has_poker_face"] = torch.zeros(6, dtype=torch.bool)
+    assert float(objective.generator_loss(prepare_batch(raw, model, torch.device("cpu"))).terms["poker_sup"]) == 0.0
+
+
+def test_each_switch_changes_the_loss() -> None:
+    soft = _batch(6, soft=True)
+    hard = {k: v for k, v in soft.items() if k != "soft_label"}
+
+    def losses(raw: dict, **kw) -> dict[str, float]:
+        model, objective = _objective(**kw)
+        torch.manual_seed(3)
+        batch = prepare_batch(raw, model, torch.device("cpu"), kw.get("mixup_alpha", 0.0))
+        out = objective.generator_loss(batch)
+        real = batch.images
+        d, _ = objective.discriminator_loss(real, out.fakes, step=1)
+        return {"cls": float(out.terms["cls"]), "adv": float(out.terms["adv_poker"]), "d": float(d), "total": float(out.total)}
+
+    base = losses(hard)
+    assert losses(soft)["cls"] != pytest.approx(base["cls"])  # soft labels are used
+    assert losses(hard, mixup_alpha=0.4)["total"] != pytest.approx(base["total"])
+    assert losses(hard, label_smoothing=0.1)["cls"] != pytest.approx(base["cls"])
+    nonsat = losses(hard, gan="nonsat")
+    assert nonsat["adv"] != pytest.approx(base["adv"]) and nonsat["d"] != pytest.approx(base["d"])
+    assert losses(hard, r1_gamma=10.0, r1_every=1)["d"] > base["d"]
 
 
 def _train_cfg(tmp: Path, **kw) -> TrainConfig:
@@ -54,49 +112,49 @@ def _log(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines() if "summary" not in line]
 
 
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> str:
     """A micro MAE checkpoint (1 epoch, 2 steps) that initialises the train-stage tests."""
-    import training.model as model_module
-
     out = tmp_path_factory.mktemp("pretrain")
-    original = model_module.FACTORIES["micro"]
-    model_module.FACTORIES["micro"] = lambda **kw: original(**{**micro_overrides(), **kw})
-    try:
-        cfg = PretrainConfig(out_dir=str(out), epochs=1, batch_size=4, warmup_epochs=0.5, max_steps_per_epoch=2,
-                             threads=2, progress=False)
-        result = run_pretrain(cfg, TinyFaces(8))
-    finally:
-        model_module.FACTORIES["micro"] = original
-    assert result["history"][0]["loss"] > 0
-    return result["checkpoint"]
+    cfg = PretrainConfig(out_dir=str(out), arch=micro_arch(), epochs=1, batch_size=4, warmup_epochs=0.5, max_steps_per_epoch=2,
+                         threads=2, progress=False)
+    result = run_pretrain(cfg, tiny_faces(8))
+    assert result.history[0]["loss"] > 0 and result.discriminator is None
+    payload = load_checkpoint(result.checkpoint)
+    assert payload["model_config"]["image_size"] == IMAGE_SIZE and "discriminator" not in payload
+    return result.checkpoint
 
 
 def test_pretrain_resume_is_exact(tmp_path: Path, pretrained: str) -> None:
     # Two epochs straight through, against the second epoch resumed from the first's checkpoint.
     full = PretrainConfig(out_dir=str(tmp_path / "full"), epochs=3, batch_size=4, warmup_epochs=0.5,
                           max_steps_per_epoch=2, threads=2, progress=False, save_every=1, resume=pretrained)
-    run_pretrain(full, TinyFaces(8))
+    run_pretrain(full, tiny_faces(8))
     again = replace(full, out_dir=str(tmp_path / "again"), resume=str(tmp_path / "full" / "checkpoint-0002.pt"))
-    run_pretrain(again, TinyFaces(8))
+    run_pretrain(again, tiny_faces(8))
     a, b = _log(tmp_path / "full"), _log(tmp_path / "again")
     assert [r["step"] for r in a] == [3, 4, 5, 6] and [r["step"] for r in b] == [5, 6]
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a[2:]], abs=1e-6)
 
 
-def test_train_resume_gives_same_next_step_loss(tmp_path: Path, pretrained: str) -> None:
-    cfg = _train_cfg(tmp_path / "full", init=pretrained, r1_gamma=1.0, r1_every=2)
-    result = run_train(cfg, TinyFaces(8), TinyFaces(6, seed=1))
+@pytest.mark.parametrize("sampler", ["distributed", "balanced"])
+def test_train_resume_gives_same_next_step_loss(tmp_path: Path, pretrained: str, sampler: str) -> None:
+    cfg = _train_cfg(tmp_path / "full", init=pretrained, r1_gamma=1.0, r1_every=2, sampler=sampler)
+    result = run_train(cfg, tiny_faces(8), tiny_faces(6, seed=1))
     full = _log(tmp_path / "full")
     assert [r["step"] for r in full] == [1, 2, 3, 4]
     assert {"cls", "rec", "adv_poker", "adv_rec", "cyc_neutral", "cyc_residue", "poker_sup", "d", "total"} <= set(full[0])
-    assert result["metrics"] is not None
+    assert result.metrics is not None
     for name in ("metrics.json", "confusion.png", "samples.png"):
         assert (tmp_path / "full" / "eval" / name).is_file()
+    # The model state carries E, S, G, H only; D travels beside it, for resuming.
+    payload = load_checkpoint(result.checkpoint)
+    assert not any(k.startswith("discriminator") for k in payload["model"])
+    assert payload["discriminator"].keys() == result.discriminator.state_dict().keys()
+    model, _ = model_from_checkpoint(payload)
+    assert model.config.labels == list(TINY_LABELS)
     resumed_cfg = replace(cfg, out_dir=str(tmp_path / "resumed"), resume=str(tmp_path / "full" / "checkpoint-0001.pt"))
-    run_train(resumed_cfg, TinyFaces(8), TinyFaces(6, seed=1))
+    run_train(resumed_cfg, tiny_faces(8), tiny_faces(6, seed=1))
     resumed = _log(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [3, 4]
     for got, want in zip(resumed, full[2:]):
@@ -104,9 +162,55 @@ def test_train_resume_gives_same_next_step_loss(tmp_path: Path, pretrained: str)
         assert got["d"] == pytest.approx(want["d"], abs=1e-6)
 
 
-def test_soft_labels_mixup_nonsat(tmp_path: Path, pretrained: str) -> None:
-    cfg = replace(_train_cfg(tmp_path, init=pretrained, mixup_alpha=0.4, gan="nonsat", label_smoothing=0.1), epochs=1, save_every=0)
-    result = run_train(cfg, TinyFaces(8, soft=True))
-    record = result["history"][-1]
-    assert all(torch.isfinite(torch.tensor(v)) for v in record.values() if isinstance(v, float))
-    assert (tmp_path / "last.pt").is_file()
+def test_training_beats_chance(tmp_path: Path) -> None:
+    """A few epochs from scratch on the synthetic classes: training accuracy well above chance."""
+    data = SyntheticFaces(48, IMAGE_SIZE, labels=TINY_LABELS)
+    cfg = TrainConfig(out_dir=str(tmp_path), arch=micro_arch(), epochs=6, batch_size=8, blr=0.1, warmup_epochs=0.5, threads=2,
+                      progress=False, eval_every=0)
+    result = run_train(cfg, data, SyntheticFaces(24, IMAGE_SIZE, seed=5, labels=TINY_LABELS))
+    losses = [h["cls"] for h in result.history]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result.metrics["accuracy"] >= 0.6, result.metrics["accuracy"]  # chance is 1/3
+
+
+class EpochNoise(SyntheticFaces):
+    """Synthetic items plus noise drawn from (epoch, index): an augmentation that must change per epoch."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.epoch = 0
+        self.seen: list[tuple[int, int]] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(index)
+        self.seen.append((self.epoch, index))
+        g = torch.Generator().manual_seed(self.epoch * 10_007 + index)
+        item["image"] = (item["image"] + 0.05 * torch.randn(item["image"].shape, generator=g)).clamp(0, 1)
+        return item
+
+
+def test_augmentation_differs_between_epochs(tmp_path: Path) -> None:
+    inner = EpochNoise(8, IMAGE_SIZE, labels=TINY_LABELS)
+    cfg = PretrainConfig(out_dir=str(tmp_path), arch=micro_arch(), epochs=2, batch_size=4, warmup_epochs=0.5, threads=2,
+                         progress=False)
+    run_pretrain(cfg, ConcatDataset([inner]))  # set_epoch reaches datasets inside wrappers too
+    assert {epoch for epoch, _ in inner.seen} == {0, 1}
+    first, second = inner.seen[:8], inner.seen[8:]
+    inner.set_epoch(0)
+    a = torch.stack([inner[i]["image"] for i in range(8)])
+    inner.set_epoch(1)
+    b = torch.stack([inner[i]["image"] for i in range(8)])
+    assert len(first) == len(second) == 8 and not torch.equal(a, b)
+
+
+def test_rendered_faces_are_augmented_anew_each_epoch() -> None:
+    data = build_data("rendered:n=8", "train", 32, augment=True)
+    draws = []
+    for epoch in (0, 1):
+        data.set_epoch(epoch)
+        draws.append(torch.stack([data[i]["image"] for i in range(8)]))
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.equal(draws[1], torch.stack([data[i]["image"] for i in range(8)]))  # a pure function of (item, epoch)

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import torch
 
 from service.card import load_card, verify_files
-from tests.training.conftest import TinyFaces, micro_overrides
-from training.checkpoint import rng_state, save_checkpoint
+from tests.training.conftest import TINY_LABELS, micro_overrides, tiny_faces
+from training.checkpoint import TrainState, save_checkpoint
 from training.config import PFViTConfig, TrainConfig
 from training.export import export_checkpoint
 from training.model import PFViT
@@ -20,12 +20,12 @@ from training.model import PFViT
 def test_export_parity_and_card(tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    labels = TinyFaces.labels
-    model = PFViT(PFViTConfig(**micro_overrides(), num_classes=3, labels=labels)).eval()
-    ckpt = save_checkpoint(tmp_path / "last.pt", model, "train", TrainConfig(data="synthetic:8"), {}, {}, 0, 0, [rng_state()])
+    labels = list(TINY_LABELS)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=labels)).eval()
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
     metrics = tmp_path / "metrics.json"
-    metrics.write_text('{"accuracy": 0.5, "macro_f1": 0.4, "data": "synthetic:8"}')
-    ds = TinyFaces(5)
+    metrics.write_text('{"accuracy": 0.5, "macro_f1": 0.4, "data": "synthetic:n=8"}')
+    ds = tiny_faces(5)
     images = torch.stack([ds[i]["image"] for i in range(5)])
     out = tmp_path / "model"
     result = export_checkpoint(ckpt, out, images, name="micro-test", metrics_path=metrics)
@@ -60,9 +60,9 @@ def test_edit_mode_poker_face_and_export(tmp_path: Path) -> None:
     """"edit" mode: poker = x + G(z_p + e_n) - G(z), in torch and in the exported graph."""
     torch.manual_seed(1)
     torch.set_num_threads(2)
-    labels = TinyFaces.labels
-    model = PFViT(PFViTConfig(**micro_overrides(), num_classes=3, labels=labels, poker_mode="edit")).eval()
-    ds = TinyFaces(4)
+    labels = list(TINY_LABELS)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=labels, poker_mode="edit")).eval()
+    ds = tiny_faces(4)
     images = torch.stack([ds[i]["image"] for i in range(4)])
     x = model.normalise(images)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_edit_mode_poker_face_and_export(tmp_path: Path) -> None:
         _, z_p = model.separate(z)
         want = model.denormalise(x + model.generate(model.poker_tokens(z_p)) - model.generate(z))
         assert torch.allclose(model.poker_face(x), want, atol=1e-6)
-    ckpt = save_checkpoint(tmp_path / "last.pt", model, "train", TrainConfig(data="synthetic:8"), {}, {}, 0, 0, [rng_state()])
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
     out = tmp_path / "model"
     result = export_checkpoint(ckpt, out, images, name="micro-edit")
     assert result["parity"]["poker_face_mean_abs_diff"] <= 1 / 255

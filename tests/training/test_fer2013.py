@@ -105,7 +105,7 @@ def test_joint_faces_map_labels_and_mark_poker_faces(folder_form: Path) -> None:
     # Real photos first; rendered labels mapped by name, contempt (not in FER2013) unlabelled.
     assert joint.targets == [0, 3, 3, -1, 6]
     real_item, rendered_item = joint[0], joint[2]
-    assert float(real_item["has_poker_face"]) == 0.0 and float(rendered_item["has_poker_face"]) == 1.0
+    assert not bool(real_item["has_poker_face"]) and bool(rendered_item["has_poker_face"])
     assert int(rendered_item["label"]) == 3
     assert torch.allclose(rendered_item["image"][0], rendered_item["image"][2])  # grey
     assert abs(float(rendered_item["image"][0, 0, 0]) - 0.299) < 1e-6

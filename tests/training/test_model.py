@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.training.conftest import IMAGE_SIZE, micro_overrides
+from training.adversarial import build_discriminator
 from training.config import PFViTConfig
 from training.model import (
     FACTORIES,
+    MODEL_SIZES,
     PFViT,
+    optim_groups,
     patchify,
     pfvit_micro,
     pfvit_tiny,
@@ -20,7 +24,7 @@ from training.model import (
 
 def make_model(**kw) -> PFViT:
     torch.manual_seed(0)
-    return PFViT(PFViTConfig(**{**micro_overrides(), "num_classes": 3, "labels": ["a", "b", "neutral"], **kw}))
+    return PFViT(PFViTConfig(**{**micro_overrides(), "labels": ["a", "b", "neutral"], **kw}))
 
 
 def test_shapes_of_every_part() -> None:
@@ -38,7 +42,7 @@ def test_shapes_of_every_part() -> None:
         assert model.generate(z).shape == x.shape
         poker = model.poker_face(x)
         assert poker.shape == x.shape and poker.min() >= 0 and poker.max() <= 1
-        assert model.discriminate(x).shape == (n,)
+        assert build_discriminator(c)(x).shape == (n,)
         assert torch.equal(model(x), logits)
         loss, pred, mask = model.forward_pretrain(x, 0.75)
         assert loss.ndim == 0 and pred.shape == (n, length, c.patch_size**2 * 3) and mask.shape == (n, length)
@@ -95,21 +99,44 @@ def test_patchify_roundtrip_and_pos_embed() -> None:
 
 def test_optimizer_groups_skip_norms_biases_and_tokens() -> None:
     model = make_model()
-    decay, no_decay = model.optim_groups("main", 0.05)
+    decay, no_decay = model.optim_groups(0.05)
     decay_ids = {id(p) for p in decay["params"]}
     assert id(model.encoder.cls_token) not in decay_ids
     assert id(model.encoder.blocks[0].norm1.weight) not in decay_ids
     assert id(model.encoder.blocks[0].attn.qkv.bias) not in decay_ids
     assert id(model.encoder.blocks[0].attn.qkv.weight) in decay_ids
     assert no_decay["weight_decay"] == 0.0
-    d_params = {id(p) for g in model.optim_groups("discriminator", 0.05) for p in g["params"]}
-    assert d_params.isdisjoint(decay_ids | {id(p) for p in no_decay["params"]})
-    assert len(d_params) == len(list(model.discriminator.parameters()))
+    # The model holds no discriminator: its parameters are E, S, G and H only.
+    assert not any("discriminator" in name for name, _ in model.named_parameters())
+    disc = build_discriminator(model.config)
+    d_params = {id(p) for g in optim_groups(disc, 0.05) for p in g["params"]}
+    assert len(d_params) == len(list(disc.parameters()))
 
 
 def test_factories() -> None:
-    assert set(FACTORIES) == {"micro", "tiny", "small", "base"}
+    assert set(FACTORIES) == set(MODEL_SIZES) == {"micro", "tiny", "small", "base"}
     assert pfvit_micro().config.image_size == 64
-    tiny = pfvit_tiny()
+    tiny = pfvit_tiny(labels=[str(i) for i in range(7)])
     assert (tiny.config.embed_dim, tiny.config.depth, tiny.config.num_heads, tiny.config.image_size) == (192, 12, 3, 224)
     assert 5.0e6 < tiny.num_params("recognition") < 6.0e6  # ViT-Tiny is 5.6M in the paper's table
+
+
+def test_classes_come_from_the_labels() -> None:
+    cfg = PFViTConfig(**micro_overrides(), labels=["a", "b", "neutral"])
+    assert cfg.num_classes == 3 and "num_classes" not in cfg.to_dict()
+    assert PFViTConfig.from_dict(cfg.to_dict()) == cfg
+    # Configs stored before K was derived still load, and must agree with their labels.
+    assert PFViTConfig.from_dict({**cfg.to_dict(), "num_classes": 3}) == cfg
+    with pytest.raises(ValueError, match="3 labels for 4 classes"):
+        PFViTConfig.from_dict({**cfg.to_dict(), "num_classes": 4})
+    # A model without labels (pre-training) has no classifier.
+    bare = PFViT(PFViTConfig(**micro_overrides()))
+    assert bare.config.num_classes == 0 and not any(n.startswith("head.") for n, _ in bare.named_parameters())
+
+
+def test_architecture_overrides_are_typed_and_checked() -> None:
+    assert PFViTConfig.parse_overrides("image_size=112, poker_mode=edit,mlp_ratio=2") == {
+        "image_size": 112, "poker_mode": "edit", "mlp_ratio": 2.0}
+    for bad in ("image_size=big", "labels=a", "colour=red", "image_size"):
+        with pytest.raises(ValueError):
+            PFViTConfig.parse_overrides(bad)

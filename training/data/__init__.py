@@ -1,8 +1,10 @@
 """Datasets, augmentations and sampling for PF-ViT training.
 
-``build_dataset(kind, root, split, image_size, augment)`` is the one entry point the
-training code uses; the dataset classes live in ``datasets.py``. See ``docs/datasets.md``
-for the layouts each kind expects.
+A data set is named by a data spec (``rafdb:/data/RAF-DB``, ``rendered:seed=0,size=64,n=16000``;
+:mod:`training.data.spec`) and built with ``build_data(spec, split, image_size, augment)``, the
+one path the command line, the default recipe and the tests use; ``build_dataset`` is the same
+call with the spec given as Python values. The dataset classes live in ``datasets.py``; see
+``docs/datasets.md`` for the layouts each kind expects.
 """
 
 from __future__ import annotations
@@ -24,25 +26,31 @@ from training.data.datasets import (
     ferplus_soft_target,
     five_points_from_68,
 )
-from training.data.sampling import balanced_sampler, class_counts, sample_weights
+from training.data.sampling import BalancedSampler, balanced_sampler, class_counts, sample_weights
+from training.data.spec import DATA_KINDS, DataKind, DataSpec, build_data, disk_kind
+from training.data.synthetic import SyntheticFaces
 from training.data.transforms import FaceTransform
-
-DATASET_KINDS = ("rafdb", "ferplus", "affectnet", "folder")
 
 __all__ = [
     "AFFECTNET_LABELS",
-    "DATASET_KINDS",
+    "DATA_KINDS",
     "FERPLUS_LABELS",
     "RAFDB_LABELS",
     "RAFDB",
     "AffectNet",
+    "BalancedSampler",
+    "DataKind",
+    "DataSpec",
     "FaceDataset",
     "FaceTransform",
     "FERPlus",
     "ImageFolder",
+    "SyntheticFaces",
     "balanced_sampler",
+    "build_data",
     "build_dataset",
     "class_counts",
+    "disk_kind",
     "ferplus_majority",
     "ferplus_soft_target",
     "five_points_from_68",
@@ -58,37 +66,19 @@ def build_dataset(
     augment: bool,
     **options: object,
 ) -> Dataset:
-    """Build one split of a dataset.
+    """``build_data(DataSpec.of(kind, root, **options), split, image_size, augment)``.
 
     Args:
-        kind: "rafdb", "ferplus", "affectnet" or "folder" ("affectnet7"/"affectnet8"
-            are shorthands for ``kind="affectnet", num_classes=7/8``).
+        kind: a kind of :data:`DATA_KINDS` with a folder: "rafdb", "ferplus", "affectnet",
+            "affectnet7", "affectnet8" (AffectNet with 7 / 8 classes) or "folder".
         root: the dataset's folder (layouts in ``docs/datasets.md``).
         split: "train", "val" or "test" (for "folder": the sub-folder name).
         image_size: side of the square ``image`` tensors.
         augment: apply the training augmentations (``FaceTransform``).
-        **options: extra keyword arguments of the dataset class, e.g. ``num_classes=7``
-            or ``face="box"`` for AffectNet, ``source="pixels"`` for FERPlus.
+        **options: the dataset class's keyword options, e.g. ``num_classes=7`` or
+            ``face="box"`` for AffectNet, ``source="pixels"`` for FERPlus.
 
     Raises:
-        ValueError: unknown kind or split, missing files, malformed label files.
+        ValueError: unknown kind, option or split, missing files, malformed label files.
     """
-    if image_size <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size}")
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"dataset root {root} is not a folder")
-    transform = FaceTransform(image_size=image_size, augment=augment)
-    key = kind.lower()
-    if key in ("affectnet7", "affectnet8"):
-        options.setdefault("num_classes", int(key[-1]))
-        key = "affectnet"
-    if key == "rafdb":
-        return RAFDB(root, split, transform, **options)
-    if key == "ferplus":
-        return FERPlus(root, split, transform, **options)
-    if key == "affectnet":
-        return AffectNet(root, split, transform, **options)
-    if key == "folder":
-        return ImageFolder(root, split, transform, **options)
-    raise ValueError(f"unknown dataset kind {kind!r}; use one of {', '.join(DATASET_KINDS)}")
+    return build_data(DataSpec.of(kind.lower(), root, **options), split, image_size, augment)

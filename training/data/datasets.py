@@ -8,7 +8,9 @@ Every dataset is a ``torch.utils.data.Dataset`` with
   without decoding any image (for samplers and class statistics);
 
 and items that are dicts: ``image`` ``(3, H, W) float32`` RGB in [0, 1] (not normalised),
-``label`` int64 scalar tensor (-1 for unlabeled) and, for FERPlus, ``soft_label``
+``label`` int64 scalar tensor (-1 for unlabeled), ``poker_face`` with ``has_poker_face``
+(photographs have no true poker face: the image itself stands in and the flag is False, so
+photographs and rendered faces can share a batch) and, for FERPlus, ``soft_label``
 ``(K,) float32`` vote distribution.
 
 Images are decoded with ``service.vision.imaging.decode_image`` and faces aligned with
@@ -124,7 +126,8 @@ class FaceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         # generator=None: the global torch RNG, which DataLoader seeds differently per worker.
         image = self.transform(self.load_face(index))
-        return {"image": image, "label": torch.tensor(self.targets[index], dtype=torch.int64)}
+        return {"image": image, "label": torch.tensor(self.targets[index], dtype=torch.int64),
+                "poker_face": image, "has_poker_face": torch.tensor(False)}
 
 
 # --- RAF-DB ---------------------------------------------------------------------------------

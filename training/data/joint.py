@@ -6,7 +6,7 @@ on both teaches the generator what "remove the expression" means on rendered fac
 unpaired photos carry it over to people.
 
 Items follow the dataset contract plus ``poker_face`` and ``has_poker_face``: a real photo's
-``poker_face`` is its own image (never used: ``has_poker_face`` is 0). Rendered labels are
+``poker_face`` is its own image (never used: ``has_poker_face`` is False). Rendered labels are
 mapped onto the real set's label list by name; a rendered class the real set lacks (contempt
 for FER2013) gets label -1, so it still trains the generator but not the classifier.
 """
@@ -57,7 +57,7 @@ class JointFaces(Dataset):
                 "image": item["image"],
                 "label": torch.as_tensor(int(item["label"]), dtype=torch.int64),
                 "poker_face": item["image"],
-                "has_poker_face": torch.tensor(0.0),
+                "has_poker_face": torch.tensor(False),
             }
         item = self.rendered[index - len(self.real)]
         image, poker = item["image"], item["poker_face"]
@@ -68,5 +68,5 @@ class JointFaces(Dataset):
             "image": image,
             "label": torch.tensor(self.rendered_to_real[label] if label >= 0 else -1, dtype=torch.int64),
             "poker_face": poker,
-            "has_poker_face": torch.tensor(1.0),
+            "has_poker_face": torch.tensor(True),
         }

@@ -7,10 +7,10 @@ equally often per epoch, which the noisy, imbalanced AffectNet especially needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import Sampler, WeightedRandomSampler
 
 
 def class_counts(targets: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -58,3 +58,42 @@ def balanced_sampler(
     return WeightedRandomSampler(
         weights, num_samples=num_samples or labelled, replacement=True, generator=generator
     )
+
+
+class BalancedSampler(Sampler[int]):
+    """Class-balanced draws for training runs: the weights of :func:`sample_weights`, drawn with
+    replacement from a generator seeded by ``(seed, epoch)``, so a resumed run replays the same
+    order (as ``DistributedSampler`` does); each of ``num_replicas`` processes takes every
+    ``num_replicas``-th draw from ``rank`` on.
+
+    Args:
+        targets: class index per sample (-1 for unlabeled, never drawn).
+        num_classes: number of classes.
+        num_replicas, rank: the process group's size and this process's rank.
+        seed: base seed (the same on every rank).
+        num_samples: draws per epoch over all ranks; defaults to the number of labelled samples.
+    """
+
+    def __init__(self, targets: Sequence[int], num_classes: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 num_samples: int | None = None) -> None:
+        self.weights = sample_weights(targets, num_classes)
+        labelled = int((self.weights > 0).sum())
+        if labelled == 0:
+            raise ValueError("no labelled samples to balance")
+        self.total = num_samples or labelled
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+        self.per_rank = self.total // num_replicas  # equal on every rank, as DDP needs
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.multinomial(self.weights, self.per_rank * self.num_replicas, replacement=True, generator=g)
+        return iter(draws[self.rank :: self.num_replicas].tolist())
