@@ -239,9 +239,111 @@ def evaluate(cfg: FERModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
     rendered = rendered_faces(cfg, "test")
     r_faces = rendered.images.permute(0, 2, 3, 1).numpy()
     r_truth = rendered.pokers.permute(0, 2, 3, 1).numpy()
-    expressive = rendered.targets.numpy() != list(rendered.labels).index("neutral")
+    expressive = np.asarray(rendered.targets) != list(rendered.labels).index("neutral")
     metrics["poker_face_rendered"] = served_eval.rendered_fidelity(model, r_faces, r_truth, expressive)
     return metrics, {"faces": faces, "pokers": pokers, "labels": y[found]}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f} %"
+
+
+def _goal(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def write_report(metrics: dict[str, Any], path: Path) -> None:
+    """``docs/default-model.md``: the numbers of the shipped files, from the run that made them."""
+    photos, crops = metrics["photos"], metrics["aligned_upload"]
+    pf, judge, rendered = metrics["poker_face_fer2013"], metrics["judge"], metrics["poker_face_rendered"]
+    recipe, t = metrics["recipe"], metrics["timings"]
+    align = metrics["alignment"]
+    labels = list(photos["per_class_accuracy"])
+    per_class = " | ".join(f"{name} {_pct(photos['per_class_accuracy'][name])}" for name in labels)
+    per_class_crops = " | ".join(f"{name} {_pct(crops['per_class_accuracy'][name])}" for name in labels)
+    judge_rows = "\n".join(
+        f"| {name} | {v['n']} | {_pct(v['inputs_read_neutral'])} | {_pct(v['poker_read_neutral'])} |"
+        for name, v in judge["per_class"].items()
+    )
+    align_rows = "\n".join(
+        f"| {usage} | {c.get('detected', 0)} | {c.get('fallback', 0)} | {sum(v for k, v in c.items() if k not in ('detected', 'fallback'))} |"
+        for usage, c in sorted(align.items())
+    )
+    minutes = lambda key: f"{t[key] / 60:.1f} min" if key in t else "–"  # noqa: E731
+    ratio = judge["poker_neutral_ratio"]
+    text = f"""# The shipped default model: `{Path(recipe["model_dir"]).name}`
+
+PF-ViT micro at 48 px (convolutional stem, greyscale input, encoder 128 wide × 4 deep,
+emotional subspace k = 32; [pfvit.md](pfvit.md) gives every choice and its reason), trained on
+the **FER2013** photographs jointly with rendered faces whose true poker faces supervise the
+generator. Labels, in logit order: {", ".join(labels)}.
+
+**Data terms.** FER2013 (ICML 2013 representation-learning challenge, Goodfellow et al., via
+Kaggle) was released for research. Check its terms before any other use of this model.
+
+## Reproduce
+
+```bash
+make train-default FER2013=/path/to/fer2013   # python -m training.fer_model --fer2013 PATH (seeded)
+make evaluate-default FER2013=/path/to/fer2013 # re-scores the shipped files: the numbers below
+```
+
+Recipe (`training/fer_model.py`): align FER2013 with the service's detector ({minutes("align_s")}),
+judge {recipe["judge_epochs"]} epochs ({minutes("judge_s")}), MAE pre-training {recipe["pretrain_epochs"]} epochs
+({minutes("pretrain_s")}), PF-ViT stage {recipe["train_epochs"]} epochs at batch {recipe["batch_size"]} on FER2013 train
+plus {recipe["rendered_train"]} rendered faces ({minutes("train_s")}); weights cls {recipe["cls_weight"]},
+poker_sup {recipe["poker_sup_weight"]}, cyc_neutral {recipe["cyc_neutral_weight"]}; seed {recipe["seed"]}.
+Total {minutes("total_s")} on the 2-core development CPU.
+
+## Faces found (the service's MTCNN on each 48 px face edge-padded by {recipe["pad_px"]} px and upscaled ×{recipe["upscale"]:g})
+
+| split | detected | fixed fallback transform | failed |
+|---|---|---|---|
+{align_rows}
+
+## Recognition on FER2013 PrivateTest, through the service's code
+
+| measure | value | must / goal |
+|---|---|---|
+| accuracy, photos through detection (each crop padded and upscaled to 288 px; an undetected face counts as wrong) | {_pct(photos["accuracy"])} | ≥ 52 % ({_goal(photos["accuracy"] >= 0.52)}) / ≥ 62 % ({_goal(photos["accuracy"] >= 0.62)}) |
+| macro-F1, same | {_pct(photos["macro_f1"])} | |
+| faces detected | {photos["detected"]} of {photos["num_samples"]} | |
+| accuracy, raw 48 px crops sent with `aligned=true` | {_pct(crops["accuracy"])} | ≥ 66 % ({_goal(crops["accuracy"] >= 0.66)}) |
+| macro-F1, same | {_pct(crops["macro_f1"])} | |
+
+Per-class accuracy through detection: {per_class}.
+With `aligned=true`: {per_class_crops}. The raw crops are loosely centred, not on the template
+the model was trained on; the path is reported for comparison, and photos should be sent
+without `aligned=true` so that the service aligns them.
+
+Confusion matrix (photos through detection; rows true, columns predicted):
+
+![confusion](default-model-confusion.png)
+
+## Poker faces
+
+| measure | value | must / goal |
+|---|---|---|
+| the judge's neutral share on poker faces of non-neutral PrivateTest faces, as a ratio to its neutral recall on real neutral faces | {ratio:.2f} ({_pct(judge["poker_neutral_share"])} / {_pct(judge["neutral_recall"])}) | ≥ 0.8 ({_goal(ratio >= 0.8)}) / ≥ 1.0 ({_goal(ratio >= 1.0)}) |
+| mean absolute change from the input (0–255) | {pf["mean_abs_change"]:.2f} | ≥ 3 ({_goal(pf["mean_abs_change"] >= 3)}) |
+| SSIM to the input | {pf["ssim_to_input"]:.3f} | ≥ 0.6 ({_goal(pf["ssim_to_input"] >= 0.6)}) |
+| rendered test identities: PSNR to the true poker face, generated vs input unchanged | {rendered["psnr_db"]:.2f} vs {rendered["baseline_psnr_db"]:.2f} dB: **{rendered["psnr_gain_db"]:+.2f} dB** | ≥ +3 dB ({_goal(rendered["psnr_gain_db"] >= 3)}) / ≥ +6 dB ({_goal(rendered["psnr_gain_db"] >= 6)}) |
+
+The judge (`training/judge.py`) is a plain CNN trained on FER2013 train only, never with the
+generator; its own accuracy on these detected PrivateTest faces is {_pct(judge["judge_accuracy"])}
+(validation {_pct(judge["val_accuracy"])}). Its neutral reading per true class, on the inputs
+and on their poker faces:
+
+| true class | faces | inputs read neutral | poker faces read neutral |
+|---|---|---|---|
+{judge_rows}
+
+Sample faces (rows: classes in label order; each triple: aligned input | poker face |
+|difference| ×4), the first faces of each class in PrivateTest order, not chosen ones:
+
+![samples](default-model-samples.png)
+"""
+    path.write_text(text, encoding="utf-8")
 
 
 def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
@@ -272,6 +374,7 @@ def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
     for folder in (out, docs):
         served_eval.difference_grid(arrays["faces"], arrays["pokers"], arrays["labels"], labels, folder / "default-model-samples.png")
         confusion_matrix_png(np.array(metrics["photos"]["confusion_matrix"]), labels, folder / "default-model-confusion.png")
+    write_report(metrics, docs / "default-model.md")
     print(json.dumps({k: metrics[k] for k in ("photos", "poker_face_fer2013", "poker_face_rendered", "timings")}, indent=1, default=str)[:4000])
     return metrics
 

@@ -4,7 +4,6 @@ balanced sampling and the align-dataset command on a real photo."""
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,6 @@ from training.data import (
 from training.data.datasets import FERPLUS_VOTE_COLUMNS, crop_box
 from training.data.transforms import hflip, random_affine, to_tensor
 
-REPO = Path(__file__).resolve().parents[2]
-MTCNN_DIR = REPO / "models" / "mtcnn"
-ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"
 
 
 def _noise(h: int, w: int, seed: int, grey: bool = False) -> np.ndarray:

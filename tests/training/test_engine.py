@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from tests.training.conftest import IMAGE_SIZE, TINY_LABELS, micro_arch, micro_overrides, tiny_faces
-from training.adversarial import PokerFaceObjective, build_discriminator, prepare_batch
+from training.adversarial import PokerFaceObjective, build_discriminator, poker_face_distance, prepare_batch
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import PFViTConfig, PretrainConfig, TrainConfig
 from training.data import build_data
@@ -74,11 +74,21 @@ def test_poker_term_averages_over_items_that_have_a_true_poker_face() -> None:
     with torch.no_grad():
         z = model.forward_features(only.images)
         _, z_p = model.separate(z)
-        want = (model.synthesize_poker(only.images, z, z_p) - only.true_poker).abs().mean()
+        want = poker_face_distance(model.synthesize_poker(only.images, z, z_p), only.true_poker).mean()
     assert float(got.terms["poker_sup"]) == pytest.approx(float(want), rel=1e-5)
     # No true poker face at all: the term is zero (and still in the graph, for DDP).
     raw["has_poker_face"] = torch.zeros(6, dtype=torch.bool)
     assert float(objective.generator_loss(prepare_batch(raw, model, torch.device("cpu"))).terms["poker_sup"]) == 0.0
+
+
+def test_poker_face_distance_weighs_edges() -> None:
+    flat = torch.zeros(2, 3, 8, 8)
+    # A uniform offset moves no edge: the distance is the pixel L1 alone.
+    assert poker_face_distance(flat + 0.5, flat).tolist() == pytest.approx([0.5, 0.5])
+    # The same mean pixel error as a stripe pattern also moves edges, and costs more.
+    stripes = flat.clone()
+    stripes[..., ::2] = 1.0
+    assert float(poker_face_distance(stripes, flat)[0]) > 0.5 + 0.4
 
 
 def test_each_switch_changes_the_loss() -> None:
