@@ -10,14 +10,16 @@ VENV := .venv-gpu
 endif
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast test-tools bench train-default clean help
+.PHONY: serve test test-fast test-tools bench train-default evaluate-default train-rendered clean help
 
 help:
 	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
 	@echo "make test             set up $(VENV) with training and test tools and run every test"
 	@echo "make test-tools       install promtool for the deploy tests (Debian, as root; run by make test)"
 	@echo "make bench            detection and HTTP throughput benchmarks (see docs/benchmarks.md)"
-	@echo "make train-default    reproduce the shipped default model on rendered faces"
+	@echo "make train-default FER2013=DIR     reproduce the shipped default model (FER2013 photos + rendered faces)"
+	@echo "make evaluate-default FER2013=DIR  re-score the shipped default model's files"
+	@echo "make train-rendered   reproduce the rendered-face demo model (pfvit-micro-rendered)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +61,18 @@ bench: $(VENV)/.test
 	$(BIN)/python tools/bench_detect.py
 	$(BIN)/python tools/bench_service.py
 
+# FER2013 is Kaggle's (docs/datasets.md): the folder holding fer2013.csv, or its image folders.
+FER2013 ?=
+
 train-default: $(VENV)/.test
+	@test -n "$(FER2013)" || { echo "usage: make train-default FER2013=/path/to/fer2013 (see docs/datasets.md)"; exit 2; }
+	$(BIN)/python -m training.fer_model --fer2013 "$(FER2013)"
+
+evaluate-default: $(VENV)/.test
+	@test -n "$(FER2013)" || { echo "usage: make evaluate-default FER2013=/path/to/fer2013 (see docs/datasets.md)"; exit 2; }
+	$(BIN)/python -m training.fer_model --fer2013 "$(FER2013)" --evaluate-only
+
+train-rendered: $(VENV)/.test
 	$(BIN)/python -m training.default_model
 
 clean:

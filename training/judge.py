@@ -85,6 +85,28 @@ def _normalise(images01: torch.Tensor, mean: list[float], std: list[float]) -> t
     return (images01 - m) / s
 
 
+def save_judge(result: JudgeResult, path: str | Path) -> Path:
+    """Keep a trained judge as plain data (weights, labels, widths, validation accuracy): the
+    measuring instrument of a model's poker faces ships beside that model, so re-scoring it
+    needs no retraining."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    widths = [m.out_channels for m in result.model.features if isinstance(m, nn.Conv2d)][1::2]
+    torch.save({"format": "pfvit-judge/1", "labels": result.labels, "widths": widths, "model": result.model.state_dict(),
+                "val_accuracy": result.val_accuracy, "seconds": result.seconds}, path)
+    return path
+
+
+def load_judge(path: str | Path) -> JudgeResult:
+    """A judge written by :func:`save_judge`."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if data.get("format") != "pfvit-judge/1":
+        raise ValueError(f"{path} is not a judge file")
+    model = JudgeCNN(len(data["labels"]), tuple(data["widths"]))
+    model.load_state_dict(data["model"])
+    return JudgeResult(model=model.eval(), labels=list(data["labels"]), val_accuracy=float(data["val_accuracy"]), seconds=float(data["seconds"]))
+
+
 @torch.no_grad()
 def predict(model: JudgeCNN, images01: torch.Tensor, mean: list[float], std: list[float], batch_size: int = 256) -> torch.Tensor:
     """Class indices for ``[N, 3, H, W]`` images in [0, 1]."""

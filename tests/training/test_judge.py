@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.judge import JudgeCNN, JudgeConfig, poker_face_report, train_judge  # noqa: E402
+from training.judge import JudgeCNN, JudgeConfig, load_judge, poker_face_report, predict, save_judge, train_judge  # noqa: E402
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -44,6 +44,10 @@ def test_judge_learns_and_resumes(tmp_path: Path) -> None:
     again = train_judge(cfg, train, val, MEAN, STD)
     for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
+    # Kept as plain data beside a model, it predicts exactly as trained.
+    loaded = load_judge(save_judge(result, tmp_path / "kept" / "judge.pt"))
+    assert loaded.labels == result.labels and loaded.val_accuracy == result.val_accuracy
+    assert torch.equal(predict(loaded.model, val.images, MEAN, STD), predict(result.model, val.images, MEAN, STD))
     with pytest.raises(ValueError, match="another judge configuration"):
         train_judge(replace(cfg, lr=1e-3), train, val, MEAN, STD)
 
