@@ -21,7 +21,7 @@ SHIPPED_CARD = REPO / "models" / "pfvit-micro-rendered" / "card.json"
 
 
 def test_registry_covers_every_documented_kind() -> None:
-    assert set(DATA_KINDS) == {"rafdb", "ferplus", "affectnet", "affectnet7", "affectnet8", "folder", "rendered", "synthetic"}
+    assert set(DATA_KINDS) == {"rafdb", "ferplus", "affectnet", "affectnet7", "affectnet8", "folder", "fer2013", "rendered", "synthetic"}
 
 
 @pytest.mark.parametrize("text", [
@@ -33,6 +33,8 @@ def test_registry_covers_every_documented_kind() -> None:
     "affectnet7:/data/AffectNet,face=box,precropped=true",
     "ferplus:/data/FERPlus,source=pixels",
     "folder:data",
+    "fer2013:/data/fer2013-aligned48",
+    "fer2013:/data/fer2013,cache=false",
 ])
 def test_spec_round_trips(text: str) -> None:
     spec = DataSpec.parse(text)
@@ -58,7 +60,8 @@ def test_the_spec_in_a_checkpoint_parses_back(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("imagenet:/data", "rafdb, ferplus, affectnet, affectnet7, affectnet8, folder, rendered, synthetic"),
+    ("imagenet:/data", "rafdb, ferplus, affectnet, affectnet7, affectnet8, folder, fer2013, rendered, synthetic"),
+    ("fer2013:/x,colour=red", "its options: cache"),
     ("rafdb", "needs a folder"),
     ("synthetic:64", "not key=value"),
     ("affectnet:/x,colour=red", "its options: num_classes, face, precropped, skip_missing"),
