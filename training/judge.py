@@ -124,6 +124,10 @@ def _accuracy(model: JudgeCNN, dataset: Dataset, mean: list[float], std: list[fl
     return correct / max(1, total)
 
 
+def _recipe(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "out_dir"}
+
+
 def train_judge(cfg: JudgeConfig, train_set: Dataset, val_set: Dataset, mean: list[float], std: list[float]) -> JudgeResult:
     """Train (or resume, or load when finished) the judge on ``train_set``; returns it with its
     validation accuracy."""
@@ -143,7 +147,8 @@ def train_judge(cfg: JudgeConfig, train_set: Dataset, val_set: Dataset, mean: li
     start, log, seconds = 0, [], 0.0
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg) or state["labels"] != labels:
+        # Where the run lives is no part of what it trains: a moved run folder still resumes.
+        if _recipe(state["config"]) != _recipe(asdict(cfg)) or state["labels"] != labels:
             raise ValueError(f"{path} was written by another judge configuration; remove it to retrain")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
