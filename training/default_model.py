@@ -1,4 +1,4 @@
-"""Reproduce the shipped default model: PF-ViT (micro) trained on rendered faces.
+"""Reproduce the rendered-face demo model (pfvit-micro-rendered): PF-ViT (micro) trained on rendered faces.
 
     python -m training.default_model                 # the shipped recipe, CPU or GPU
     python -m training.default_model --quick         # a few-minute smoke run of the same path
@@ -12,7 +12,7 @@ Steps, all seeded:
 5. evaluate the *exported* model through the service's own ONNX Runtime code on the held-out
    test identities: accuracy, macro-F1, poker-face PSNR/SSIM against the true poker face and
    against the trivial baseline (the input face unchanged), and the share of poker faces the
-   model itself classifies as neutral; the numbers go into the card and ``docs/default-model.md``.
+   model itself classifies as neutral; the numbers go into the card and ``docs/rendered-model.md``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 class DefaultModelConfig:
     """The shipped recipe. Args are the command-line flags of the same names."""
 
-    out_dir: str = "runs/default-model"
+    out_dir: str = "runs/rendered-model"
     model_dir: str = str(REPO / "models" / "pfvit-micro-rendered")
     docs_dir: str = str(REPO / "docs")
     name: str = "pfvit-micro-rendered"
@@ -186,13 +186,13 @@ def samples_grid(arrays: dict[str, np.ndarray], labels: list[str], path: Path, p
 
 
 def write_report(metrics: dict[str, Any], path: Path) -> None:
-    """``docs/default-model.md``: the held-out numbers of the shipped model, from its run."""
+    """``docs/rendered-model.md``: the held-out numbers of the shipped model, from its run."""
     pf = metrics["poker_face"]
     recipe = metrics["recipe"]
     t = metrics["timings"]
     per_class = " | ".join(f"{name} {100 * acc:.1f}" for name, acc in metrics["per_class_accuracy"].items() if acc is not None)
     goal = lambda ok: "met" if ok else "not met"  # noqa: E731
-    text = f"""# The shipped default model: `{Path(recipe["model_dir"]).name}`
+    text = f"""# The rendered-face demo model: `{Path(recipe["model_dir"]).name}`
 
 PF-ViT micro (64 px input, patch 8, encoder 128 wide × 4 deep, emotional subspace k = 32)
 trained **on rendered faces only** (`training/render`, see [rendered-faces.md](rendered-faces.md)).
@@ -203,7 +203,7 @@ one. Train on RAF-DB, AffectNet or FERPlus for real use (README, "Training").
 ## Reproduce
 
 ```bash
-make train-default        # = python -m training.default_model (seeded; {t["total_s"] / 60:.0f} min on this 2-core CPU)
+make train-rendered       # = python -m training.default_model (seeded; {t["total_s"] / 60:.0f} min on this 2-core CPU)
 ```
 
 Recipe (all in `training/default_model.py`): {recipe["train_size"]} training / {recipe["val_size"]} validation /
@@ -245,11 +245,11 @@ generator) is open work.
 Examples (rows: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt; each
 triple: input | generated poker face | true poker face):
 
-![samples](default-model-samples.png)
+![samples](rendered-model-samples.png)
 
 Confusion matrix (rows true, columns predicted):
 
-![confusion](default-model-confusion.png)
+![confusion](rendered-model-confusion.png)
 """
     path.write_text(text, encoding="utf-8")
 
@@ -316,17 +316,17 @@ def publish(cfg: DefaultModelConfig, test: InMemoryFaces, timings: dict[str, flo
     training["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "mean_class_accuracy", "per_class_accuracy", "num_samples",
                                                    "poker_face", "poker_face_neutral_share", "true_poker_face_neutral_share",
                                                    "poker_face_mean_abs_change", "true_poker_face_mean_abs_change")}
-    training["reproduce"] = "make train-default  (python -m training.default_model)"
+    training["reproduce"] = "make train-rendered  (python -m training.default_model)"
     training["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     write_card(replace(card, training=training), model_dir)
 
-    # The pictures docs/default-model.md shows, next to the run's own copies.
+    # The pictures docs/rendered-model.md shows, next to the run's own copies.
     docs = Path(cfg.docs_dir)
     docs.mkdir(parents=True, exist_ok=True)
     for folder in (out, docs):
-        samples_grid(arrays, list(EMOTIONS), folder / "default-model-samples.png")
-        confusion_matrix_png(np.array(metrics["confusion_matrix"]), list(EMOTIONS), folder / "default-model-confusion.png")
-    write_report(metrics, docs / "default-model.md")
+        samples_grid(arrays, list(EMOTIONS), folder / "rendered-model-samples.png")
+        confusion_matrix_png(np.array(metrics["confusion_matrix"]), list(EMOTIONS), folder / "rendered-model-confusion.png")
+    write_report(metrics, docs / "rendered-model.md")
     print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "poker_face", "poker_face_neutral_share", "timings")}, indent=2))
     return metrics
 

@@ -51,6 +51,6 @@ def test_recipe_runs_end_to_end(tmp_path: Path) -> None:
     assert published["accuracy"] == metrics["accuracy"] and published["macro_f1"] == metrics["macro_f1"]
     assert published["poker_face"]["baseline_psnr_db"] > 20  # inputs resemble their poker faces
     assert 0.0 <= metrics["accuracy"] <= 1.0
-    report = (tmp_path / "docs" / "default-model.md").read_text()
+    report = (tmp_path / "docs" / "rendered-model.md").read_text()
     assert "Held-out results" in report and f"{100 * metrics['accuracy']:.2f} %" in report
-    assert (tmp_path / "docs" / "default-model-samples.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "rendered-model-samples.png").stat().st_size > 0
