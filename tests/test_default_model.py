@@ -1,34 +1,42 @@
-"""The shipped default model: its card and files, and what it does through the service."""
+"""The shipped default model (PF-ViT on FER2013 photos): its card and files, and what it does
+to a real photograph through the service."""
 
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.app import create_app
 from service.card import load_card, verify_files
 from service.config import DEFAULT_EMOTION_MODEL, Settings
 from service.state import ServiceState
-from tests.conftest import wait_ready
-from tests.images import encode
+from tests.conftest import ASTRONAUT, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "models" / DEFAULT_EMOTION_MODEL
+# docs/default-model.md: a poker face must change a real face by more than this, in grey levels.
+MIN_MEAN_ABS_CHANGE = 3.0
 
 
 def test_shipped_card_matches_its_files():
     card = load_card(MODEL_DIR)
     assert card.kind == "emotion" and set(card.graphs) == {"recognition", "poker_face"}
     verify_files(card, MODEL_DIR)  # every sha256 matches
-    assert card.labels == ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+    assert card.labels == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
+    assert card.input.size == [48, 48]
+    assert "FER2013" in card.training["data"] and "research" in card.training["data"]
     metrics = card.training["metrics"]
-    for key in ("accuracy", "macro_f1", "poker_face_neutral_share"):
-        assert 0.0 <= metrics[key] <= 1.0
-    for key in ("psnr_db", "ssim", "baseline_psnr_db", "baseline_ssim", "psnr_gain_db"):
-        assert np.isfinite(metrics["poker_face"][key])
+    assert 0.0 < metrics["photos"]["accuracy"] <= 1.0
+    assert metrics["photos"]["num_samples"] == 3589  # all of PrivateTest, undetected faces included
+    for key in ("mean_abs_change", "ssim_to_input"):
+        assert np.isfinite(metrics["poker_face_fer2013"][key])
+    assert np.isfinite(metrics["poker_face_rendered"]["psnr_gain_db"])
+    assert (MODEL_DIR / "judge.pt").is_file()  # the instrument behind the poker-face numbers
     total = sum(p.stat().st_size for p in MODEL_DIR.iterdir())
-    assert total <= 60 * 1024 * 1024
+    assert total <= 30 * 1024 * 1024
 
 
 def test_default_settings_find_the_shipped_models():
@@ -43,52 +51,32 @@ def default_client():
         yield c
 
 
-def fresh_test_faces(size: int, per_class: int, seed: int):
-    """Faces of held-out test identities, from a seed the training run never used."""
-    from training.render.dataset import EMOTIONS, RenderedFaceDataset
-
-    ds = RenderedFaceDataset("test", size, length=per_class * len(EMOTIONS), seed=seed)
-    items = [ds[i] for i in range(len(ds))]
-    faces = [np.rint(item["image"].numpy().transpose(1, 2, 0) * 255).astype(np.uint8) for item in items]
-    return faces, [EMOTIONS[int(item["label"])] for item in items]
-
-
-def test_served_default_model_reads_rendered_expressions(default_client):
-    size = load_card(MODEL_DIR).input.size[0]
-    faces, truth = fresh_test_faces(size, per_class=2, seed=20261123)
-    files = [("images", (f"{i}.png", encode(face, "PNG"), "image/png")) for i, face in enumerate(faces)]
-    resp = default_client.post("/v1/recognize", params={"aligned": "true", "return_poker_face": "true"}, files=files)
+def test_a_smiling_face_reads_as_happiness(default_client):
+    resp = default_client.post("/v1/recognize", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["model"]["name"] == DEFAULT_EMOTION_MODEL
-    predicted = [image["faces"][0]["label"] for image in body["images"]]
-    correct = sum(p == t for p, t in zip(predicted, truth))
-    assert correct >= len(truth) - 2, list(zip(truth, predicted))
-    assert all(image["faces"][0]["poker_face_png"] for image in body["images"])
+    (face,) = body["images"][0]["faces"]
+    assert face["label"] == "happiness", face["probabilities"]
+    assert face["probabilities"]["happiness"] == max(face["probabilities"].values())
 
 
-def test_served_default_model_on_scenes_through_detection(default_client):
-    """The whole path on rendered pictures: MTCNN finds the face, alignment, then PF-ViT."""
-    from training.render.dataset import EMOTIONS, IDENTITY_RANGES, sample_parameters
-    from training.render.face import render_scene
+def test_the_poker_face_really_changes_a_real_face(default_client):
+    """The PNG from /v1/poker-face against the aligned face the model was given."""
+    from service.models import EmotionModel
+    from service.pipeline import DetectOptions, FacePipeline, StageTimer
+    from service.vision.mtcnn import MTCNN
 
-    files, truth, centres = [], [], []
-    for i in range(16):
-        label, identity, aus, scene, _ = sample_parameters((20261123, 7, i), IDENTITY_RANGES["test"], label=i % len(EMOTIONS))
-        render = render_scene(identity, aus, scene, canvas=(320, 240), face_px=100)
-        files.append(("images", (f"scene{i}.png", encode(render.image, "PNG"), "image/png")))
-        truth.append(EMOTIONS[label])
-        centres.append(render.landmarks.mean(axis=0))
-    resp = default_client.post("/v1/recognize", params={"max_faces": 1}, files=files)
-    assert resp.status_code == 200, resp.text
-    found = correct = 0
-    for image, label, (cx, cy) in zip(resp.json()["images"], truth, centres):
-        if not image["faces"]:
-            continue
-        face = image["faces"][0]
-        box = face["box"]
-        assert box["x1"] < cx < box["x2"] and box["y1"] < cy < box["y2"]  # the face we drew, not clutter
-        found += 1
-        correct += face["label"] == label
-    assert found >= 12, f"the detector found only {found} of 16 rendered faces"
-    assert correct >= 0.75 * found, f"{correct} of {found} detected faces read correctly"
+    resp = default_client.post(
+        "/v1/poker-face", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")}, headers={"Accept": "image/png"}
+    )
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+    poker = np.asarray(Image.open(BytesIO(resp.content)).convert("RGB")).astype(np.int16)
+    settings = Settings(_env_file=None)
+    pipeline = FacePipeline(MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=1),
+                            EmotionModel.from_dir(MODEL_DIR, providers=["CPUExecutionProvider"], intra_op_threads=1))
+    options = DetectOptions(max_faces=1, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold)
+    (face,) = pipeline.find_faces(np.asarray(Image.open(ASTRONAUT).convert("RGB")), options, StageTimer())
+    assert poker.shape == face.aligned.shape
+    change = float(np.abs(poker - face.aligned).mean())
+    assert change > MIN_MEAN_ABS_CHANGE, f"the poker face changes the face by only {change:.2f} grey levels"
