@@ -26,7 +26,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 from service.card import load_card, write_card
 from training import served_eval
 from training.checkpoint import load_checkpoint
+from training.cli import parse_config
 from training.config import IMAGENET_MEAN, IMAGENET_STD, LossWeights, PretrainConfig, TrainConfig
 from training.data import align_dataset
 from training.data.fer2013 import FER2013, export_csv
@@ -168,7 +169,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     print(f"aligned FER2013: {split_counts(aligned)} ({timings['align_s']:.0f} s)", flush=True)
 
     t0 = time.perf_counter()
-    judge = train_judge(JudgeConfig(out_dir=str(out / "judge"), epochs=cfg.judge_epochs, seed=cfg.seed), train_fer, val_fer,
+    judge = train_judge(JudgeConfig(out_dir=str(out / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed), train_fer, val_fer,
                         list(IMAGENET_MEAN), list(IMAGENET_STD))
     timings["judge_s"] = time.perf_counter() - t0
     print(f"judge: val accuracy {judge.val_accuracy:.4f} ({timings['judge_s']:.0f} s)", flush=True)
@@ -209,7 +210,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     timings["train_s"] = time.perf_counter() - t0
 
     model_dir = Path(cfg.model_dir)
-    sample = torch.stack([val_fer[i]["image"] for i in range(64)])
+    sample = torch.stack([val_fer[i]["image"] for i in range(min(64, len(val_fer)))])
     export_checkpoint(out / "train" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version,
                       license="MIT (code and weights); training data FER2013: research use, see the card's training.data",
                       description=("PF-ViT micro (48 px, convolutional stem, greyscale input) trained on FER2013 photos jointly with "
@@ -224,7 +225,7 @@ def shipped_judge(cfg: FERModelConfig) -> JudgeResult:
     path = Path(cfg.model_dir) / JUDGE_FILE
     if path.is_file():
         return load_judge(path)
-    judge = train_judge(JudgeConfig(out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, seed=cfg.seed),
+    judge = train_judge(JudgeConfig(out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed),
                         FER2013(aligned_dir(cfg), "train", FaceTransform(image_size=cfg.image_size, augment=True)),
                         FER2013(aligned_dir(cfg), "val", FaceTransform(image_size=cfg.image_size, augment=False)),
                         list(IMAGENET_MEAN), list(IMAGENET_STD))
@@ -398,20 +399,25 @@ def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.fer_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = FERModelConfig()
-    for f in fields(FERModelConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
-    ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
-    ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the model in --model-dir and rewrite its numbers")
-    args = vars(ap.parse_args(argv))
-    quick, evaluate_only = args.pop("quick"), args.pop("evaluate_only")
-    cfg = FERModelConfig(**args)
-    if quick:
+    def flags(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
+        ap.add_argument("--evaluate-only", action="store_true",
+                        help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
+                             "pictures); timings are kept from the last run's metrics.json, else from the card")
+
+    cfg, top = parse_config(FERModelConfig, "python -m training.fer_model", __doc__, argv, extra=flags)
+    if top["quick"]:
         cfg = replace(cfg, **QUICK)
-    if evaluate_only:
+    if not cfg.fer2013:
+        raise SystemExit("--fer2013 PATH is required (Kaggle's FER2013; docs/datasets.md)")
+    if top["evaluate_only"]:
         previous = Path(cfg.out_dir) / "metrics.json"
-        publish(cfg, json.loads(previous.read_text())["timings"] if previous.is_file() else {})
+        if previous.is_file():
+            timings = json.loads(previous.read_text())["timings"]
+        else:
+            timings = dict(load_card(cfg.model_dir).training.get("timings_s", {}))
+        align(cfg)  # the split counts, and the judge's data if it must be retrained
+        publish(cfg, timings)
     else:
         run(cfg)
     return 0

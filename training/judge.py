@@ -138,6 +138,8 @@ def train_judge(cfg: JudgeConfig, train_set: Dataset, val_set: Dataset, mean: li
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_set)} training faces make no full batch of {cfg.batch_size}")
     total_steps = cfg.epochs * len(loader)
     warmup = max(1, total_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
