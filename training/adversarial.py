@@ -165,10 +165,20 @@ class SeparationForward(nn.Module):
         logits, _ = m.forward_head(z_e)  # [N, K]
         reconstruction = m.generate(z)  # z_e + z_p == z
         poker = m.synthesize_poker(images, z, z_p, reconstruction)
-        z_cycle = m.forward_features(poker)
-        z_cycle_e, z_cycle_p = m.separate(z_cycle)
-        cycle_logits, _ = m.forward_head(z_cycle_e)
+        # The cycle reads the poker face with E, S and H frozen (parameters detached): its terms
+        # teach the generator to draw a face the recogniser reads as neutral and with the same
+        # residue. Left trainable, they teach the recogniser to call generated faces neutral
+        # instead, a shortcut that needs no edit at all and, early on, while poker faces still
+        # equal their inputs, pulls every prediction towards neutral.
+        z_cycle = _frozen(m.encoder, m.colour(poker))
+        z_cycle_e, z_cycle_p = _frozen(m.separator, z_cycle)
+        cycle_logits = _frozen(m.head, m.pool(z_cycle_e))
         return SeparationOutput(z_p, logits, reconstruction, poker, cycle_logits, z_cycle_p)
+
+
+def _frozen(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """``module(*args)`` with its parameters detached: a gradient path to the inputs only."""
+    return functional_call(module, {name: p.detach() for name, p in module.named_parameters()}, args)
 
 
 @dataclass
