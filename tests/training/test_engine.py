@@ -175,7 +175,7 @@ def test_train_resume_gives_same_next_step_loss(tmp_path: Path, pretrained: str,
 def test_training_beats_chance(tmp_path: Path) -> None:
     """A few epochs from scratch on the synthetic classes: training accuracy well above chance."""
     data = SyntheticFaces(48, IMAGE_SIZE, labels=TINY_LABELS)
-    cfg = TrainConfig(out_dir=str(tmp_path), arch=micro_arch(), epochs=6, batch_size=8, blr=0.1, warmup_epochs=0.5, threads=2,
+    cfg = TrainConfig(out_dir=str(tmp_path), arch=micro_arch(), epochs=8, batch_size=8, blr=0.1, warmup_epochs=0.5, threads=2,
                       progress=False, eval_every=0)
     result = run_train(cfg, data, SyntheticFaces(24, IMAGE_SIZE, seed=5, labels=TINY_LABELS))
     losses = [h["cls"] for h in result.history]
@@ -224,3 +224,15 @@ def test_rendered_faces_are_augmented_anew_each_epoch() -> None:
         draws.append(torch.stack([data[i]["image"] for i in range(8)]))
     assert not torch.equal(draws[0], draws[1])
     assert torch.equal(draws[1], torch.stack([data[i]["image"] for i in range(8)]))  # a pure function of (item, epoch)
+
+
+def test_cycle_trains_the_generator_not_the_recogniser() -> None:
+    """The cycle terms read the poker face with E, S and H frozen: they reach the generator,
+    never the head (which would otherwise learn to call generated faces neutral)."""
+    from training.adversarial import SeparationForward
+
+    model = PFViT(PFViTConfig.from_dict({**PFViTConfig(**micro_overrides()).to_dict(), "labels": ["a", "neutral"], "poker_mode": "edit"}))
+    out = SeparationForward(model)(torch.randn(2, 3, model.config.image_size, model.config.image_size))
+    (out.cycle_logits.sum() + out.cycle_z_p.sum()).backward()
+    assert model.head.fc.weight.grad is None
+    assert model.generator.pred.weight.grad is not None and float(model.generator.pred.weight.grad.abs().sum()) > 0
