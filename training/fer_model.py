@@ -357,6 +357,13 @@ and on their poker faces:
 |---|---|---|---|
 {judge_rows}
 
+**Reading these together.** The mean change and the judge's ratio count every changed pixel,
+noise included, and a judge can be pushed towards "neutral" by noise as well as by an edit; the
+rendered-face PSNR gain, measured against a known true poker face, is the check that noise
+cannot pass. Look at the difference column below: where it is a speckle over the whole face
+rather than a change at the mouth, brows and eyes, the poker faces are not yet the edits this
+model is for.
+
 Sample faces (rows: classes in label order; each triple: aligned input | poker face |
 |difference| ×4), the first faces of each class in PrivateTest order, not chosen ones:
 
