@@ -108,18 +108,19 @@ def test_served_request_reaches_the_model_as_training_data_was_prepared(tmp_path
     from service.pipeline import DetectOptions, FacePipeline, StageTimer
     from service.vision.mtcnn import MTCNN
 
+    settings = Settings(_env_file=None)
+    model = EmotionModel.from_dir(REPO / "models" / settings.emotion_model, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    size = model.input_hw[0]
     raw = tmp_path / "raw" / "happy"
     raw.mkdir(parents=True)
     (raw / "Training_1.png").write_bytes(encode_png(fer_like_crop()))
     out = tmp_path / "aligned"
-    args = ["--size", "64", "--pad", "24", "--upscale", "3", "--models", str(MTCNN_DIR)]
+    args = ["--size", str(size), "--pad", "24", "--upscale", "3", "--models", str(MTCNN_DIR)]
     assert align_dataset.main([str(tmp_path / "raw"), str(out), *args]) == 0
     trained_on = np.asarray(Image.open(out / "happy" / "Training_1.png"))
+    assert trained_on.shape == (size, size, 3)
 
     upload = encode_png(align_dataset.prepare(fer_like_crop(), 24, 3.0))
-    settings = Settings(_env_file=None)
-    model = EmotionModel.from_dir(REPO / "models" / settings.emotion_model, providers=["CPUExecutionProvider"], intra_op_threads=1)
-    assert model.input_hw == (64, 64)
     pipeline = FacePipeline(MTCNN.from_dir(MTCNN_DIR, intra_op_threads=1), model)
     options = DetectOptions(
         max_faces=settings.default_max_faces,
