@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from collections.abc import Sequence
 
 import uvicorn
 
-from service.config import get_settings
+from service.config import Settings, get_settings
 from service.errors import ModelLoadError
 
 
-def main() -> int:
-    settings = get_settings()
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pfvit-serve",
+        description=(
+            "Run the PF-ViT service (POST /v1/recognize, POST /v1/poker-face, /docs, /metrics). "
+            "Every setting is an environment variable with the PFVIT_ prefix (also read from a .env "
+            "file; the table is in README.md, 'Settings'); the flags below override the two most "
+            "often changed."
+        ),
+    )
+    parser.add_argument("--host", help=f"interface to listen on (PFVIT_HOST; default {Settings.model_fields['host'].default})")
+    parser.add_argument("--port", type=_port, help=f"port (PFVIT_PORT; default {Settings.model_fields['port'].default})")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides) if overrides else get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.app import create_app
     from service.state import ServiceState
