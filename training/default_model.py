@@ -331,6 +331,15 @@ def publish(cfg: DefaultModelConfig, test: InMemoryFaces, timings: dict[str, flo
     return metrics
 
 
+def previous_timings(out_dir: str | Path, model_dir: str | Path) -> dict[str, float]:
+    """The stage times of the run that made the model: its ``metrics.json``, else the card's
+    (re-scoring keeps them; it does not train)."""
+    previous = Path(out_dir) / "metrics.json"
+    if previous.is_file():
+        return json.loads(previous.read_text())["timings"]
+    return dict(load_card(model_dir).training.get("timings_s", {}))
+
+
 def main(argv: list[str] | None = None) -> int:
     def flags(ap: argparse.ArgumentParser) -> None:
         ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
@@ -342,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if top["quick"]:
         cfg = replace(cfg, **QUICK)
     if top["evaluate_only"]:
-        previous = Path(cfg.out_dir) / "metrics.json"
-        if previous.is_file():
-            timings = json.loads(previous.read_text())["timings"]
-        else:
-            timings = dict(load_card(cfg.model_dir).training.get("timings_s", {}))
+        timings = previous_timings(cfg.out_dir, cfg.model_dir)
         test = render_split(cfg.data, "test", cfg.image_size, cfg.render_workers or os.cpu_count() or 1)
         publish(cfg, test, timings)
     else:

@@ -21,16 +21,20 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return matrix
 
 
-def classification_metrics(matrix: np.ndarray, labels: list[str]) -> dict[str, Any]:
+def classification_metrics(matrix: np.ndarray, labels: list[str], support: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy (recall), mean class accuracy and macro-F1 from a confusion matrix.
 
     Classes absent from the evaluation set are left out of the macro averages (their recall is
     undefined) and reported as ``None``.
+
+    Args:
+        support: samples per true class when some have no prediction at all (a face the
+            detector missed): they count as wrong. Default: the matrix's row sums.
     """
     tp = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1).astype(np.float64)
+    support = (matrix.sum(axis=1) if support is None else np.asarray(support)).astype(np.float64)
     predicted = matrix.sum(axis=0).astype(np.float64)
-    total = matrix.sum()
+    total = support.sum()
     present = support > 0
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=present)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)

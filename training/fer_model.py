@@ -23,6 +23,7 @@ jointly with rendered faces.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
@@ -39,11 +40,11 @@ from training.checkpoint import load_checkpoint
 from training.cli import parse_config
 from training.config import IMAGENET_MEAN, IMAGENET_STD, LossWeights, PretrainConfig, TrainConfig
 from training.data import align_dataset
-from training.data.fer2013 import FER2013, export_csv
+from training.data.fer2013 import FER2013, FER2013_SIDE_PX, export_csv
 from training.data.joint import JointFaces
 from training.data.transforms import FaceTransform
 from training.data.spec import DataSpec
-from training.default_model import InMemoryFaces, render_split
+from training.default_model import InMemoryFaces, previous_timings, render_split
 from training.engine import run_pretrain, run_train
 from training.export import export_checkpoint
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
@@ -100,8 +101,9 @@ def aligned_dir(cfg: FERModelConfig) -> Path:
     return Path(cfg.out_dir) / "aligned"
 
 
-def align(cfg: FERModelConfig) -> dict[str, Any]:
-    """Step 1: FER2013 through the service's detector and aligner (resumable)."""
+def align(cfg: FERModelConfig) -> None:
+    """Step 1: FER2013 through the service's detector and aligner (resumable); the CSV form is
+    written out as image folders first, so both forms take the same path."""
     source = Path(cfg.fer2013)
     if (source / "fer2013.csv").is_file():
         images = Path(cfg.out_dir) / "fer2013-images"
@@ -113,13 +115,10 @@ def align(cfg: FERModelConfig) -> dict[str, Any]:
         str(source), str(out), "--size", str(cfg.image_size), "--pad", str(cfg.pad_px), "--upscale", str(cfg.upscale),
         "--fallback", "mean", "--models", str(MTCNN_DIR), "--threads", str(cfg.threads),
     ])
-    return json.loads((out / "summary.json").read_text())
 
 
 def split_counts(aligned: Path) -> dict[str, dict[str, int]]:
     """Detected / fallback / failed faces per FER2013 split, read by file-name prefix."""
-    import csv
-
     counts: dict[str, dict[str, int]] = {}
     with (aligned / "landmarks.csv").open(newline="") as f:
         for row in csv.DictReader(f):
@@ -237,8 +236,7 @@ def evaluate(cfg: FERModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
     """Step 6: the exported files through the service's code."""
     model = served_eval.load_emotion_model(cfg.model_dir, threads=cfg.threads)
     labels = model.labels
-    raw_test = FER2013(cfg.fer2013 if not (Path(cfg.out_dir) / "fer2013-images").is_dir() else Path(cfg.out_dir) / "fer2013-images",
-                       "test", FaceTransform(image_size=48, augment=False))
+    raw_test = FER2013(cfg.fer2013, "test", FaceTransform(image_size=FER2013_SIDE_PX, augment=False))  # CSV or folders
     crops = [raw_test.load_face(i) for i in range(len(raw_test))]
     y = np.asarray(raw_test.targets, dtype=np.int64)
     photos = served_eval.recognise_photos(model, MTCNN_DIR, crops, cfg.pad_px, cfg.upscale, threads=cfg.threads)
@@ -364,7 +362,7 @@ cannot pass. Look at the difference column below: where it is a speckle over the
 rather than a change at the mouth, brows and eyes, the poker faces are not yet the edits this
 model is for.
 
-Sample faces (rows: classes in label order; each triple: aligned input | poker face |
+Sample faces (three rows per class, classes in label order; columns: aligned input | poker face |
 |difference| ×4), the first faces of each class in PrivateTest order, not chosen ones:
 
 ![samples](default-model-samples.png)
@@ -398,7 +396,7 @@ def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
     docs = Path(cfg.docs_dir)
     labels = load_card(model_dir).labels
     for folder in (out, docs):
-        served_eval.difference_grid(arrays["faces"], arrays["pokers"], arrays["labels"], labels, folder / "default-model-samples.png")
+        served_eval.difference_grid(arrays["faces"], arrays["pokers"], arrays["labels"], len(labels), folder / "default-model-samples.png")
         confusion_matrix_png(np.array(metrics["photos"]["confusion_matrix"]), labels, folder / "default-model-confusion.png")
     write_report(metrics, docs / "default-model.md")
     print(json.dumps({k: metrics[k] for k in ("photos", "poker_face_fer2013", "poker_face_rendered", "timings")}, indent=1, default=str)[:4000])
@@ -418,11 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.fer2013:
         raise SystemExit("--fer2013 PATH is required (Kaggle's FER2013; docs/datasets.md)")
     if top["evaluate_only"]:
-        previous = Path(cfg.out_dir) / "metrics.json"
-        if previous.is_file():
-            timings = json.loads(previous.read_text())["timings"]
-        else:
-            timings = dict(load_card(cfg.model_dir).training.get("timings_s", {}))
+        timings = previous_timings(cfg.out_dir, cfg.model_dir)
         align(cfg)  # the split counts, and the judge's data if it must be retrained
         publish(cfg, timings)
     else:

@@ -27,10 +27,12 @@ from service.config import Settings
 from service.models import EmotionModel
 from service.pipeline import DetectOptions, FacePipeline, StageTimer
 from service.runtime import CPU
+from service.vision.imaging import resize_rgb
 from service.vision.mtcnn import MTCNN
 from training.data.align_dataset import prepare
 from training.evaluate import classification_metrics, confusion_matrix
 from training.fidelity import psnr, ssim
+from training.plots import image_grid_png
 
 NOT_FOUND = -1  # prediction of an image where the service found no face
 
@@ -79,8 +81,6 @@ def recognise_photos(
 
 def recognise_crops(model: EmotionModel, crops: np.ndarray, batch: int = 256) -> np.ndarray:
     """Class indices for crops uploaded with ``aligned=true`` (resized to the input, no detection)."""
-    from service.vision.imaging import resize_rgb
-
     h, w = model.input_hw
     resized = np.stack([resize_rgb(np.asarray(c), (w, h)) for c in crops])
     return np.concatenate([model.recognise(resized[i : i + batch]).logits.argmax(axis=1) for i in range(0, len(resized), batch)])
@@ -91,24 +91,8 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str
     wrong (it is a miss of the true class, and in no column of the matrix)."""
     found = y_pred != NOT_FOUND
     matrix = confusion_matrix(y_true[found], y_pred[found], len(labels))
-    metrics = classification_metrics(matrix, labels)
-    # Misses are errors: recompute the rates over all samples, not only the detected ones.
-    support = np.bincount(y_true, minlength=len(labels))
-    correct = np.diag(matrix)
-    metrics["accuracy"] = float(correct.sum() / len(y_true)) if len(y_true) else 0.0
-    recall = np.divide(correct, support, out=np.zeros(len(labels)), where=support > 0)
-    predicted = matrix.sum(axis=0)
-    precision = np.divide(correct, predicted, out=np.zeros(len(labels)), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(labels)), where=(precision + recall) > 0)
-    present = support > 0
-    metrics["macro_f1"] = float(f1[present].mean())
-    metrics["mean_class_accuracy"] = float(recall[present].mean())
-    metrics["per_class_accuracy"] = {n: float(recall[i]) if present[i] else None for i, n in enumerate(labels)}
-    metrics["per_class_f1"] = {n: float(f1[i]) if present[i] else None for i, n in enumerate(labels)}
-    metrics["support"] = {n: int(support[i]) for i, n in enumerate(labels)}
-    metrics["num_samples"] = int(len(y_true))
-    metrics["detected"] = int(found.sum())
-    metrics["confusion_matrix"] = matrix.tolist()
+    metrics = classification_metrics(matrix, labels, support=np.bincount(y_true, minlength=len(labels)))
+    metrics.update(detected=int(found.sum()), confusion_matrix=matrix.tolist())
     return metrics
 
 
@@ -141,24 +125,14 @@ def rendered_fidelity(model: EmotionModel, faces: np.ndarray, truth: np.ndarray,
     }
 
 
-def difference_grid(faces: np.ndarray, pokers: np.ndarray, y: np.ndarray, labels: list[str], path: str | Path, per_class: int = 3, gain: float = 4.0) -> Path:
-    """PNG, one row per class: (input | poker face | |difference| x gain) for ``per_class`` faces.
+def difference_grid(faces: np.ndarray, pokers: np.ndarray, y: np.ndarray, num_classes: int, path: str | Path,
+                    per_class: int = 3, gain: float = 4.0) -> Path:
+    """PNG with ``per_class`` rows per class in label order; columns input | poker face |
+    |difference| x ``gain``. The first faces of each class in order are shown, not chosen ones."""
+    rows = np.concatenate([np.flatnonzero(y == k)[:per_class] for k in range(num_classes)])
+    diff = np.clip(np.abs(pokers[rows].astype(np.int16) - faces[rows]) * gain, 0, 255).astype(np.uint8)
 
-    The first faces of each class in order are shown, not chosen ones.
-    """
-    from PIL import Image
+    def column(images: np.ndarray) -> np.ndarray:  # [B, H, W, 3] uint8 -> [B, 3, H, W] float in [0, 1]
+        return images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
-    s = faces.shape[1]
-    gap = 4
-    triple = 3 * s + 2
-    canvas = np.full((len(labels) * (s + gap), per_class * (triple + 3 * gap), 3), 255, np.uint8)
-    for row in range(len(labels)):
-        for col, i in enumerate(np.flatnonzero(y == row)[:per_class]):
-            diff = np.clip(np.abs(pokers[i].astype(np.int16) - faces[i]) * gain, 0, 255).astype(np.uint8)
-            x0, y0 = col * (triple + 3 * gap), row * (s + gap)
-            for k, img in enumerate((faces[i], pokers[i], diff)):
-                canvas[y0 : y0 + s, x0 + k * (s + 1) : x0 + k * (s + 1) + s] = img
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).resize((canvas.shape[1] * 2, canvas.shape[0] * 2), Image.Resampling.NEAREST).save(path, optimize=True)
-    return path
+    return image_grid_png([("input", column(faces[rows])), ("poker", column(pokers[rows])), (f"diff x{gain:g}", column(diff))], path)
