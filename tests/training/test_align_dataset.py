@@ -99,6 +99,12 @@ def test_fallback_is_the_detected_faces_mean_transform(tmp_path: Path) -> None:
     got = np.asarray(Image.open(out / "neutral" / "Training_3.png"))
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # rounding of the stored landmarks
 
+    # A rerun searches no photo again and gives the same table and crops.
+    before = (out / "neutral" / "Training_3.png").read_bytes()
+    assert align_dataset.main([str(raw), str(out), *args]) == 0
+    assert _rows(out) == rows
+    assert (out / "neutral" / "Training_3.png").read_bytes() == before
+
 
 def test_served_request_reaches_the_model_as_training_data_was_prepared(tmp_path: Path) -> None:
     """The crop align-dataset writes for a FER2013-style face equals the crop the service

@@ -242,8 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: dict[str, dict[str, str]] = {}
     for rel in tqdm(relative, desc="aligning", unit="img"):
         key = rel.as_posix()
-        if key in done and done[key]["method"] != FALLBACK:
-            rows[key] = done[key]
+        if key in done:
+            # A fallback row is a photo the detector missed: not searched again, but aligned
+            # anew below with this run's mean landmarks.
+            rows[key] = {**done[key], "method": "no-face"} if done[key]["method"] == FALLBACK else done[key]
             continue
         row, aligned = _align_one(detector, input_dir / rel, key, args)
         if aligned is not None:
