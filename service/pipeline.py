@@ -15,7 +15,7 @@ import numpy as np
 
 from service import metrics
 from service.models import EmotionModel
-from service.vision.faces import find_faces
+from service.vision.faces import AlignedFace, find_faces
 from service.vision.imaging import resize_rgb
 from service.vision.mtcnn import MTCNN
 
@@ -28,17 +28,9 @@ class DetectOptions:
     aligned: bool = False  # the upload is already an aligned face crop: skip detection
 
 
-@dataclass(frozen=True)
-class Face:
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the image's pixels
-    score: float | None  # detection score; None for aligned uploads
-    landmarks: np.ndarray | None  # (5, 2) in image pixels; None for aligned uploads
-    aligned: np.ndarray  # (H, W, 3) uint8 RGB at the model's input size
-
-    @property
-    def area(self) -> float:
-        x1, y1, x2, y2 = self.box
-        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+# A found face: box, score, landmarks and the aligned crop (score and landmarks are None for
+# uploads that are already aligned crops).
+Face = AlignedFace
 
 
 @dataclass
@@ -86,7 +78,7 @@ class FacePipeline:
             with timer.stage("align"):
                 crop = resize_rgb(image, (size_w, size_h))
             return [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks=None, aligned=crop)]
-        found = find_faces(
+        return find_faces(
             self.detector,
             image,
             size=size_h,  # square input, checked at load
@@ -95,7 +87,6 @@ class FacePipeline:
             max_faces=options.max_faces,
             stage=timer.stage,
         )
-        return [Face(box=f.box, score=f.score, landmarks=f.landmarks, aligned=f.aligned) for f in found]
 
     def run(
         self,

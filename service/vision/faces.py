@@ -26,8 +26,8 @@ class Detector(Protocol):
 @dataclass(frozen=True)
 class AlignedFace:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the image's pixels
-    score: float  # detection score
-    landmarks: np.ndarray  # (5, 2) float64 (x, y) in the image's pixels
+    score: float | None  # detection score; None for an upload that is already an aligned crop
+    landmarks: np.ndarray | None  # (5, 2) float64 (x, y) in the image's pixels; None likewise
     aligned: np.ndarray  # (size, size, 3) uint8 RGB on the 5-point template
 
     @property
