@@ -19,14 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from training.data.fer2013 import FER2013
-from training.data.transforms import FaceTransform
+from training.data import build_data
 from training.model import build_model
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="fer2013:PATH (aligned FER2013 folder)")
+    ap.add_argument("--data", required=True, help="data spec, e.g. fer2013:PATH (an aligned FER2013 folder)")
     ap.add_argument("--model", default="micro")
     ap.add_argument("--stem", choices=("patch", "conv"), default="conv")
     ap.add_argument("--image-size", type=int, default=64)
@@ -39,16 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    kind, _, root = args.data.partition(":")
-    if kind != "fer2013" or not root:
-        ap.error("--data must be fer2013:PATH")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    train = FER2013(root, "train", FaceTransform(image_size=args.image_size, augment=True))
-    val = FER2013(root, "val", FaceTransform(image_size=args.image_size, augment=False))
+    try:
+        train = build_data(args.data, "train", args.image_size, augment=True)
+        val = build_data(args.data, "val", args.image_size, augment=False)
+    except ValueError as exc:
+        ap.error(str(exc))
     labels = list(train.labels)
-    model = build_model(args.model, image_size=args.image_size, stem=args.stem, greyscale=args.greyscale, num_classes=len(labels), labels=labels)
+    model = build_model(args.model, image_size=args.image_size, stem=args.stem, greyscale=args.greyscale, labels=labels)
     if args.init:
         state = torch.load(args.init, map_location="cpu", weights_only=False)["model"]
         model.load_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, strict=False)
