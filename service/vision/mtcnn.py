@@ -1,15 +1,17 @@
 """MTCNN face detection: the P-Net -> R-Net -> O-Net cascade in numpy over ONNX Runtime.
 
 The networks are facenet-pytorch 2.6.0's (converted by ``tools/convert_mtcnn.py``); this module
-reproduces facenet-pytorch's ``detect_face`` step for step so that the served detector gives the
-same boxes, scores and landmarks as the reference implementation (no torch, no OpenCV):
+follows facenet-pytorch's ``detect_face`` step for step (no torch, no OpenCV), so the served
+detector finds the same faces with the same boxes to within a pixel or two:
 
 1. image pyramid: scales ``12 / min_face_size * factor**k`` while the short side stays >= 12 px;
-   each level is resized with *area* interpolation (torch's ``interpolate(mode="area")``,
-   i.e. adaptive average pooling, reproduced exactly with a summed-area table);
+   each level is an area resize (Pillow's box filter), each from the level before it. facenet
+   resizes every level from the full image with torch's adaptive average pooling; the chained
+   box filter costs a fraction of that and moves boxes by a pixel or two;
 2. P-Net per level -> cells with face probability >= ``thresholds[0]`` -> boxes; NMS (IoU 0.5)
    per level, then NMS (IoU 0.7) across levels; box regression; square-up;
-3. crops (clipped to the image, as facenet does) resized to 24x24 -> R-Net, score
+3. crops (clipped to the image, as facenet does) resized to 24x24 exactly as facenet resizes
+   them (adaptive average pooling) -> R-Net, score
    > ``thresholds[1]``, NMS 0.7, regression, square-up;
 4. crops resized to 48x48 -> O-Net, score > ``thresholds[2]``, landmarks, regression, and a
    final NMS that divides the overlap by the *smaller* box ("Min" mode, IoM 0.7).
@@ -23,12 +25,14 @@ areas) follow facenet-pytorch exactly, because they decide borderline keeps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from service.card import load_card, verify_files
 from service.errors import InvalidImage, ModelLoadError
@@ -94,89 +98,62 @@ def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return int(height * scale + 1), int(width * scale + 1)
 
 
-def summed_area_table(image: np.ndarray) -> np.ndarray:
-    """``(H + 1, W + 1, C) int32`` integral image with a zero first row and column.
+def as_pil(image: np.ndarray) -> Image.Image:
+    """``(H, W, 3) uint8`` RGB array -> Pillow image (one copy; every resize then works on it)."""
+    return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
 
-    Every area resize of the image (pyramid levels and crops alike) is a few look-ups into this
-    one table. int32 is exact even where a running sum wraps past 2**31 on a huge image: the
-    look-ups only ever take differences whose true value (one window's sum) is small, and
-    two's-complement wrap-around cancels in the difference.
+
+def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """Area-resize the image to each pyramid level, largest first; yields ``(lh, lw, 3) float32``.
+
+    Pillow's box filter averages each output pixel's footprint with exact fractional
+    coverage, the area interpolation MTCNN's pyramid wants. Each level is resized from the one
+    before it rather than from the full image: every level then costs a fraction of the
+    largest, and the result differs from a direct resize by well under one grey level. Pillow
+    releases the GIL while resizing, so concurrent requests resize in parallel.
     """
-    h, w, c = image.shape
-    table = np.zeros((h + 1, w + 1, c), dtype=np.int32)
-    np.cumsum(image, axis=1, dtype=np.int32, out=table[1:, 1:])
-    np.cumsum(table[1:, 1:], axis=0, out=table[1:, 1:])
-    return table
+    source = image
+    for height, width in sizes:
+        if (width, height) != source.size:
+            source = source.resize((width, height), Image.Resampling.BOX)
+        yield np.asarray(source, dtype=np.float32)
 
 
-def area_windows(start: np.ndarray, length: np.ndarray, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Input windows of adaptive average pooling from ``length`` pixels down (or up) to ``out_size``.
+@lru_cache(maxsize=1024)
+def pooling_matrix(length: int, out_size: int) -> np.ndarray:
+    """``(out_size, length) float32`` matrix of adaptive average pooling from ``length`` pixels.
 
-    Output cell ``i`` averages input pixels ``[floor(i*L/n), ceil((i+1)*L/n))`` (torch's
-    ``adaptive_avg_pool`` rule, which ``interpolate(mode="area")`` uses), offset by ``start``.
-
-    Args:
-        start: ``(K,) int64`` first input pixel of each of K ranges.
-        length: ``(K,) int64`` number of input pixels of each range (>= 1).
-    Returns:
-        ``(lo, hi)``, each ``(K, out_size) int64``: half-open window bounds in input pixels.
+    Output cell ``i`` averages input pixels ``[floor(i*L/n), ceil((i+1)*L/n))``: torch's
+    ``adaptive_avg_pool`` rule, which facenet-pytorch's ``interpolate(mode="area")`` uses for
+    the R-Net and O-Net crops, upsampling and downsampling alike.
     """
     i = np.arange(out_size, dtype=np.int64)
-    length = np.asarray(length, dtype=np.int64)[:, None]
-    start = np.asarray(start, dtype=np.int64)[:, None]
     lo = (i * length) // out_size
     hi = -((-(i + 1) * length) // out_size)  # integer ceil, no float rounding at the edges
-    return start + lo, start + hi
+    pixel = np.arange(length, dtype=np.int64)
+    inside = (pixel[None, :] >= lo[:, None]) & (pixel[None, :] < hi[:, None])  # (n, L)
+    return (inside / (hi - lo)[:, None]).astype(np.float32)
 
 
-def resize_level(table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-resize the whole image to one pyramid level, like ``interpolate(mode="area")``.
+def crop_patches(image: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
+    """Area-resize every window of the image to ``size x size`` (up or down), exactly as
+    facenet-pytorch crops candidates for R-Net and O-Net.
 
-    Separable look-ups: whole rows of the table first (contiguous), then columns.
-
-    Args:
-        table: ``(H + 1, W + 1, 3) int32`` from :func:`summed_area_table`.
-    Returns:
-        ``(oh, ow, 3) float32`` mean pixels.
-    """
-    height, width = table.shape[0] - 1, table.shape[1] - 1
-    r0, r1 = (a[0] for a in area_windows(np.zeros(1), np.array([height]), size[0]))
-    c0, c1 = (a[0] for a in area_windows(np.zeros(1), np.array([width]), size[1]))
-    band = np.take(table, r1, axis=0) - np.take(table, r0, axis=0)  # (oh, W + 1, 3)
-    total = np.take(band, c1, axis=1) - np.take(band, c0, axis=1)  # (oh, ow, 3)
-    count = np.outer(r1 - r0, c1 - c0).astype(np.float32)[:, :, None]  # (oh, ow, 1)
-    return total.astype(np.float32) / count
-
-
-def crop_and_resize(table: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
-    """Area-resize every window of the image to ``size x size`` (up or down), in one go.
+    Each crop is two small matrix products over the window only, so the cost follows the
+    candidates' area, not the image's.
 
     Args:
-        table: ``(H + 1, W + 1, 3) int32`` summed-area table of the image.
+        image: ``(H, W, 3) uint8`` RGB.
         windows: ``(K, 4) int64`` non-empty half-open ``row0, row1, col0, col1``.
     Returns:
         ``(K, size, size, 3) float32`` mean pixels (not yet normalised).
     """
-    r0, r1 = area_windows(windows[:, 0], windows[:, 1] - windows[:, 0], size)  # (K, size) each
-    c0, c1 = area_windows(windows[:, 2], windows[:, 3] - windows[:, 2], size)
-    stride = table.shape[1]
-    flat = table.reshape(-1, table.shape[2])  # ((H + 1) * (W + 1), 3)
-    top, bottom = (r0 * stride)[:, :, None], (r1 * stride)[:, :, None]  # (K, size, 1)
-    left, right = c0[:, None, :], c1[:, None, :]  # (K, 1, size)
-    shape = (len(windows), size, size, flat.shape[1])
-
-    def corner(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        # One flat take is much faster than two-array fancy indexing.
-        return np.take(flat, (rows + cols).ravel(), axis=0).reshape(shape)
-
-    total = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
-    count = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).astype(np.float32)[..., None]  # (K, s, s, 1)
-    return total.astype(np.float32) / count
-
-
-def area_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize ``(H, W, 3)`` to ``(oh, ow, 3) float32`` like torch's ``interpolate(mode="area")``."""
-    return resize_level(summed_area_table(image), size)
+    out = np.empty((len(windows), size, size, 3), dtype=np.float32)
+    for k, (r0, r1, c0, c1) in enumerate(windows.tolist()):
+        window = image[r0:r1, c0:c1].astype(np.float32)  # (h, w, 3)
+        rows = pooling_matrix(r1 - r0, size) @ window.reshape(r1 - r0, -1)  # (size, w * 3)
+        out[k] = pooling_matrix(c1 - c0, size) @ rows.reshape(size, c1 - c0, 3)  # (size, size, 3)
+    return out
 
 
 def normalise_pixels(x: np.ndarray) -> np.ndarray:
@@ -389,14 +366,14 @@ class MTCNN:
         min_face = self.min_face_size if min_face_size is None else int(min_face_size)
         final_threshold = self.thresholds[2] if threshold is None else float(threshold)
         height, width = image.shape[:2]
-        table = summed_area_table(image)
+        picture = as_pil(image)
 
-        boxes = self._stage_pnet(table, height, width, min_face)  # (N, 4) float32 squares
+        boxes = self._stage_pnet(picture, height, width, min_face)  # (N, 4) float32 squares
         if len(boxes):
-            boxes = self._stage_rnet(table, boxes, height, width)
+            boxes = self._stage_rnet(image, boxes, height, width)
         if not len(boxes):
             return []
-        boxes, scores, points = self._stage_onet(table, boxes, height, width, final_threshold)
+        boxes, scores, points = self._stage_onet(image, boxes, height, width, final_threshold)
         return [
             FaceDetection(
                 box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
@@ -408,24 +385,28 @@ class MTCNN:
 
     # The three stages; each takes and returns float32 boxes in image pixels.
 
-    def _stage_pnet(self, table: np.ndarray, height: int, width: int, min_face: int) -> np.ndarray:
+    def _stage_pnet(self, picture: Image.Image, height: int, width: int, min_face: int) -> np.ndarray:
+        # One P-Net call per level. Packing the levels onto one canvas was measured slower:
+        # P-Net is compute-bound at every level, so the canvas's padding costs more than the
+        # calls it saves.
+        scales = pyramid_scales(height, width, min_face, self.factor)
+        sizes = [level_size(height, width, scale) for scale in scales]
         per_level: list[np.ndarray] = []
-        for scale in pyramid_scales(height, width, min_face, self.factor):
-            level = normalise_pixels(resize_level(table, level_size(height, width, scale)))[None]  # (1, 3, lh, lw)
+        for scale, pixels in zip(scales, pyramid_levels(picture, sizes), strict=True):
+            level = normalise_pixels(pixels)[None]  # (1, 3, lh, lw)
             reg, prob = self.pnet.run(None, {self._pnet_input: level})[:2]
             cand = generate_boxes(reg[0], prob[0, 1], scale, self.thresholds[0])  # (n, 9)
-            keep = nms(cand[:, :4], cand[:, 4], 0.5)
-            per_level.append(cand[keep])
+            per_level.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
         cand = np.concatenate(per_level, axis=0) if per_level else np.zeros((0, 9), np.float32)
         cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
         return square_boxes(regress_boxes(cand[:, :4], cand[:, 5:9], inclusive=False))
 
-    def _stage_rnet(self, table: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    def _stage_rnet(self, image: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
         windows, valid = crop_windows(boxes, height, width)
         boxes, windows = boxes[valid], windows[valid]
         if not len(boxes):
             return boxes
-        crops = normalise_pixels(crop_and_resize(table, windows, RNET_SIZE))  # (K, 3, 24, 24)
+        crops = normalise_pixels(crop_patches(image, windows, RNET_SIZE))  # (K, 3, 24, 24)
         reg, prob = self.rnet.run(None, {self._rnet_input: crops})[:2]
         score = prob[:, 1]
         passed = score > self.thresholds[1]
@@ -434,14 +415,14 @@ class MTCNN:
         return square_boxes(regress_boxes(boxes[keep], reg[keep], inclusive=True))
 
     def _stage_onet(
-        self, table: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float
+        self, image: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns ``(M, 4)`` boxes, ``(M,)`` scores and ``(M, 5, 2)`` landmarks, best first."""
         windows, valid = crop_windows(boxes, height, width)
         boxes, windows = boxes[valid], windows[valid]
         if not len(boxes):
             return boxes, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
-        crops = normalise_pixels(crop_and_resize(table, windows, ONET_SIZE))  # (K, 3, 48, 48)
+        crops = normalise_pixels(crop_patches(image, windows, ONET_SIZE))  # (K, 3, 48, 48)
         reg, marks, prob = self.onet.run(None, {self._onet_input: crops})[:3]
         score = prob[:, 1]
         passed = score > threshold
