@@ -153,15 +153,19 @@ def test_pooling_matrix_is_adaptive_average_pooling(length: int, size: int) -> N
 
 
 def test_pyramid_levels_are_area_averages() -> None:
-    image = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    # A smooth picture, as photos are at the scale of a pyramid step (pixel noise is not).
+    coarse = np.random.default_rng(3).integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((120, 90), Image.BILINEAR))
     sizes = [(54, 72), (39, 51), (27, 36)]
     levels = list(pyramid_levels(as_pil(image), sizes))
     assert [lv.shape for lv in levels] == [(54, 72, 3), (39, 51, 3), (27, 36, 3)]
     assert all(lv.dtype == np.float32 for lv in levels)
     for level in levels:  # an area resize keeps the mean, and stays close to exact pooling
         np.testing.assert_allclose(level.mean(axis=(0, 1)), image.mean(axis=(0, 1)), atol=2.0)
-    np.testing.assert_allclose(levels[0], _adaptive_avg_pool(image, (54, 72)), atol=40)
-    assert np.abs(levels[0] - _adaptive_avg_pool(image, (54, 72))).mean() < 12
+    for level, size in zip(levels, sizes, strict=True):
+        exact = _adaptive_avg_pool(image, size)
+        # measured 0.4 / 3.0 / 3.8 mean, 1.2 / 13 / 24 max: each chained step blurs a little more
+        assert np.abs(level - exact).mean() < 6 and np.abs(level - exact).max() < 40
 
 
 def test_crop_windows_clip_at_image_borders() -> None:
