@@ -57,6 +57,16 @@ class Settings(BaseSettings):
         DEFAULT_THRESHOLDS[2], gt=0.0, lt=1.0, description="Final (O-Net) face probability."
     )
 
+    # --- detection speed
+    detect_max_side: int = Field(
+        1280,
+        ge=0,
+        description="Longest side, px, of the picture the face detector searches; longer photos are reduced to it "
+        "first (JPEGs while decoding). 0: never reduce. A photo of long side L is searched down to faces of "
+        "max(min_face_size, min(min_face_size, 12) * L / detect_max_side) px: min_face_size itself up to "
+        "L = 2133 px at the defaults.",
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")

@@ -1,4 +1,4 @@
-"""The request pipeline: decoded images -> faces -> aligned crops -> one batched inference.
+"""The request pipeline: image bytes -> faces -> aligned crops -> one batched inference.
 
 Pure orchestration over the loaded models; no HTTP here. Each stage's wall time is measured
 and both returned (for the response) and observed (for Prometheus).
@@ -7,16 +7,17 @@ and both returned (for the response) and observed (for Prometheus).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from service import metrics
+from service.errors import PFViTError
 from service.models import EmotionModel
 from service.vision.faces import AlignedFace, find_faces
-from service.vision.imaging import resize_rgb
+from service.vision.imaging import Picture, decode_picture, resize_rgb
 from service.vision.mtcnn import MTCNN
 
 
@@ -66,17 +67,29 @@ class StageTimer:
 
 
 class FacePipeline:
-    def __init__(self, detector: MTCNN, model: EmotionModel) -> None:
+    """Detection, alignment and the emotion graphs for whole requests.
+
+    Args:
+        detector, model: the loaded models.
+        max_image_pixels: the per-image pixel limit checked before decoding uploaded bytes.
+        detect_max_side: the longest side fed to the detector (None: no bound); longer photos
+            are reduced first, JPEGs while decoding (``service.vision.imaging.decode_picture``).
+    """
+
+    def __init__(self, detector: MTCNN, model: EmotionModel, *, max_image_pixels: int = 40_000_000, detect_max_side: int | None = None) -> None:
         self.detector = detector
         self.model = model
+        self.max_image_pixels = max_image_pixels
+        self.detect_max_side = detect_max_side or None
 
-    def find_faces(self, image: np.ndarray, options: DetectOptions, timer: StageTimer) -> list[Face]:
+    def find_faces(self, image: np.ndarray | Picture, options: DetectOptions, timer: StageTimer) -> list[Face]:
         """Detect (or take the aligned upload as) faces and align each to the model's input size."""
-        h, w = image.shape[:2]
         size_h, size_w = self.model.input_hw
         if options.aligned:
+            pixels = image.full() if isinstance(image, Picture) else image
+            h, w = pixels.shape[:2]
             with timer.stage("align"):
-                crop = resize_rgb(image, (size_w, size_h))
+                crop = resize_rgb(pixels, (size_w, size_h))
             return [Face(box=(0.0, 0.0, float(w), float(h)), score=None, landmarks=None, aligned=crop)]
         return find_faces(
             self.detector,
@@ -88,21 +101,44 @@ class FacePipeline:
             stage=timer.stage,
         )
 
+    def picture(self, image: bytes | np.ndarray, options: DetectOptions) -> Picture:
+        """Decode uploaded bytes (or wrap decoded pixels) at the size detection needs."""
+        max_side = None if options.aligned else self.detect_max_side
+        if isinstance(image, np.ndarray):
+            return Picture.from_array(image, max_side=max_side)
+        return decode_picture(image, max_pixels=self.max_image_pixels, max_side=max_side)
+
     def run(
         self,
-        images: list[np.ndarray],
+        images: Sequence[bytes | np.ndarray],
         options: DetectOptions,
         timer: StageTimer,
         *,
         recognise: bool,
         poker_face: bool,
+        names: Sequence[str | None] | None = None,
     ) -> list[ImageResult]:
-        """Analyse every image; all faces of the request go through each graph in one batch."""
+        """Analyse every image; all faces of the request go through each graph in one batch.
+
+        Images are decoded, searched and released one at a time, so a request holds one photo's
+        pixels at once (plus the small aligned crops). A decoding error names the image by its
+        index and ``names`` entry.
+        """
         results: list[ImageResult] = []
-        for image in images:
-            faces = self.find_faces(image, options, timer)
+        for index, image in enumerate(images):
+            with timer.stage("decode"):
+                try:
+                    picture = self.picture(image, options)
+                except PFViTError as exc:
+                    # Name the culprit: with several uploads the client must know which one.
+                    name = names[index] if names is not None else None
+                    exc.detail = f"image {index} ({name or 'unnamed'}): {exc.detail}"
+                    exc.extra.setdefault("image_index", index)
+                    raise
+            faces = self.find_faces(picture, options, timer)
             metrics.FACES_PER_IMAGE.observe(len(faces))
-            results.append(ImageResult(width=int(image.shape[1]), height=int(image.shape[0]), faces=faces))
+            results.append(ImageResult(width=picture.width, height=picture.height, faces=faces))
+            del picture  # release the pixels before the next photo is decoded
         all_faces = [f.aligned for r in results for f in r.faces]
         if not all_faces:
             return results
@@ -119,4 +155,3 @@ class FacePipeline:
             for r, a, b in zip(results, offsets[:-1], offsets[1:]):
                 r.poker_faces = pokers[a:b]
         return results
-

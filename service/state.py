@@ -77,7 +77,7 @@ class ServiceState:
             self.load_error = exc.detail
             log.error("model loading failed: %s", exc.detail)
             raise
-        self.pipeline = FacePipeline(detector, model)
+        self.pipeline = FacePipeline(detector, model, max_image_pixels=s.max_image_pixels, detect_max_side=s.detect_max_side)
         for card, provider in ((model.card, model.provider), (self.detector_card, _detector_provider(detector))):
             if card is not None:
                 metrics.MODEL_INFO.labels(model=card.name, version=card.version, kind=card.kind, provider=provider).set(1)

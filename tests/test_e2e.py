@@ -31,7 +31,7 @@ def test_recognize_over_http(server, astronaut_bytes):
     resp = httpx.post(server + "/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}, timeout=30)
     assert resp.status_code == 200
     face = resp.json()["images"][0]["faces"][0]
-    assert np.abs(np.array([face["box"][k] for k in ("x1", "y1", "x2", "y2")]) - REF_BOX).max() < 2.0
+    assert np.abs(np.array([face["box"][k] for k in ("x1", "y1", "x2", "y2")]) - REF_BOX).max() < 2.5
 
 
 def test_concurrent_clients_all_answered(server, astronaut_bytes):

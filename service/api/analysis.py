@@ -12,10 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from service import metrics
 from service.api.schemas import Box, ModelRef
 from service.config import Settings
-from service.errors import EmptyUpload, InvalidRequest, PFViTError
+from service.errors import EmptyUpload, InvalidRequest
 from service.pipeline import DetectOptions, Face, ImageResult, StageTimer
 from service.state import ServiceState
-from service.vision.imaging import decode_image, encode_png
+from service.vision.imaging import encode_png
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,9 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Uplo
 def _analyse_sync(state: ServiceState, uploads: list[Upload], options: DetectOptions, *, recognise: bool, poker_face: bool) -> Analysis:
     pipeline = state.require_pipeline()
     timer = StageTimer()
-    images = []
-    with timer.stage("decode"):
-        for index, upload in enumerate(uploads):
-            try:
-                images.append(decode_image(upload.data, max_pixels=state.settings.max_image_pixels))
-            except PFViTError as exc:
-                # Name the culprit: with several uploads the client must know which one.
-                exc.detail = f"image {index} ({upload.filename or 'unnamed'}): {exc.detail}"
-                exc.extra.setdefault("image_index", index)
-                raise
-    results = pipeline.run(images, options, timer, recognise=recognise, poker_face=poker_face)
+    results = pipeline.run(
+        [u.data for u in uploads], options, timer, recognise=recognise, poker_face=poker_face, names=[u.filename for u in uploads]
+    )
     pngs = None
     if poker_face:
         with timer.stage("encode"):

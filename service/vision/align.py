@@ -87,12 +87,12 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], bo
     y0 = np.floor(src_y).astype(np.int64)
     fx = (src_x - x0)[..., None] if img.ndim == 3 else src_x - x0
     fy = (src_y - y0)[..., None] if img.ndim == 3 else src_y - y0
-    src = img.astype(np.float32)
     border = np.float32(border_value)
 
     def tap(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        vals = src[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+        # Gather first, convert after: only the sampled pixels, never the whole image.
+        vals = img[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)].astype(np.float32)
         mask = inside[..., None] if img.ndim == 3 else inside
         return np.where(mask, vals, border)
 

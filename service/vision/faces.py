@@ -7,6 +7,7 @@ Pure orchestration over a detector; no HTTP, no metrics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from service.vision.align import align_face
+from service.vision.align import align_face, estimate_similarity, template_landmarks, warp_affine
+from service.vision.imaging import Picture
+from service.vision.mtcnn import PNET_CELL
 
 
 class Detector(Protocol):
@@ -40,7 +43,7 @@ def _no_stage(_name: str) -> AbstractContextManager[None]:
     return nullcontext()
 
 
-def keep_detections(detections: Sequence, min_face_size: int, max_faces: int) -> list:
+def keep_detections(detections: Sequence, min_face_size: float, max_faces: int) -> list:
     """The detections a caller gets: at least ``min_face_size`` px on their longer side, the
     ``max_faces`` best by score.
 
@@ -52,9 +55,22 @@ def keep_detections(detections: Sequence, min_face_size: int, max_faces: int) ->
     return kept[:max_faces]
 
 
+def search_min_face(min_face_size: int, scale: float) -> float:
+    """The face side, in a reduced picture's pixels, that the detector searches down to.
+
+    ``min_face_size`` is in full-resolution pixels. On a picture reduced by ``scale`` it maps
+    to ``min_face_size * scale``, but never below ``min(min_face_size, 12)``: P-Net's cell is
+    12 px, and looking for smaller faces means upsampling the picture, so a photo reduced to
+    the detector's bound is never searched at more than its bound times 12 / min_face_size.
+    In full-resolution pixels the smallest face found is therefore
+    ``max(min_face_size, min(min_face_size, 12) / scale)``.
+    """
+    return max(min_face_size * scale, float(min(min_face_size, PNET_CELL)))
+
+
 def find_faces(
     detector: Detector,
-    image: np.ndarray,
+    image: np.ndarray | Picture,
     *,
     size: int,
     min_face_size: int,
@@ -62,26 +78,48 @@ def find_faces(
     max_faces: int,
     stage: Callable[[str], AbstractContextManager[None]] = _no_stage,
 ) -> list[AlignedFace]:
-    """Detect the faces of one ``(H, W, 3) uint8`` RGB image and align each to ``size`` px.
+    """Detect the faces of one photo and align each to ``size`` px.
 
     Args:
         detector: the face detector.
+        image: ``(H, W, 3) uint8`` RGB pixels, or a :class:`Picture` whose ``pixels`` may be
+            a reduced copy (the detector then searches those, see :func:`search_min_face`).
         size: side of the square aligned crop (the model's input size).
-        min_face_size: smallest face side searched for and kept, pixels.
+        min_face_size: smallest face side searched for and kept, full-resolution pixels.
         threshold: final detection score threshold (None: the detector's own).
         max_faces: keep at most this many faces, highest scores first.
-        stage: ``stage(name)`` context manager timing the "detect" and "align" steps.
+        stage: ``stage(name)`` context manager timing the "detect" and "align" steps (and
+            "decode", when a crop needs the full-resolution pixels of a reduced picture).
 
     Returns:
-        Faces by descending score (possibly none).
+        Faces by descending score (possibly none), boxes and landmarks in full-resolution pixels.
     """
+    picture = image if isinstance(image, Picture) else Picture.from_array(image)
+    scale = min(picture.scale)
+    search = search_min_face(min_face_size, scale)
     with stage("detect"):
-        detections = detector.detect(image, min_face_size=min_face_size, threshold=threshold)
-    detections = keep_detections(detections, min_face_size, max_faces)
+        detections = detector.detect(picture.pixels, min_face_size=math.ceil(search), threshold=threshold)
+    detections = keep_detections(detections, search, max_faces)
     faces: list[AlignedFace] = []
     with stage("align"):
         for det in detections:
             landmarks = np.asarray(det.landmarks, dtype=np.float64).reshape(5, 2)
-            crop, _ = align_face(image, landmarks, size)
-            faces.append(AlignedFace(box=tuple(float(v) for v in det.box), score=float(det.score), landmarks=landmarks, aligned=crop))
+            corners = picture.to_full(np.asarray(det.box, dtype=np.float64).reshape(2, 2))
+            full_landmarks = picture.to_full(landmarks)
+            crop = _align(picture, landmarks, full_landmarks, size, stage)
+            faces.append(AlignedFace(box=tuple(float(v) for v in corners.ravel()), score=float(det.score), landmarks=full_landmarks, aligned=crop))
     return faces
+
+
+def _align(picture: Picture, landmarks: np.ndarray, full_landmarks: np.ndarray, size: int, stage: Callable[[str], AbstractContextManager[None]]) -> np.ndarray:
+    """Align from the detection pixels, or from full resolution where that changes the crop:
+    when the crop would enlarge the face in the reduced picture, the full-resolution photo
+    has detail that the reduced one lost. Otherwise the reduced picture is the better source
+    (an area-averaged reduction, where a bilinear warp from full resolution would alias)."""
+    matrix = estimate_similarity(landmarks, template_landmarks(size))
+    enlarges = float(np.hypot(matrix[0, 0], matrix[1, 0])) > 1.0
+    if picture.reduced and enlarges:
+        with stage("decode"):
+            full = picture.full()
+        return align_face(full, full_landmarks, size)[0]
+    return warp_affine(picture.pixels, matrix, (size, size))

@@ -6,7 +6,10 @@ Arrays are ``(H, W, 3) uint8`` in RGB order throughout.
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -15,13 +18,15 @@ from service.errors import EmptyUpload, ImageTooLarge, InvalidImage, Unsupported
 
 # Formats accepted from clients. MPO is what many cameras write for JPEG files.
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
+# Formats Pillow can decode at a reduced scale (JPEG's DCT scaling).
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 
 # A truncated file must be an error, never a half-grey image scored as a face.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Decode uploaded bytes into an upright ``(H, W, 3) uint8`` RGB array.
+    """Decode uploaded bytes into an upright ``(H, W, 3) uint8`` RGB array at full resolution.
 
     The declared size is checked against ``max_pixels`` before any pixel is decoded, so a
     small file that declares a huge canvas (a decompression bomb) costs nothing. EXIF
@@ -33,6 +38,111 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         ImageTooLarge: more than ``max_pixels`` pixels.
         InvalidImage: anything that does not decode cleanly (garbage, truncated, corrupt).
     """
+    with _open_checked(data, max_pixels) as img:
+        return _load_upright_rgb(img, max_pixels)
+
+
+@dataclass
+class Picture:
+    """One photo, ready for face detection.
+
+    ``pixels`` is what the detector reads: the upright photo, reduced so that its long side is
+    at most the bound it was decoded with (a JPEG is reduced while decoding, in the DCT
+    domain). ``width`` x ``height`` is the full-resolution upright size; :meth:`full` returns
+    those pixels, decoding them only when first asked (when a face's crop needs them).
+    """
+
+    pixels: np.ndarray  # (h, w, 3) uint8 RGB
+    width: int
+    height: int
+    _load_full: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_array(cls, image: np.ndarray, *, max_side: int | None = None) -> "Picture":
+        """Wrap decoded ``(H, W, 3) uint8`` RGB pixels, reduced to ``max_side`` if longer."""
+        height, width = image.shape[:2]
+        pixels = reduce_to_side(image, max_side)
+        return cls(pixels=pixels, width=width, height=height, _load_full=None if pixels is image else (lambda: image))
+
+    @property
+    def reduced(self) -> bool:
+        return self.pixels.shape[0] != self.height or self.pixels.shape[1] != self.width
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """``(sx, sy)``: detection pixels per full-resolution pixel (1.0 when not reduced)."""
+        return self.pixels.shape[1] / self.width, self.pixels.shape[0] / self.height
+
+    def to_full(self, points: np.ndarray) -> np.ndarray:
+        """Map ``(..., 2)`` ``(x, y)`` points from ``pixels`` to full-resolution coordinates
+        (pixel centres on integers in both)."""
+        sx, sy = self.scale
+        points = np.asarray(points, dtype=np.float64)
+        return (points + 0.5) / np.array([sx, sy]) - 0.5
+
+    def full(self) -> np.ndarray:
+        """The full-resolution ``(H, W, 3) uint8`` RGB pixels (decoded once, on first use)."""
+        if not self.reduced:
+            return self.pixels
+        if self._load_full is None:
+            raise RuntimeError("this picture keeps no way back to its full resolution")
+        image = self._load_full()
+        self._load_full = lambda: image
+        return image
+
+
+def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Picture:
+    """Decode uploaded bytes for detection: like :func:`decode_image`, but with the long side
+    reduced to ``max_side`` (None: never reduced).
+
+    A JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that still holds
+    ``max_side`` pixels, which skips most of the decoding work on a big photo; the rest of the
+    way is a box-filter resize. The full-resolution pixels are decoded again only if
+    :meth:`Picture.full` is called.
+
+    Raises:
+        The errors of :func:`decode_image`.
+    """
+    with _open_checked(data, max_pixels) as img:
+        width, height = img.size
+        if max_side and max(width, height) > max_side and img.format in _DRAFT_FORMATS:
+            ratio = max_side / max(width, height)
+            img.draft(img.mode, (math.ceil(width * ratio), math.ceil(height * ratio)))
+        drafted = img.size != (width, height)
+        # EXIF orientations 5 to 8 turn the photo by 90 degrees: its upright sides swap.
+        upright = (height, width) if _exif_orientation(img) in (5, 6, 7, 8) else (width, height)
+        rgb = _load_upright_rgb(img, max_pixels)
+    if drafted:
+        return Picture(
+            pixels=reduce_to_side(rgb, max_side),
+            width=upright[0],
+            height=upright[1],
+            _load_full=lambda: decode_image(data, max_pixels=max_pixels),
+        )
+    return Picture.from_array(rgb, max_side=max_side)
+
+
+def reduce_to_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` with its long side reduced to ``max_side`` by a box filter (area average);
+    the same array when it is already short enough or ``max_side`` is None."""
+    height, width = image.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return image
+    ratio = max_side / max(height, width)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
+    return np.asarray(pil.resize(size, Image.Resampling.BOX), dtype=np.uint8)
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))  # 0x0112: Orientation
+    except (OSError, ValueError, TypeError, SyntaxError):
+        return 1  # unreadable EXIF: exif_transpose leaves the photo as stored too
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open the bytes lazily (header only) and check format and declared size."""
     if not data:
         raise EmptyUpload("the uploaded file is empty")
     try:
@@ -46,8 +156,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         raise InvalidImage("the uploaded bytes are not a recognisable image") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"image header could not be read: {exc}") from exc
-
-    with img:
+    try:
         fmt = (img.format or "").upper()
         if fmt not in ACCEPTED_FORMATS:
             raise UnsupportedMediaType(
@@ -63,17 +172,23 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
                 width=width,
                 height=height,
             )
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img.load()
-                upright = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(upright)
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLarge(f"image declares too many pixels (limit {max_pixels})") from exc
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise InvalidImage(f"image data is truncated or corrupt: {exc}") from exc
-    return rgb
+    except Exception:
+        img.close()
+        raise
+    return img
+
+
+def _load_upright_rgb(img: Image.Image, max_pixels: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return _to_rgb(upright)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image declares too many pixels (limit {max_pixels})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"image data is truncated or corrupt: {exc}") from exc
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
