@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
             metrics.READY.set(0)
+            state.close()
 
     app = FastAPI(
         title="PF-ViT serving",

@@ -67,6 +67,15 @@ class Settings(BaseSettings):
         "L = 2133 px at the defaults.",
     )
 
+    batch_max_wait_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=1000.0,
+        description="Micro-batching of the emotion graphs across requests: how long a request's faces may wait "
+        "for other requests' faces to share their ONNX Runtime call (at most max_inference_batch faces). A "
+        "request never waits when no other request is in flight.",
+    )
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")

@@ -66,6 +66,21 @@ INFERENCE_BATCH = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
     registry=REGISTRY,
 )
+# --- micro-batching across requests (service/batching.py)
+BATCH_WAIT = Histogram(
+    "pfvit_batch_queue_wait_seconds",
+    "Time a request's faces waited for their batch to start, by graph.",
+    ["graph"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+BATCH_REQUESTS = Histogram(
+    "pfvit_batch_requests",
+    "Requests whose faces shared one batch, by graph.",
+    ["graph"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+    registry=REGISTRY,
+)
 ERRORS = Counter(
     "pfvit_errors",
     "Problem documents returned, by problem type slug.",
@@ -89,3 +104,5 @@ for _stage in STAGES:
     STAGE_LATENCY.labels(stage=_stage)
 for _graph in GRAPHS:
     INFERENCE_BATCH.labels(graph=_graph)
+    BATCH_WAIT.labels(graph=_graph)
+    BATCH_REQUESTS.labels(graph=_graph)

@@ -8,18 +8,25 @@ has been warmed up does the service report ready.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from service import metrics
+from service.batching import MicroBatcher
 from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_card, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
 from service.runtime import create_session, primary_provider
 from service.vision.align import normalise, to_uint8_images
 
 log = logging.getLogger(__name__)
+
+# The output each graph is run for.
+GRAPH_OUTPUTS = {RECOGNITION_GRAPH: "logits", POKER_FACE_GRAPH: "poker_face"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,9 @@ class EmotionModel:
     Faces come in aligned, as ``(B, H, W, 3) uint8`` RGB at the card's input size.
     """
 
-    def __init__(self, card: ModelCard, sessions: dict, max_batch: int = 64) -> None:
+    def __init__(self, card: ModelCard, sessions: dict, max_batch: int = 64, batch_wait_s: float | None = None) -> None:
+        """``batch_wait_s``: None runs each call on its own; a number batches concurrent calls
+        of each graph (``service.batching.MicroBatcher``), waiting at most that long."""
         self.card = card
         self.sessions = sessions
         self.max_batch = max_batch
@@ -51,9 +60,23 @@ class EmotionModel:
         self._std = tuple(card.input.std)
         self._bgr = card.input.colour_order == "BGR"
         self._check_contract()
+        self.batchers: dict[str, MicroBatcher] = {}
+        if batch_wait_s is not None:
+            self.batchers = {
+                name: MicroBatcher(partial(self._run_graph, name), name=name, max_faces=max_batch, max_wait_s=batch_wait_s)
+                for name in self.sessions
+            }
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, *, providers: list[str], intra_op_threads: int = 0, max_batch: int = 64) -> "EmotionModel":
+    def from_dir(
+        cls,
+        model_dir: str | Path,
+        *,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        max_batch: int = 64,
+        batch_wait_s: float | None = None,
+    ) -> "EmotionModel":
         card = load_card(model_dir)
         if card.kind != "emotion":
             raise ModelLoadError(f"{model_dir} holds a {card.kind!r} model, not an emotion model")
@@ -62,7 +85,7 @@ class EmotionModel:
             name: create_session(path, providers=providers, intra_op_threads=intra_op_threads)
             for name, path in paths.items()
         }
-        return cls(card, sessions, max_batch=max_batch)
+        return cls(card, sessions, max_batch=max_batch, batch_wait_s=batch_wait_s)
 
     # --- contract ----------------------------------------------------------------------------
 
@@ -120,22 +143,41 @@ class EmotionModel:
             faces = faces[..., ::-1]
         return normalise(faces, self._mean, self._std)  # (B, 3, H, W) float32
 
-    def _run_batched(self, graph: str, x: np.ndarray, output: str) -> np.ndarray:
+    def _run_graph(self, graph: str, x: np.ndarray) -> np.ndarray:
+        """One ONNX Runtime call of ``graph`` on ``(N, 3, H, W)`` rows; its output rows."""
         session = self.sessions[graph]
-        feed_name = session.get_inputs()[0].name
-        parts = []
-        for start in range(0, x.shape[0], self.max_batch):
-            chunk = x[start : start + self.max_batch]
-            metrics.INFERENCE_BATCH.labels(graph=graph).observe(chunk.shape[0])
-            parts.append(session.run([output], {feed_name: chunk})[0])
+        output = GRAPH_OUTPUTS[graph]
+        metrics.INFERENCE_BATCH.labels(graph=graph).observe(x.shape[0])
+        return session.run([output], {session.get_inputs()[0].name: x})[0]
+
+    def _run_batched(self, graph: str, x: np.ndarray) -> np.ndarray:
+        batcher = self.batchers.get(graph)
+        if batcher is not None:
+            return batcher(x)  # shares a call with concurrent requests, in chunks of max_batch
+        parts = [self._run_graph(graph, x[start : start + self.max_batch]) for start in range(0, x.shape[0], self.max_batch)]
         return np.concatenate(parts, axis=0)
+
+    @contextmanager
+    def request(self, *, recognise: bool, poker_face: bool) -> Iterator[None]:
+        """Announce one request to the batchers of the graphs it will call, for its lifetime,
+        so that they wait for it (and only for it) when batching."""
+        wanted = [RECOGNITION_GRAPH] * recognise + [POKER_FACE_GRAPH] * poker_face
+        with ExitStack() as stack:
+            for name in wanted:
+                if name in self.batchers:
+                    stack.enter_context(self.batchers[name].expect())
+            yield
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()
 
     def recognise(self, faces: np.ndarray) -> RecognitionOutput:
         """``(B, H, W, 3) uint8`` aligned RGB faces -> logits and probabilities in label order."""
         if len(faces) == 0:
             k = len(self.card.labels)
             return RecognitionOutput(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32))
-        logits = self._run_batched(RECOGNITION_GRAPH, self._prepare(faces), "logits").astype(np.float32)
+        logits = self._run_batched(RECOGNITION_GRAPH, self._prepare(faces)).astype(np.float32)
         if logits.ndim != 2 or logits.shape[1] != len(self.card.labels):
             raise ModelLoadError(f"recognition graph returned logits of shape {logits.shape}")
         return RecognitionOutput(logits=logits, probabilities=softmax(logits))
@@ -146,7 +188,7 @@ class EmotionModel:
             raise CapabilityMissing(f"model {self.card.name!r} ships no poker-face graph")
         if len(faces) == 0:
             return np.zeros((0, *self.input_hw, 3), np.uint8)
-        out = self._run_batched(POKER_FACE_GRAPH, self._prepare(faces), "poker_face")  # (B, 3, H, W) in [0, 1]
+        out = self._run_batched(POKER_FACE_GRAPH, self._prepare(faces))  # (B, 3, H, W) in [0, 1]
         images = to_uint8_images(out)
         return images[..., ::-1] if self._bgr else images
 

@@ -124,6 +124,19 @@ class FacePipeline:
         pixels at once (plus the small aligned crops). A decoding error names the image by its
         index and ``names`` entry.
         """
+        with self.model.request(recognise=recognise, poker_face=poker_face):
+            return self._run(images, options, timer, recognise=recognise, poker_face=poker_face, names=names)
+
+    def _run(
+        self,
+        images: Sequence[bytes | np.ndarray],
+        options: DetectOptions,
+        timer: StageTimer,
+        *,
+        recognise: bool,
+        poker_face: bool,
+        names: Sequence[str | None] | None,
+    ) -> list[ImageResult]:
         results: list[ImageResult] = []
         for index, image in enumerate(images):
             with timer.stage("decode"):

@@ -67,7 +67,11 @@ class ServiceState:
         try:
             detector = MTCNN.from_dir(s.detector_model_dir, providers=self.providers, intra_op_threads=s.intra_op_threads)
             model = EmotionModel.from_dir(
-                s.emotion_model_dir, providers=self.providers, intra_op_threads=s.intra_op_threads, max_batch=s.max_inference_batch
+                s.emotion_model_dir,
+                providers=self.providers,
+                intra_op_threads=s.intra_op_threads,
+                max_batch=s.max_inference_batch,
+                batch_wait_s=s.batch_max_wait_ms / 1000.0,
             )
             # Warm-up: the detector on a small grey frame, every emotion graph on one face.
             for _ in range(max(1, s.warmup_runs)):
@@ -96,6 +100,11 @@ class ServiceState:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    def close(self) -> None:
+        """Stop the batching threads (at shutdown, after the last request)."""
+        if self.pipeline is not None:
+            self.pipeline.model.close()
 
     def require_pipeline(self) -> FacePipeline:
         if not self.ready or self.pipeline is None:
