@@ -106,20 +106,38 @@ def find_faces(
             landmarks = np.asarray(det.landmarks, dtype=np.float64).reshape(5, 2)
             corners = picture.to_full(np.asarray(det.box, dtype=np.float64).reshape(2, 2))
             full_landmarks = picture.to_full(landmarks)
-            crop = _align(picture, landmarks, full_landmarks, size, stage)
-            faces.append(AlignedFace(box=tuple(float(v) for v in corners.ravel()), score=float(det.score), landmarks=full_landmarks, aligned=crop))
+            crop, box, full_landmarks = _align(detector, picture, landmarks, full_landmarks, corners.ravel(), size, stage)
+            faces.append(AlignedFace(box=tuple(float(v) for v in box), score=float(det.score), landmarks=full_landmarks, aligned=crop))
     return faces
 
 
-def _align(picture: Picture, landmarks: np.ndarray, full_landmarks: np.ndarray, size: int, stage: Callable[[str], AbstractContextManager[None]]) -> np.ndarray:
-    """Align from the detection pixels, or from full resolution where that changes the crop:
-    when the crop would enlarge the face in the reduced picture, the full-resolution photo
-    has detail that the reduced one lost. Otherwise the reduced picture is the better source
-    (an area-averaged reduction, where a bilinear warp from full resolution would alias)."""
+def _align(
+    detector: Detector,
+    picture: Picture,
+    landmarks: np.ndarray,
+    full_landmarks: np.ndarray,
+    full_box: np.ndarray,
+    size: int,
+    stage: Callable[[str], AbstractContextManager[None]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The aligned crop, and the box and landmarks it was cut at (full-resolution pixels).
+
+    Cut from the detection pixels, or from full resolution where that changes the crop: when
+    the crop would enlarge the face of the reduced picture, the full-resolution photo has
+    detail that the reduced one lost, and box and landmarks are refined there too (O-Net again,
+    on the full-resolution face) so they are as precise as a search of the full photo. Otherwise
+    the reduced picture is the better source: an area-averaged reduction, where a bilinear
+    warp from full resolution would alias.
+    """
     matrix = estimate_similarity(landmarks, template_landmarks(size))
     enlarges = float(np.hypot(matrix[0, 0], matrix[1, 0])) > 1.0
     if picture.reduced and enlarges:
         with stage("decode"):
             full = picture.full()
-        return align_face(full, full_landmarks, size)[0]
-    return warp_affine(picture.pixels, matrix, (size, size))
+        refine = getattr(detector, "refine", None)
+        refined = refine(full, full_box) if refine is not None else None
+        if refined is not None:
+            full_box = np.asarray(refined.box, dtype=np.float64)
+            full_landmarks = np.asarray(refined.landmarks, dtype=np.float64).reshape(5, 2)
+        return align_face(full, full_landmarks, size)[0], full_box, full_landmarks
+    return warp_affine(picture.pixels, matrix, (size, size)), full_box, full_landmarks

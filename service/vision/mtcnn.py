@@ -383,6 +383,21 @@ class MTCNN:
             for b, s, p in zip(boxes, scores, points, strict=True)
         ]
 
+    def refine(self, image: np.ndarray, box: Sequence[float]) -> FaceDetection | None:
+        """Run O-Net alone on one box of ``image``: the final stage of the cascade at this
+        image's resolution, for a face found on a reduced copy of it.
+
+        Returns:
+            The refined detection, or None when O-Net does not keep it at its own threshold.
+        """
+        height, width = image.shape[:2]
+        square = square_boxes(np.asarray([box], dtype=np.float32))
+        boxes, scores, points = self._stage_onet(image, square, height, width, self.thresholds[2])
+        if not len(boxes):
+            return None
+        b = boxes[0]
+        return FaceDetection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(scores[0]), landmarks=points[0].astype(np.float64))
+
     # The three stages; each takes and returns float32 boxes in image pixels.
 
     def _stage_pnet(self, picture: Image.Image, height: int, width: int, min_face: int) -> np.ndarray:
