@@ -1,0 +1,263 @@
+"""Speed on a mixed set of photos: detection alone against facenet-pytorch, and whole requests
+over HTTP, in one run.
+
+    python tools/bench_photos.py                  # what docs/benchmarks.md reports (make bench)
+    python tools/bench_photos.py --quick          # fewer runs and requests, for a smoke test
+    python tools/bench_photos.py --sweep          # HTTP only, over thread and concurrency settings
+
+The set is built from what the repository holds: the public-domain astronaut photo at 512 px
+(the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
+scenes of rendered faces (1920x1080 with 8 faces, 1280x720 with 12), and a photo with no face
+(the lower part of the astronaut photo, 1600 px wide).
+
+1. Detection alone, per image: the service's detection path (``service.vision.faces.find_faces``
+   on the picture bounded by the service's default ``detect_max_side``) against
+   ``facenet_pytorch.MTCNN(keep_all=True)`` on the same decoded array, the same thread count
+   for both (torch and ONNX Runtime), runs interleaved. Also: whether we find the faces
+   facenet-pytorch finds (a face counts as found when a box of ours overlaps it with IoU >= 0.5).
+2. Whole requests: ``python -m service`` with its default settings on 127.0.0.1, each client
+   sending the set's images one per request, in turn, from 1 and then 4 client threads;
+   images/s, p50/p95 latency per image, and the server's peak RSS. The headline ratio is our
+   4-client images/s over facenet-pytorch's detection-only images/s on the same set.
+
+Every loop is bounded in count and time. The clients run on the same cores as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from service.config import Settings  # noqa: E402
+from service.vision.faces import find_faces  # noqa: E402
+from service.vision.imaging import Picture, decode_image  # noqa: E402
+from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, MTCNN  # noqa: E402
+from tools.bench_service import percentile, rss_mib  # noqa: E402
+from tools.loopback import start_server, stop_server, wait_until_ready  # noqa: E402
+
+ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    data: bytes  # the file as uploaded
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB, decoded
+
+
+def _jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _scene(canvas: tuple[int, int], grid: tuple[int, int], face_px: float, seed: int) -> np.ndarray:
+    """Rendered faces on a ``grid`` of tiles filling a ``canvas`` (width, height)."""
+    from training.render import Scene, identity_from_id, prototype_aus, render_scene
+
+    emotions = ["happiness", "surprise", "anger", "sadness", "fear", "disgust", "neutral"]
+    cols, rows = grid
+    tile_w, tile_h = canvas[0] // cols, canvas[1] // rows
+    out = np.zeros((canvas[1], canvas[0], 3), np.uint8)
+    rng = np.random.default_rng(seed)
+    for k in range(cols * rows):
+        r, c = divmod(k, cols)
+        aus = prototype_aus(emotions[k % len(emotions)], 0.8) if emotions[k % len(emotions)] != "neutral" else np.zeros_like(prototype_aus("happiness", 0.8))
+        scene = Scene(seed=int(rng.integers(1 << 30)))
+        px = face_px * float(rng.uniform(0.8, 1.2))
+        tile = render_scene(identity_from_id(seed * 100 + k), aus, scene, canvas=(tile_w, tile_h), face_px=px).image
+        out[r * tile_h : (r + 1) * tile_h, c * tile_w : (c + 1) * tile_w] = tile
+    return out
+
+
+def build_set() -> list[Photo]:
+    astronaut = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    photos = [Photo("astronaut 512 px (PNG)", ASTRONAUT.read_bytes(), astronaut)]
+    for side in (1280, 2560):
+        big = np.asarray(Image.fromarray(astronaut).resize((side, side), Image.Resampling.BICUBIC))
+        data = _jpeg(big)
+        photos.append(Photo(f"astronaut {side} px (JPEG)", data, decode_image(data, max_pixels=10**9)))
+    for name, canvas, grid, face_px, seed in (
+        ("8 rendered faces 1920x1080 (JPEG)", (1920, 1080), (4, 2), 190.0, 1),
+        ("12 rendered faces 1280x720 (JPEG)", (1280, 720), (4, 3), 110.0, 2),
+    ):
+        data = _jpeg(_scene(canvas, grid, face_px, seed))
+        photos.append(Photo(name, data, decode_image(data, max_pixels=10**9)))
+    lower = np.asarray(Image.fromarray(astronaut[230:, :]).resize((1600, 884), Image.Resampling.BICUBIC))
+    data = _jpeg(lower)
+    photos.append(Photo("no face 1600x884 (JPEG)", data, decode_image(data, max_pixels=10**9)))
+    return photos
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _median_ms(fn: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int) -> list[float]:
+    """Prints the per-image table; returns facenet-pytorch's median ms per image."""
+    import torch
+
+    from tools.bench_detect import _install_torchvision_standin
+
+    if "torchvision" not in sys.modules:
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            _install_torchvision_standin()
+    from facenet_pytorch import MTCNN as FacenetMTCNN
+
+    torch.set_num_threads(threads)
+    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads)
+    ref = FacenetMTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE, keep_all=True, select_largest=False, device="cpu")
+
+    def ours_run(photo: Photo) -> list:
+        picture = Picture.from_array(photo.pixels, max_side=max_side)
+        return find_faces(ours, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
+
+    print(f"\n## Detection alone ({threads} threads each; median of {runs} interleaved runs; detect_max_side {max_side})\n")
+    print("| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |")
+    print("|---|---|---|---|---|")
+    ref_ms: list[float] = []
+    all_found = True
+    for photo in photos:
+        mine = ours_run(photo)  # warm-up, and the faces
+        boxes, _ = ref.detect(photo.pixels)
+        theirs = [] if boxes is None else [tuple(map(float, b)) for b in boxes]
+        found = sum(any(_iou(t, f.box) >= 0.5 for f in mine) for t in theirs)
+        all_found &= found == len(theirs)
+        o_times, r_times = [], []
+        for _ in range(runs):  # interleaved, so both see the same machine
+            o_times.append(_median_ms(lambda: ours_run(photo), 1))
+            r_times.append(_median_ms(lambda: ref.detect(photo.pixels), 1))
+        o, r = statistics.median(o_times), statistics.median(r_times)
+        ref_ms.append(r)
+        print(f"| {photo.name} | {o:.0f} | {r:.0f} | {r / o:.2f}x | {len(theirs)} / {len(mine)} / {found} |")
+    print(f"\nevery face facenet-pytorch finds is found by us: {'yes' if all_found else 'NO'}")
+    return ref_ms
+
+
+def bench_http(photos: list[Photo], rounds: int, clients_list: list[int], env_extra: dict[str, str], max_seconds: float) -> dict[int, float]:
+    """Prints the HTTP tables; returns images/s per client count."""
+    env = {"PFVIT_PROVIDERS": os.environ.get("PFVIT_PROVIDERS", "auto"), "PFVIT_LOG_LEVEL": "warning", **env_extra}
+    proc, url = start_server(env)
+    rates: dict[int, float] = {}
+    try:
+        wait_until_ready(proc, url, timeout_s=120)
+        with httpx.Client(timeout=120) as warm:
+            for photo in photos:
+                r = warm.post(url + "/v1/recognize", files={"images": ("img", photo.data)})
+                r.raise_for_status()
+        idle, _ = rss_mib(proc.pid)
+        print(f"\nserver settings: {env_extra or 'defaults'}; RSS after warm-up {idle:.0f} MiB")
+        for clients in clients_list:
+            latencies: dict[str, list[float]] = {p.name: [] for p in photos}
+            errors = 0
+            peak = [idle]
+            stop = threading.Event()
+
+            def sample_rss() -> None:
+                while not stop.wait(0.1):
+                    peak[0] = max(peak[0], rss_mib(proc.pid)[0])
+
+            deadline = time.monotonic() + max_seconds
+
+            def client(k: int) -> int:
+                sent = 0
+                nonlocal errors
+                with httpx.Client(timeout=120) as http:
+                    for i in range(rounds * len(photos)):
+                        if time.monotonic() > deadline:
+                            break
+                        photo = photos[(i + k) % len(photos)]  # clients start at different photos
+                        t0 = time.perf_counter()
+                        r = http.post(url + "/v1/recognize", files={"images": ("img", photo.data)})
+                        latencies[photo.name].append(time.perf_counter() - t0)
+                        errors += r.status_code != 200
+                        sent += 1
+                return sent
+
+            sampler = threading.Thread(target=sample_rss, daemon=True)
+            sampler.start()
+            start = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                total = sum(pool.map(client, range(clients)))
+            wall = time.perf_counter() - start
+            stop.set()
+            sampler.join()
+            rates[clients] = total / wall
+            print(f"\n### {clients} client(s): {total} requests in {wall:.1f} s, {rates[clients]:.2f} images/s, "
+                  f"{errors} errors, server peak RSS {peak[0]:.0f} MiB\n")
+            print("| image | p50 ms | p95 ms |")
+            print("|---|---|---|")
+            for photo in photos:
+                lat = latencies[photo.name]
+                if lat:
+                    print(f"| {photo.name} | {1000 * statistics.median(lat):.0f} | {1000 * percentile(lat, 95):.0f} |")
+    finally:
+        stop_server(proc)
+    return rates
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=7, help="timed detection runs per image and implementation")
+    ap.add_argument("--rounds", type=int, default=4, help="times each client sends the whole set")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and ONNX Runtime threads for detection alone")
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per HTTP level")
+    ap.add_argument("--quick", action="store_true", help="2 runs, 1 round")
+    ap.add_argument("--sweep", action="store_true", help="HTTP at 4 clients over thread/concurrency settings only")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.rounds = 2, 1
+
+    photos = build_set()
+    print(f"set: {len(photos)} images; cores here: {os.cpu_count()}")
+    if args.sweep:
+        print("\n## Threads and concurrency (HTTP, 4 clients)")
+        for intra, gate in ((1, 1), (1, 2), (2, 1), (2, 2), (1, 3)):
+            bench_http(photos, args.rounds, [4], {"PFVIT_INTRA_OP_THREADS": str(intra), "PFVIT_MAX_CONCURRENT_INFERENCE": str(gate)}, args.max_seconds)
+        return 0
+
+    max_side = Settings(_env_file=None).detect_max_side
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side)
+    facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
+    rates = bench_http(photos, args.rounds, [1, 4], {}, args.max_seconds)
+    print("\n## Summary\n")
+    print(f"facenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
+    for clients, rate in rates.items():
+        print(f"whole requests over HTTP, {clients} client(s): {rate:.2f} images/s = {rate / facenet_rate:.2f}x facenet-pytorch detection alone")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
