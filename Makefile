@@ -16,7 +16,7 @@ help:
 	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
 	@echo "make test             set up $(VENV) with training and test tools and run every test"
 	@echo "make test-tools       install promtool for the deploy tests (Debian, as root; run by make test)"
-	@echo "make bench            detection and HTTP throughput benchmarks (see docs/benchmarks.md)"
+	@echo "make bench            detection vs facenet-pytorch and HTTP throughput on a mixed photo set (docs/benchmarks.md)"
 	@echo "make train-default FER2013=DIR     reproduce the shipped default model (FER2013 photos + rendered faces)"
 	@echo "make evaluate-default FER2013=DIR  re-score the shipped default model's files"
 	@echo "make train-rendered   reproduce the rendered-face demo model (pfvit-micro-rendered)"
@@ -58,7 +58,7 @@ test-fast: $(VENV)/.test test-tools
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(VENV)/.test
-	$(BIN)/python tools/bench_detect.py
+	$(BIN)/python tools/bench_photos.py
 	$(BIN)/python tools/bench_service.py
 
 # FER2013 is Kaggle's (docs/datasets.md): the folder holding fer2013.csv, or its image folders.
