@@ -57,6 +57,9 @@ class Settings(BaseSettings):
         DEFAULT_THRESHOLDS[2], gt=0.0, lt=1.0, description="Final (O-Net) face probability."
     )
 
+    # --- demo page
+    ui_enabled: bool = Field(True, description="Serve the demo page at / (and its files under /ui/).")
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
 from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
 from service.api.problems import PROBLEM_JSON
 from service.api.schemas import RecognizedFace, RecognizedImage, RecognizeResponse
+from service.vision.expression_map import expression_map_png
+from service.vision.imaging import encode_png
 
 router = APIRouter(prefix="/v1", tags=["emotions"])
 
@@ -40,9 +44,13 @@ async def recognize(
     options: DetectOptionsDep,
     images: ImagesField,
     return_poker_face: bool = False,
+    return_expression_map: Annotated[bool, Query(description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face.")] = False,
+    return_aligned_face: Annotated[bool, Query(description="Per face, the aligned crop the model saw, as PNG.")] = False,
 ) -> RecognizeResponse:
     uploads = await read_uploads(images, settings)
-    analysis = await analyse(state, uploads, options, route="/v1/recognize", recognise=True, poker_face=return_poker_face)
+    analysis = await analyse(
+        state, uploads, options, route="/v1/recognize", recognise=True, poker_face=return_poker_face or return_expression_map
+    )
     labels = state.require_pipeline().model.labels
     out_images = []
     for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
@@ -50,13 +58,20 @@ async def recognize(
         for i, face in enumerate(result.faces):
             assert result.logits is not None and result.probabilities is not None
             probs = result.probabilities[i]
+            extras = {}
+            if return_expression_map:
+                assert result.poker_faces is not None
+                extras["expression_map_png"] = b64(expression_map_png(face.aligned, result.poker_faces[i]))
+            if return_aligned_face:
+                extras["aligned_face_png"] = b64(encode_png(face.aligned))
             faces.append(
                 RecognizedFace(
                     **face_geometry(face),
                     label=labels[int(probs.argmax())],
                     probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
                     logits=[float(v) for v in result.logits[i]],
-                    poker_face_png=b64(analysis.poker_pngs[index][i]) if analysis.poker_pngs is not None else None,
+                    poker_face_png=b64(analysis.poker_pngs[index][i]) if return_poker_face and analysis.poker_pngs is not None else None,
+                    **extras,
                 )
             )
         out_images.append(RecognizedImage(index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces))
