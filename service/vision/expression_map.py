@@ -23,6 +23,10 @@ SIGMA_FRACTION = 0.03
 # The smoothed difference below this percentile of the face is background (generator noise
 # spread evenly over the face), taken off before normalising.
 FLOOR_PERCENTILE = 50.0
+# A face whose smoothed difference from its poker face peaks below this many grey levels has no
+# expression to show (PNG rounding alone differs by one); its map is all zero, not noise
+# stretched to full scale.
+MIN_PEAK_GREY = 1.0
 # Overlay opacity of the hottest point; cold points leave the face untouched.
 OVERLAY_ALPHA = 0.75
 
@@ -79,13 +83,14 @@ def expression_map(
         floor_percentile: percentile of the smoothed difference taken off as background
             (0 keeps everything).
 
-    A face whose poker face equals it everywhere gives an all-zero map.
+    A face that differs from its poker face by less than ``MIN_PEAK_GREY`` (after the floor)
+    gives an all-zero map.
     """
     smooth = difference_map(aligned, poker, sigma_px)
     if floor_percentile > 0:
         smooth = np.maximum(smooth - np.percentile(smooth, floor_percentile), 0.0)
     peak = float(smooth.max())
-    if peak <= 1e-6:
+    if peak < MIN_PEAK_GREY:
         return np.zeros_like(smooth)
     return (smooth / peak).astype(np.float32)
 
