@@ -176,8 +176,8 @@ function renderImage(file, objectUrl, image, labels, timings) {
     image.faces.length === 0 ? "No face found in this photo." : `${image.faces.length} face(s) found.`;
   const faces = node.querySelector(".faces");
   image.faces.forEach((face, i) => faces.append(renderFace(face, i, labels)));
-  const dl = node.querySelector(".timings");
-  for (const [stage, ms] of Object.entries(timings)) addRow(dl, stage, `${ms.toFixed(1)} ms`);
+  const stages = Object.entries(timings).map(([stage, ms]) => `${stage} ${ms.toFixed(1)} ms`);
+  node.querySelector(".timings").textContent = `Timings: ${stages.join(" · ")}`;
   return node;
 }
 

@@ -130,3 +130,12 @@ def overlay(aligned: np.ndarray, heat: np.ndarray, alpha: float = OVERLAY_ALPHA)
 def expression_map_png(aligned: np.ndarray, poker: np.ndarray) -> bytes:
     """PNG of the expression map overlaid on the aligned face (the face's own size)."""
     return encode_png(overlay(aligned, expression_map(aligned, poker)))
+
+
+def expression_map_pngs(aligned: list[np.ndarray], pokers: np.ndarray | None) -> list[bytes]:
+    """``expression_map_png`` of every face: ``aligned[i]`` ``(H, W, 3)`` with ``pokers[i]``."""
+    if not aligned:
+        return []
+    if pokers is None or len(pokers) != len(aligned):
+        raise ValueError(f"{len(aligned)} faces but {0 if pokers is None else len(pokers)} poker faces")
+    return [expression_map_png(face, poker) for face, poker in zip(aligned, pokers)]

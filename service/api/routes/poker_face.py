@@ -6,13 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
 from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
 from service.api.routes.recognize import PROBLEM_RESPONSES
 from service.api.schemas import PokerFace, PokerFaceImage, PokerFaceResponse
 from service.errors import CapabilityMissing, InvalidRequest, NoFaceFound, NotAcceptable
-from service.vision.expression_map import expression_map_png
+from service.vision.expression_map import expression_map_png, expression_map_pngs
 
 router = APIRouter(prefix="/v1", tags=["poker faces"])
 
@@ -82,10 +83,13 @@ async def poker_face(
         headers = {"X-Model": f"{model.card.name}/{model.card.version}"}
         if return_expression_map:
             assert result.poker_faces is not None
-            body = expression_map_png(result.faces[largest].aligned, result.poker_faces[largest])
+            body = await run_in_threadpool(expression_map_png, result.faces[largest].aligned, result.poker_faces[largest])
         else:
             body = analysis.poker_pngs[0][largest]
         return Response(body, media_type="image/png", headers=headers)
+    maps = None
+    if return_expression_map:
+        maps = await run_in_threadpool(lambda: [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results])
     out_images = [
         PokerFaceImage(
             index=index,
@@ -96,9 +100,7 @@ async def poker_face(
                 PokerFace(
                     **face_geometry(face),
                     poker_face_png=b64(analysis.poker_pngs[index][i]),
-                    expression_map_png=b64(expression_map_png(face.aligned, result.poker_faces[i]))
-                    if return_expression_map and result.poker_faces is not None
-                    else None,
+                    expression_map_png=b64(maps[index][i]) if maps is not None else None,
                 )
                 for i, face in enumerate(result.faces)
             ],

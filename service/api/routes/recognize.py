@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
 
-from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
+from service.api.analysis import Analysis, analyse, b64, face_geometry, model_ref, read_uploads
 from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
 from service.api.problems import PROBLEM_JSON
 from service.api.schemas import RecognizedFace, RecognizedImage, RecognizeResponse
-from service.vision.expression_map import expression_map_png
+from service.vision.expression_map import expression_map_pngs
 from service.vision.imaging import encode_png
 
 router = APIRouter(prefix="/v1", tags=["emotions"])
@@ -25,6 +27,24 @@ PROBLEM_RESPONSES = {
         (503, "Models still loading", "not-ready", "Models are not loaded yet", "models are still loading and warming up; retry shortly"),
     ]
 }
+
+
+def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, list[list[bytes]]]:
+    """Per image, per face: the expression-map and aligned-crop PNGs asked for (off the event loop).
+
+    Their time is added to the response's ``encode`` and ``total``.
+    """
+    start = time.perf_counter()
+    out: dict[str, list[list[bytes]]] = {}
+    if maps:
+        out["expression_map_png"] = [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results]
+    if aligned:
+        out["aligned_face_png"] = [[encode_png(f.aligned) for f in r.faces] for r in analysis.results]
+    if out:
+        spent = time.perf_counter() - start
+        for stage in ("encode", "total"):
+            analysis.timer.seconds[stage] = analysis.timer.seconds.get(stage, 0.0) + spent
+    return out
 
 
 @router.post(
@@ -52,18 +72,14 @@ async def recognize(
         state, uploads, options, route="/v1/recognize", recognise=True, poker_face=return_poker_face or return_expression_map
     )
     labels = state.require_pipeline().model.labels
+    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=return_expression_map, aligned=return_aligned_face)
     out_images = []
     for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
         faces = []
         for i, face in enumerate(result.faces):
             assert result.logits is not None and result.probabilities is not None
             probs = result.probabilities[i]
-            extras = {}
-            if return_expression_map:
-                assert result.poker_faces is not None
-                extras["expression_map_png"] = b64(expression_map_png(face.aligned, result.poker_faces[i]))
-            if return_aligned_face:
-                extras["aligned_face_png"] = b64(encode_png(face.aligned))
+            extras = {key: b64(pngs[index][i]) for key, pngs in extra_pngs.items()}
             faces.append(
                 RecognizedFace(
                     **face_geometry(face),
