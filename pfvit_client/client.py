@@ -50,34 +50,34 @@ def encode_array(image: np.ndarray, fmt: str = "PNG", quality: int = 95) -> byte
 class _Item:
     index: int
     source: str
-    data: bytes | None = None
-    path: Path | None = None
-    size: int = 0
+    data: bytes
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def read(self) -> bytes:
-        return self.data if self.data is not None else self.path.read_bytes()  # type: ignore[union-attr]
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 def _prepare(index: int, value: ImageInput, meta: dict[str, Any] | None = None) -> _Item | ImageResult:
-    """One input -> an item to send, or (unreadable) its error result."""
+    """One input -> an item to send, or (unreadable) its error result.
+
+    Called lazily as chunks fill, so a folder is never held in memory at once.
+    """
     meta = meta or {}
     if isinstance(value, np.ndarray):
         try:
             data = encode_array(value)
         except ValueError as exc:
             return ImageResult(index=index, source=f"array[{index}]", error=Problem(0, "Not an image array", str(exc)), meta=meta)
-        return _Item(index, f"array[{index}]", data=data, size=len(data), meta=meta)
+        return _Item(index, f"array[{index}]", data, meta)
     if isinstance(value, (bytes, bytearray)):
-        return _Item(index, f"bytes[{index}]", data=bytes(value), size=len(value), meta=meta)
+        return _Item(index, f"bytes[{index}]", bytes(value), meta)
     path = Path(value)
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise IsADirectoryError(f"{path} is not a file")
+        data = path.read_bytes()
     except OSError as exc:
         return ImageResult(index=index, source=str(path), error=Problem(0, "Cannot read the file", str(exc)), meta=meta)
-    return _Item(index, str(path), path=path, size=size, meta=meta)
+    return _Item(index, str(path), data, meta)
 
 
 def _chunks(items: Iterable[_Item | ImageResult], limits: Limits) -> Iterator[list[_Item] | ImageResult]:
@@ -248,7 +248,7 @@ class _Base:
 
     @staticmethod
     def _files(chunk: list[_Item]) -> list[tuple[str, tuple[str, bytes, str]]]:
-        return [("images", (Path(item.source).name or f"image{item.index}", item.read(), "application/octet-stream")) for item in chunk]
+        return [("images", (Path(item.source).name or f"image{item.index}", item.data, "application/octet-stream")) for item in chunk]
 
     def _give_up(self, response: httpx.Response) -> ServiceError:
         return ServiceError(f"{self.url} kept answering {response.status_code} after {self.max_retries} retries: {_problem(response)}")

@@ -216,3 +216,29 @@ def test_console_script_is_declared():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["pfvit-recognize"] == "pfvit_client.cli:main"
     assert {"httpx", "av", "tqdm"} <= {r.split(">")[0].split("=")[0] for r in project["optional-dependencies"]["client"]}
+
+
+def test_client_splits_what_the_service_refuses_as_a_whole():
+    """Chunks fit the advertised limits; a chunk refused without naming an image goes again one by one."""
+    sizes: list[int] = []
+    body = {"model": {"name": "m", "version": "1", "provider": "CPUExecutionProvider"}, "labels": ["a"], "timings_ms": {}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/limits":
+            return httpx.Response(200, json={"max_images": 4, "max_upload_bytes": 6000})
+        n = request.content.count(b'name="images"')
+        sizes.append(n)
+        if n > 1:
+            return httpx.Response(400, json={"title": "Refused", "status": 400, "detail": "something about the batch"})
+        if b"BAD" in request.content:
+            return httpx.Response(415, json={"title": "Unsupported image format", "status": 415, "detail": "GIF"})
+        return httpx.Response(200, json={**body, "images": [{"index": 0, "filename": "x", "width": 4, "height": 4, "faces": []}]})
+
+    inputs = [b"a" * 1000, b"BAD" + b"b" * 1000, b"c" * 1000, b"d" * 10_000, b"e" * 1000]
+    with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
+        results = client.recognize(inputs)
+    assert [r.ok for r in results] == [True, False, True, False, True]
+    assert results[1].error.status == 415 and results[3].error.status == 413 and "6000" in results[3].error.detail
+    # 3 inputs fit 6000 bytes with their multipart overhead; refused whole, they go one by one;
+    # the 10 kB one is never sent; the last goes alone.
+    assert sizes == [3, 1, 1, 1, 1]

@@ -105,3 +105,18 @@ def test_expression_map_needs_a_poker_face_graph(tmp_path, models_dir, astronaut
         wait_ready(c)
         resp = c.post("/v1/recognize", params={"return_expression_map": "true"}, files=upload(astronaut_bytes))
         assert resp.status_code == 501 and resp.json()["type"].endswith("/capability-missing")
+
+
+def test_page_files_ship_in_the_service_package():
+    """The wheel (and so the image) carries service/static through pyproject's package data."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from fnmatch import fnmatch
+
+    root = STATIC_DIR.parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["service"]
+    for path in STATIC_DIR.rglob("*"):
+        rel = path.relative_to(STATIC_DIR.parent).as_posix()
+        assert path.is_file() and any(fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
