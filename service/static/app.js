@@ -50,7 +50,8 @@ async function describeFailure(response, fileName) {
   let detail = "";
   try {
     const body = await response.json();
-    detail = body.detail || body.title || "";
+    // One photo per request: the service's "image 0 (name): " prefix says nothing new here.
+    detail = (body.detail || body.title || "").replace(/^image \d+ \([^)]*\): /, "");
   } catch (_) {
     detail = response.statusText || "";
   }
