@@ -31,10 +31,13 @@ ImageInput = Union[str, os.PathLike, np.ndarray, bytes]
 
 MULTIPART_OVERHEAD_BYTES = 512  # per file part: boundary and headers, generously
 RETRY_STATUSES = (503,)
+# Answers about the request as a whole, never about one image: no input would fare better alone.
+SERVICE_LEVEL_STATUSES = (401, 403, 404, 405, 406)
 
 
 class ServiceError(RuntimeError):
-    """The service could not be used at all (unreachable, or kept answering 503)."""
+    """The service could not be used at all: it kept answering 503, or refused every request
+    (401, 403, 404, 405, 406)."""
 
 
 def encode_array(image: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
@@ -197,6 +200,8 @@ def _after(chunk: list[_Item], response: httpx.Response) -> _Step:
     if response.status_code == 200:
         return _Step(_results(chunk, response.json()), [])
     problem = _problem(response)
+    if response.status_code in SERVICE_LEVEL_STATUSES:
+        raise ServiceError(f"{response.request.url} answered {response.status_code}: {problem}")
     try:
         bad = int(response.json().get("image_index"))
     except (ValueError, TypeError, AttributeError):

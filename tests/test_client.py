@@ -242,3 +242,14 @@ def test_client_splits_what_the_service_refuses_as_a_whole():
     # 3 inputs fit 6000 bytes with their multipart overhead; refused whole, they go one by one;
     # the 10 kB one is never sent; the last goes alone.
     assert sizes == [3, 1, 1, 1, 1]
+
+
+def test_client_stops_on_answers_about_the_service_itself():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"title": "Not found", "status": 404, "detail": "no such route"})
+
+    from pfvit_client import ServiceError
+
+    with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(ServiceError, match="404"):
+            client.recognize([b"a", b"b"])
