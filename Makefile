@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 help:
 	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
 	@echo "make test             set up $(VENV) with training and test tools and run every test"
-	@echo "make test-tools       install promtool for the deploy tests (Debian, as root; run by make test)"
+	@echo "make test-tools       install promtool and headless chromium for the tests (Debian, as root; run by make test)"
 	@echo "make bench            detection vs facenet-pytorch and HTTP throughput on a mixed photo set (docs/benchmarks.md)"
 	@echo "make train-default FER2013=DIR     reproduce the shipped default model (FER2013 photos + rendered faces)"
 	@echo "make evaluate-default FER2013=DIR  re-score the shipped default model's files"
@@ -30,7 +30,7 @@ $(VENV)/.serve-$(RUNTIME): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,client,dev]'
 	# facenet-pytorch only supplies the MTCNN weights to tools/convert_mtcnn.py and the
 	# reference detector in the benchmark; its own pins (old torch, torchvision, numpy<2) must
 	# never be resolved, hence --no-deps.
@@ -40,16 +40,22 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve-$(RUNTIME)
 	$(BIN)/python -m service
 
-# promtool checks the Prometheus config and the dashboard's PromQL (tests/test_deploy.py). It is
-# not on PyPI; Debian's prometheus package ships it. Installed where that is possible (root with
-# apt-get, as on CI); elsewhere the two promtool tests skip and say why.
+# System tools some tests need, from Debian, installed where that is possible (root with apt-get,
+# as on CI); elsewhere the tests that need them skip and say why.
+# - promtool checks the Prometheus config and the dashboard's PromQL (tests/test_deploy.py); it
+#   is not on PyPI; Debian's prometheus package ships it.
+# - chromium and chromium-driver run the demo page in a real headless browser
+#   (tests/test_browser.py); Selenium from pip drives them, nothing is downloaded at test time.
+TEST_TOOLS := promtool:prometheus chromium:chromium chromedriver:chromium-driver
 test-tools:
-	@if command -v promtool >/dev/null; then :; \
+	@missing=""; for pair in $(TEST_TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing promtool (Debian package prometheus)"; \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
-			|| echo "could not install prometheus: the promtool tests will skip"; \
-	else echo "promtool is missing and needs root with apt-get to install: the promtool tests will skip"; fi
+		echo "installing Debian packages:$$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+			|| echo "could not install$$missing: the tests that need them will skip"; \
+	else echo "missing$$missing; installing needs root with apt-get: the tests that need them will skip"; fi
 
 test: $(VENV)/.test test-tools
 	$(BIN)/python -m pytest

@@ -17,7 +17,8 @@ from fastapi import FastAPI
 from service import __version__, metrics
 from service.api.middleware import BodyLimitAndMetrics
 from service.api.problems import install_problem_handlers
-from service.api.routes import poker_face, recognize, system
+from service.api.routes import limits, poker_face, recognize, system
+from service.api.routes.ui import install_demo_page
 from service.config import Settings, get_settings
 from service.state import ServiceState
 
@@ -28,6 +29,7 @@ Reads emotions from faces with **PF-ViT** (Poker Face Vision Transformer) on ONN
 
 * `POST /v1/recognize` — per-face emotion label, probabilities and raw logits.
 * `POST /v1/poker-face` — the generated emotionless "poker face" of every face.
+* `GET /` — a demo page that calls both from the browser.
 
 Errors are RFC 9457 problem documents (`application/problem+json`).
 """
@@ -64,5 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recognize.router)
     app.include_router(poker_face.router)
     app.include_router(system.router)
+    app.include_router(limits.router)
+    install_demo_page(app, settings)
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_upload_bytes)
     return app

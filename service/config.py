@@ -76,6 +76,9 @@ class Settings(BaseSettings):
         "request never waits when no other request is in flight.",
     )
 
+    # --- demo page
+    ui_enabled: bool = Field(True, description="Serve the demo page at / (and its files under /ui/).")
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")

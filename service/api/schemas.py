@@ -31,10 +31,15 @@ class RecognizedFace(FaceBase):
     probabilities: dict[str, float] = Field(description="Softmax probability per label.")
     logits: list[float] = Field(description="Raw logits in the order of `labels`.")
     poker_face_png: str | None = Field(None, description="Base64 PNG of the generated poker face, when asked for.")
+    expression_map_png: str | None = Field(
+        None, description="Base64 PNG of the expression map (|aligned face - poker face|, smoothed, normalised per face) over the aligned face, when asked for."
+    )
+    aligned_face_png: str | None = Field(None, description="Base64 PNG of the aligned face the model saw, when asked for.")
 
 
 class PokerFace(FaceBase):
     poker_face_png: str = Field(description="Base64 PNG of the generated poker face (RGB, model input size).")
+    expression_map_png: str | None = Field(None, description="Base64 PNG of the expression map over the aligned face, when asked for.")
 
 
 class ImageInfo(BaseModel):
@@ -88,3 +93,11 @@ class ModelsResponse(BaseModel):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+
+
+class Limits(BaseModel):
+    max_images: int = Field(description="Images per request at most.")
+    max_upload_bytes: int = Field(description="Whole request body, bytes (413 above).")
+    max_image_pixels: int = Field(description="Pixels per image (413 above).")
+    max_faces_limit: int = Field(description="Largest `max_faces` a request may ask for.")
+    default_max_faces: int = Field(description="`max_faces` when a request does not say.")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
 from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
 from service.api.routes.recognize import PROBLEM_RESPONSES
 from service.api.schemas import PokerFace, PokerFaceImage, PokerFaceResponse
 from service.errors import CapabilityMissing, InvalidRequest, NoFaceFound, NotAcceptable
+from service.vision.expression_map import expression_map_png, expression_map_pngs
 
 router = APIRouter(prefix="/v1", tags=["poker faces"])
 
@@ -48,7 +50,9 @@ def wants_png(accept: str | None) -> bool:
     summary="Generate the poker face (the emotionless face) of every face",
     description=(
         "Returns the generated poker face of each detected face as base64 PNG in JSON. With `Accept: image/png` "
-        "and a single upload, the body is the PNG of the largest face alone (422 if there is none).\n\n"
+        "and a single upload, the body is the PNG of the largest face alone (422 if there is none). With "
+        "`return_expression_map=true` each face also carries its expression map (where the face differs from its poker face, "
+        "over the aligned face); with `Accept: image/png` the body is then the expression map of the largest face.\n\n"
         "```\ncurl -F images=@face.jpg -H 'Accept: image/png' -o poker.png http://127.0.0.1:8000/v1/poker-face\n```"
     ),
 )
@@ -58,6 +62,9 @@ async def poker_face(
     options: DetectOptionsDep,
     images: ImagesField,
     accept: Annotated[str | None, Header()] = None,
+    return_expression_map: Annotated[
+        bool, Query(description="Add each face's expression map; with Accept: image/png, answer the largest face's map instead of its poker face.")
+    ] = False,
 ) -> Response | PokerFaceResponse:
     png = wants_png(accept)
     if png and len(images) != 1:
@@ -74,14 +81,29 @@ async def poker_face(
             raise NoFaceFound("no face was found in the image")
         largest = max(range(len(result.faces)), key=lambda i: result.faces[i].area)
         headers = {"X-Model": f"{model.card.name}/{model.card.version}"}
-        return Response(analysis.poker_pngs[0][largest], media_type="image/png", headers=headers)
+        if return_expression_map:
+            assert result.poker_faces is not None
+            body = await run_in_threadpool(expression_map_png, result.faces[largest].aligned, result.poker_faces[largest])
+        else:
+            body = analysis.poker_pngs[0][largest]
+        return Response(body, media_type="image/png", headers=headers)
+    maps = None
+    if return_expression_map:
+        maps = await run_in_threadpool(lambda: [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results])
     out_images = [
         PokerFaceImage(
             index=index,
             filename=upload.filename,
             width=result.width,
             height=result.height,
-            faces=[PokerFace(**face_geometry(face), poker_face_png=b64(analysis.poker_pngs[index][i])) for i, face in enumerate(result.faces)],
+            faces=[
+                PokerFace(
+                    **face_geometry(face),
+                    poker_face_png=b64(analysis.poker_pngs[index][i]),
+                    expression_map_png=b64(maps[index][i]) if maps is not None else None,
+                )
+                for i, face in enumerate(result.faces)
+            ],
         )
         for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results))
     ]

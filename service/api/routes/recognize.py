@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+from typing import Annotated
 
-from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from service.api.analysis import Analysis, analyse, b64, face_geometry, model_ref, read_uploads
 from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
 from service.api.problems import PROBLEM_JSON
 from service.api.schemas import RecognizedFace, RecognizedImage, RecognizeResponse
+from service.vision.expression_map import expression_map_pngs
+from service.vision.imaging import encode_png
 
 router = APIRouter(prefix="/v1", tags=["emotions"])
 
@@ -21,6 +27,24 @@ PROBLEM_RESPONSES = {
         (503, "Models still loading", "not-ready", "Models are not loaded yet", "models are still loading and warming up; retry shortly"),
     ]
 }
+
+
+def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, list[list[bytes]]]:
+    """Per image, per face: the expression-map and aligned-crop PNGs asked for (off the event loop).
+
+    Their time is added to the response's ``encode`` and ``total``.
+    """
+    start = time.perf_counter()
+    out: dict[str, list[list[bytes]]] = {}
+    if maps:
+        out["expression_map_png"] = [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results]
+    if aligned:
+        out["aligned_face_png"] = [[encode_png(f.aligned) for f in r.faces] for r in analysis.results]
+    if out:
+        spent = time.perf_counter() - start
+        for stage in ("encode", "total"):
+            analysis.timer.seconds[stage] = analysis.timer.seconds.get(stage, 0.0) + spent
+    return out
 
 
 @router.post(
@@ -40,23 +64,30 @@ async def recognize(
     options: DetectOptionsDep,
     images: ImagesField,
     return_poker_face: bool = False,
+    return_expression_map: Annotated[bool, Query(description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face.")] = False,
+    return_aligned_face: Annotated[bool, Query(description="Per face, the aligned crop the model saw, as PNG.")] = False,
 ) -> RecognizeResponse:
     uploads = await read_uploads(images, settings)
-    analysis = await analyse(state, uploads, options, route="/v1/recognize", recognise=True, poker_face=return_poker_face)
+    analysis = await analyse(
+        state, uploads, options, route="/v1/recognize", recognise=True, poker_face=return_poker_face or return_expression_map
+    )
     labels = state.require_pipeline().model.labels
+    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=return_expression_map, aligned=return_aligned_face)
     out_images = []
     for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
         faces = []
         for i, face in enumerate(result.faces):
             assert result.logits is not None and result.probabilities is not None
             probs = result.probabilities[i]
+            extras = {key: b64(pngs[index][i]) for key, pngs in extra_pngs.items()}
             faces.append(
                 RecognizedFace(
                     **face_geometry(face),
                     label=labels[int(probs.argmax())],
                     probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
                     logits=[float(v) for v in result.logits[i]],
-                    poker_face_png=b64(analysis.poker_pngs[index][i]) if analysis.poker_pngs is not None else None,
+                    poker_face_png=b64(analysis.poker_pngs[index][i]) if return_poker_face and analysis.poker_pngs is not None else None,
+                    **extras,
                 )
             )
         out_images.append(RecognizedImage(index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces))
