@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
-from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
-from service.api.routes.recognize import PROBLEM_RESPONSES
-from service.api.schemas import PokerFace, PokerFaceImage, PokerFaceResponse
+from service.api.analysis import analyse, b64, check_pixel_budget, face_geometry, model_ref, read_images
+from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
+from service.api.openapi import ANALYSIS_ERRORS, POKER_FACE_EXAMPLE, problem_responses
+from service.api.schemas import JsonPokerFaceRequest, PokerFace, PokerFaceImage, PokerFaceResponse
 from service.errors import CapabilityMissing, InvalidRequest, NoFaceFound, NotAcceptable
 
 router = APIRouter(prefix="/v1", tags=["poker faces"])
@@ -38,36 +38,45 @@ def wants_png(accept: str | None) -> bool:
             return False
         if media in ("image/png", "image/*"):
             return True
-    raise NotAcceptable(f"cannot answer with {accept!r}; ask for application/json or image/png")
+    raise NotAcceptable(f"cannot answer with {accept[:100]!r}; ask for application/json or image/png")
 
 
 @router.post(
     "/poker-face",
     response_model=PokerFaceResponse,
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"image/png": {}}, "description": "JSON, or with `Accept: image/png` the PNG of the largest face"}},
+    responses={
+        200: {
+            "description": "JSON, or with `Accept: image/png` the PNG of the largest face",
+            "content": {"application/json": {"example": POKER_FACE_EXAMPLE}, "image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **problem_responses(*ANALYSIS_ERRORS, 406, 501),
+    },
     summary="Generate the poker face (the emotionless face) of every face",
     description=(
         "Returns the generated poker face of each detected face as base64 PNG in JSON. With `Accept: image/png` "
-        "and a single upload, the body is the PNG of the largest face alone (422 if there is none).\n\n"
+        "and a single upload, the body is the PNG of the largest face alone (422 if there is none). "
+        "Takes the same inputs as `/v1/recognize` (multipart or base64 JSON).\n\n"
         "```\ncurl -F images=@face.jpg -H 'Accept: image/png' -o poker.png http://127.0.0.1:8000/v1/poker-face\n```"
     ),
 )
 async def poker_face(
+    request: Request,
+    pipeline: PipelineDep,
     state: StateDep,
     settings: SettingsDep,
-    options: DetectOptionsDep,
-    images: ImagesField,
-    accept: Annotated[str | None, Header()] = None,
+    query: QueryOptionsDep,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response | PokerFaceResponse:
-    png = wants_png(accept)
-    if png and len(images) != 1:
-        raise InvalidRequest(f"Accept: image/png returns one picture; upload exactly one image (got {len(images)})", field="images")
-    model = state.require_pipeline().model
-    if not model.has_poker_face:  # refuse before decoding and detecting anything
+    model = pipeline.model
+    if not model.has_poker_face:  # refuse before reading, decoding and detecting anything
         raise CapabilityMissing(f"model {model.card.name!r} ships no poker-face graph")
-    uploads = await read_uploads(images, settings)
-    analysis = await analyse(state, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True)
-    assert analysis.poker_pngs is not None
+    png = wants_png(accept)
+    uploads, body = await read_images(request, settings, JsonPokerFaceRequest)
+    if png and len(uploads) != 1:
+        raise InvalidRequest(f"Accept: image/png returns one picture; upload exactly one image (got {len(uploads)})", field="images")
+    options = resolve_options(settings, query, body)
+    check_pixel_budget(uploads, settings.max_request_pixels)
+    analysis = await analyse(request, state, pipeline, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True)
     if png:
         result = analysis.results[0]
         if not result.faces:
@@ -85,4 +94,4 @@ async def poker_face(
         )
         for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results))
     ]
-    return PokerFaceResponse(model=model_ref(state), images=out_images, timings_ms=analysis.timer.as_ms())
+    return PokerFaceResponse(model=model_ref(pipeline), images=out_images, timings_ms=analysis.timings_ms)
