@@ -18,6 +18,7 @@ from service.errors import PayloadTooLarge, PFViTError, RequestTimeout
 # Its limit on the wire is scaled so that the decoded images get the same byte limit as a
 # multipart upload (the decoded bytes are counted again when the images are read).
 _JSON_OVERHEAD_BYTES = 64 * 1024
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 
 
 def json_body_limit(max_upload_bytes: int) -> int:
@@ -51,6 +52,7 @@ class RequestContext:
         start = time.perf_counter()
         request_id = request_id_from(scope.get("headers", []))
         token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
         status_holder = {"status": 500}
         metrics.HTTP_IN_FLIGHT.inc()
 
@@ -58,8 +60,9 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
-                message = {**message, "headers": headers}
+                if not any(name.lower() == _REQUEST_ID_KEY for name, _ in headers):  # problem responses carry it already
+                    headers.append((_REQUEST_ID_KEY, request_id.encode()))
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

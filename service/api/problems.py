@@ -37,20 +37,22 @@ _HTTP_SLUGS = {
 }
 
 
-def problem_body(*, slug: str, title: str, status: int, detail: str, instance: str | None = None, **extra: Any) -> dict[str, Any]:
+def problem_body(
+    *, slug: str, title: str, status: int, detail: str, instance: str | None = None, request_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
     if instance:
         body["instance"] = instance
-    request_id = request_id_var.get()
+    request_id = request_id or request_id_var.get()
     if request_id:
         body["request_id"] = request_id
     body.update({k: v for k, v in extra.items() if v is not None})
     return body
 
 
-def _headers(extra: dict[str, str] | None = None) -> dict[str, str]:
+def _headers(extra: dict[str, str] | None = None, request_id: str | None = None) -> dict[str, str]:
     headers = dict(extra or {})
-    request_id = request_id_var.get()
+    request_id = request_id or request_id_var.get()
     if request_id:
         headers[REQUEST_ID_HEADER] = request_id
     return headers
@@ -104,10 +106,17 @@ async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
     server, which logs the traceback: nothing is hidden, the client just gets a problem
     document instead of ``text/plain``."""
     metrics.ERRORS.labels(type="internal-error").inc()
+    # Runs outside the request middleware, so the ID comes from the request's state.
+    request_id = getattr(request.state, "request_id", None)
     body = problem_body(
-        slug="internal-error", title="Internal error", status=500, detail="the server hit an unexpected error; it has been logged", instance=request.url.path
+        slug="internal-error",
+        title="Internal error",
+        status=500,
+        detail="the server hit an unexpected error; it has been logged",
+        instance=request.url.path,
+        request_id=request_id,
     )
-    return JSONResponse(body, status_code=500, media_type=PROBLEM_JSON, headers=_headers())
+    return JSONResponse(body, status_code=500, media_type=PROBLEM_JSON, headers=_headers(request_id=request_id))
 
 
 def install_problem_handlers(app: FastAPI) -> None:
