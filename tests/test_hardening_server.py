@@ -2,6 +2,7 @@
 Retry-After, a client that hangs up stops its work, one JSON log line per request, and a
 model fault found while loading makes the process exit non-zero."""
 
+import asyncio
 import json
 import shutil
 import socket
@@ -168,3 +169,26 @@ def test_model_fault_found_while_loading_exits_non_zero(settings, tmp_path, faul
     assert proc.returncode == 2, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("pfvit: cannot start:") and words in last
+
+
+def test_soak_tool_runs_briefly(settings):
+    from tools.soak import soak
+
+    env = {
+        "PFVIT_MODELS_DIR": str(settings.models_dir),
+        "PFVIT_EMOTION_MODEL": settings.emotion_model,
+        "PFVIT_PROVIDERS": "cpu",
+        "PFVIT_INTRA_OP_THREADS": "1",
+        "PFVIT_WARMUP_RUNS": "1",
+        "PFVIT_LOG_LEVEL": "warning",
+    }
+    proc, url = start_server(env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_ready(proc, url)
+        report = asyncio.run(soak(url, clients=3, duration_s=2.0, deadline_s=30.0))
+    finally:
+        stop_server(proc)
+    assert report["requests"] > 0 and report["server_errors_other_than_503_504"] == 0
+    assert report["broken_uploads_answered_4xx"] and report["over_deadline"] == 0
+    assert set(report["rss_mib"]) == {"start", "minute_2_of_10", "middle", "end"} and report["rss_mib"]["end"] > 0
+    assert report["latency_ms_200"]["all"]["p99"] is not None
