@@ -6,7 +6,8 @@ percentiles and the server's memory over time.
     python -m tools.soak --url http://127.0.0.1:8000      # against a running service
 
 Without ``--url`` it starts ``python -m service`` on a free loopback port (extra settings with
-``--env NAME=VALUE``) and stops it at the end. The server's RSS is read from its own
+``--env NAME=VALUE``; ``MALLOC_ARENA_MAX=2`` as in the container image unless given) and
+stops it at the end. The server's RSS is read from its own
 ``process_resident_memory_bytes`` on /metrics, so ``--url`` works for any service the tool
 can reach. Each client sends, in turn: a multipart photo to /v1/recognize, the same photo as
 base64 JSON, a poker face as JSON and as PNG, a broken upload (which must be a 4xx), and a
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         extra = dict(item.split("=", 1) for item in args.env)
         extra.setdefault("PFVIT_LOG_LEVEL", "warning")
+        extra.setdefault("MALLOC_ARENA_MAX", "2")  # as the container image sets it
         extra.setdefault("PFVIT_REQUEST_TIMEOUT_S", str(args.deadline_s))
         proc, url = start_server(extra)
         wait_until_ready(proc, url)
