@@ -31,11 +31,10 @@ def assert_problem(resp, status: int, slug: str):
 
 @pytest.fixture(scope="module")
 def guarded(settings):
-    """Small pixel budget, short deadline, API keys and one CORS origin."""
+    """Small pixel budget, API keys and one CORS origin."""
     tight = settings.model_copy(
         update={
             "max_request_pixels": 2 * 512 * 512 + 1,
-            "request_timeout_s": 0.25,
             "api_keys": ["key-one", "key-two"],
             "cors_origins": ["https://app.example"],
         }
@@ -56,23 +55,26 @@ def test_request_pixel_budget_counts_all_images(guarded, astronaut_bytes):
     assert "together" in body["detail"] and body["limit_pixels"] == 2 * 512 * 512 + 1
 
 
-def test_deadline_answers_504_and_stops_the_work(guarded, settings, astronaut_rgb):
-    # Eight 512 px images take well over the 0.25 s deadline on any CPU; each a distinct
-    # picture so nothing is shared. The pixel budget allows them (they are small).
-    small = [encode(np.roll(astronaut_rgb[::2, ::2], i * 7, axis=1).copy(), "PNG") for i in range(8)]
-    before = sample_value(guarded.get("/metrics").text, "pfvit_requests_abandoned_total", reason="deadline")
-    start = time.perf_counter()
-    resp = guarded.post("/v1/recognize", files=upload(*[(f"{i}.png", d, "image/png") for i, d in enumerate(small)]), headers=KEY, params={"min_face_size": 12})
-    elapsed = time.perf_counter() - start
-    assert_problem(resp, 504, "deadline-exceeded")
-    assert elapsed < 5.0
-    # The worker thread notices at its next stage and stops: counted as abandoned.
-    for _ in range(200):
-        if sample_value(guarded.get("/metrics").text, "pfvit_requests_abandoned_total", reason="deadline") > before:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the abandoned work was not stopped")
+def test_deadline_answers_504_and_stops_the_work(settings, astronaut_rgb):
+    # Eight 512 px images take well over a 0.25 s deadline on any CPU; each a distinct
+    # picture so nothing is shared.
+    small = [encode(np.roll(astronaut_rgb, i * 7, axis=1).copy(), "PNG") for i in range(8)]
+    with TestClient(create_app(settings.model_copy(update={"request_timeout_s": 0.25}))) as c:
+        wait_ready(c)
+        before = sample_value(c.get("/metrics").text, "pfvit_requests_abandoned_total", reason="deadline")
+        start = time.perf_counter()
+        resp = c.post("/v1/recognize", files=upload(*[(f"{i}.png", d, "image/png") for i, d in enumerate(small)]), params={"min_face_size": 12})
+        elapsed = time.perf_counter() - start
+        assert_problem(resp, 504, "deadline-exceeded")
+        assert elapsed < 5.0  # answered at the deadline, not when the work would have ended
+        # The worker thread notices at its next stage and stops: counted as abandoned.
+        for _ in range(200):
+            if sample_value(c.get("/metrics").text, "pfvit_requests_abandoned_total", reason="deadline") > before:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the abandoned work was not stopped")
+        assert c.get("/readyz").status_code == 200
 
 
 def test_api_key_bearer_or_header(guarded, astronaut_bytes):
@@ -239,3 +241,37 @@ def test_unhandled_error_is_a_problem_document(settings):
     assert resp.status_code == 500 and resp.headers["content-type"].startswith(PROBLEM)
     assert resp.json()["request_id"] == "bug-1" and resp.headers["x-request-id"] == "bug-1"
     assert "/secret" not in resp.text
+
+
+def test_missing_poker_face_graph_is_refused_before_any_detection(tmp_path, settings, astronaut_bytes):
+    import shutil
+
+    from tools.stub_model import write_stub_model
+
+    shutil.copytree(settings.models_dir / "mtcnn", tmp_path / "mtcnn")
+    write_stub_model(tmp_path / "recognition-only", with_poker_face=False)
+    app = create_app(settings.model_copy(update={"models_dir": tmp_path, "emotion_model": "recognition-only"}))
+    files = {"images": ("a.png", astronaut_bytes, "image/png")}
+    with TestClient(app) as c:
+        wait_ready(c)
+        before = sample_value(c.get("/metrics").text, "pfvit_stage_duration_seconds_count", stage="detect")
+        assert_problem(c.post("/v1/recognize", params={"return_poker_face": "true"}, files=files), 501, "capability-missing")
+        assert_problem(c.post("/v1/recognize", json={"images": [{"data": "AAAA"}], "return_poker_face": True}), 501, "capability-missing")
+        assert_problem(c.post("/v1/poker-face", files=files), 501, "capability-missing")
+        assert sample_value(c.get("/metrics").text, "pfvit_stage_duration_seconds_count", stage="detect") == before
+
+
+def test_models_are_hashed_once_per_start(settings, monkeypatch):
+    import service.card
+
+    hashed: list[str] = []
+    original = service.card.sha256_file
+
+    def counting(path, *args, **kwargs):
+        hashed.append(str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(service.card, "sha256_file", counting)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+    assert len(hashed) == len(set(hashed)) == 5  # three MTCNN graphs, two emotion graphs

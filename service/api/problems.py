@@ -73,8 +73,10 @@ def _retry_after(request: Request) -> int:
 
 
 async def _on_pfvit_error(request: Request, exc: PFViTError) -> JSONResponse:
-    if exc.status >= 500 and not exc.retry_after:
+    if exc.status == 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.detail)
+    elif exc.status in (499, 504):
+        log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
     headers = {"WWW-Authenticate": 'Bearer realm="pfvit"'} if exc.status == 401 else None
     return problem_response(exc, instance=request.url.path, retry_after_s=_retry_after(request), headers=headers)
 
