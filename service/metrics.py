@@ -22,7 +22,7 @@ STAGES = ("queue", "decode", "detect", "align", "infer", "generate", "encode")
 GRAPHS = ("recognition", "poker_face")
 # HTTP methods counted under their own name; any other token a client sends is "other".
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-ABANDON_REASONS = ("deadline", "disconnect")
+ABANDON_REASONS = ("deadline", "disconnect", "shutdown")
 
 
 def method_label(method: str) -> str:
@@ -106,7 +106,7 @@ QUEUE_WAIT = Histogram(
 )
 ABANDONED = Counter(
     "pfvit_requests_abandoned",
-    "Analysis requests whose computation was stopped early, by reason (deadline, disconnect).",
+    "Analysis requests whose computation was stopped early, by reason (deadline, disconnect, shutdown).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -55,6 +55,7 @@ def one_slot_server(settings, tmp_path_factory):
         "PFVIT_MAX_QUEUE": "1",
         "PFVIT_RETRY_AFTER_S": "3",
         "PFVIT_LOG_FORMAT": "json",
+        "PFVIT_BODY_TIMEOUT_S": "1",
     }
     with open(log_path, "w") as log:
         proc, url = start_server(env, stdout=log, stderr=subprocess.STDOUT)
@@ -138,6 +139,62 @@ def test_json_log_has_one_line_per_request_without_file_names(one_slot_server, a
     assert record["images"] == 1 and record["faces"] == 1 and record["model"] == "stub-emotion/0.0.1-test"
     assert record["provider"] == "CPUExecutionProvider" and {"queue", "detect", "total"} <= set(record["timings_ms"])
     assert "secret-name" not in text
+
+
+def test_a_body_that_stalls_gets_408(one_slot_server):
+    url, _ = one_slot_server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST /v1/recognize HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            "Content-Length: 100000\r\n\r\n--x\r\n".encode()
+        )
+        answer = ""
+        while "request-timeout" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk.decode("latin-1")
+    assert answer.startswith("HTTP/1.1 408") and "application/problem+json" in answer and "request-timeout" in answer
+
+
+def test_shutdown_has_a_bound(settings, astronaut_rgb):
+    env = {
+        "PFVIT_MODELS_DIR": str(settings.models_dir),
+        "PFVIT_EMOTION_MODEL": settings.emotion_model,
+        "PFVIT_PROVIDERS": "cpu",
+        "PFVIT_INTRA_OP_THREADS": "1",
+        "PFVIT_WARMUP_RUNS": "1",
+        "PFVIT_SHUTDOWN_TIMEOUT_S": "1",
+        "PFVIT_MAX_IMAGES": "128",
+        "PFVIT_MAX_REQUEST_PIXELS": "100000000",
+        "PFVIT_MAX_UPLOAD_BYTES": str(200 * 2**20),
+    }
+    proc, url = start_server(env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_ready(proc, url)
+        # 128 distinct photos: about ten seconds of work on one slot, far past the grace period.
+        photos = [encode(np.roll(astronaut_rgb, i * 3, axis=0).copy(), "JPEG", quality=80) for i in range(128)]
+        files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
+        client = threading.Thread(target=lambda: _post_quietly(url, files), daemon=True)
+        client.start()
+        _wait_for(lambda: _metric(url, "pfvit_http_requests_in_flight") >= 2)
+        time.sleep(0.3)
+        start = time.perf_counter()
+        proc.terminate()
+        proc.wait(timeout=30)
+        # The grace period (1 s) and at most one stage of the abandoned work.
+        assert time.perf_counter() - start < 5.0
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)
+
+
+def _post_quietly(url: str, files) -> None:
+    try:
+        httpx.post(url + "/v1/recognize", files=files, timeout=60)
+    except httpx.HTTPError:
+        pass  # the server went away: that is the point
 
 
 def _broken_models(settings, tmp_path: Path, fault: str) -> Path:

@@ -266,6 +266,12 @@ async def analyse(
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         done, _ = await asyncio.wait({work, gone}, timeout=max(0.0, deadline - time.perf_counter()), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The server gave up on this request (shutdown past its grace period): stop the work
+        # too, or the process would wait for it to finish before it can exit.
+        work.cancel()
+        timer.abandon("shutdown")
+        raise
     finally:
         gone.cancel()
     if work not in done:
