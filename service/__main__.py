@@ -3,15 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import textwrap
 from collections.abc import Sequence
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Settings
 from service.errors import ModelLoadError
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on request headers.
+
+    uvicorn bounds idle keep-alive connections but not a client that sends its headers a byte
+    at a time (slowloris): each such connection stays open and counts against the connection
+    cap. Here a connection must complete a request's headers within ``header_timeout_s`` of
+    being opened or of its previous response, or it is closed. The body has its own deadline
+    in the application (408).
+    """
+
+    header_timeout_s: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_overdue)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_overdue(self) -> None:
+        self._header_timer = None
+        serving = self.cycle is not None and not self.cycle.response_complete
+        if not serving and not self.transport.is_closing():
+            self.transport.close()
 
 
 def _port(text: str) -> int:
@@ -105,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=settings.log_format != "json",  # the JSON access record replaces uvicorn's line
         # Connections: idle keep-alive connections are closed, the number of concurrent
         # connections is capped (uvicorn answers 503 beyond it), and on SIGTERM in-flight
-        # requests get a bounded time to finish. Slow-header clients need a front proxy
-        # (docs/deploy.md).
+        # requests get a bounded time to finish; a connection that does not send a request's
+        # headers in time is closed.
+        http=type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": settings.header_timeout_s}),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,

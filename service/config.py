@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         8, ge=0, le=10_000, description="Requests waiting for a computing slot at most; beyond it 503 with Retry-After."
     )
     retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After sent with 503 answers (queue full, not ready).")
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="Time a connection has to send a request's headers; closed after it (slowloris)."
+    )
     body_timeout_s: float = Field(30.0, gt=0.0, description="Time a client has to send the request body (408 after it).")
     keep_alive_timeout_s: int = Field(5, ge=1, le=600, description="Idle keep-alive connections are closed after this.")
     max_connections: int = Field(

@@ -56,6 +56,7 @@ def one_slot_server(settings, tmp_path_factory):
         "PFVIT_RETRY_AFTER_S": "3",
         "PFVIT_LOG_FORMAT": "json",
         "PFVIT_BODY_TIMEOUT_S": "1",
+        "PFVIT_HEADER_TIMEOUT_S": "1",
     }
     with open(log_path, "w") as log:
         proc, url = start_server(env, stdout=log, stderr=subprocess.STDOUT)
@@ -156,6 +157,19 @@ def test_a_body_that_stalls_gets_408(one_slot_server):
                 break
             answer += chunk.decode("latin-1")
     assert answer.startswith("HTTP/1.1 408") and "application/problem+json" in answer and "request-timeout" in answer
+
+
+def test_a_connection_that_stalls_in_its_headers_is_closed(one_slot_server):
+    url, _ = one_slot_server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # A fast request first: the deadline restarts after each response.
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        start = time.perf_counter()
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())  # and never the end
+        assert sock.recv(65536) == b""  # closed by the server
+        assert time.perf_counter() - start < 3.0  # by the 1 s header deadline, not the 5 s keep-alive
 
 
 def test_shutdown_has_a_bound(settings, astronaut_rgb):
