@@ -275,3 +275,28 @@ def test_models_are_hashed_once_per_start(settings, monkeypatch):
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
     assert len(hashed) == len(set(hashed)) == 5  # three MTCNN graphs, two emotion graphs
+
+
+@pytest.mark.parametrize(
+    "accept, png",
+    [
+        (None, False),
+        ("*/*", False),
+        ("image/png", True),
+        ("image/*", True),
+        ("application/json;q=0.5, image/png", True),
+        ("image/png;q=0.2, application/json", False),
+        ("text/html", None),
+        ("image/png;q=0", None),
+        ("not a media type", None),
+    ],
+)
+def test_accept_negotiation(accept, png):
+    from service.api.routes.poker_face import wants_png
+    from service.errors import NotAcceptable
+
+    if png is None:
+        with pytest.raises(NotAcceptable):
+            wants_png(accept)
+    else:
+        assert wants_png(accept) is png

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import mimeparse
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
@@ -16,29 +17,21 @@ from service.errors import CapabilityMissing, InvalidRequest, NoFaceFound, NotAc
 router = APIRouter(prefix="/v1", tags=["poker faces"])
 
 
+# Offered answers; on a tie (``*/*``) the last one wins, so JSON is the default.
+_OFFERED = ["image/png", "application/json"]
+
+
 def wants_png(accept: str | None) -> bool:
     """True when the client asks for image/png rather than JSON; raise 406 for neither."""
-    if not accept:
+    if not accept or not accept.strip():
         return False
-    types = []
-    for part in accept.split(","):
-        fields = [f.strip() for f in part.split(";")]
-        q = 1.0
-        for f in fields[1:]:
-            if f.startswith("q="):
-                try:
-                    q = float(f[2:])
-                except ValueError:
-                    q = 0.0
-        if q > 0:
-            types.append((q, fields[0].lower()))
-    types.sort(key=lambda t: -t[0])  # stable: equal q keeps the client's order
-    for _, media in types:
-        if media in ("application/json", "application/*", "*/*"):
-            return False
-        if media in ("image/png", "image/*"):
-            return True
-    raise NotAcceptable(f"cannot answer with {accept[:100]!r}; ask for application/json or image/png")
+    try:
+        best = mimeparse.best_match(_OFFERED, accept)
+    except mimeparse.MimeTypeParseException:
+        best = ""
+    if not best:
+        raise NotAcceptable(f"cannot answer with {accept[:100]!r}; ask for application/json or image/png")
+    return best == "image/png"
 
 
 @router.post(
