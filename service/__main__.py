@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import textwrap
+import uuid
 from collections.abc import Sequence
 
+import h11
 import uvicorn
 from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.api.problems import PROBLEM_JSON, problem_body
 from service.config import Settings
 from service.errors import ModelLoadError
 
 
 class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on request headers.
+    """uvicorn's h11 protocol with a deadline on request headers, and problem documents for
+    malformed HTTP.
 
     uvicorn bounds idle keep-alive connections but not a client that sends its headers a byte
     at a time (slowloris): each such connection stays open and counts against the connection
@@ -49,6 +54,17 @@ class HeaderDeadlineProtocol(H11Protocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, as a problem document like every other
+        error (the application never saw the request, so this is the one place to do it)."""
+        body = json.dumps(
+            problem_body(slug="bad-request", title="Bad request", status=400, detail=f"malformed HTTP: {msg}", request_id=uuid.uuid4().hex)
+        ).encode()
+        headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _headers_overdue(self) -> None:
         self._header_timer = None

@@ -165,11 +165,29 @@ def test_a_connection_that_stalls_in_its_headers_is_closed(one_slot_server):
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         # A fast request first: the deadline restarts after each response.
         sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        first = b""
+        while not first.endswith(b"}"):  # the whole first answer: headers and its JSON body
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
         start = time.perf_counter()
         sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode())  # and never the end
         assert sock.recv(65536) == b""  # closed by the server
         assert time.perf_counter() - start < 3.0  # by the 1 s header deadline, not the 5 s keep-alive
+
+
+def test_malformed_http_gets_a_problem_document(one_slot_server):
+    url, _ = one_slot_server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/problem+json" in head
+    problem = json.loads(body)
+    assert problem["status"] == 400 and problem["type"].endswith("/bad-request") and problem["request_id"]
+    assert httpx.get(url + "/healthz", timeout=5).status_code == 200
 
 
 def test_shutdown_has_a_bound(settings, astronaut_rgb):
