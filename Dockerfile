@@ -80,8 +80,11 @@ RUN set -- /wheels/pfvit_serving-*.whl \
 # DL3006 (tag the image) does not apply: deps-gpu / deps-cpu are stages of this file.
 # hadolint ignore=DL3006
 FROM deps-${VARIANT} AS runtime
+# MALLOC_ARENA_MAX: glibc gives each worker thread its own malloc arena, which fragments and
+# keeps growing under steady load; two arenas keep RSS flat (docs/deploy.md, "Memory").
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     PFVIT_HOST=0.0.0.0 \
     PFVIT_PORT=8000 \
     PFVIT_MODELS_DIR=/app/models \

@@ -9,16 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from service import __version__, metrics
-from service.api.middleware import BodyLimitAndMetrics
+from service.api.deps import require_api_key
+from service.api.middleware import RequestContext
+from service.api.openapi import build_openapi
 from service.api.problems import install_problem_handlers
 from service.api.routes import limits, poker_face, recognize, system
 from service.api.routes.ui import install_demo_page
+from service.api.tracing import REQUEST_ID_HEADER
 from service.config import Settings, get_settings
 from service.state import ServiceState
 
@@ -31,21 +38,37 @@ Reads emotions from faces with **PF-ViT** (Poker Face Vision Transformer) on ONN
 * `POST /v1/poker-face` — the generated emotionless "poker face" of every face.
 * `GET /` — a demo page that calls both from the browser.
 
-Errors are RFC 9457 problem documents (`application/problem+json`).
+Images come as `multipart/form-data` or as base64 in `application/json`.
+Errors are RFC 9457 problem documents (`application/problem+json`) carrying the request's
+`X-Request-ID`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _operation_id(route: APIRoute) -> str:
+    """Readable operationIds: the route function's name (recognize, poker_face, readyz, ...)."""
+    return route.name
+
+
+def create_app(settings: Settings | None = None, *, state: ServiceState | None = None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """Build the app.
+
+    Args:
+        state: an already preflighted state (``pfvit-serve`` checks the models before it
+            binds the port); the lifespan makes and preflights one otherwise.
+        on_fatal: called with the reason when the models fail to load after start-up;
+            ``pfvit-serve`` passes one that stops the server so the process exits non-zero.
+    """
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = ServiceState(settings)
-        # Refuse to start on a missing or tampered model, before accepting any connection.
-        state.preflight()
-        app.state.service = state
+        service = state or ServiceState(settings)
+        if not service.preflighted:
+            # Refuse to start on a missing or tampered model, before accepting any connection.
+            service.preflight()
+        app.state.service = service
         metrics.READY.set(0)
-        loader = asyncio.create_task(state.load_in_background())
+        loader = asyncio.create_task(service.load_in_background(on_failure=on_fatal))
         try:
             yield
         finally:
@@ -53,20 +76,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
             metrics.READY.set(0)
-            state.close()
+            service.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="PF-ViT serving",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+        # Swagger UI and ReDoc from files inside the installed package: /docs works offline.
+        static_url="/docs-assets",
+        swagger_ui_parameters={"tryItOutEnabled": True, "displayRequestDuration": True},
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    app.include_router(recognize.router)
-    app.include_router(poker_face.router)
-    app.include_router(system.router)
-    app.include_router(limits.router)
+
+    secured: list[Any] = [Depends(require_api_key)] if settings.api_keys else []
+    app.include_router(recognize.router, dependencies=secured)
+    app.include_router(poker_face.router, dependencies=secured)
+    app.include_router(system.models_router, dependencies=secured)
+    app.include_router(limits.router, dependencies=secured)
+    app.include_router(system.router)  # liveness and readiness: always open, for orchestrators
+    app.include_router(system.metrics_router, dependencies=secured if settings.metrics_require_key else [])
     install_demo_page(app, settings)
-    app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_upload_bytes)
+    secured_paths = set()
+    if settings.api_keys:
+        secured_paths = {"/v1/recognize", "/v1/poker-face", "/v1/models", "/v1/limits"} | ({"/metrics"} if settings.metrics_require_key else set())
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, settings, secured_paths=secured_paths)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        access_log=settings.log_format == "json",
+    )
+    if settings.cors_origins:
+        # Outermost, so that every answer (problem documents from the middleware included)
+        # carries the CORS headers a browser needs to read it.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", "X-Model"],
+            max_age=600,
+        )
     return app

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLDS, MIN_FACE_SIZE_FLOOR
 
@@ -79,12 +79,57 @@ class Settings(BaseSettings):
     # --- demo page
     ui_enabled: bool = Field(True, description="Serve the demo page at / (and its files under /ui/).")
 
+    # --- bounded work, queue and connections
+    max_request_pixels: int = Field(
+        64_000_000, ge=1024, description="Pixels of all images of one request together, read from their headers (413 above)."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="Deadline of one analysis request, queue wait included (504 after it)."
+    )
+    max_queue: int = Field(
+        8, ge=0, le=10_000, description="Requests waiting for a computing slot at most; beyond it 503 with Retry-After."
+    )
+    retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After sent with 503 answers (queue full, not ready).")
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="Time a connection has to send a request's headers; closed after it (slowloris)."
+    )
+    body_timeout_s: float = Field(30.0, gt=0.0, description="Time a client has to send the request body (408 after it).")
+    keep_alive_timeout_s: int = Field(5, ge=1, le=600, description="Idle keep-alive connections are closed after this.")
+    max_connections: int = Field(
+        256, ge=1, description="Concurrent connections (and requests) the server takes; more get 503 from the server."
+    )
+    shutdown_timeout_s: int = Field(20, ge=1, le=600, description="On SIGTERM, in-flight requests get this long to finish.")
+    ort_cpu_arena: bool = Field(
+        False,
+        description="ONNX Runtime's CPU memory arena. Off by default: the arena keeps the peak of the largest "
+        "request for the process's life; off, memory goes back after each request (docs/deploy.md).",
+    )
+
+    # --- access and tracing
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, the analysis routes and /v1/models need one "
+        "(Authorization: Bearer <key> or X-API-Key). Empty: no authentication.",
+    )
+    metrics_require_key: bool = Field(False, description="When API keys are set, /metrics needs one too.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any); empty: no CORS headers."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="'json': one JSON line per request and per log record.")
+
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @property
     def emotion_model_dir(self) -> Path:

@@ -15,6 +15,7 @@ class PFViTError(Exception):
     status: int = 500
     slug: str = "internal-error"
     title: str = "Internal error"
+    retry_after: bool = False  # answered with a Retry-After header (the service is busy or starting)
 
     def __init__(self, detail: str, **extra: object) -> None:
         super().__init__(detail)
@@ -82,6 +83,22 @@ class PayloadTooLarge(PFViTError):
     title = "Upload too large"
 
 
+class Unauthorized(PFViTError):
+    """API keys are configured and the request carries none, or a wrong one."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Missing or invalid API key"
+
+
+class RequestTimeout(PFViTError):
+    """The client did not send its request body within the configured time."""
+
+    status = 408
+    slug = "request-timeout"
+    title = "Request body not received in time"
+
+
 class NotAcceptable(PFViTError):
     status = 406
     slug = "not-acceptable"
@@ -103,6 +120,32 @@ class ModelNotReady(PFViTError):
     status = 503
     slug = "not-ready"
     title = "Models are not loaded yet"
+    retry_after = True
+
+
+class QueueFull(PFViTError):
+    """Every computing slot is busy and the waiting line is at ``PFVIT_MAX_QUEUE``."""
+
+    status = 503
+    slug = "queue-full"
+    title = "Service busy"
+    retry_after = True
+
+
+class DeadlineExceeded(PFViTError):
+    """The request did not finish within ``PFVIT_REQUEST_TIMEOUT_S`` (queue wait included)."""
+
+    status = 504
+    slug = "deadline-exceeded"
+    title = "Request took longer than the deadline"
+
+
+class ClientDisconnected(PFViTError):
+    """The client went away before its answer was ready; nobody reads this one (nginx's 499)."""
+
+    status = 499
+    slug = "client-disconnected"
+    title = "Client closed the connection"
 
 
 class ModelLoadError(PFViTError):
@@ -122,3 +165,11 @@ class CapabilityMissing(PFViTError):
     status = 501
     slug = "capability-missing"
     title = "Not supported by the loaded model"
+
+
+# --- control flow inside the service (never rendered) ---------------------------------------
+
+
+class WorkAbandoned(Exception):
+    """Raised in a worker thread at a stage boundary once its request was given up
+    (deadline passed or client gone), so the thread stops computing for nobody."""

@@ -7,11 +7,26 @@ status codes, the fixed stage and graph names below, problem slugs, and the load
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The client library's default process_* (RSS, CPU, open fds), python_gc_* and python_info
+# series, on the registry we export.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
-STAGES = ("decode", "detect", "align", "infer", "generate", "encode")
+STAGES = ("queue", "decode", "detect", "align", "infer", "generate", "encode")
 GRAPHS = ("recognition", "poker_face")
+# HTTP methods counted under their own name; any other token a client sends is "other".
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+ABANDON_REASONS = ("deadline", "disconnect", "shutdown")
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 # Latency buckets from 1 ms to 30 s: a tiny face crop on GPU up to a large batch on CPU.
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -36,7 +51,7 @@ HTTP_IN_FLIGHT = Gauge(
 )
 STAGE_LATENCY = Histogram(
     "pfvit_stage_duration_seconds",
-    "Time spent per pipeline stage in one request (decode, detect, align, infer, generate, encode).",
+    "Time spent per stage in one request (queue wait, decode, detect, align, infer, generate, encode).",
     ["stage"],
     buckets=_LATENCY_BUCKETS_S,
     registry=REGISTRY,
@@ -93,6 +108,23 @@ MODEL_INFO = Gauge(
     ["model", "version", "kind", "provider"],
     registry=REGISTRY,
 )
+QUEUE_DEPTH = Gauge(
+    "pfvit_queue_depth",
+    "Analysis requests waiting for a computing slot right now.",
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "pfvit_queue_wait_seconds",
+    "Time an analysis request waited for a computing slot.",
+    buckets=_LATENCY_BUCKETS_S,
+    registry=REGISTRY,
+)
+ABANDONED = Counter(
+    "pfvit_requests_abandoned",
+    "Analysis requests whose computation was stopped early, by reason (deadline, disconnect, shutdown).",
+    ["reason"],
+    registry=REGISTRY,
+)
 READY = Gauge(
     "pfvit_ready",
     "1 once every model is loaded and warmed up, else 0.",
@@ -106,3 +138,5 @@ for _graph in GRAPHS:
     INFERENCE_BATCH.labels(graph=_graph)
     BATCH_WAIT.labels(graph=_graph)
     BATCH_REQUESTS.labels(graph=_graph)
+for _reason in ABANDON_REASONS:
+    ABANDONED.labels(reason=_reason)

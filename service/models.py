@@ -20,7 +20,7 @@ from service import metrics
 from service.batching import MicroBatcher
 from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_card, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
-from service.runtime import create_session, primary_provider
+from service.runtime import ORT_ERRORS, create_session, primary_provider
 from service.vision.align import normalise, to_uint8_images
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,37 @@ class EmotionModel:
         intra_op_threads: int = 0,
         max_batch: int = 64,
         batch_wait_s: float | None = None,
+        cpu_arena: bool = False,
     ) -> "EmotionModel":
+        """Read the card, verify every checksum, and load the graphs."""
         card = load_card(model_dir)
         if card.kind != "emotion":
             raise ModelLoadError(f"{model_dir} holds a {card.kind!r} model, not an emotion model")
-        paths = verify_files(card, model_dir)
+        return cls.from_verified(
+            card,
+            verify_files(card, model_dir),
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            max_batch=max_batch,
+            batch_wait_s=batch_wait_s,
+            cpu_arena=cpu_arena,
+        )
+
+    @classmethod
+    def from_verified(
+        cls,
+        card: ModelCard,
+        paths: dict[str, Path],
+        *,
+        providers: list[str],
+        intra_op_threads: int = 0,
+        max_batch: int = 64,
+        batch_wait_s: float | None = None,
+        cpu_arena: bool = False,
+    ) -> "EmotionModel":
+        """Load graphs whose checksums were already verified (``verify_files``' answer)."""
         sessions = {
-            name: create_session(path, providers=providers, intra_op_threads=intra_op_threads)
+            name: create_session(path, providers=providers, intra_op_threads=intra_op_threads, cpu_arena=cpu_arena)
             for name, path in paths.items()
         }
         return cls(card, sessions, max_batch=max_batch, batch_wait_s=batch_wait_s)
@@ -193,12 +217,29 @@ class EmotionModel:
         return images[..., ::-1] if self._bgr else images
 
     def warm_up(self, runs: int = 2) -> None:
-        """Run every graph on a mid-grey face so the first request pays no allocation cost.
+        """Run every graph on a mid-grey face so the first request pays no allocation cost,
+        and check what each graph gives against the card (a graph with dynamic axes can only
+        be checked by running it).
 
         Sessions are called directly so warm-up leaves the request metrics untouched.
+
+        Raises:
+            ModelLoadError: a graph fails to run, or answers with the wrong shape.
         """
         h, w = self.input_hw
         x = self._prepare(np.full((1, h, w, 3), 128, np.uint8))
-        for _ in range(runs):
-            for session in self.sessions.values():
-                session.run(None, {session.get_inputs()[0].name: x})
+        expected = {RECOGNITION_GRAPH: {"logits": (1, len(self.card.labels))}, POKER_FACE_GRAPH: {"poker_face": (1, 3, h, w)}}
+        for _ in range(max(1, runs)):
+            for name, session in self.sessions.items():
+                try:
+                    outputs = session.run(None, {session.get_inputs()[0].name: x})
+                except ORT_ERRORS as exc:
+                    raise ModelLoadError(f"{self.card.name}: the {name} graph fails on a test face: {exc}") from exc
+                by_name = {o.name: value for o, value in zip(session.get_outputs(), outputs)}
+                for output, shape in expected.get(name, {}).items():
+                    got = tuple(np.shape(by_name[output]))
+                    if got != shape:
+                        raise ModelLoadError(
+                            f"{self.card.name}: the {name} graph answers {output} of shape {list(got)}, the card implies "
+                            f"{list(shape)} ({len(self.card.labels)} labels, {h}x{w} input)"
+                        )

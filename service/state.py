@@ -9,18 +9,23 @@ already answers and ``/readyz`` says 503.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from service import metrics
 from service.card import ModelCard, load_card, verify_files
 from service.config import Settings
-from service.errors import ModelLoadError, ModelNotReady
+from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
-from service.runtime import primary_provider, resolve_providers
+from service.runtime import create_session, primary_provider, resolve_providers
+from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
 from service.vision.mtcnn import MTCNN
 
 log = logging.getLogger(__name__)
@@ -32,8 +37,53 @@ _MISSING_EMOTION_MODEL = (
 )
 
 
+class AdmissionGate:
+    """At most ``slots`` requests compute at once and at most ``max_queue`` wait for a slot.
+
+    A request beyond the queue is refused at once (503 with Retry-After) rather than left to
+    wait past its deadline. A slot is given back by ``release``, which the caller runs when
+    its worker thread has really stopped, not when the request was answered: a thread still
+    running for an abandoned request still uses the CPU.
+    """
+
+    def __init__(self, slots: int, max_queue: int) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self.max_queue = max_queue
+        self.waiting = 0
+
+    async def acquire(self, timeout_s: float) -> float:
+        """Wait for a slot; returns the seconds waited.
+
+        Raises:
+            QueueFull: no slot is free and ``max_queue`` requests already wait.
+            DeadlineExceeded: no slot came free within ``timeout_s``.
+        """
+        if self._slots.locked() and self.waiting >= self.max_queue:
+            raise QueueFull(f"all computing slots are busy and {self.waiting} requests are waiting; retry shortly")
+        start = time.perf_counter()
+        self.waiting += 1
+        metrics.QUEUE_DEPTH.set(self.waiting)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(timeout_s, 0.0))
+        except asyncio.TimeoutError as exc:  # TimeoutError from 3.11 on
+            raise DeadlineExceeded(f"no computing slot came free within the deadline of {timeout_s:.1f} s") from exc
+        finally:
+            self.waiting -= 1
+            metrics.QUEUE_DEPTH.set(self.waiting)
+        waited = time.perf_counter() - start
+        metrics.QUEUE_WAIT.observe(waited)
+        return waited
+
+    def release(self) -> None:
+        self._slots.release()
+
+
 class ServiceState:
-    """Models, readiness and the concurrency gate of one running service."""
+    """Models, readiness and the admission gate of one running service.
+
+    ``preflight`` reads both cards and hashes every graph file, once; ``load`` creates the
+    sessions from those verified files, so a start-up hashes each file exactly once.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -42,10 +92,15 @@ class ServiceState:
         self.emotion_card: ModelCard | None = None
         self.pipeline: FacePipeline | None = None
         self.load_error: str | None = None
+        self._verified: dict[str, dict[str, Path]] | None = None  # model kind -> {graph: file}
         self._ready = threading.Event()
-        self.gate = asyncio.Semaphore(settings.max_concurrent_inference)
+        self.gate = AdmissionGate(settings.max_concurrent_inference, settings.max_queue)
 
     # --- start-up ----------------------------------------------------------------------------
+
+    @property
+    def preflighted(self) -> bool:
+        return self._verified is not None
 
     def preflight(self) -> None:
         """Fail fast: both cards readable and valid, every file present with the right sha256."""
@@ -54,26 +109,39 @@ class ServiceState:
             raise ModelLoadError(_MISSING_EMOTION_MODEL.format(path=s.emotion_model_dir))
         if not (s.detector_model_dir / "card.json").is_file():
             raise ModelLoadError(f"no face-detector model at {s.detector_model_dir} (expected the MTCNN card and ONNX files)")
-        self.emotion_card = load_card(s.emotion_model_dir)
-        if self.emotion_card.kind != "emotion":
-            raise ModelLoadError(f"{s.emotion_model_dir} holds a {self.emotion_card.kind!r} model, not an emotion model")
-        verify_files(self.emotion_card, s.emotion_model_dir)
-        self.detector_card = load_card(s.detector_model_dir)
-        verify_files(self.detector_card, s.detector_model_dir)
+        emotion_card = load_card(s.emotion_model_dir)
+        if emotion_card.kind != "emotion":
+            raise ModelLoadError(f"{s.emotion_model_dir} holds a {emotion_card.kind!r} model, not an emotion model")
+        detector_card = load_card(s.detector_model_dir)
+        if detector_card.kind != "detector":
+            raise ModelLoadError(f"{s.detector_model_dir} holds a {detector_card.kind!r} model, not a face detector")
+        missing = [g for g in MTCNN_GRAPHS if g not in detector_card.graphs]
+        if missing:
+            raise ModelLoadError(f"detector card {detector_card.name!r} lacks graphs {missing}")
+        verified = {"emotion": verify_files(emotion_card, s.emotion_model_dir), "detector": verify_files(detector_card, s.detector_model_dir)}
+        self.emotion_card, self.detector_card, self._verified = emotion_card, detector_card, verified
 
     def load(self) -> None:
-        """Create sessions, check them against the cards, warm up; then flip ready."""
+        """Create sessions from the verified files, check them against the cards, warm up;
+        then flip ready."""
         s = self.settings
         try:
-            detector = MTCNN.from_dir(s.detector_model_dir, providers=self.providers, intra_op_threads=s.intra_op_threads)
-            model = EmotionModel.from_dir(
-                s.emotion_model_dir,
+            if self._verified is None:
+                self.preflight()
+            assert self._verified is not None and self.emotion_card is not None
+            session = functools.partial(create_session, providers=self.providers, intra_op_threads=s.intra_op_threads, cpu_arena=s.ort_cpu_arena)
+            detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS))
+            model = EmotionModel.from_verified(
+                self.emotion_card,
+                self._verified["emotion"],
                 providers=self.providers,
                 intra_op_threads=s.intra_op_threads,
                 max_batch=s.max_inference_batch,
+                cpu_arena=s.ort_cpu_arena,
                 batch_wait_s=s.batch_max_wait_ms / 1000.0,
             )
-            # Warm-up: the detector on a small grey frame, every emotion graph on one face.
+            # Warm-up: the detector on a small grey frame, every emotion graph on one face
+            # (which also checks each graph's output shapes against the card).
             for _ in range(max(1, s.warmup_runs)):
                 detector.detect(np.full((160, 160, 3), 127, np.uint8))
             model.warm_up(s.warmup_runs)
@@ -89,11 +157,14 @@ class ServiceState:
         metrics.READY.set(1)
         log.info("ready: %s %s on %s", model.card.name, model.card.version, model.providers)
 
-    async def load_in_background(self) -> None:
+    async def load_in_background(self, on_failure: Callable[[str], None] | None = None) -> None:
+        """Load in a worker thread; on a model fault, record it and call ``on_failure``
+        (``pfvit-serve`` passes one that stops the server, which then exits non-zero)."""
         try:
             await asyncio.to_thread(self.load)
-        except ModelLoadError:
-            pass  # recorded in load_error; /readyz reports it
+        except ModelLoadError as exc:
+            if on_failure is not None:
+                on_failure(exc.detail)
 
     # --- serving -----------------------------------------------------------------------------
 
@@ -106,9 +177,18 @@ class ServiceState:
         if self.pipeline is not None:
             self.pipeline.model.close()
 
+    @property
+    def public_status(self) -> str:
+        """What clients may read about loading: never a server path or a model's internals."""
+        if self.ready:
+            return "models loaded and warmed up"
+        if self.load_error:
+            return "model loading failed; the server log says why"
+        return "models are still loading and warming up; retry shortly"
+
     def require_pipeline(self) -> FacePipeline:
         if not self.ready or self.pipeline is None:
-            raise ModelNotReady(self.load_error or "models are still loading and warming up; retry shortly")
+            raise ModelNotReady(self.public_status)
         return self.pipeline
 
 

@@ -214,6 +214,12 @@ def test_compose_resolved_stack(variant: str):
     assert pfvit["build"]["args"]["VARIANT"] == variant
     assert pfvit["restart"] == "unless-stopped"
     assert any(p["target"] == SERVICE_PORT and str(p.get("published")) == str(SERVICE_PORT) for p in pfvit["ports"])
+    # Published on loopback unless PFVIT_BIND_ADDRESS says otherwise.
+    assert all(p.get("host_ip") == "127.0.0.1" for p in pfvit["ports"])
+    # A read-only root with RAM for /tmp, and more grace on stop than the service's own bound.
+    assert pfvit["read_only"] is True and any(t.startswith("/tmp") for t in pfvit["tmpfs"])
+    grace_s = int(pfvit["stop_grace_period"].rstrip("s"))
+    assert grace_s > int(pfvit["environment"]["PFVIT_SHUTDOWN_TIMEOUT_S"])
     assert pfvit["environment"]["PFVIT_PORT"] == str(SERVICE_PORT)
     assert pfvit["environment"]["PFVIT_HOST"] == "0.0.0.0"
     assert "/readyz" in " ".join(pfvit["healthcheck"]["test"])

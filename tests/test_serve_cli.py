@@ -1,6 +1,7 @@
-"""`pfvit-serve` / `python -m service` on the command line: help without starting anything,
-clear usage errors."""
+"""`pfvit-serve` / `python -m service` on the command line: help (with every setting) without
+starting anything, clear usage and settings errors."""
 
+import os
 import subprocess
 import sys
 
@@ -19,3 +20,20 @@ def test_a_bad_port_is_a_usage_error():
     result = _serve("--port", "70000")
     assert result.returncode == 2
     assert "not a TCP port" in result.stderr
+
+
+def test_help_lists_every_setting():
+    from service.config import Settings
+
+    out = _serve("--help").stdout
+    for name in Settings.model_fields:
+        assert f"PFVIT_{name.upper()}" in out
+
+
+def test_an_invalid_setting_is_one_clear_line(tmp_path):
+    env = {**os.environ, "PFVIT_MAX_QUEUE": "-3", "PFVIT_LOG_FORMAT": "xml"}
+    result = subprocess.run([sys.executable, "-m", "service"], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("pfvit: invalid setting:") and "PFVIT_MAX_QUEUE='-3'" in line and "PFVIT_LOG_FORMAT='xml'" in line
+    assert "Traceback" not in result.stderr

@@ -1,21 +1,48 @@
-"""What both analysis routes share: reading uploads, running the pipeline off the event loop."""
+"""What both analysis routes share: reading the images (multipart or base64 JSON), the
+request's pixel budget, and running the pipeline off the event loop within the request's
+deadline, its place in the queue and its client's patience."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
+import io
+import threading
 import time
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from fastapi import UploadFile
-from starlette.concurrency import run_in_threadpool
+from fastapi import Request
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service import metrics
-from service.api.schemas import Box, ModelRef
+from service.api.problems import validation_failed
+from service.api.schemas import Box, JsonDetectOptions, ModelRef
+from service.api.tracing import access_fields
 from service.config import Settings
-from service.errors import EmptyUpload, InvalidRequest
-from service.pipeline import DetectOptions, Face, ImageResult, StageTimer
-from service.state import ServiceState
+from service.errors import (
+    ClientDisconnected,
+    DeadlineExceeded,
+    EmptyUpload,
+    ImageTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    ValidationFailed,
+    WorkAbandoned,
+)
+from service.pipeline import DetectOptions, Face, FacePipeline, ImageResult, StageTimer
+from service.state import AdmissionGate, ServiceState
 from service.vision.imaging import encode_png
+
+JsonBody = TypeVar("JsonBody", bound=JsonDetectOptions)
+
+_MEDIA_TYPES_HINT = "send the images as multipart/form-data (field 'images') or as application/json ({\"images\": [{\"data\": \"<base64>\"}]})"
 
 
 @dataclass(frozen=True)
@@ -24,50 +51,245 @@ class Upload:
     data: bytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Analysis:
     results: list[ImageResult]
     uploads: list[Upload]
-    timer: StageTimer
-    poker_pngs: list[list[bytes]] | None  # per image, per face
+    timings_ms: dict[str, float]
+    poker_pngs: list[list[bytes]]  # per image, per face; empty lists when poker faces were not asked for
 
 
-async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Upload]:
-    if not files:
-        raise EmptyUpload("no image was uploaded; send one or more files in the 'images' field")
-    if len(files) > settings.max_images:
-        raise InvalidRequest(f"{len(files)} images uploaded; at most {settings.max_images} per request", field="images")
-    return [Upload(filename=f.filename, data=await f.read()) for f in files]
+# --- reading the images ---------------------------------------------------------------------
 
 
-def _analyse_sync(state: ServiceState, uploads: list[Upload], options: DetectOptions, *, recognise: bool, poker_face: bool) -> Analysis:
-    pipeline = state.require_pipeline()
-    timer = StageTimer()
+async def read_images(request: Request, settings: Settings, json_model: type[JsonBody]) -> tuple[list[Upload], JsonBody | None]:
+    """The request's images, from a multipart form or a base64 JSON body, within the limits.
+
+    Returns the uploads and, for a JSON body, the parsed body (its options).
+    Multipart parts are kept in memory (the body is already in memory, within its limit), so
+    no face ever touches the disk and a read-only root file system works.
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json":
+        parsed = await _read_json(request, json_model)
+        uploads = [Upload(filename=image.filename, data=_b64decode(image.data, index)) for index, image in enumerate(parsed.images)]  # type: ignore[attr-defined]
+        _check_count(len(uploads), settings)
+        decoded = sum(len(u.data) for u in uploads)
+        if decoded > settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"the images decode to {decoded} bytes; the limit is {settings.max_upload_bytes}", limit_bytes=settings.max_upload_bytes
+            )
+        return uploads, parsed
+    if media == "multipart/form-data":
+        return await _read_multipart(request, settings), None
+    raise ValidationFailed(
+        f"body.images: Field required; {_MEDIA_TYPES_HINT}",
+        errors=[{"loc": ["body", "images"], "msg": f"Field required; {_MEDIA_TYPES_HINT}", "type": "missing"}],
+    )
+
+
+async def _read_json(request: Request, json_model: type[JsonBody]) -> JsonBody:
+    body = await request.body()
+    try:
+        return json_model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_failed(exc.errors(include_url=False, include_input=False), prefix=("body",)) from None
+
+
+def _b64decode(text: str, index: int) -> bytes:
+    loc = ["body", "images", index, "data"]
+
+    def invalid(msg: str) -> ValidationFailed:
+        return ValidationFailed(f"body.images.{index}.data: {msg}", errors=[{"loc": loc, "msg": msg, "type": "value_error"}])
+
+    if text.startswith("data:"):
+        header, comma, text = text.partition(",")
+        if not comma or not header.lower().endswith(";base64"):
+            raise invalid("a data: URI must be base64 encoded (data:<media type>;base64,<data>)")
+    elif text.lower().startswith(("http://", "https://", "ftp://", "file:")):
+        raise invalid("URLs are not fetched; send the image's bytes in base64")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("not valid base64") from None
+
+
+async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
+    parser = MultiPartParser(request.headers, request.stream(), max_files=settings.max_images, max_fields=32)
+    # Every part in memory: SpooledTemporaryFile rolls over to disk only above this size,
+    # and no part can be larger than the body, which is already in memory.
+    parser.spool_max_size = settings.max_upload_bytes + 1
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise InvalidRequest(f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request", field="images") from None
+        raise InvalidRequest(f"the multipart body could not be parsed: {exc.message}") from None
+    try:
+        items = form.getlist("images")
+        files = [item for item in items if not isinstance(item, str)]
+        if not items or len(files) != len(items):
+            msg = "Field required" if not items else "Expected a file, got text"
+            raise ValidationFailed(f"body.images: {msg}", errors=[{"loc": ["body", "images"], "msg": msg, "type": "missing" if not items else "value_error"}])
+        _check_count(len(files), settings)
+        return [Upload(filename=f.filename, data=await f.read()) for f in files]
+    finally:
+        await form.close()
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise EmptyUpload("no image was uploaded; send one or more images")
+    if count > settings.max_images:
+        raise InvalidRequest(f"{count} images uploaded; at most {settings.max_images} per request", field="images")
+
+
+def check_pixel_budget(uploads: list[Upload], max_request_pixels: int) -> None:
+    """Refuse a request whose images together declare more than ``max_request_pixels``.
+
+    Read from each file's header (Pillow opens lazily), before anything is decoded. A file
+    whose header cannot be read counts nothing here; decoding it names the fault.
+    """
+    total = 0
+    for upload in uploads:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(upload.data)) as img:
+                    width, height = img.size
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+            continue
+        total += width * height
+    if total > max_request_pixels:
+        raise ImageTooLarge(
+            f"the request's images have {total} pixels together; the limit is {max_request_pixels} per request",
+            limit_pixels=max_request_pixels,
+        )
+
+
+# --- running the pipeline -------------------------------------------------------------------
+
+
+@dataclass
+class AbandonableTimer(StageTimer):
+    """A stage timer that stops the worker thread at the next stage once the request is given up."""
+
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+
+    def abandon(self, reason: str) -> None:
+        self.reason = reason
+        self.abandoned.set()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.abandoned.is_set():
+            raise WorkAbandoned(f"stopped before {name}: {self.reason}")
+        with super().stage(name):
+            yield
+
+
+def _analyse_sync(
+    pipeline: FacePipeline, uploads: list[Upload], options: DetectOptions, timer: AbandonableTimer, *, recognise: bool, poker_face: bool
+) -> tuple[list[ImageResult], list[list[bytes]]]:
+    # Each photo is decoded, searched and released in turn inside the pipeline.
     results = pipeline.run(
         [u.data for u in uploads], options, timer, recognise=recognise, poker_face=poker_face, names=[u.filename for u in uploads]
     )
-    pngs = None
+    pngs: list[list[bytes]] = [[] for _ in results]
     if poker_face:
         with timer.stage("encode"):
             pngs = [[encode_png(p) for p in (r.poker_faces if r.poker_faces is not None else [])] for r in results]
-    return Analysis(results=results, uploads=uploads, timer=timer, poker_pngs=pngs)
+    return results, pngs
 
 
-async def analyse(state: ServiceState, uploads: list[Upload], options: DetectOptions, *, route: str, recognise: bool, poker_face: bool) -> Analysis:
-    """Run the pipeline in a worker thread, at most ``max_concurrent_inference`` at once."""
-    state.require_pipeline()  # answer 503 before queueing when not ready
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body was read already, so the next message
+    the server sends the application is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _on_worker_done(gate: AdmissionGate, timer: AbandonableTimer):
+    def done(task: asyncio.Future) -> None:
+        gate.release()  # only now: the thread has really stopped using the CPU
+        if not task.cancelled() and isinstance(task.exception(), WorkAbandoned):
+            metrics.ABANDONED.labels(reason=timer.reason).inc()
+
+    return done
+
+
+async def analyse(
+    request: Request,
+    state: ServiceState,
+    pipeline: FacePipeline,
+    uploads: list[Upload],
+    options: DetectOptions,
+    *,
+    route: str,
+    recognise: bool,
+    poker_face: bool,
+) -> Analysis:
+    """Queue for a computing slot, then run the pipeline in a worker thread, within the
+    request's deadline (queue wait included) and only while the client still waits.
+
+    Raises:
+        QueueFull: the waiting line is full (503).
+        DeadlineExceeded: no answer within ``request_timeout_s`` (504).
+        ClientDisconnected: the client left; the work stops at the next stage.
+    """
+    settings = state.settings
     start = time.perf_counter()
-    async with state.gate:
-        analysis = await run_in_threadpool(_analyse_sync, state, uploads, options, recognise=recognise, poker_face=poker_face)
-    analysis.timer.observe()
-    analysis.timer.seconds["total"] = time.perf_counter() - start
-    metrics.IMAGES.labels(route=route).inc(len(analysis.results))
-    metrics.FACES.labels(route=route).inc(sum(len(r.faces) for r in analysis.results))
-    return analysis
+    deadline = start + settings.request_timeout_s
+    timer = AbandonableTimer()
+
+    async def admitted() -> tuple[list[ImageResult], list[list[bytes]]]:
+        timer.seconds["queue"] = await state.gate.acquire(deadline - time.perf_counter())
+        worker = asyncio.ensure_future(
+            asyncio.to_thread(
+                _analyse_sync, pipeline, uploads, options, timer, recognise=recognise, poker_face=poker_face
+            )
+        )
+        worker.add_done_callback(_on_worker_done(state.gate, timer))
+        return await asyncio.shield(worker)  # a cancelled request leaves the thread to stop itself
+
+    work = asyncio.ensure_future(admitted())
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({work, gone}, timeout=max(0.0, deadline - time.perf_counter()), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The server gave up on this request (shutdown past its grace period): stop the work
+        # too, or the process would wait for it to finish before it can exit.
+        work.cancel()
+        timer.abandon("shutdown")
+        raise
+    finally:
+        gone.cancel()
+    if work not in done:
+        work.cancel()
+        if gone in done:
+            timer.abandon("disconnect")
+            raise ClientDisconnected("the client closed the connection before the answer was ready")
+        timer.abandon("deadline")
+        raise DeadlineExceeded(f"the request did not finish within the deadline of {settings.request_timeout_s:g} s")
+    results, pngs = work.result()
+    timer.observe()
+    timer.seconds["total"] = time.perf_counter() - start
+    faces = sum(len(r.faces) for r in results)
+    metrics.IMAGES.labels(route=route).inc(len(results))
+    metrics.FACES.labels(route=route).inc(faces)
+    timings_ms = timer.as_ms()
+    model = pipeline.model
+    access_fields(request.scope).update(
+        images=len(results), faces=faces, timings_ms=timings_ms, model=f"{model.card.name}/{model.card.version}", provider=model.provider
+    )
+    return Analysis(results=results, uploads=uploads, timings_ms=timings_ms, poker_pngs=pngs)
 
 
-def model_ref(state: ServiceState) -> ModelRef:
-    pipeline = state.require_pipeline()
+# --- building the answer --------------------------------------------------------------------
+
+
+def model_ref(pipeline: FacePipeline) -> ModelRef:
     card = pipeline.model.card
     return ModelRef(name=card.name, version=card.version, provider=pipeline.model.provider)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
-from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi import Depends, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.schemas import JsonDetectOptions
 from service.config import Settings
-from service.errors import ValidationFailed
-from service.pipeline import DetectOptions
+from service.errors import Unauthorized, ValidationFailed
+from service.pipeline import DetectOptions, FacePipeline
 from service.state import ServiceState
 from service.vision.mtcnn import MIN_FACE_SIZE_FLOOR
 
@@ -24,32 +27,76 @@ def get_app_settings(request: Request) -> Settings:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
-ImagesField = Annotated[
-    list[UploadFile],
-    File(description="One or more images (JPEG, PNG, WebP or BMP; EXIF orientation is honoured). Repeat the field for several."),
-]
+
+def get_pipeline(state: StateDep) -> FacePipeline:
+    """The loaded pipeline, or 503 while the models load (answered before the body is read)."""
+    return state.require_pipeline()
 
 
-def detect_options(
+PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
+
+
+# --- access ----------------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer <one of PFVIT_API_KEYS>")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <one of PFVIT_API_KEYS>")
+
+
+def require_api_key(
     settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> None:
+    """One of the configured keys, as a Bearer token or in ``X-API-Key`` (401 otherwise).
+
+    Only routed where ``PFVIT_API_KEYS`` is set (``service.app``), so the OpenAPI document
+    names a security scheme exactly when one applies.
+    """
+    given = api_key or (bearer.credentials if bearer is not None else None)
+    if not given:
+        raise Unauthorized("this service needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+    # Compare with every key, in constant time per key, so timing does not tell which is close.
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys]
+    if not any(matches):
+        raise Unauthorized("the API key is not valid")
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+def query_options(
     max_faces: Annotated[int | None, Query(ge=1, description="Most faces returned per image (highest scores first).")] = None,
     min_face_size: Annotated[int | None, Query(ge=MIN_FACE_SIZE_FLOOR, le=4096, description="Smallest face side searched for, in pixels.")] = None,
     threshold: Annotated[float | None, Query(gt=0.0, lt=1.0, description="Final detection probability threshold.")] = None,
-    aligned: Annotated[bool, Query(description="The upload is already an aligned face crop: skip detection.")] = False,
-) -> DetectOptions:
-    if max_faces is not None and max_faces > settings.max_faces_limit:
+    aligned: Annotated[bool | None, Query(description="The upload is already an aligned face crop: skip detection.")] = None,
+) -> JsonDetectOptions:
+    return JsonDetectOptions(max_faces=max_faces, min_face_size=min_face_size, threshold=threshold, aligned=aligned)
+
+
+QueryOptionsDep = Annotated[JsonDetectOptions, Depends(query_options)]
+
+
+def resolve_options(settings: Settings, query: JsonDetectOptions, body: JsonDetectOptions | None) -> DetectOptions:
+    """Options from a JSON body win over the query's; the settings fill in the rest."""
+
+    def pick(name: str) -> tuple[object, str]:
+        value = getattr(body, name, None) if body is not None else None
+        return (value, "body") if value is not None else (getattr(query, name), "query")
+
+    max_faces, where = pick("max_faces")
+    if max_faces is not None and max_faces > settings.max_faces_limit:  # type: ignore[operator]
         # The bound is a setting, so the signature cannot carry it; reported like max_faces=0.
         limit = settings.max_faces_limit
         raise ValidationFailed(
-            f"query.max_faces: {max_faces} is over this service's limit of {limit}",
-            errors=[{"loc": ["query", "max_faces"], "msg": f"Input should be less than or equal to {limit}", "type": "less_than_equal"}],
+            f"{where}.max_faces: {max_faces} is over this service's limit of {limit}",
+            errors=[{"loc": [where, "max_faces"], "msg": f"Input should be less than or equal to {limit}", "type": "less_than_equal"}],
         )
+    min_face_size, _ = pick("min_face_size")
+    threshold, _ = pick("threshold")
+    aligned, _ = pick("aligned")
     return DetectOptions(
-        max_faces=max_faces or settings.default_max_faces,
-        min_face_size=min_face_size or settings.default_min_face_size,
-        threshold=threshold if threshold is not None else settings.default_detection_threshold,
-        aligned=aligned,
+        max_faces=int(max_faces or settings.default_max_faces),  # type: ignore[call-overload]
+        min_face_size=int(min_face_size or settings.default_min_face_size),  # type: ignore[call-overload]
+        threshold=float(threshold if threshold is not None else settings.default_detection_threshold),  # type: ignore[arg-type]
+        aligned=bool(aligned),
     )
-
-
-DetectOptionsDep = Annotated[DetectOptions, Depends(detect_options)]

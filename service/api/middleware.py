@@ -1,62 +1,109 @@
-"""ASGI middleware: the request-body limit and the HTTP metrics, around every request."""
+"""ASGI middleware around every request: its ID, the body limit and timeout, HTTP metrics,
+and the access record."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.api.problems import problem_response
-from service.errors import PayloadTooLarge
+from service.api.tracing import ACCESS_LOG, REQUEST_ID_HEADER, access_fields, request_id_from, request_id_var
+from service.errors import PayloadTooLarge, PFViTError, RequestTimeout
+
+# A JSON body carries images as base64: 4 bytes for every 3, plus the JSON around them.
+# Its limit on the wire is scaled so that the decoded images get the same byte limit as a
+# multipart upload (the decoded bytes are counted again when the images are read).
+_JSON_OVERHEAD_BYTES = 64 * 1024
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 
 
-class BodyLimitAndMetrics:
-    """Counts and times every HTTP request; refuses bodies over ``max_body_bytes`` with 413.
+def json_body_limit(max_upload_bytes: int) -> int:
+    return -(-max_upload_bytes * 4 // 3) + _JSON_OVERHEAD_BYTES
 
-    The body is read (up to the limit) before the application sees it, so an oversized
-    upload is refused whether or not it declares a Content-Length, and the application
-    never parses a partial form.
+
+class RequestContext:
+    """Names, bounds, counts and times every HTTP request.
+
+    - ``X-Request-ID``: the client's (when sane) or a new one, echoed on the response and in
+      every problem document.
+    - The body is read, up to its limit and within ``body_timeout_s``, before the
+      application sees it: an oversized upload is refused with 413 whether or not it
+      declares a Content-Length, a stalled one with 408, and the application never parses a
+      partial form.
+    - HTTP metrics by route template (never the raw path) and a bounded method label.
+    - With ``access_log`` on, one record per request (``service.api.tracing``).
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, access_log: bool) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_body_bytes = json_body_limit(max_body_bytes)
+        self.body_timeout_s = body_timeout_s
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        request_id = request_id_from(scope.get("headers", []))
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
         status_holder = {"status": 500}
         metrics.HTTP_IN_FLIGHT.inc()
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == _REQUEST_ID_KEY for name, _ in headers):  # problem responses carry it already
+                    headers.append((_REQUEST_ID_KEY, request_id.encode()))
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:
-            replay = await self._buffer_body(scope, receive)
-            if replay is None:
-                exc = PayloadTooLarge(f"request body exceeds the limit of {self.max_body_bytes} bytes", limit_bytes=self.max_body_bytes)
-                await problem_response(exc, instance=scope.get("path"))(scope, receive, send_wrapper)
+            try:
+                replay = await asyncio.wait_for(self._buffer_body(scope, receive), timeout=self.body_timeout_s)
+            except asyncio.TimeoutError:
+                replay = RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s")
+            if isinstance(replay, PFViTError):
+                await problem_response(replay, instance=scope.get("path"))(scope, receive, send_wrapper)
             else:
                 await self.app(scope, replay, send_wrapper)
         finally:
             metrics.HTTP_IN_FLIGHT.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            metrics.HTTP_REQUESTS.labels(route=template, method=scope.get("method", "?"), status=str(status_holder["status"])).inc()
-            metrics.HTTP_LATENCY.labels(route=template).observe(time.perf_counter() - start)
+            method = metrics.method_label(scope.get("method", ""))
+            status = status_holder["status"]
+            seconds = time.perf_counter() - start
+            metrics.HTTP_REQUESTS.labels(route=template, method=method, status=str(status)).inc()
+            metrics.HTTP_LATENCY.labels(route=template).observe(seconds)
+            if self.access_log:
+                record = {"request_id": request_id, "method": method, "route": template, "status": status, "duration_ms": round(seconds * 1000, 3)}
+                record.update(access_fields(scope))
+                ACCESS_LOG.log(logging.INFO, "%s %s %d", method, template, status, extra={"access": record})
+            request_id_var.reset(token)
 
-    async def _buffer_body(self, scope: Scope, receive: Receive) -> Receive | None:
-        """Read the whole body, or return None as soon as it is over the limit."""
+    def _limit_for(self, scope: Scope) -> int:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-type":
+                return self.max_json_body_bytes if value.split(b";")[0].strip().lower() == b"application/json" else self.max_body_bytes
+        return self.max_body_bytes
+
+    async def _buffer_body(self, scope: Scope, receive: Receive) -> Receive | PFViTError:
+        """Read the whole body, or return the error as soon as it is over the limit."""
+        limit = self._limit_for(scope)
+        too_large = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", limit_bytes=limit)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    if int(value) > self.max_body_bytes:
-                        return None
+                    if int(value) > limit:
+                        return too_large
                 except ValueError:
                     pass
         chunks: list[bytes] = []
@@ -73,18 +120,21 @@ class BodyLimitAndMetrics:
                 return disconnected
             body = message.get("body", b"")
             total += len(body)
-            if total > self.max_body_bytes:
-                return None
+            if total > limit:
+                return too_large
             chunks.append(body)
             more = message.get("more_body", False)
         payload = b"".join(chunks)
+        del chunks
         sent = False
 
         async def replay() -> Message:
-            nonlocal sent
+            nonlocal sent, payload
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": payload, "more_body": False}
+                message = {"type": "http.request", "body": payload, "more_body": False}
+                payload = b""  # the application holds it now; do not keep a second reference
+                return message
             return await receive()  # after the body: wait for the client's disconnect
 
         return replay

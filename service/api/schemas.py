@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.vision.mtcnn import MIN_FACE_SIZE_FLOOR
 
 
 class Box(BaseModel):
@@ -99,5 +103,57 @@ class Limits(BaseModel):
     max_images: int = Field(description="Images per request at most.")
     max_upload_bytes: int = Field(description="Whole request body, bytes (413 above).")
     max_image_pixels: int = Field(description="Pixels per image (413 above).")
+    max_request_pixels: int = Field(description="Pixels of all images of one request together (413 above).")
     max_faces_limit: int = Field(description="Largest `max_faces` a request may ask for.")
     default_max_faces: int = Field(description="`max_faces` when a request does not say.")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``); every error is one."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI naming the problem type, e.g. https://pfvit.dev/problems/invalid-image.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="Path of the request.")
+    request_id: str | None = Field(None, description="The request's X-Request-ID.")
+    errors: list[dict[str, Any]] | None = Field(None, description="validation-error only: {loc, msg, type} per offending field.")
+    image_index: int | None = Field(None, description="Position of the offending image, when one image is at fault.")
+
+
+# --- JSON input (application/json instead of multipart) -------------------------------------
+
+
+class JsonImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(
+        min_length=1,
+        description="The image file's bytes in base64, or a data: URI (data:image/jpeg;base64,...). URLs are not fetched.",
+    )
+    filename: str | None = Field(None, max_length=255, description="Echoed in the answer; never logged.")
+
+
+class JsonDetectOptions(BaseModel):
+    """Detection options in a JSON body; each one given here wins over the same query parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_faces: int | None = Field(None, ge=1, description="Most faces returned per image (highest scores first).")
+    min_face_size: int | None = Field(None, ge=MIN_FACE_SIZE_FLOOR, le=4096, description="Smallest face side searched for, in pixels.")
+    threshold: float | None = Field(None, gt=0.0, lt=1.0, description="Final detection probability threshold.")
+    aligned: bool | None = Field(None, description="The images are already aligned face crops: skip detection.")
+
+
+class JsonRecognizeRequest(JsonDetectOptions):
+    images: list[JsonImage] = Field(min_length=1, description="One or more images.")
+    return_poker_face: bool | None = Field(None, description="Also return each face's poker face as base64 PNG.")
+    return_expression_map: bool | None = Field(None, description="Per face, the expression map as base64 PNG.")
+    return_aligned_face: bool | None = Field(None, description="Per face, the aligned crop the model saw, as base64 PNG.")
+
+
+class JsonPokerFaceRequest(JsonDetectOptions):
+    images: list[JsonImage] = Field(min_length=1, description="One or more images.")
+    return_expression_map: bool | None = Field(None, description="Per face, the expression map as base64 PNG.")

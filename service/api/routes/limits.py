@@ -16,6 +16,7 @@ async def limits(settings: SettingsDep) -> Limits:
         max_images=settings.max_images,
         max_upload_bytes=settings.max_upload_bytes,
         max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
         max_faces_limit=settings.max_faces_limit,
         default_max_faces=settings.default_max_faces,
     )

@@ -4,91 +4,94 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+import mimeparse
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.analysis import analyse, b64, face_geometry, model_ref, read_uploads
-from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
-from service.api.routes.recognize import PROBLEM_RESPONSES
-from service.api.schemas import PokerFace, PokerFaceImage, PokerFaceResponse
+from service.api.analysis import analyse, b64, check_pixel_budget, face_geometry, model_ref, read_images
+from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
+from service.api.openapi import ANALYSIS_ERRORS, POKER_FACE_EXAMPLE, problem_responses
+from service.api.schemas import JsonPokerFaceRequest, PokerFace, PokerFaceImage, PokerFaceResponse
 from service.errors import CapabilityMissing, InvalidRequest, NoFaceFound, NotAcceptable
 from service.vision.expression_map import expression_map_png, expression_map_pngs
 
 router = APIRouter(prefix="/v1", tags=["poker faces"])
 
 
+# Offered answers; on a tie (``*/*``) the last one wins, so JSON is the default.
+_OFFERED = ["image/png", "application/json"]
+
+
 def wants_png(accept: str | None) -> bool:
     """True when the client asks for image/png rather than JSON; raise 406 for neither."""
-    if not accept:
+    if not accept or not accept.strip():
         return False
-    types = []
-    for part in accept.split(","):
-        fields = [f.strip() for f in part.split(";")]
-        q = 1.0
-        for f in fields[1:]:
-            if f.startswith("q="):
-                try:
-                    q = float(f[2:])
-                except ValueError:
-                    q = 0.0
-        if q > 0:
-            types.append((q, fields[0].lower()))
-    types.sort(key=lambda t: -t[0])  # stable: equal q keeps the client's order
-    for _, media in types:
-        if media in ("application/json", "application/*", "*/*"):
-            return False
-        if media in ("image/png", "image/*"):
-            return True
-    raise NotAcceptable(f"cannot answer with {accept!r}; ask for application/json or image/png")
+    try:
+        best = mimeparse.best_match(_OFFERED, accept)
+    except mimeparse.MimeTypeParseException:
+        best = ""
+    if not best:
+        raise NotAcceptable(f"cannot answer with {accept[:100]!r}; ask for application/json or image/png")
+    return best == "image/png"
 
 
 @router.post(
     "/poker-face",
     response_model=PokerFaceResponse,
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"image/png": {}}, "description": "JSON, or with `Accept: image/png` the PNG of the largest face"}},
+    responses={
+        200: {
+            "description": "JSON, or with `Accept: image/png` the PNG of the largest face (or of its expression map)",
+            "content": {"application/json": {"example": POKER_FACE_EXAMPLE}, "image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **problem_responses(*ANALYSIS_ERRORS, 406, 501),
+    },
     summary="Generate the poker face (the emotionless face) of every face",
     description=(
         "Returns the generated poker face of each detected face as base64 PNG in JSON. With `Accept: image/png` "
         "and a single upload, the body is the PNG of the largest face alone (422 if there is none). With "
         "`return_expression_map=true` each face also carries its expression map (where the face differs from its poker face, "
-        "over the aligned face); with `Accept: image/png` the body is then the expression map of the largest face.\n\n"
+        "over the aligned face); with `Accept: image/png` the body is then the expression map of the largest face. "
+        "Takes the same inputs as `/v1/recognize` (multipart or base64 JSON).\n\n"
         "```\ncurl -F images=@face.jpg -H 'Accept: image/png' -o poker.png http://127.0.0.1:8000/v1/poker-face\n```"
     ),
 )
 async def poker_face(
+    request: Request,
+    pipeline: PipelineDep,
     state: StateDep,
     settings: SettingsDep,
-    options: DetectOptionsDep,
-    images: ImagesField,
-    accept: Annotated[str | None, Header()] = None,
+    query: QueryOptionsDep,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     return_expression_map: Annotated[
         bool, Query(description="Add each face's expression map; with Accept: image/png, answer the largest face's map instead of its poker face.")
     ] = False,
 ) -> Response | PokerFaceResponse:
-    png = wants_png(accept)
-    if png and len(images) != 1:
-        raise InvalidRequest(f"Accept: image/png returns one picture; upload exactly one image (got {len(images)})", field="images")
-    model = state.require_pipeline().model
-    if not model.has_poker_face:  # refuse before decoding and detecting anything
+    model = pipeline.model
+    if not model.has_poker_face:  # refuse before reading, decoding and detecting anything
         raise CapabilityMissing(f"model {model.card.name!r} ships no poker-face graph")
-    uploads = await read_uploads(images, settings)
-    analysis = await analyse(state, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True)
-    assert analysis.poker_pngs is not None
+    png = wants_png(accept)
+    uploads, body = await read_images(request, settings, JsonPokerFaceRequest)
+    if png and len(uploads) != 1:
+        raise InvalidRequest(f"Accept: image/png returns one picture; upload exactly one image (got {len(uploads)})", field="images")
+    with_map = body.return_expression_map if body is not None and body.return_expression_map is not None else return_expression_map
+    options = resolve_options(settings, query, body)
+    check_pixel_budget(uploads, settings.max_request_pixels)
+    analysis = await analyse(request, state, pipeline, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True)
     if png:
         result = analysis.results[0]
         if not result.faces:
             raise NoFaceFound("no face was found in the image")
         largest = max(range(len(result.faces)), key=lambda i: result.faces[i].area)
         headers = {"X-Model": f"{model.card.name}/{model.card.version}"}
-        if return_expression_map:
+        if with_map:
             assert result.poker_faces is not None
-            body = await run_in_threadpool(expression_map_png, result.faces[largest].aligned, result.poker_faces[largest])
+            body_png = await run_in_threadpool(expression_map_png, result.faces[largest].aligned, result.poker_faces[largest])
         else:
-            body = analysis.poker_pngs[0][largest]
-        return Response(body, media_type="image/png", headers=headers)
+            body_png = analysis.poker_pngs[0][largest]
+        return Response(body_png, media_type="image/png", headers=headers)
     maps = None
-    if return_expression_map:
+    if with_map:
         maps = await run_in_threadpool(lambda: [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results])
     out_images = [
         PokerFaceImage(
@@ -107,4 +110,4 @@ async def poker_face(
         )
         for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results))
     ]
-    return PokerFaceResponse(model=model_ref(state), images=out_images, timings_ms=analysis.timer.as_ms())
+    return PokerFaceResponse(model=model_ref(pipeline), images=out_images, timings_ms=analysis.timings_ms)

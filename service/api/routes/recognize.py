@@ -5,28 +5,18 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.analysis import Analysis, analyse, b64, face_geometry, model_ref, read_uploads
-from service.api.deps import DetectOptionsDep, ImagesField, SettingsDep, StateDep
-from service.api.problems import PROBLEM_JSON
-from service.api.schemas import RecognizedFace, RecognizedImage, RecognizeResponse
+from service.api.analysis import Analysis, analyse, b64, check_pixel_budget, face_geometry, model_ref, read_images
+from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
+from service.api.openapi import ANALYSIS_ERRORS, RECOGNIZE_EXAMPLE, ok_example, problem_responses
+from service.api.schemas import JsonRecognizeRequest, RecognizedFace, RecognizedImage, RecognizeResponse
+from service.errors import CapabilityMissing
 from service.vision.expression_map import expression_map_pngs
 from service.vision.imaging import encode_png
 
 router = APIRouter(prefix="/v1", tags=["emotions"])
-
-PROBLEM_RESPONSES = {
-    status: {"description": desc, "content": {PROBLEM_JSON: {"example": {"type": "https://pfvit.dev/problems/" + slug, "title": title, "status": status, "detail": detail}}}}
-    for status, desc, slug, title, detail in [
-        (400, "Empty upload, or more images than the service takes per request", "empty-upload", "Empty upload", "image 0 (a.jpg): the uploaded file is empty"),
-        (413, "Upload or image too large", "image-too-large", "Image has too many pixels", "image is 30000x30000 = 900000000 pixels; the limit is 40000000"),
-        (415, "Image format not accepted", "unsupported-media-type", "Unsupported image format", "image format GIF is not accepted; send JPEG, PNG, WebP or BMP"),
-        (422, "Not an image or truncated (invalid-image); a missing field or an invalid option (validation-error)", "invalid-image", "Invalid image", "image data is truncated or corrupt"),
-        (503, "Models still loading", "not-ready", "Models are not loaded yet", "models are still loading and warming up; retry shortly"),
-    ]
-}
 
 
 def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, list[list[bytes]]]:
@@ -41,54 +31,75 @@ def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, li
     if aligned:
         out["aligned_face_png"] = [[encode_png(f.aligned) for f in r.faces] for r in analysis.results]
     if out:
-        spent = time.perf_counter() - start
+        spent_ms = (time.perf_counter() - start) * 1000.0
         for stage in ("encode", "total"):
-            analysis.timer.seconds[stage] = analysis.timer.seconds.get(stage, 0.0) + spent
+            analysis.timings_ms[stage] = round(analysis.timings_ms.get(stage, 0.0) + spent_ms, 3)
     return out
+
+
+def _pick(body_value: bool | None, query_value: bool) -> bool:
+    """An option given in a JSON body wins over the same query parameter."""
+    return body_value if body_value is not None else query_value
 
 
 @router.post(
     "/recognize",
     response_model=RecognizeResponse,
-    responses=PROBLEM_RESPONSES,
+    responses={**ok_example(RECOGNIZE_EXAMPLE), **problem_responses(*ANALYSIS_ERRORS, 501)},
     summary="Recognise the emotion of every face",
     description=(
         "Detects faces (MTCNN), aligns each to the model's 5-point template and classifies its emotion with PF-ViT. "
         "All faces of the request go through the model in one batch. An image without a face gives an empty `faces` list.\n\n"
-        "```\ncurl -F images=@face.jpg 'http://127.0.0.1:8000/v1/recognize?max_faces=5'\n```"
+        "Send the images as `multipart/form-data` (field `images`, repeated), or as `application/json` with base64 data "
+        "(options may then also be given in the body, where they win over the query).\n\n"
+        "```\ncurl -F images=@face.jpg 'http://127.0.0.1:8000/v1/recognize?max_faces=5'\n"
+        "curl -H 'Content-Type: application/json' -d '{\"images\": [{\"data\": \"'$(base64 -w0 face.jpg)'\"}]}' "
+        "http://127.0.0.1:8000/v1/recognize\n```"
     ),
 )
 async def recognize(
+    request: Request,
+    pipeline: PipelineDep,
     state: StateDep,
     settings: SettingsDep,
-    options: DetectOptionsDep,
-    images: ImagesField,
-    return_poker_face: bool = False,
-    return_expression_map: Annotated[bool, Query(description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face.")] = False,
+    query: QueryOptionsDep,
+    return_poker_face: Annotated[bool, Query(description="Also return each face's poker face as base64 PNG.")] = False,
+    return_expression_map: Annotated[
+        bool, Query(description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face.")
+    ] = False,
     return_aligned_face: Annotated[bool, Query(description="Per face, the aligned crop the model saw, as PNG.")] = False,
 ) -> RecognizeResponse:
-    uploads = await read_uploads(images, settings)
+    model = pipeline.model
+    uploads, body = await read_images(request, settings, JsonRecognizeRequest)
+    options = resolve_options(settings, query, body)
+    with_poker_face = _pick(body.return_poker_face if body is not None else None, return_poker_face)
+    with_map = _pick(body.return_expression_map if body is not None else None, return_expression_map)
+    with_aligned = _pick(body.return_aligned_face if body is not None else None, return_aligned_face)
+    if (with_poker_face or with_map) and not model.has_poker_face:  # decided before anything is decoded or detected
+        raise CapabilityMissing(f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and return_expression_map")
+    check_pixel_budget(uploads, settings.max_request_pixels)
     analysis = await analyse(
-        state, uploads, options, route="/v1/recognize", recognise=True, poker_face=return_poker_face or return_expression_map
+        request, state, pipeline, uploads, options, route="/v1/recognize", recognise=True, poker_face=with_poker_face or with_map
     )
-    labels = state.require_pipeline().model.labels
-    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=return_expression_map, aligned=return_aligned_face)
+    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=with_map, aligned=with_aligned)
+    labels = model.labels
     out_images = []
     for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
         faces = []
+        pngs = analysis.poker_pngs[index]
         for i, face in enumerate(result.faces):
             assert result.logits is not None and result.probabilities is not None
             probs = result.probabilities[i]
-            extras = {key: b64(pngs[index][i]) for key, pngs in extra_pngs.items()}
+            extras = {key: b64(per_image[index][i]) for key, per_image in extra_pngs.items()}
             faces.append(
                 RecognizedFace(
                     **face_geometry(face),
                     label=labels[int(probs.argmax())],
                     probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
                     logits=[float(v) for v in result.logits[i]],
-                    poker_face_png=b64(analysis.poker_pngs[index][i]) if return_poker_face and analysis.poker_pngs is not None else None,
+                    poker_face_png=b64(pngs[i]) if with_poker_face else None,
                     **extras,
                 )
             )
         out_images.append(RecognizedImage(index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces))
-    return RecognizeResponse(model=model_ref(state), labels=labels, images=out_images, timings_ms=analysis.timer.as_ms())
+    return RecognizeResponse(model=model_ref(pipeline), labels=labels, images=out_images, timings_ms=analysis.timings_ms)

@@ -7,10 +7,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import metrics
-from service.api.deps import StateDep
+from service.api.deps import SettingsDep, StateDep
 from service.api.schemas import GraphInfo, Health, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["operations"])
+models_router = APIRouter(tags=["models"])
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
@@ -18,16 +20,20 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, summary="Readiness: every model loaded and warmed up", responses={503: {"model": Health}})
-async def readyz(state: StateDep) -> Response | Health:
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness: every model loaded and warmed up",
+    responses={503: {"model": Health, "description": "Loading (status 'loading'), or loading failed ('failed'); see Retry-After"}},
+)
+async def readyz(state: StateDep, settings: SettingsDep) -> Response | Health:
     if state.ready:
         return Health(status="ready")
-    detail = state.load_error or "loading and warming up models"
     status = "failed" if state.load_error else "loading"
-    return JSONResponse({"status": status, "detail": detail}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"status": status, "detail": state.public_status}, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
 
 
-@router.get("/v1/models", response_model=ModelsResponse, tags=["models"], summary="Loaded model cards and execution providers")
+@models_router.get("/v1/models", response_model=ModelsResponse, summary="Loaded model cards and execution providers")
 async def models(state: StateDep) -> ModelsResponse:
     out = []
     pipeline = state.pipeline if state.ready else None
@@ -56,6 +62,11 @@ async def models(state: StateDep) -> ModelsResponse:
     return ModelsResponse(ready=state.ready, models=out)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@metrics_router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 async def prometheus_metrics() -> Response:
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
