@@ -56,6 +56,7 @@ def test_limits_come_from_the_settings(client, settings):
     assert body == {
         "max_images": settings.max_images,
         "max_upload_bytes": settings.max_upload_bytes,
+        "max_request_pixels": settings.max_request_pixels,
         "max_image_pixels": settings.max_image_pixels,
         "max_faces_limit": settings.max_faces_limit,
         "default_max_faces": settings.default_max_faces,
