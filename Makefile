@@ -37,8 +37,9 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $@ $(VENV)/.serve-cpu
 
+# MALLOC_ARENA_MAX=2: glibc's per-thread heaps otherwise keep freed image buffers (docs/deploy.md).
 serve: $(VENV)/.serve-$(RUNTIME)
-	$(BIN)/python -m service
+	MALLOC_ARENA_MAX=2 $(BIN)/python -m service
 
 # System tools some tests need, from Debian, installed where that is possible (root with apt-get,
 # as on CI); elsewhere the tests that need them skip and say why.
