@@ -24,6 +24,8 @@ from service.vision.mtcnn import (
     generate_boxes,
     level_size,
     nms,
+    pnet_bands,
+    pnet_grid_size,
     pooling_matrix,
     pyramid_levels,
     pyramid_scales,
@@ -83,17 +85,25 @@ def test_nms_min_mode_suppresses_a_box_inside_another() -> None:
 
 
 @pytest.mark.parametrize("mode", ["union", "min"])
-def test_nms_matrix_and_loop_paths_agree(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nms_blocks_agree_with_the_classic_loop(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import service.vision.mtcnn as mtcnn_module
 
     rng = np.random.default_rng(3)
     corner = rng.uniform(0, 200, (400, 2))
     boxes = np.concatenate([corner, corner + rng.uniform(5, 60, (400, 2))], axis=1).astype(np.float32)
     scores = rng.random(400).astype(np.float32)
-    by_matrix = nms(boxes, scores, 0.5, mode)
-    monkeypatch.setattr(mtcnn_module, "_NMS_MATRIX_MAX", 0)  # force the per-kept-box loop
-    np.testing.assert_array_equal(nms(boxes, scores, 0.5, mode), by_matrix)
-    assert np.all(np.diff(scores[by_matrix]) <= 0)  # best first
+    # The classic greedy loop: keep the best box, drop what overlaps it, repeat.
+    order = list(np.argsort(-scores, kind="stable"))
+    want = []
+    while order:
+        best, order = order[0], order[1:]
+        want.append(best)
+        over = mtcnn_module._overlap(boxes[best].astype(np.float64), boxes[order].astype(np.float64), mode)
+        order = [o for o, v in zip(order, over, strict=True) if v <= 0.5]
+    for block in (7, 256):  # several blocks, and one
+        monkeypatch.setattr(mtcnn_module, "_NMS_BLOCK", block)
+        np.testing.assert_array_equal(nms(boxes, scores, 0.5, mode), want)
+    assert np.all(np.diff(scores[want]) <= 0)  # best first
 
 
 def test_regress_boxes_exclusive_and_inclusive_sizes() -> None:
@@ -150,6 +160,21 @@ def test_pooling_matrix_is_adaptive_average_pooling(length: int, size: int) -> N
     line = np.random.default_rng(1).integers(0, 256, (length, 1, 1), dtype=np.uint8)
     pooled = pooling_matrix(length, size) @ line[:, 0, 0].astype(np.float32)
     np.testing.assert_allclose(pooled, _adaptive_avg_pool(line, (size, 1))[:, 0, 0], atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(769, 769), (501, 300), (37, 1000), (13, 15), (400, 401)])
+def test_pnet_bands_give_the_whole_levels_output(detector: MTCNN, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.vision.mtcnn as mtcnn_module
+
+    level = np.random.default_rng(5).uniform(-1, 1, (3, *size)).astype(np.float32)
+    reg, prob = detector.pnet.run(None, {detector.pnet.get_inputs()[0].name: level[None]})[:2]
+    assert prob.shape[2:] == pnet_grid_size(*size)
+    for max_pixels in (5_000, 40_000, 10**9):
+        monkeypatch.setattr(mtcnn_module, "PNET_BAND_PIXELS", max_pixels)
+        banded_reg, banded_prob = detector._run_pnet(level)
+        np.testing.assert_array_equal(banded_prob, prob[0, 1])
+        np.testing.assert_array_equal(banded_reg, reg[0])
+    assert len(pnet_bands(*size, 5_000)) > 1 or size[0] < 40
 
 
 def test_pyramid_levels_are_area_averages() -> None:

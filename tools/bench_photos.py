@@ -168,7 +168,8 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int)
 
 def bench_http(photos: list[Photo], rounds: int, clients_list: list[int], env_extra: dict[str, str], max_seconds: float) -> dict[int, float]:
     """Prints the HTTP tables; returns images/s per client count."""
-    env = {"PFVIT_PROVIDERS": os.environ.get("PFVIT_PROVIDERS", "auto"), "PFVIT_LOG_LEVEL": "warning", **env_extra}
+    # MALLOC_ARENA_MAX=2 as the image and `make serve` run the service (docs/deploy.md).
+    env = {"PFVIT_PROVIDERS": os.environ.get("PFVIT_PROVIDERS", "auto"), "PFVIT_LOG_LEVEL": "warning", "MALLOC_ARENA_MAX": "2", **env_extra}
     proc, url = start_server(env)
     rates: dict[int, float] = {}
     try:
