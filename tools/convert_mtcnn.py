@@ -7,16 +7,13 @@ because importing it pulls in torchvision, which cannot be installed here).
 
 The three networks are written out below layer for layer as facenet-pytorch 2.6.0 defines them
 (same attribute names, so the state dicts load with ``strict=True``). Each graph is exported,
-exported in a serving form that ONNX Runtime runs faster (``serving_form``: the first PReLU
-as convolutions, P-Net's probability as one sigmoid channel), checked against the original
-torch network on random inputs with ONNX Runtime, and recorded with its sha256 in
+checked against torch on random inputs with ONNX Runtime, and recorded with its sha256 in
 ``models/mtcnn/card.json`` (``service.card``, kind ``"detector"``).
 
 Graph contracts (all float32, NCHW, RGB, pixels normalised as ``(x - 127.5) * 0.0078125``):
 
 - ``pnet``: ``image [batch, 3, height, width]`` -> ``reg [batch, 4, h', w']``,
-  ``prob [batch, 1, h', w']`` (the face probability) with ``h' = ceil((height - 2) / 2) - 4``
-  (fully convolutional).
+  ``prob [batch, 2, h', w']`` with ``h' = ceil((height - 2) / 2) - 4`` (fully convolutional).
 - ``rnet``: ``image [batch, 3, 24, 24]`` -> ``reg [batch, 4]``, ``prob [batch, 2]``.
 - ``onet``: ``image [batch, 3, 48, 48]`` -> ``reg [batch, 4]``, ``landmarks [batch, 10]``
   (5 x then 5 y, relative to the box), ``prob [batch, 2]``.
@@ -25,7 +22,6 @@ Graph contracts (all float32, NCHW, RGB, pixels normalised as ``(x - 127.5) * 0.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import sys
 import warnings
@@ -144,63 +140,6 @@ class ONet(nn.Module):
         return reg, landmarks, prob
 
 
-class ConvPReLU(nn.Module):
-    """``prelu(conv(x))`` rearranged for ONNX Runtime, with the same output.
-
-    ``prelu(z) = relu(z) - a * relu(-z)``: one convolution with the filters and their negatives
-    (2C channels; ONNX Runtime fuses the ReLU into it), then a 1x1 convolution
-    ``[I, -diag(a)]`` back to C channels. ONNX Runtime runs PReLU as an unthreaded broadcast,
-    which took a quarter to a third of each network's time on its first layer (profiled on 2
-    cores); convolutions run blocked and threaded. Only for a PReLU right after a
-    convolution, before a pool, where the tensors are largest.
-    """
-
-    def __init__(self, conv: nn.Conv2d, prelu: nn.PReLU) -> None:
-        super().__init__()
-        c = conv.out_channels
-        slopes = prelu.weight.detach().reshape(-1)
-        if slopes.numel() != c:
-            raise ValueError(f"PReLU has {slopes.numel()} slopes for {c} channels")
-        self.both = nn.Conv2d(conv.in_channels, 2 * c, conv.kernel_size, stride=conv.stride)
-        self.combine = nn.Conv2d(2 * c, c, kernel_size=1, bias=False)
-        with torch.no_grad():
-            self.both.weight.copy_(torch.cat([conv.weight, -conv.weight]))
-            self.both.bias.copy_(torch.cat([conv.bias, -conv.bias]))
-            eye = torch.eye(c)
-            self.combine.weight.copy_(torch.cat([eye, -torch.diag(slopes)], dim=1)[:, :, None, None])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.combine(torch.relu(self.both(x)))
-
-
-class FaceLogit(nn.Module):
-    """P-Net's last layer for serving: the face probability alone, as the sigmoid of the
-    face-minus-background logit (equal to the two-class softmax's face channel). ONNX Runtime
-    fuses the sigmoid into the 1x1 convolution; its Softmax took a tenth of P-Net's time."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(conv.in_channels, 1, kernel_size=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(conv.weight[1:2] - conv.weight[0:1])
-            self.conv.bias.copy_(conv.bias[1:2] - conv.bias[0:1])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-def serving_form(name: str, module: nn.Module) -> nn.Module:
-    """A copy of a network rearranged for ONNX Runtime (first PReLU as convolutions; P-Net's
-    face probability as one sigmoid channel). ``check`` compares it with the original."""
-    served = copy.deepcopy(module)
-    served.conv1 = ConvPReLU(module.conv1, module.prelu1)
-    served.prelu1 = nn.Identity()
-    if name == "pnet":
-        served.conv4_1 = FaceLogit(module.conv4_1)
-        served.softmax4_1 = nn.Sigmoid()
-    return served.eval()
-
-
 # name -> (module class, example input shape, input spec, output specs, dynamic axes)
 _IMAGE_DOC = "RGB, (x - 127.5) * 0.0078125, NCHW"
 GRAPHS: dict[str, tuple[type[nn.Module], tuple[int, ...], TensorSpec, list[TensorSpec], dict]] = {
@@ -210,7 +149,7 @@ GRAPHS: dict[str, tuple[type[nn.Module], tuple[int, ...], TensorSpec, list[Tenso
         TensorSpec("image", ["batch", 3, "height", "width"], description=_IMAGE_DOC),
         [
             TensorSpec("reg", ["batch", 4, "grid_h", "grid_w"], description="box offsets per 12px cell, stride 2"),
-            TensorSpec("prob", ["batch", 1, "grid_h", "grid_w"], description="face probability (the two-class softmax's face channel)"),
+            TensorSpec("prob", ["batch", 2, "grid_h", "grid_w"], description="softmax; channel 1 = face"),
         ],
         {
             "image": {0: "batch", 2: "height", 3: "width"},
@@ -286,9 +225,7 @@ def export(name: str, module: nn.Module, path: Path) -> None:
 
 
 def check(name: str, module: nn.Module, path: Path, seed: int = 0) -> float:
-    """Run the original torch network and ONNX Runtime on random inputs; return and assert the
-    max abs difference. The exported graph is the serving form, so this also checks that
-    rearrangement (P-Net's probability is compared with the softmax's face channel)."""
+    """Run torch and ONNX Runtime on random inputs; return and assert the max abs difference."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -296,8 +233,6 @@ def check(name: str, module: nn.Module, path: Path, seed: int = 0) -> float:
         x = torch.rand(*shape, generator=gen) * 2.0 - 1.0  # the normalised pixel range
         with torch.no_grad():
             expected = [t.numpy() for t in module(x)]
-        if name == "pnet":
-            expected[1] = expected[1][:, 1:2]  # the face channel
         got = session.run(None, {"image": x.numpy()})
         for e, g in zip(expected, got, strict=True):
             if e.shape != g.shape:
@@ -355,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in GRAPHS:
         module = load_network(name, data_dir)
         path = out_dir / f"{name}.onnx"
-        export(name, serving_form(name, module), path)
+        export(name, module, path)
         diffs[name] = float(f"{check(name, module, path):.3e}")
         print(f"{name}: wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
     card_path = write_card(build_card(out_dir, diffs), out_dir)

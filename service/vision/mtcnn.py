@@ -459,7 +459,7 @@ class MTCNN:
             band = np.ascontiguousarray(level[None, :, row0:row1])  # (1, 3, bh, W)
             reg, prob = self.pnet.run(None, {self._pnet_input: band})[:2]
             regs.append(reg[0, :, :cells])
-            probs.append(prob[0, -1, :cells])  # the face channel (the only one in the shipped graph)
+            probs.append(prob[0, 1, :cells])
         if len(regs) == 1:
             return regs[0], probs[0]
         return np.concatenate(regs, axis=1), np.concatenate(probs, axis=0)
