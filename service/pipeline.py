@@ -34,8 +34,11 @@ class DetectOptions:
 Face = AlignedFace
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageResult:
+    """One image's answer, complete when constructed: the graphs' outputs are None only when
+    that graph was not asked for."""
+
     width: int
     height: int
     faces: list[Face]
@@ -137,7 +140,7 @@ class FacePipeline:
         poker_face: bool,
         names: Sequence[str | None] | None,
     ) -> list[ImageResult]:
-        results: list[ImageResult] = []
+        found: list[tuple[int, int, list[Face]]] = []  # width, height, faces per image
         for index, image in enumerate(images):
             with timer.stage("decode"):
                 try:
@@ -150,21 +153,42 @@ class FacePipeline:
                     raise
             faces = self.find_faces(picture, options, timer)
             metrics.FACES_PER_IMAGE.observe(len(faces))
-            results.append(ImageResult(width=picture.width, height=picture.height, faces=faces))
+            found.append((picture.width, picture.height, faces))
             del picture  # release the pixels before the next photo is decoded
-        all_faces = [f.aligned for r in results for f in r.faces]
-        if not all_faces:
-            return results
-        batch = np.stack(all_faces)  # (F, H, W, 3) uint8
-        offsets = np.cumsum([0] + [len(r.faces) for r in results])
-        if recognise:
-            with timer.stage("infer"):
-                out = self.model.recognise(batch)
-            for r, a, b in zip(results, offsets[:-1], offsets[1:]):
-                r.logits, r.probabilities = out.logits[a:b], out.probabilities[a:b]
-        if poker_face:
-            with timer.stage("generate"):
-                pokers = self.model.poker_faces(batch)
-            for r, a, b in zip(results, offsets[:-1], offsets[1:]):
-                r.poker_faces = pokers[a:b]
+        all_faces = [f.aligned for _, _, faces in found for f in faces]
+        logits = probabilities = pokers = None
+        if all_faces:
+            batch = np.stack(all_faces)  # (F, H, W, 3) uint8
+            if recognise:
+                with timer.stage("infer"):
+                    out = self.model.recognise(batch)
+                logits, probabilities = out.logits, out.probabilities
+            if poker_face:
+                with timer.stage("generate"):
+                    pokers = self.model.poker_faces(batch)
+        results: list[ImageResult] = []
+        start = 0
+        for width, height, faces in found:
+            rows = slice(start, start + len(faces))
+            start += len(faces)
+            results.append(
+                ImageResult(
+                    width=width,
+                    height=height,
+                    faces=faces,
+                    logits=_rows(logits, rows, recognise, len(faces)),
+                    probabilities=_rows(probabilities, rows, recognise, len(faces)),
+                    poker_faces=_rows(pokers, rows, poker_face, len(faces)),
+                )
+            )
         return results
+
+
+def _rows(values: np.ndarray | None, rows: slice, asked: bool, count: int) -> np.ndarray | None:
+    """One image's rows of a batch output; an empty array when the graph was asked for but the
+    request had no face at all, None when it was not asked for."""
+    if not asked:
+        return None
+    if values is None:
+        return np.zeros((count, 0), np.float32)
+    return values[rows]
