@@ -128,18 +128,13 @@ class FacePipeline:
         index and ``names`` entry.
         """
         with self.model.request(recognise=recognise, poker_face=poker_face):
-            return self._run(images, options, timer, recognise=recognise, poker_face=poker_face, names=names)
+            found = self._find_all(images, options, timer, names)
+            return self._infer(found, timer, recognise=recognise, poker_face=poker_face)
 
-    def _run(
-        self,
-        images: Sequence[bytes | np.ndarray],
-        options: DetectOptions,
-        timer: StageTimer,
-        *,
-        recognise: bool,
-        poker_face: bool,
-        names: Sequence[str | None] | None,
-    ) -> list[ImageResult]:
+    def _find_all(
+        self, images: Sequence[bytes | np.ndarray], options: DetectOptions, timer: StageTimer, names: Sequence[str | None] | None
+    ) -> list[tuple[int, int, list[Face]]]:
+        """Width, height and faces of every image, decoding and releasing one at a time."""
         found: list[tuple[int, int, list[Face]]] = []  # width, height, faces per image
         for index, image in enumerate(images):
             with timer.stage("decode"):
@@ -155,6 +150,10 @@ class FacePipeline:
             metrics.FACES_PER_IMAGE.observe(len(faces))
             found.append((picture.width, picture.height, faces))
             del picture  # release the pixels before the next photo is decoded
+        return found
+
+    def _infer(self, found: list[tuple[int, int, list[Face]]], timer: StageTimer, *, recognise: bool, poker_face: bool) -> list[ImageResult]:
+        """All faces of the request through each graph asked for, in one batch."""
         all_faces = [f.aligned for _, _, faces in found for f in faces]
         logits = probabilities = pokers = None
         if all_faces:

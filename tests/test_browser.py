@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ASTRONAUT, REPO
-from tools.loopback import start_server, stop_server, wait_until_ready
+from tools.loopback import serving
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +41,8 @@ def chromium_paths() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = start_server(
-        {"PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1", "PFVIT_WARMUP_RUNS": "1", "PFVIT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT_BYTES)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_ready(proc, url)
+    with serving({"PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1", "PFVIT_WARMUP_RUNS": "1", "PFVIT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT_BYTES)}) as url:
         yield url
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

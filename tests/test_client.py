@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ASTRONAUT, REPO
-from tools.loopback import start_server, stop_server, wait_until_ready
+from tools.loopback import serving
 
 pytestmark = pytest.mark.slow
 
@@ -34,16 +34,8 @@ CLI_TIMEOUT_S = 180
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = start_server(
-        {"PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1", "PFVIT_WARMUP_RUNS": "1", "PFVIT_MAX_IMAGES": str(MAX_IMAGES)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_ready(proc, url)
+    with serving({"PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1", "PFVIT_WARMUP_RUNS": "1", "PFVIT_MAX_IMAGES": str(MAX_IMAGES)}) as url:
         yield url
-    finally:
-        stop_server(proc)
 
 
 def box_of(result: ImageResult) -> np.ndarray:

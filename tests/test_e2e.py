@@ -8,23 +8,15 @@ import numpy as np
 import pytest
 
 from tests.prometheus_text import sample_value
-from tools.loopback import start_server, stop_server, wait_until_ready
+from tools.loopback import serving, start_server
 
 REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
 
 
 @pytest.fixture(scope="module")
 def server(models_dir):
-    proc, url = start_server(
-        {"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_ready(proc, url)
+    with serving({"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1"}) as url:
         yield url
-    finally:
-        stop_server(proc)
 
 
 def test_recognize_over_http(server, astronaut_bytes):

@@ -19,7 +19,7 @@ import pytest
 from service.card import sha256_file
 from tests.images import encode
 from tests.prometheus_text import sample_value
-from tools.loopback import start_server, stop_server, wait_until_ready
+from tools.loopback import serving, start_server, stop_server, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -271,12 +271,8 @@ def test_soak_tool_runs_briefly(settings):
         "PFVIT_WARMUP_RUNS": "1",
         "PFVIT_LOG_LEVEL": "warning",
     }
-    proc, url = start_server(env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_ready(proc, url)
+    with serving(env) as url:
         report = asyncio.run(soak(url, clients=3, duration_s=2.0, deadline_s=30.0))
-    finally:
-        stop_server(proc)
     assert report["requests"] > 0 and report["server_errors_other_than_503_504"] == 0
     assert report["broken_uploads_answered_4xx"] and report["over_deadline"] == 0
     assert set(report["rss_mib"]) == {"start", "minute_2_of_10", "middle", "end"} and report["rss_mib"]["end"] > 0

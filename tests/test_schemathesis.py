@@ -2,7 +2,6 @@
 generated requests, valid and invalid, to every operation of a server on 127.0.0.1; no 5xx,
 and every answer's status, content type and body as the document says."""
 
-import subprocess
 
 import pytest
 import schemathesis
@@ -15,7 +14,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tools.loopback import start_server, stop_server, wait_until_ready
+from tools.loopback import serving
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +32,8 @@ def live_schema(settings):
         "PFVIT_WARMUP_RUNS": "1",
         "PFVIT_LOG_LEVEL": "warning",
     }
-    proc, url = start_server(env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_ready(proc, url)
+    with serving(env) as url:
         yield schemathesis.openapi.from_url(url + "/openapi.json")
-    finally:
-        stop_server(proc)
 
 
 def _operations(schema) -> list:

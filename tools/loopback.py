@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -40,6 +42,18 @@ def wait_until_ready(proc: subprocess.Popen, url: str, timeout_s: float = 60.0) 
             pass
         time.sleep(0.1)
     raise TimeoutError(f"server not ready within {timeout_s} s")
+
+
+@contextmanager
+def serving(env_extra: dict[str, str], *, quiet: bool = True, timeout_s: float = 60.0) -> Iterator[str]:
+    """A ready service on loopback for the block; yields its base URL and stops it after."""
+    output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if quiet else {}
+    proc, url = start_server(env_extra, **output)
+    try:
+        wait_until_ready(proc, url, timeout_s=timeout_s)
+        yield url
+    finally:
+        stop_server(proc)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
