@@ -5,9 +5,10 @@ follows facenet-pytorch's ``detect_face`` step for step (no torch, no OpenCV), s
 detector finds the same faces with the same boxes to within a pixel or two:
 
 1. image pyramid: scales ``12 / min_face_size * factor**k`` while the short side stays >= 12 px;
-   each level is an area resize (Pillow's box filter), each from the level before it. facenet
-   resizes every level from the full image with torch's adaptive average pooling; the chained
-   box filter costs a fraction of that and moves boxes by a pixel or two;
+   each level is an area resize (Pillow's box filter), from the image or from the level two
+   steps before (``pyramid_levels``). facenet resizes every level from the full image with
+   torch's adaptive average pooling; this costs a fraction of that and moves boxes by a pixel
+   or two;
 2. P-Net per level -> cells with face probability >= ``thresholds[0]`` -> boxes; NMS (IoU 0.5)
    per level, then NMS (IoU 0.7) across levels; box regression; square-up;
 3. crops (clipped to the image, as facenet does) resized to 24x24 exactly as facenet resizes
@@ -114,16 +115,19 @@ def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]]) -> Iter
     """Area-resize the image to each pyramid level, largest first; yields ``(lh, lw, 3) float32``.
 
     Pillow's box filter averages each output pixel's footprint with exact fractional
-    coverage, the area interpolation MTCNN's pyramid wants. Each level is resized from the one
-    before it rather than from the full image: every level then costs a fraction of the
-    largest, and the result differs from a direct resize by well under one grey level. Pillow
-    releases the GIL while resizing, so concurrent requests resize in parallel.
+    coverage, the area interpolation MTCNN's pyramid wants. The first two levels come from the
+    image itself, every further level from the level two steps before it: with the default
+    step of 0.709 that is a halving, where a box filter is nearly an exact 2x2 average, so
+    the levels stay as sharp as direct resizes (resizing each level from the one before blurs
+    a little more at every step, and found 1 % fewer of FER2013's test faces) while each costs
+    a fraction of a full-image pass. Pillow releases the GIL while resizing.
     """
-    source = image
-    for height, width in sizes:
-        if (width, height) != source.size:
-            source = source.resize((width, height), Image.Resampling.BOX)
-        yield np.asarray(source, dtype=np.float32)
+    made: list[Image.Image] = []
+    for k, (height, width) in enumerate(sizes):
+        source = made[k - 2] if k >= 2 else image
+        level = source if (width, height) == source.size else source.resize((width, height), Image.Resampling.BOX)
+        made.append(level)
+        yield np.asarray(level, dtype=np.float32)
 
 
 @lru_cache(maxsize=1024)
