@@ -103,10 +103,11 @@ class EmotionModel:
         max_batch: int = 64,
         batch_wait_s: float | None = None,
         cpu_arena: bool = False,
+        required_provider: str | None = None,
     ) -> "EmotionModel":
         """Load graphs whose checksums were already verified (``verify_files``' answer)."""
         sessions = {
-            name: create_session(path, providers=providers, intra_op_threads=intra_op_threads, cpu_arena=cpu_arena)
+            name: create_session(path, providers=providers, intra_op_threads=intra_op_threads, cpu_arena=cpu_arena, required=required_provider)
             for name, path in paths.items()
         }
         return cls(card, sessions, max_batch=max_batch, batch_wait_s=batch_wait_s)

@@ -58,8 +58,21 @@ def resolve_providers(spec: str) -> list[str]:
     return chosen
 
 
+def required_provider(spec: str, providers: list[str]) -> str | None:
+    """The provider a session must really use: the first one named in an explicit ``providers``
+    setting (``cuda``, or a list), never for ``auto``, never the CPU (always there)."""
+    if spec.strip().lower() == "auto" or not providers or providers[0] == CPU:
+        return None
+    return providers[0]
+
+
 def create_session(
-    path: str | Path, *, providers: list[str], intra_op_threads: int = 0, cpu_arena: bool = False
+    path: str | Path,
+    *,
+    providers: list[str],
+    intra_op_threads: int = 0,
+    cpu_arena: bool = False,
+    required: str | None = None,
 ) -> ort.InferenceSession:
     """Create an inference session for one ONNX file.
 
@@ -68,8 +81,13 @@ def create_session(
     served for the life of the process (one 4000 px photo: 1189 MiB held afterwards against
     364 MiB off), while small requests cost the same either way (docs/deploy.md, "Memory").
 
+    ``required``: a provider the session must use (``required_provider``). ONNX Runtime falls
+    back to the CPU silently when, say, the CUDA libraries or the driver cannot be loaded;
+    asked for by name, that is an error here, never a quiet slow service.
+
     Raises:
-        ModelLoadError: the file cannot be loaded by ONNX Runtime (the cause is chained).
+        ModelLoadError: the file cannot be loaded by ONNX Runtime (the cause is chained), or
+            ``required`` is not among the providers the session actually uses.
     """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -90,8 +108,20 @@ def create_session(
     except ORT_ERRORS as exc:
         raise ModelLoadError(f"ONNX Runtime could not load {path}: {exc}") from exc
     actual = session.get_providers()
+    if required is not None and required not in actual:
+        raise ModelLoadError(
+            f"{Path(path).name}: {required} was asked for (PFVIT_PROVIDERS) but ONNX Runtime could not use it and "
+            f"would run on {actual}. For CUDA: an NVIDIA driver for CUDA 12 (525 or newer) and the `gpu` extra "
+            f"(onnxruntime-gpu 1.26, CUDA 12 + cuDNN 9) are needed; PFVIT_PROVIDERS=auto falls back to the CPU instead."
+        )
     if providers[0] not in actual:
-        log.warning("%s: asked for %s, ONNX Runtime uses %s", Path(path).name, providers, actual)
+        log.warning(
+            "%s: asked for %s, ONNX Runtime uses %s (PFVIT_PROVIDERS=auto falls back; /v1/models and "
+            "pfvit_model_info report the provider in use)",
+            Path(path).name,
+            providers,
+            actual,
+        )
     return session
 
 

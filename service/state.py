@@ -24,7 +24,7 @@ from service.config import Settings
 from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
-from service.runtime import create_session, primary_provider, resolve_providers
+from service.runtime import create_session, primary_provider, required_provider, resolve_providers
 from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
 from service.vision.mtcnn import MTCNN
 
@@ -88,6 +88,7 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.providers = resolve_providers(settings.providers)
+        self.required_provider = required_provider(settings.providers, self.providers)
         self.detector_card: ModelCard | None = None
         self.emotion_card: ModelCard | None = None
         self.pipeline: FacePipeline | None = None
@@ -129,7 +130,13 @@ class ServiceState:
             if self._verified is None:
                 self.preflight()
             assert self._verified is not None and self.emotion_card is not None
-            session = functools.partial(create_session, providers=self.providers, intra_op_threads=s.intra_op_threads, cpu_arena=s.ort_cpu_arena)
+            session = functools.partial(
+                create_session,
+                providers=self.providers,
+                intra_op_threads=s.intra_op_threads,
+                cpu_arena=s.ort_cpu_arena,
+                required=self.required_provider,
+            )
             detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS))
             model = EmotionModel.from_verified(
                 self.emotion_card,
@@ -139,6 +146,7 @@ class ServiceState:
                 max_batch=s.max_inference_batch,
                 cpu_arena=s.ort_cpu_arena,
                 batch_wait_s=s.batch_max_wait_ms / 1000.0,
+                required_provider=self.required_provider,
             )
             # Warm-up: the detector on a small grey frame, every emotion graph on one face
             # (which also checks each graph's output shapes against the card).
