@@ -432,3 +432,10 @@ def test_dashboard_promql_passes_promtool(promtool: str, tmp_path: Path):
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = _run([promtool, "check", "rules", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gpu_extra_is_the_images_onnxruntime_gpu_exactly():
+    # Not only inside the range: `make serve RUNTIME=gpu` and the image must run the same build,
+    # whose CUDA major the image's base matches (test_cuda_base_image_matches_onnxruntime_gpu).
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] == [f"onnxruntime-gpu=={_dockerfile_args()['ORT_GPU_VERSION']}"]
