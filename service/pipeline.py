@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,17 +154,17 @@ class FacePipeline:
 
     def _infer(self, found: list[tuple[int, int, list[Face]]], timer: StageTimer, *, recognise: bool, poker_face: bool) -> list[ImageResult]:
         """All faces of the request through each graph asked for, in one batch."""
-        all_faces = [f.aligned for _, _, faces in found for f in faces]
-        logits = probabilities = pokers = None
-        if all_faces:
-            batch = np.stack(all_faces)  # (F, H, W, 3) uint8
-            if recognise:
-                with timer.stage("infer"):
-                    out = self.model.recognise(batch)
-                logits, probabilities = out.logits, out.probabilities
-            if poker_face:
-                with timer.stage("generate"):
-                    pokers = self.model.poker_faces(batch)
+        crops = [f.aligned for _, _, faces in found for f in faces]
+        batch = np.stack(crops) if crops else np.zeros((0, *self.model.input_hw, 3), np.uint8)  # (F, H, W, 3)
+        # Timed only when there is work: a request without faces has no infer or generate stage.
+        stage = timer.stage if crops else (lambda _name: nullcontext())
+        out = pokers = None
+        if recognise:
+            with stage("infer"):
+                out = self.model.recognise(batch)
+        if poker_face:
+            with stage("generate"):
+                pokers = self.model.poker_faces(batch)
         results: list[ImageResult] = []
         start = 0
         for width, height, faces in found:
@@ -175,19 +175,9 @@ class FacePipeline:
                     width=width,
                     height=height,
                     faces=faces,
-                    logits=_rows(logits, rows, recognise, len(faces)),
-                    probabilities=_rows(probabilities, rows, recognise, len(faces)),
-                    poker_faces=_rows(pokers, rows, poker_face, len(faces)),
+                    logits=None if out is None else out.logits[rows],
+                    probabilities=None if out is None else out.probabilities[rows],
+                    poker_faces=None if pokers is None else pokers[rows],
                 )
             )
         return results
-
-
-def _rows(values: np.ndarray | None, rows: slice, asked: bool, count: int) -> np.ndarray | None:
-    """One image's rows of a batch output; an empty array when the graph was asked for but the
-    request had no face at all, None when it was not asked for."""
-    if not asked:
-        return None
-    if values is None:
-        return np.zeros((count, 0), np.float32)
-    return values[rows]

@@ -148,3 +148,25 @@ def test_pipeline_bounds_the_detector_input(detector: MTCNN, big_astronaut: np.n
     assert (result.width, result.height) == (2560, 2560) and len(result.faces) == 1
     x1, y1, x2, y2 = result.faces[0].box
     assert 350 < x2 - x1 < 500  # the box is in full-resolution pixels (the face is ~430 px wide)
+
+
+def test_a_truncated_jpeg_is_an_error_on_the_reduced_path_too(big_astronaut: np.ndarray) -> None:
+    from service.errors import InvalidImage
+
+    data = encode(big_astronaut, "JPEG", quality=90)
+    with pytest.raises(InvalidImage):
+        decode_picture(data[: len(data) // 2], max_pixels=40_000_000, max_side=640)  # drafted: decoded at 1/4
+
+
+def test_full_resolution_is_decoded_once(big_astronaut: np.ndarray) -> None:
+    calls: list[int] = []
+
+    def decode() -> np.ndarray:
+        calls.append(1)
+        return big_astronaut
+
+    picture = Picture(pixels=big_astronaut[::4, ::4], width=2560, height=2560, _full=decode)
+    assert picture.full() is big_astronaut and picture.full() is big_astronaut
+    assert calls == [1]
+    with pytest.raises(RuntimeError, match="no way back"):
+        Picture(pixels=big_astronaut[::4, ::4], width=2560, height=2560).full()

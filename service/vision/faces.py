@@ -25,6 +25,10 @@ class Detector(Protocol):
 
     def detect(self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None) -> Sequence: ...
 
+    def refine(self, image: np.ndarray, box: Sequence[float]) -> object | None:
+        """The final stage alone on one box of a full-resolution photo (``MTCNN.refine``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class AlignedFace:
@@ -88,8 +92,8 @@ def find_faces(
         min_face_size: smallest face side searched for and kept, full-resolution pixels.
         threshold: final detection score threshold (None: the detector's own).
         max_faces: keep at most this many faces, highest scores first.
-        stage: ``stage(name)`` context manager timing the "detect" and "align" steps (and
-            "decode", when a crop needs the full-resolution pixels of a reduced picture).
+        stage: ``stage(name)`` context manager timing the "detect" and "align" steps ("align"
+            includes decoding a reduced picture's full resolution when a crop needs it).
 
     Returns:
         Faces by descending score (possibly none), boxes and landmarks in full-resolution pixels.
@@ -106,7 +110,7 @@ def find_faces(
             landmarks = np.asarray(det.landmarks, dtype=np.float64).reshape(5, 2)
             corners = picture.to_full(np.asarray(det.box, dtype=np.float64).reshape(2, 2))
             full_landmarks = picture.to_full(landmarks)
-            crop, box, full_landmarks = _align(detector, picture, landmarks, full_landmarks, corners.ravel(), size, stage)
+            crop, box, full_landmarks = _align(detector, picture, landmarks, full_landmarks, corners.ravel(), size)
             faces.append(AlignedFace(box=tuple(float(v) for v in box), score=float(det.score), landmarks=full_landmarks, aligned=crop))
     return faces
 
@@ -118,7 +122,6 @@ def _align(
     full_landmarks: np.ndarray,
     full_box: np.ndarray,
     size: int,
-    stage: Callable[[str], AbstractContextManager[None]],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The aligned crop, and the box and landmarks it was cut at (full-resolution pixels).
 
@@ -132,10 +135,8 @@ def _align(
     matrix = estimate_similarity(landmarks, template_landmarks(size))
     enlarges = float(np.hypot(matrix[0, 0], matrix[1, 0])) > 1.0
     if picture.reduced and enlarges:
-        with stage("decode"):
-            full = picture.full()
-        refine = getattr(detector, "refine", None)
-        refined = refine(full, full_box) if refine is not None else None
+        full = picture.full()
+        refined = detector.refine(full, full_box)
         if refined is not None:
             full_box = np.asarray(refined.box, dtype=np.float64)
             full_landmarks = np.asarray(refined.landmarks, dtype=np.float64).reshape(5, 2)

@@ -55,14 +55,14 @@ class Picture:
     pixels: np.ndarray  # (h, w, 3) uint8 RGB
     width: int
     height: int
-    _load_full: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    # The full-resolution pixels, or how to decode them (replaced by its result on first use).
+    _full: np.ndarray | Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def from_array(cls, image: np.ndarray, *, max_side: int | None = None) -> "Picture":
         """Wrap decoded ``(H, W, 3) uint8`` RGB pixels, reduced to ``max_side`` if longer."""
         height, width = image.shape[:2]
-        pixels = reduce_to_side(image, max_side)
-        return cls(pixels=pixels, width=width, height=height, _load_full=None if pixels is image else (lambda: image))
+        return cls(pixels=reduce_to_side(image, max_side), width=width, height=height, _full=image)
 
     @property
     def reduced(self) -> bool:
@@ -84,11 +84,11 @@ class Picture:
         """The full-resolution ``(H, W, 3) uint8`` RGB pixels (decoded once, on first use)."""
         if not self.reduced:
             return self.pixels
-        if self._load_full is None:
+        if callable(self._full):
+            self._full = self._full()
+        if self._full is None:
             raise RuntimeError("this picture keeps no way back to its full resolution")
-        image = self._load_full()
-        self._load_full = lambda: image
-        return image
+        return self._full
 
 
 def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Picture:
@@ -117,7 +117,7 @@ def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Pic
             pixels=reduce_to_side(rgb, max_side),
             width=upright[0],
             height=upright[1],
-            _load_full=lambda: decode_image(data, max_pixels=max_pixels),
+            _full=lambda: decode_image(data, max_pixels=max_pixels),
         )
     return Picture.from_array(rgb, max_side=max_side)
 
