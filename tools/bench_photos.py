@@ -4,6 +4,8 @@ over HTTP, in one run.
     python tools/bench_photos.py                  # what docs/benchmarks.md reports (make bench)
     python tools/bench_photos.py --quick          # fewer runs and requests, for a smoke test
     python tools/bench_photos.py --sweep          # HTTP only, over thread and concurrency settings
+    python tools/bench_photos.py --detection-only --variant PNET_BAND_PIXELS=1000000000   # vs P-Net unbanded
+    python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
 
 The set is built from what the repository holds: the public-domain astronaut photo at 512 px
 (the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
@@ -32,8 +34,9 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,8 +126,31 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int) -> list[float]:
-    """Prints the per-image table; returns facenet-pytorch's median ms per image."""
+@contextmanager
+def detector_setting(name: str, value: int) -> Iterator[None]:
+    """Set one of ``service.vision.mtcnn``'s tuning constants for the block."""
+    from service.vision import mtcnn
+
+    if name not in VARIANT_SETTINGS:
+        raise SystemExit(f"--variant: {name} is not one of {sorted(VARIANT_SETTINGS)}")
+    old = getattr(mtcnn, name)
+    setattr(mtcnn, name, value)
+    try:
+        yield
+    finally:
+        setattr(mtcnn, name, old)
+
+
+# The detector's tuning constants a --variant may change (service/vision/mtcnn.py).
+VARIANT_SETTINGS = ("PNET_BAND_PIXELS", "PYRAMID_DIRECT", "CROP_BATCH")
+
+
+def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]]) -> list[float]:
+    """Prints the per-image table; returns facenet-pytorch's median ms per image.
+
+    Each ``(name, value)`` of ``variants`` adds a column: our detector with that tuning constant
+    changed, timed interleaved with the rest, and whether it still finds facenet's faces.
+    """
     import torch
 
     from tools.bench_detect import _install_torchvision_standin
@@ -145,23 +171,37 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int)
         return find_faces(ours, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
 
     print(f"\n## Detection alone ({threads} threads each; median of {runs} interleaved runs; detect_max_side {max_side})\n")
-    print("| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |")
-    print("|---|---|---|---|---|")
+    extra = "".join(f" {n}={v}: ms / facenet's found |" for n, v in variants)
+    print(f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}")
+    print("|---|---|---|---|---|" + "---|" * len(variants))
     ref_ms: list[float] = []
     all_found = True
+
+    def found_of(mine: list, theirs: list) -> int:
+        return sum(any(_iou(t, f.box) >= 0.5 for f in mine) for t in theirs)
+
     for photo in photos:
         mine = ours_run(photo)  # warm-up, and the faces
         boxes, _ = ref.detect(photo.pixels)
         theirs = [] if boxes is None else [tuple(map(float, b)) for b in boxes]
-        found = sum(any(_iou(t, f.box) >= 0.5 for f in mine) for t in theirs)
+        found = found_of(mine, theirs)
         all_found &= found == len(theirs)
+        variant_found = []
+        for name, value in variants:
+            with detector_setting(name, value):
+                variant_found.append(found_of(ours_run(photo), theirs))
         o_times, r_times = [], []
-        for _ in range(runs):  # interleaved, so both see the same machine
+        v_times: list[list[float]] = [[] for _ in variants]
+        for _ in range(runs):  # interleaved, so all see the same machine
             o_times.append(_median_ms(lambda: ours_run(photo), 1))
             r_times.append(_median_ms(lambda: ref.detect(photo.pixels), 1))
+            for (name, value), times in zip(variants, v_times, strict=True):
+                with detector_setting(name, value):
+                    times.append(_median_ms(lambda: ours_run(photo), 1))
         o, r = statistics.median(o_times), statistics.median(r_times)
         ref_ms.append(r)
-        print(f"| {photo.name} | {o:.0f} | {r:.0f} | {r / o:.2f}x | {len(theirs)} / {len(mine)} / {found} |")
+        cells = "".join(f" {statistics.median(t):.0f} / {f} |" for t, f in zip(v_times, variant_found, strict=True))
+        print(f"| {photo.name} | {o:.0f} | {r:.0f} | {r / o:.2f}x | {len(theirs)} / {len(mine)} / {found} |{cells}")
     print(f"\nevery face facenet-pytorch finds is found by us: {'yes' if all_found else 'NO'}")
     return ref_ms
 
@@ -237,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per HTTP level")
     ap.add_argument("--quick", action="store_true", help="2 runs, 1 round")
     ap.add_argument("--sweep", action="store_true", help="HTTP at 4 clients over thread/concurrency settings only")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE",
+                    help=f"also time detection with one of the detector's constants changed ({', '.join(VARIANT_SETTINGS)}); repeatable")
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for the HTTP part's server (a PFVIT_ setting, MALLOC_*, ...); repeatable")
+    ap.add_argument("--detection-only", action="store_true", help="skip the HTTP part")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.rounds = 2, 1
@@ -249,10 +294,15 @@ def main(argv: list[str] | None = None) -> int:
             bench_http(photos, args.rounds, [4], {"PFVIT_INTRA_OP_THREADS": str(intra), "PFVIT_MAX_CONCURRENT_INFERENCE": str(gate)}, args.max_seconds)
         return 0
 
+    variants = [(name, int(value)) for name, _, value in (v.partition("=") for v in args.variant)]
+    server_env = dict(item.partition("=")[::2] for item in args.server_env)
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side)
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
-    rates = bench_http(photos, args.rounds, [1, 4], {}, args.max_seconds)
+    if args.detection_only:
+        print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
+        return 0
+    rates = bench_http(photos, args.rounds, [1, 4], server_env, args.max_seconds)
     print("\n## Summary\n")
     print(f"facenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
     for clients, rate in rates.items():

@@ -55,9 +55,9 @@ RNET_SIZE = 24
 ONET_SIZE = 48
 # Pixels of one P-Net call at most: bigger pyramid levels run in horizontal bands. P-Net's
 # convolutions unfold their input (im2col), so one call on the 768 px level of a 1280 px
-# photo holds ~150 MiB at once; in bands of this size it holds a tenth of that, and the
-# cascade ran faster (1280 px astronaut, 2 threads: 199 ms against 255 ms whole). Bands give
-# the whole level's output exactly (tests/test_mtcnn.py).
+# photo holds ~150 MiB at once; bands of this size hold a tenth of that. Bands give the whole
+# level's output exactly (tests/test_mtcnn.py); their speed against one call is a wash
+# (tools/bench_photos.py --variant PNET_BAND_PIXELS=..., docs/benchmarks.md).
 PNET_BAND_PIXELS = 80_000
 PYRAMID_DIRECT = 3  # pyramid levels resized from the image itself; the rest from two levels up
 CROP_BATCH = 256  # R-Net and O-Net candidates per call at most
@@ -122,14 +122,13 @@ def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]]) -> Iter
     average, so the levels stay close to direct resizes while each costs a fraction of a
     full-image pass. Pillow releases the GIL while resizing.
 
-    Measured against exact pooling (facenet-pytorch's) on 600 FER2013 test faces and the
-    benchmark's scenes: exact 533 faces, this 532, and every face facenet-pytorch finds in the
-    scenes; each level from the one before blurs more at every step (527 faces), and only two
-    direct levels lost one of the scenes' faces.
+    With three direct levels it finds every face facenet-pytorch finds in the benchmark's scenes,
+    where two lost one, and at least as many FER2013 test faces as exact pooling (docs/benchmarks.md;
+    ``tools/bench_photos.py --variant PYRAMID_DIRECT=...``).
     """
     made: list[Image.Image] = []
     for k, (height, width) in enumerate(sizes):
-        source = made[k - 2] if k >= PYRAMID_DIRECT else image
+        source = made[k - 2] if k >= max(PYRAMID_DIRECT, 2) else image
         level = source if (width, height) == source.size else source.resize((width, height), Image.Resampling.BOX)
         made.append(level)
         yield np.asarray(level, dtype=np.float32)
@@ -388,8 +387,7 @@ class MTCNN:
         paths = verify_files(card, model_dir)
         chosen = providers or [CPU]
         # No CPU arena (create_session's default): every photo gives P-Net inputs of new sizes,
-        # and an arena keeps the largest ever seen (over the benchmark's photos: 664 MiB resident
-        # with the arena, 300 MiB without, at the same speed).
+        # and an arena keeps the largest ever seen (docs/deploy.md, "Memory").
         sessions = [create_session(paths[g], providers=chosen, intra_op_threads=intra_op_threads) for g in GRAPH_NAMES]
         return cls(*sessions, **kwargs)
 
