@@ -61,6 +61,12 @@ class _Item:
         return len(self.data)
 
 
+def _prepare_all(inputs: Iterable[ImageInput], metas: Iterable[dict[str, Any]] | None) -> Iterator["_Item | ImageResult"]:
+    """Every input read lazily, with its caller's metadata (if given) alongside."""
+    meta_iter = iter(metas) if metas is not None else None
+    return (_prepare(i, v, next(meta_iter) if meta_iter else None) for i, v in enumerate(inputs))
+
+
 def _prepare(index: int, value: ImageInput, meta: dict[str, Any] | None = None) -> _Item | ImageResult:
     """One input -> an item to send, or (unreadable) its error result.
 
@@ -314,8 +320,7 @@ class PFViTClient(_Base):
     ) -> Iterator[ImageResult]:
         """Results as they come (in input order within a chunk); inputs are read lazily."""
         params = self._params(max_faces, min_face_size, threshold, aligned, poker_face, expression_map, aligned_face)
-        meta_iter = iter(metas) if metas is not None else None
-        prepared = (_prepare(i, v, next(meta_iter) if meta_iter else None) for i, v in enumerate(inputs))
+        prepared = _prepare_all(inputs, metas)
         for chunk in _chunks(prepared, self.limits()):
             if isinstance(chunk, ImageResult):
                 yield chunk
@@ -393,8 +398,7 @@ class AsyncPFViTClient(_Base):
     ) -> AsyncIterator[ImageResult]:
         """Results as chunks finish (not in input order); at most ``concurrency`` requests at once."""
         params = self._params(max_faces, min_face_size, threshold, aligned, poker_face, expression_map, aligned_face)
-        meta_iter = iter(metas) if metas is not None else None
-        prepared = (_prepare(i, v, next(meta_iter) if meta_iter else None) for i, v in enumerate(inputs))
+        prepared = _prepare_all(inputs, metas)
         in_flight: set[asyncio.Task[list[ImageResult]]] = set()
         try:
             for chunk in _chunks(prepared, await self.limits()):

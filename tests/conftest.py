@@ -45,6 +45,19 @@ def settings(models_dir: Path):
     return Settings(models_dir=models_dir, emotion_model="stub-emotion", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None)
 
 
+def stub_server_env(settings, **overrides: str) -> dict[str, str]:
+    """Environment of a loopback server on the test models (stub emotion model, CPU, one
+    thread, one warm-up run), plus ``overrides`` (``PFVIT_*`` names)."""
+    return {
+        "PFVIT_MODELS_DIR": str(settings.models_dir),
+        "PFVIT_EMOTION_MODEL": settings.emotion_model,
+        "PFVIT_PROVIDERS": "cpu",
+        "PFVIT_INTRA_OP_THREADS": "1",
+        "PFVIT_WARMUP_RUNS": "1",
+        **overrides,
+    }
+
+
 def wait_ready(client, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

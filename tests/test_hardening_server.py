@@ -19,6 +19,7 @@ import pytest
 from service.card import sha256_file
 from tests.images import encode
 from tests.prometheus_text import sample_value
+from tests.conftest import stub_server_env
 from tools.loopback import serving, start_server, stop_server, wait_until_ready
 
 pytestmark = pytest.mark.slow
@@ -45,19 +46,15 @@ def slow_images(astronaut_rgb) -> list[tuple[str, bytes]]:
 def one_slot_server(settings, tmp_path_factory):
     """One computing slot, one place in the queue, JSON logs into a file."""
     log_path = tmp_path_factory.mktemp("logs") / "server.log"
-    env = {
-        "PFVIT_MODELS_DIR": str(settings.models_dir),
-        "PFVIT_EMOTION_MODEL": settings.emotion_model,
-        "PFVIT_PROVIDERS": "cpu",
-        "PFVIT_INTRA_OP_THREADS": "1",
-        "PFVIT_WARMUP_RUNS": "1",
-        "PFVIT_MAX_CONCURRENT_INFERENCE": "1",
-        "PFVIT_MAX_QUEUE": "1",
-        "PFVIT_RETRY_AFTER_S": "3",
-        "PFVIT_LOG_FORMAT": "json",
-        "PFVIT_BODY_TIMEOUT_S": "1",
-        "PFVIT_HEADER_TIMEOUT_S": "1",
-    }
+    env = stub_server_env(
+        settings,
+        PFVIT_MAX_CONCURRENT_INFERENCE="1",
+        PFVIT_MAX_QUEUE="1",
+        PFVIT_RETRY_AFTER_S="3",
+        PFVIT_LOG_FORMAT="json",
+        PFVIT_BODY_TIMEOUT_S="1",
+        PFVIT_HEADER_TIMEOUT_S="1",
+    )
     with open(log_path, "w") as log:
         proc, url = start_server(env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -191,17 +188,13 @@ def test_malformed_http_gets_a_problem_document(one_slot_server):
 
 
 def test_shutdown_has_a_bound(settings, astronaut_rgb):
-    env = {
-        "PFVIT_MODELS_DIR": str(settings.models_dir),
-        "PFVIT_EMOTION_MODEL": settings.emotion_model,
-        "PFVIT_PROVIDERS": "cpu",
-        "PFVIT_INTRA_OP_THREADS": "1",
-        "PFVIT_WARMUP_RUNS": "1",
-        "PFVIT_SHUTDOWN_TIMEOUT_S": "1",
-        "PFVIT_MAX_IMAGES": "128",
-        "PFVIT_MAX_REQUEST_PIXELS": "100000000",
-        "PFVIT_MAX_UPLOAD_BYTES": str(200 * 2**20),
-    }
+    env = stub_server_env(
+        settings,
+        PFVIT_SHUTDOWN_TIMEOUT_S="1",
+        PFVIT_MAX_IMAGES="128",
+        PFVIT_MAX_REQUEST_PIXELS="100000000",
+        PFVIT_MAX_UPLOAD_BYTES=str(200 * 2**20),
+    )
     proc, url = start_server(env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_ready(proc, url)
@@ -263,14 +256,7 @@ def test_model_fault_found_while_loading_exits_non_zero(settings, tmp_path, faul
 def test_soak_tool_runs_briefly(settings):
     from tools.soak import soak
 
-    env = {
-        "PFVIT_MODELS_DIR": str(settings.models_dir),
-        "PFVIT_EMOTION_MODEL": settings.emotion_model,
-        "PFVIT_PROVIDERS": "cpu",
-        "PFVIT_INTRA_OP_THREADS": "1",
-        "PFVIT_WARMUP_RUNS": "1",
-        "PFVIT_LOG_LEVEL": "warning",
-    }
+    env = stub_server_env(settings, PFVIT_LOG_LEVEL="warning")
     with serving(env) as url:
         report = asyncio.run(soak(url, clients=3, duration_s=2.0, deadline_s=30.0))
     assert report["requests"] > 0 and report["server_errors_other_than_503_504"] == 0

@@ -14,6 +14,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from tests.conftest import stub_server_env
 from tools.loopback import serving
 
 pytestmark = pytest.mark.slow
@@ -24,14 +25,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def live_schema(settings):
-    env = {
-        "PFVIT_MODELS_DIR": str(settings.models_dir),
-        "PFVIT_EMOTION_MODEL": settings.emotion_model,
-        "PFVIT_PROVIDERS": "cpu",
-        "PFVIT_INTRA_OP_THREADS": "1",
-        "PFVIT_WARMUP_RUNS": "1",
-        "PFVIT_LOG_LEVEL": "warning",
-    }
+    env = stub_server_env(settings, PFVIT_LOG_LEVEL="warning")
     with serving(env) as url:
         yield schemathesis.openapi.from_url(url + "/openapi.json")
 

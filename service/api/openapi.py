@@ -40,6 +40,13 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
     504: ("No answer within the request deadline (queue wait included)", "deadline-exceeded", "Request took longer than the deadline", "the request did not finish within the deadline of 30 s"),
 }
 
+# One face of the fixture photo, as both examples show it.
+_FACE_GEOMETRY: dict[str, Any] = {
+    "box": {"x1": 181.05, "y1": 62.16, "x2": 267.75, "y2": 172.05},
+    "score": 0.999998,
+    "landmarks": [[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.25], [245.27, 141.86]],
+}
+
 RECOGNIZE_EXAMPLE: dict[str, Any] = {
     "model": {"name": "pfvit-micro-fer2013", "version": "1.0.0", "provider": "CPUExecutionProvider"},
     "labels": ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"],
@@ -51,9 +58,7 @@ RECOGNIZE_EXAMPLE: dict[str, Any] = {
             "height": 512,
             "faces": [
                 {
-                    "box": {"x1": 181.05, "y1": 62.16, "x2": 267.75, "y2": 172.05},
-                    "score": 0.999998,
-                    "landmarks": [[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.25], [245.27, 141.86]],
+                    **_FACE_GEOMETRY,
                     "label": "happiness",
                     "probabilities": {"anger": 0.083, "disgust": 0.013, "fear": 0.029, "happiness": 0.795, "sadness": 0.026, "surprise": 0.036, "neutral": 0.019},
                     "logits": [0.47, -1.39, -0.59, 2.73, -0.71, -0.37, -0.98],
@@ -75,9 +80,7 @@ POKER_FACE_EXAMPLE: dict[str, Any] = {
             "height": 512,
             "faces": [
                 {
-                    "box": {"x1": 181.05, "y1": 62.16, "x2": 267.75, "y2": 172.05},
-                    "score": 0.999998,
-                    "landmarks": [[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.25], [245.27, 141.86]],
+                    **_FACE_GEOMETRY,
                     "poker_face_png": "iVBORw0KGgoAAAANSUhEUgAAADAAAAAwCAIAAADYYG7QAAAA...",
                 }
             ],
