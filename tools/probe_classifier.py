@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from training.config import STEMS
 from training.data import build_data
 from training.model import build_model
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="data spec, e.g. fer2013:PATH (an aligned FER2013 folder)")
     ap.add_argument("--model", default="micro")
-    ap.add_argument("--stem", choices=("patch", "conv"), default="conv")
+    ap.add_argument("--stem", choices=STEMS, default="conv")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--greyscale", action="store_true")
     ap.add_argument("--init", default="", help="MAE checkpoint whose encoder starts the probe")

@@ -197,16 +197,17 @@ def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return images[..., :, 1:] - images[..., :, :-1], images[..., 1:, :] - images[..., :-1, :]
 
 
-def poker_face_distance(poker: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-item ``[N]`` distance of generated to true poker faces: mean L1 on pixels plus mean
-    L1 on image gradients.
+def poker_face_distance(poker: torch.Tensor, target: torch.Tensor, norm: str = "l1") -> torch.Tensor:
+    """Per-item ``[N]`` distance of generated to true poker faces: the mean error on pixels
+    plus the mean error on image gradients, absolute (``norm="l1"``) or squared (``"l2"``).
 
     The gradient term is the structural part: a plain pixel loss is content with a blurred
     average face, while creases and lid and lip edges are exactly what an expression moves.
     """
-    pixel = (poker - target).abs().flatten(1).mean(1)
+    err = (lambda d: d.abs()) if norm == "l1" else (lambda d: d.square())  # noqa: E731
+    pixel = err(poker - target).flatten(1).mean(1)
     (pdx, pdy), (tdx, tdy) = image_gradients(poker), image_gradients(target)
-    edges = 0.5 * ((pdx - tdx).abs().flatten(1).mean(1) + (pdy - tdy).abs().flatten(1).mean(1))
+    edges = 0.5 * (err(pdx - tdx).flatten(1).mean(1) + err(pdy - tdy).flatten(1).mean(1))
     return pixel + edges
 
 
@@ -235,6 +236,7 @@ class PokerFaceObjective:
         self.r1_gamma = cfg.r1_gamma
         self.r1_every = cfg.r1_every
         self.label_smoothing = cfg.label_smoothing
+        self.poker_sup_loss = cfg.poker_sup_loss
         self.neutral_index = neutral_index
         self.separation = wrap_ddp(SeparationForward(model), ctx)
         self.critic = wrap_ddp(discriminator, ctx)
@@ -268,7 +270,8 @@ class PokerFaceObjective:
         # Target detached: otherwise the cheapest way to match is to shrink z_p everywhere.
         terms["cyc_residue"] = (out.cycle_z_p - out.z_p.detach()).abs().mean()
         # Only items with a true poker face (rendered faces) count; real photographs have none.
-        terms["poker_sup"] = _masked_mean(poker_face_distance(out.poker_face, batch.true_poker), batch.has_poker)
+        terms["poker_sup"] = _masked_mean(poker_face_distance(out.poker_face, batch.true_poker, self.poker_sup_loss),
+                                         batch.has_poker)
         fakes = torch.cat([out.poker_face.detach(), out.reconstruction.detach()])
         return GeneratorLoss(weighted_total(terms, self.weights), terms, out.logits, fakes)
 

@@ -18,6 +18,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+STEMS = ("patch", "conv", "deepconv")
+
+
 @dataclass
 class PFViTConfig:
     """Architecture of one PF-ViT (encoder, separator, generator, head) and of the
@@ -39,7 +42,8 @@ class PFViTConfig:
             between its neutral and its faithful decode applied to the input, so every detail
             that G cannot redraw (texture, noise, fine identity) is kept (docs/pfvit.md).
         stem: how the encoder turns pixels into tokens: "patch" (one linear projection per
-            patch, the vanilla ViT) or "conv" (3x3 stride-2 convolutions, :class:`ConvStem`).
+            patch, the vanilla ViT), "conv" (3x3 stride-2 convolutions, :class:`ConvStem`) or
+            "deepconv" (each stride-2 convolution followed by a 3x3 stride-1 one).
         greyscale: the encoder reads the luma only (models trained on grey photos).
     """
 
@@ -65,8 +69,8 @@ class PFViTConfig:
     greyscale: bool = False
 
     def __post_init__(self) -> None:
-        if self.stem not in ("patch", "conv"):
-            raise ValueError(f"stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.poker_mode not in ("direct", "edit"):
             raise ValueError(f"poker_mode must be 'direct' or 'edit', got {self.poker_mode!r}")
         for size_name in ("patch_size", "disc_patch_size"):
@@ -241,6 +245,11 @@ class TrainConfig(RunConfig):
         mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
         label_smoothing: for hard labels.
         eval_every: evaluate every this many epochs (0 = only at the end).
+        poker_sup_loss: the supervised poker-face distance (items with a true poker face):
+            "l1" (pixels and image gradients) or "l2" (their squared errors). An expression
+            moves a small part of the face, so the true change is zero almost everywhere: L1's
+            optimum under uncertainty is the median change, zero, while L2's is the mean
+            change, and L2 is what PSNR against the true poker face measures.
     """
 
     out_dir: str = "runs/train"
@@ -258,6 +267,11 @@ class TrainConfig(RunConfig):
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
     eval_every: int = 1
+    poker_sup_loss: Literal["l1", "l2"] = "l1"
+
+    def __post_init__(self) -> None:
+        if self.poker_sup_loss not in ("l1", "l2"):
+            raise ValueError(f"poker_sup_loss must be 'l1' or 'l2', got {self.poker_sup_loss!r}")
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,22 @@ def test_poker_face_distance_weighs_edges() -> None:
     assert float(poker_face_distance(stripes, flat)[0]) > 0.5 + 0.4
 
 
+def test_squared_poker_face_distance_prefers_the_mean_change() -> None:
+    """A change present in one face of two and absent in the other: L1 is indifferent between
+    no change and half the change, L2 prefers half (the mean), the PSNR-optimal answer."""
+    target = torch.zeros(2, 3, 8, 8)
+    target[0] += 0.4  # one face changed, one not: the generator cannot tell them apart
+    for guess, l1_cost, l2_cost in ((0.0, 0.2, 0.08), (0.2, 0.2, 0.04)):
+        poker = torch.full_like(target, guess)
+        assert float(poker_face_distance(poker, target, "l1").mean()) == pytest.approx(l1_cost)
+        assert float(poker_face_distance(poker, target, "l2").mean()) == pytest.approx(l2_cost)
+
+
+def test_poker_sup_loss_is_checked() -> None:
+    with pytest.raises(ValueError, match="poker_sup_loss"):
+        TrainConfig(poker_sup_loss="l3")
+
+
 def test_each_switch_changes_the_loss() -> None:
     soft = _batch(6, soft=True)
     hard = {k: v for k, v in soft.items() if k != "soft_label"}

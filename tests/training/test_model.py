@@ -140,3 +140,26 @@ def test_architecture_overrides_are_typed_and_checked() -> None:
     for bad in ("image_size=big", "labels=a", "colour=red", "image_size"):
         with pytest.raises(ValueError):
             PFViTConfig.parse_overrides(bad)
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv", "deepconv"])
+def test_every_stem_gives_the_patch_grid_and_hides_masked_pixels(stem: str) -> None:
+    model = make_model(stem=stem).eval()
+    c = model.config
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (2, 1 + c.num_patches, c.embed_dim)
+        # MAE: what the masked patches hold must not reach the visible tokens.
+        torch.manual_seed(1)
+        z, mask, _ = model.encoder.forward_masked(x, 0.75)
+        hidden = mask.view(2, 1, model.encoder.grid, model.encoder.grid).repeat_interleave(c.patch_size, 2).repeat_interleave(c.patch_size, 3)
+        torch.manual_seed(1)
+        z_other, _, _ = model.encoder.forward_masked(x + 5.0 * hidden, 0.75)
+    assert torch.allclose(z, z_other, atol=1e-5)
+
+
+def test_deepconv_stem_has_two_convolutions_per_stage() -> None:
+    convs = lambda m: sum(isinstance(layer, torch.nn.Conv2d) for layer in m.encoder.patch_embed.modules())  # noqa: E731
+    assert convs(make_model(stem="deepconv")) == 2 * convs(make_model(stem="conv")) - 1  # the 1x1 projection is shared
+    with pytest.raises(ValueError, match="stem"):
+        make_model(stem="resnet")

@@ -15,3 +15,19 @@ def test_probe_reports_each_epoch(capsys: pytest.CaptureFixture[str]) -> None:
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert all(0.0 <= line["val_accuracy"] <= 1.0 and line["stem"] == "conv" for line in lines)
+
+
+def test_poker_face_probe_reports_the_change(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.training.conftest import micro_arch, tiny_faces
+    from tools import probe_poker_face
+    from training.config import PretrainConfig
+    from training.engine import run_pretrain
+
+    run_pretrain(PretrainConfig(out_dir=str(tmp_path / "mae"), arch=micro_arch(), epochs=1, batch_size=8, threads=1, progress=False,
+                                device="cpu"), tiny_faces(16))
+    argv = ["--init", str(tmp_path / "mae" / "last.pt"), "--loss", "l2", "--steps", "2", "--train-n", "16", "--test-n", "16",
+            "--batch-size", "8", "--threads", "1", "--workers", "1"]
+    assert probe_poker_face.main(argv) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["loss"] == "l2" and line["steps"] == 2
+    assert -1.0 <= line["change_cosine"] <= 1.0 and line["true_mean_change"] > 0 and line["mean_change"] >= 0
