@@ -77,7 +77,10 @@ class PokerFaceResponse(BaseModel):
 class GraphInfo(BaseModel):
     file: str
     sha256: str
-    providers: list[str]
+    precision: str = Field(description="Precision of the graph's weights and arithmetic, from its card: fp32 or fp16 "
+                           "(an fp16 graph takes and gives float32 tensors all the same).")
+    providers: list[str] = Field(description="Execution providers the graph's session actually runs on, in order; "
+                                 "empty until the models are loaded.")
 
 
 class ModelInfo(BaseModel):

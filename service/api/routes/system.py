@@ -54,7 +54,7 @@ async def models(state: StateDep) -> ModelsResponse:
                 labels=card.labels,
                 card=card.to_dict(),
                 graphs={
-                    g: GraphInfo(file=spec.file, sha256=spec.sha256, providers=model_sessions[g].get_providers() if g in model_sessions else [])
+                    g: GraphInfo(file=spec.file, sha256=spec.sha256, precision=spec.precision, providers=model_sessions[g].get_providers() if g in model_sessions else [])
                     for g, spec in card.graphs.items()
                 },
             )
