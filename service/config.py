@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     # --- network
     host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 only inside a container.")
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port; each loads its own models (sessions, memory, GPU memory). "
+        "Metrics add up across them (docs/deploy.md, 'Several workers').",
+    )
 
     # --- models
     models_dir: Path = Field(DEFAULT_MODELS_DIR, description="Folder holding one sub-folder per model.")

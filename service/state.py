@@ -161,6 +161,7 @@ class ServiceState:
         for card, provider in ((model.card, model.provider), (self.detector_card, _detector_provider(detector))):
             if card is not None:
                 metrics.MODEL_INFO.labels(model=card.name, version=card.version, kind=card.kind, provider=provider).set(1)
+                metrics.PROVIDER_FALLBACK.labels(model=card.name, requested=self.providers[0]).set(int(provider != self.providers[0]))
         self._ready.set()
         metrics.READY.set(1)
         log.info("ready: %s %s on %s", model.card.name, model.card.version, model.providers)
