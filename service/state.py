@@ -24,7 +24,7 @@ from service.config import Settings
 from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
-from service.runtime import create_session, primary_provider, required_provider, resolve_providers
+from service.runtime import ProviderOptions, create_session, primary_provider, required_provider, resolve_providers
 from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
 from service.vision.mtcnn import MTCNN
 
@@ -89,6 +89,7 @@ class ServiceState:
         self.settings = settings
         self.providers = resolve_providers(settings.providers)
         self.required_provider = required_provider(settings.providers, self.providers)
+        self.provider_options = ProviderOptions.from_settings(settings)
         self.detector_card: ModelCard | None = None
         self.emotion_card: ModelCard | None = None
         self.pipeline: FacePipeline | None = None
@@ -136,6 +137,7 @@ class ServiceState:
                 intra_op_threads=s.intra_op_threads,
                 cpu_arena=s.ort_cpu_arena,
                 required=self.required_provider,
+                provider_options=self.provider_options,
             )
             detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS))
             model = EmotionModel.from_verified(
@@ -147,6 +149,7 @@ class ServiceState:
                 cpu_arena=s.ort_cpu_arena,
                 batch_wait_s=s.batch_max_wait_ms / 1000.0,
                 required_provider=self.required_provider,
+                provider_options=self.provider_options,
             )
             # Warm-up: the detector on a small grey frame, every emotion graph on one face
             # (which also checks each graph's output shapes against the card).
