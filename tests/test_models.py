@@ -170,3 +170,21 @@ def test_iobinding_answers_bit_for_bit_what_session_run_answers(batch_wait_s):
         assert np.array_equal(model.poker_faces(faces), to_uint8_images(want))
     finally:
         model.close()
+
+
+def test_graph_precision_comes_from_the_card(tmp_path):
+    """Cards written before graphs had a precision read as fp32; anything but fp32/fp16 is refused."""
+    write_stub_model(tmp_path / "m")
+    path = tmp_path / "m" / "card.json"
+    data = json.loads(path.read_text())
+    for graph in data["graphs"].values():
+        del graph["precision"]  # as cards were before
+    path.write_text(json.dumps(data))
+    assert {g.precision for g in load_card(tmp_path / "m").graphs.values()} == {"fp32"}
+    data["graphs"]["recognition"]["precision"] = "fp16"
+    path.write_text(json.dumps(data))
+    assert load_card(tmp_path / "m").graphs["recognition"].precision == "fp16"
+    data["graphs"]["recognition"]["precision"] = "int8"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="precision"):
+        load_card(tmp_path / "m")

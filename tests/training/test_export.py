@@ -132,3 +132,19 @@ def test_fp16_export_is_served_unchanged(tmp_path: Path, astronaut_bytes: bytes)
     assert len(face["logits"]) == 3 and face["poker_face_png"]
     assert {g["precision"] for g in graphs.values()} == {"fp16"}
     assert all(g["providers"] == ["CPUExecutionProvider"] for g in graphs.values())
+
+
+def test_fp16_parity_tool_on_a_folder_of_faces(tmp_path: Path, capsys) -> None:
+    """tools/fp16_parity.py: the shipped model converted to fp16, over a folder of aligned crops."""
+    from PIL import Image
+
+    from tests.conftest import REPO
+    from tools.fp16_parity import main
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    status = main([str(REPO / "models" / "pfvit-micro-fer2013"), "--faces", str(tmp_path), "--batch", "4", "--threads", "1"])
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert report["samples"] == 6 and report["logits_max_abs_diff"] <= 0.05 and report["poker_face_psnr_db"] >= 40
+    assert status == (0 if report["passed"] else 1)
