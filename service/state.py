@@ -24,7 +24,7 @@ from service.config import Settings
 from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
-from service.runtime import ProviderOptions, create_session, primary_provider, required_provider, resolve_providers
+from service.runtime import CPU, ProviderOptions, create_session, primary_provider, required_provider, resolve_providers
 from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
 from service.vision.mtcnn import MTCNN
 
@@ -90,6 +90,8 @@ class ServiceState:
         self.providers = resolve_providers(settings.providers)
         self.required_provider = required_provider(settings.providers, self.providers)
         self.provider_options = ProviderOptions.from_settings(settings)
+        if settings.providers.strip().lower() == "auto" and self.providers[0] == CPU:
+            log.info("PFVIT_PROVIDERS=auto: this ONNX Runtime build offers no CUDA provider (the gpu extra has it); running on the CPU")
         self.detector_card: ModelCard | None = None
         self.emotion_card: ModelCard | None = None
         self.pipeline: FacePipeline | None = None

@@ -159,3 +159,15 @@ def test_tensorrt_is_followed_by_cuda(monkeypatch) -> None:
     assert resolve_providers("trt,cpu") == [TENSORRT, CUDA, CPU]
     assert resolve_providers("cuda") == [CUDA, CPU]
     assert required_provider("tensorrt", [TENSORRT, CUDA, CPU]) == TENSORRT
+
+
+@pytest.mark.skipif(CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA")
+def test_auto_on_a_build_without_cuda_says_it_runs_on_the_cpu(settings, caplog) -> None:
+    import logging
+
+    from service.state import ServiceState
+
+    caplog.set_level(logging.INFO, logger="service.state")
+    state = ServiceState(settings.model_copy(update={"providers": "auto"}))
+    assert state.providers == [CPU]
+    assert any("no CUDA provider" in r.getMessage() and "CPU" in r.getMessage() for r in caplog.records)
