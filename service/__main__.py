@@ -3,74 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
+import os
+import shutil
 import sys
+import tempfile
 import textwrap
-import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
-import h11
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.api.problems import PROBLEM_JSON, problem_body
 from service.config import Settings
 from service.errors import ModelLoadError
-
-
-class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on request headers, and problem documents for
-    malformed HTTP.
-
-    uvicorn bounds idle keep-alive connections but not a client that sends its headers a byte
-    at a time (slowloris): each such connection stays open and counts against the connection
-    cap. Here a connection must complete a request's headers within ``header_timeout_s`` of
-    being opened or of its previous response, or it is closed. The body has its own deadline
-    in the application (408).
-    """
-
-    header_timeout_s: float = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_deadline()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_deadline()
-        super().connection_lost(exc)
-
-    def _arm_header_deadline(self) -> None:
-        self._disarm_header_deadline()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_overdue)
-
-    def _disarm_header_deadline(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to bytes that are not HTTP, as a problem document like every other
-        error (the application never saw the request, so this is the one place to do it)."""
-        body = json.dumps(
-            problem_body(slug="bad-request", title="Bad request", status=400, detail=f"malformed HTTP: {msg}", request_id=uuid.uuid4().hex)
-        ).encode()
-        headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
-            self.transport.write(self.conn.send(event))
-        self.transport.close()
-
-    def _headers_overdue(self) -> None:
-        self._header_timer = None
-        serving = self.cycle is not None and not self.cycle.response_complete
-        if not serving and not self.transport.is_closing():
-            self.transport.close()
+from service.server import HeaderDeadlineProtocol, ServiceConfig
 
 
 def _port(text: str) -> int:
@@ -153,25 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
+    if settings.workers > 1:
+        return _serve_workers(settings, overrides, log_config)
     app = create_app(settings, state=state, on_fatal=on_fatal)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        lifespan="on",
-        log_config=log_config if log_config is not None else uvicorn.config.LOGGING_CONFIG,
-        access_log=settings.log_format != "json",  # the JSON access record replaces uvicorn's line
-        # Connections: idle keep-alive connections are closed, the number of concurrent
-        # connections is capped (uvicorn answers 503 beyond it), and on SIGTERM in-flight
-        # requests get a bounded time to finish; a connection that does not send a request's
-        # headers in time is closed.
-        http=type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": settings.header_timeout_s}),
-        timeout_keep_alive=settings.keep_alive_timeout_s,
-        limit_concurrency=settings.max_connections,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-        server_header=False,
-    )
+    config = _uvicorn_config(app, settings, log_config)
     server = uvicorn.Server(config)
     try:
         server.run()
@@ -186,6 +117,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pfvit: the service did not start (see the error above)", file=sys.stderr)
         return 2
     return 0
+
+
+def _uvicorn_config(app, settings: Settings, log_config: dict | None, **kwargs) -> ServiceConfig:
+    return ServiceConfig(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        lifespan="on",
+        log_config=log_config if log_config is not None else uvicorn.config.LOGGING_CONFIG,
+        access_log=settings.log_format != "json",  # the JSON access record replaces uvicorn's line
+        # Connections: idle keep-alive connections are closed, the number of concurrent
+        # connections is capped (uvicorn answers 503 beyond it), and on SIGTERM in-flight
+        # requests get a bounded time to finish; a connection that does not send a request's
+        # headers in time is closed.
+        http=HeaderDeadlineProtocol,
+        header_timeout_s=settings.header_timeout_s,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        server_header=False,
+        **kwargs,
+    )
+
+
+def _serve_workers(settings: Settings, overrides: dict, log_config: dict | None) -> int:
+    """``PFVIT_WORKERS`` > 1: uvicorn's supervisor runs that many processes on one socket,
+    each building its app (and loading its own models) with ``service.app:worker_app``.
+
+    The workers read their settings from the environment, so the command-line overrides go
+    there; they share their metrics through a fresh folder (``PROMETHEUS_MULTIPROC_DIR``),
+    removed at exit. A model fault in any worker stops them all and exits with status 2.
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    from service.app import WORKER_FATAL_FILE_ENV
+
+    run_dir = Path(tempfile.mkdtemp(prefix="pfvit-serve-"))
+    metrics_dir = run_dir / "metrics"
+    metrics_dir.mkdir()
+    fatal_file = run_dir / "fatal"
+    os.environ.update({f"PFVIT_{k.upper()}": str(v) for k, v in overrides.items()})
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ[WORKER_FATAL_FILE_ENV] = str(fatal_file)
+    try:
+        config = _uvicorn_config("service.app:worker_app", settings, log_config, factory=True, workers=settings.workers)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        if fatal_file.is_file():
+            reason = fatal_file.read_text(encoding="utf-8").splitlines()[0]
+            print(f"pfvit: cannot start: {reason}", file=sys.stderr)
+            return 2
+        return 0
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

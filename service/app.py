@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
                 await loader
             metrics.READY.set(0)
             service.close()
+            metrics.worker_exited()
 
     app = FastAPIOffline(
         title="PF-ViT serving",
@@ -128,3 +129,38 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             max_age=600,
         )
     return app
+
+
+# --- several worker processes (PFVIT_WORKERS > 1) --------------------------------------------
+
+# Set by pfvit-serve for its workers: the file a worker writes a model fault into before it
+# stops the server, so that pfvit-serve can exit non-zero with the reason.
+WORKER_FATAL_FILE_ENV = "PFVIT_SERVE_FATAL_FILE"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process: ``pfvit-serve`` names this factory to uvicorn when
+    ``PFVIT_WORKERS`` > 1; every setting reaches the worker through the environment."""
+    import os
+    import signal
+
+    from service.api.tracing import configure_logging
+    from service.errors import ModelLoadError
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    def on_fatal(reason: str) -> None:
+        fatal_file = os.environ.get(WORKER_FATAL_FILE_ENV)
+        if fatal_file:
+            with open(fatal_file, "a", encoding="utf-8") as fh:
+                fh.write(reason + "\n")
+        os.kill(os.getppid(), signal.SIGTERM)  # the supervisor stops every worker
+
+    state = ServiceState(settings)
+    try:
+        state.preflight()
+    except ModelLoadError as exc:
+        on_fatal(exc.detail)
+        raise
+    return create_app(settings, state=state, on_fatal=on_fatal)

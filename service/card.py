@@ -42,12 +42,20 @@ class TensorSpec:
     description: str = ""
 
 
+PRECISIONS = ("fp32", "fp16")
+
+
 @dataclass(frozen=True)
 class GraphSpec:
+    """One ONNX file of a model. ``precision`` is that of its weights and arithmetic
+    (``"fp16"`` graphs still take and give the float32 tensors their specs name); cards
+    written before it existed are fp32."""
+
     file: str
     sha256: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class ModelCard:
                     sha256=g["sha256"],
                     inputs=[TensorSpec(**t) for t in g["inputs"]],
                     outputs=[TensorSpec(**t) for t in g["outputs"]],
+                    precision=str(g.get("precision", "fp32")),
                 )
                 for gname, g in data["graphs"].items()
             }
@@ -120,6 +129,9 @@ class ModelCard:
             raise ModelLoadError(f"card schema {self.schema!r} is not {CARD_SCHEMA!r}")
         if not self.graphs:
             raise ModelLoadError(f"card {self.name!r} names no graph")
+        for gname, graph in self.graphs.items():
+            if graph.precision not in PRECISIONS:
+                raise ModelLoadError(f"card {self.name!r}: graph {gname!r} has precision {graph.precision!r}, not one of {PRECISIONS}")
         if self.kind == "emotion":
             if RECOGNITION_GRAPH not in self.graphs:
                 raise ModelLoadError(f"emotion card {self.name!r} has no {RECOGNITION_GRAPH!r} graph")

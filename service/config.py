@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     # --- network
     host: str = Field("127.0.0.1", description="Interface to listen on; 0.0.0.0 only inside a container.")
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port; each loads its own models (sessions, memory, GPU memory). "
+        "Metrics add up across them (docs/deploy.md, 'Several workers').",
+    )
 
     # --- models
     models_dir: Path = Field(DEFAULT_MODELS_DIR, description="Folder holding one sub-folder per model.")
@@ -36,8 +43,31 @@ class Settings(BaseSettings):
     detector_model: str = Field("mtcnn", description="Sub-folder of models_dir with the MTCNN card.")
     providers: str = Field(
         "auto",
-        description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', or a comma-separated list "
-        "of ONNX Runtime execution-provider names in order of preference.",
+        description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'tensorrt' (TensorRT, then CUDA for what "
+        "it does not take), or a comma-separated list of ONNX Runtime execution-provider names in order of preference.",
+    )
+    # --- CUDA and TensorRT provider options: passed to ONNX Runtime only when that provider is used
+    cuda_device_id: int = Field(0, ge=0, description="GPU the CUDA (and TensorRT) provider runs on.")
+    cuda_arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = Field(
+        "kSameAsRequested",
+        description="How ONNX Runtime's CUDA memory arena grows: by what a run needs (the default here), or by "
+        "doubling (ONNX Runtime's own default: fewer allocations, more memory held).",
+    )
+    cuda_mem_limit_mb: int = Field(
+        0, ge=0, description="Cap of the CUDA arena of each session, MiB (0: no cap). Each worker has its own sessions."
+    )
+    cuda_cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "HEURISTIC",
+        description="How cuDNN picks convolution algorithms: EXHAUSTIVE benchmarks them for every new input shape "
+        "(each new batch size and each detector pyramid level of a new photo size pays it once), HEURISTIC asks "
+        "cuDNN's heuristics, DEFAULT takes the default algorithm.",
+    )
+    cuda_copy_in_default_stream: bool = Field(
+        True, description="Copies between host and GPU on the default CUDA stream (ONNX Runtime's default)."
+    )
+    trt_fp16: bool = Field(False, description="TensorRT (PFVIT_PROVIDERS=tensorrt): let it build fp16 engines.")
+    trt_engine_cache_dir: str = Field(
+        "", description="TensorRT: folder where built engines are kept across restarts (empty: rebuilt at every start)."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0 lets it decide.")
     warmup_runs: int = Field(2, ge=0, le=100)

@@ -2,11 +2,22 @@
 
 Labels come from bounded sets only: route templates (never raw paths), HTTP methods and
 status codes, the fixed stage and graph names below, problem slugs, and the loaded models.
+
+With several worker processes (``PFVIT_WORKERS``), ``pfvit-serve`` points
+``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder before it starts them: every worker writes its
+values there and ``/metrics``, whichever worker answers it, reads them all
+(:func:`scrape_registry`). Counters and histograms add up; each gauge says how its workers'
+values combine (``multiprocess_mode``); the per-worker gauges carry a ``pid`` label. One worker
+(the default) exports exactly what it always did.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -48,6 +59,13 @@ HTTP_IN_FLIGHT = Gauge(
     "pfvit_http_requests_in_flight",
     "Requests being handled right now.",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+WORKER_REQUESTS = Gauge(
+    "pfvit_worker_http_requests",
+    "HTTP requests answered by this worker process since it started (several workers: one series per worker, label pid).",
+    registry=REGISTRY,
+    multiprocess_mode="liveall",
 )
 STAGE_LATENCY = Histogram(
     "pfvit_stage_duration_seconds",
@@ -107,11 +125,21 @@ MODEL_INFO = Gauge(
     "Loaded models (value 1): name, version, kind and the execution provider actually in use.",
     ["model", "version", "kind", "provider"],
     registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
+PROVIDER_FALLBACK = Gauge(
+    "pfvit_provider_fallback",
+    "1 when a loaded model runs on another execution provider than the first one asked for (PFVIT_PROVIDERS=auto "
+    "on a machine where CUDA cannot load: CPU instead), else 0; by model and the provider asked for.",
+    ["model", "requested"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 QUEUE_DEPTH = Gauge(
     "pfvit_queue_depth",
     "Analysis requests waiting for a computing slot right now.",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 QUEUE_WAIT = Histogram(
     "pfvit_queue_wait_seconds",
@@ -127,8 +155,9 @@ ABANDONED = Counter(
 )
 READY = Gauge(
     "pfvit_ready",
-    "1 once every model is loaded and warmed up, else 0.",
+    "1 once every model is loaded and warmed up, else 0 (several workers: one series per worker, label pid).",
     registry=REGISTRY,
+    multiprocess_mode="liveall",
 )
 
 # Pre-create the bounded children so every series exists (at zero) from the first scrape.
@@ -140,3 +169,50 @@ for _graph in GRAPHS:
     BATCH_REQUESTS.labels(graph=_graph)
 for _reason in ABANDON_REASONS:
     ABANDONED.labels(reason=_reason)
+
+
+# --- several worker processes --------------------------------------------------------------
+
+
+def multiprocess_dir() -> Path | None:
+    """The folder the workers share their values through, when there are several."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(path) if path else None
+
+
+class WorkersMemoryCollector:
+    """``process_resident_memory_bytes`` summed over the live worker processes: the client
+    library's process collector sees only the process that answers the scrape."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self):
+        # Live workers: those with live-gauge files (a worker's are removed when it exits).
+        pids = {int(f.stem.rsplit("_", 1)[1]) for f in self.path.glob("gauge_live*_*.db") if f.stem.rsplit("_", 1)[1].isdigit()}
+        page = os.sysconf("SC_PAGE_SIZE")
+        total = 0
+        for pid in pids:
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+            except (OSError, IndexError, ValueError):  # gone, or not Linux
+                continue
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of all worker processes together, bytes.", value=total)
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What ``/metrics`` exports: this process's registry, or with several workers every
+    worker's values read from the shared folder."""
+    path = multiprocess_dir()
+    if path is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(path))
+    registry.register(WorkersMemoryCollector(path))
+    return registry
+
+
+def worker_exited() -> None:
+    """Drop this worker's live gauges from the shared folder (at its shutdown)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())

@@ -20,7 +20,7 @@ from service import metrics
 from service.batching import MicroBatcher
 from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_card, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
-from service.runtime import ORT_ERRORS, create_session, primary_provider
+from service.runtime import ORT_ERRORS, ProviderOptions, create_session, device_of, primary_provider
 from service.vision.align import normalise, to_uint8_images
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,16 @@ class EmotionModel:
     Faces come in aligned, as ``(B, H, W, 3) uint8`` RGB at the card's input size.
     """
 
-    def __init__(self, card: ModelCard, sessions: dict, max_batch: int = 64, batch_wait_s: float | None = None) -> None:
+    def __init__(
+        self, card: ModelCard, sessions: dict, max_batch: int = 64, batch_wait_s: float | None = None, device_id: int = 0
+    ) -> None:
         """``batch_wait_s``: None runs each call on its own; a number batches concurrent calls
-        of each graph (``service.batching.MicroBatcher``), waiting at most that long."""
+        of each graph (``service.batching.MicroBatcher``), waiting at most that long.
+        ``device_id``: the GPU of sessions that run on one (``PFVIT_CUDA_DEVICE_ID``)."""
         self.card = card
         self.sessions = sessions
+        self._devices = {name: device_of(session) for name, session in sessions.items()}
+        self._device_id = device_id
         self.max_batch = max_batch
         assert card.input is not None  # validated by the card
         self.input_hw: tuple[int, int] = (int(card.input.size[0]), int(card.input.size[1]))
@@ -104,13 +109,18 @@ class EmotionModel:
         batch_wait_s: float | None = None,
         cpu_arena: bool = False,
         required_provider: str | None = None,
+        provider_options: ProviderOptions | None = None,
     ) -> "EmotionModel":
         """Load graphs whose checksums were already verified (``verify_files``' answer)."""
         sessions = {
-            name: create_session(path, providers=providers, intra_op_threads=intra_op_threads, cpu_arena=cpu_arena, required=required_provider)
+            name: create_session(
+                path, providers=providers, intra_op_threads=intra_op_threads, cpu_arena=cpu_arena, required=required_provider,
+                provider_options=provider_options,
+            )
             for name, path in paths.items()
         }
-        return cls(card, sessions, max_batch=max_batch, batch_wait_s=batch_wait_s)
+        device_id = provider_options.cuda_device_id if provider_options is not None else 0
+        return cls(card, sessions, max_batch=max_batch, batch_wait_s=batch_wait_s, device_id=device_id)
 
     # --- contract ----------------------------------------------------------------------------
 
@@ -169,11 +179,20 @@ class EmotionModel:
         return normalise(faces, self._mean, self._std)  # (B, 3, H, W) float32
 
     def _run_graph(self, graph: str, x: np.ndarray) -> np.ndarray:
-        """One ONNX Runtime call of ``graph`` on ``(N, 3, H, W)`` rows; its output rows."""
+        """One ONNX Runtime call of ``graph`` on ``(N, 3, H, W)`` rows; its output rows.
+
+        Through IOBinding, on every provider: the batch goes to the session's device once, the
+        one output we read (logits, or poker faces) is left there by the run and copied back
+        once; outputs we do not read (the embedding) never leave the device. On the CPU the
+        answer is bit for bit that of ``session.run`` (tests/test_models.py).
+        """
         session = self.sessions[graph]
-        output = GRAPH_OUTPUTS[graph]
         metrics.INFERENCE_BATCH.labels(graph=graph).observe(x.shape[0])
-        return session.run([output], {session.get_inputs()[0].name: x})[0]
+        binding = session.io_binding()
+        binding.bind_cpu_input(session.get_inputs()[0].name, np.ascontiguousarray(x))
+        binding.bind_output(GRAPH_OUTPUTS[graph], self._devices[graph], self._device_id)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def _run_batched(self, graph: str, x: np.ndarray) -> np.ndarray:
         batcher = self.batchers.get(graph)

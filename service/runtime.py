@@ -8,6 +8,7 @@ uses (``session.get_providers()``) are what we report, never what we asked for.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -26,15 +27,64 @@ ORT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA}
+TENSORRT = "TensorrtExecutionProvider"
+_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+# Providers whose tensors live on the GPU: IOBinding keeps outputs there until copied back once.
+GPU_PROVIDERS = (CUDA, TENSORRT)
+
+
+@dataclass(frozen=True)
+class ProviderOptions:
+    """Options of the CUDA and TensorRT providers (``PFVIT_CUDA_*``, ``PFVIT_TRT_*``)."""
+
+    cuda_device_id: int = 0
+    cuda_arena_extend_strategy: str = "kSameAsRequested"
+    cuda_mem_limit_mb: int = 0
+    cuda_cudnn_conv_algo_search: str = "HEURISTIC"
+    cuda_copy_in_default_stream: bool = True
+    trt_fp16: bool = False
+    trt_engine_cache_dir: str = ""
+
+    @classmethod
+    def from_settings(cls, settings) -> "ProviderOptions":
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+    def for_provider(self, provider: str) -> dict[str, str]:
+        """The options ONNX Runtime takes for ``provider`` (strings, as its C API wants them);
+        none for the CPU or any provider we do not configure."""
+        if provider == CUDA:
+            options = {
+                "device_id": str(self.cuda_device_id),
+                "arena_extend_strategy": self.cuda_arena_extend_strategy,
+                "cudnn_conv_algo_search": self.cuda_cudnn_conv_algo_search,
+                "do_copy_in_default_stream": "1" if self.cuda_copy_in_default_stream else "0",
+            }
+            if self.cuda_mem_limit_mb:
+                options["gpu_mem_limit"] = str(self.cuda_mem_limit_mb * 1024 * 1024)
+            return options
+        if provider == TENSORRT:
+            options = {"device_id": str(self.cuda_device_id), "trt_fp16_enable": "True" if self.trt_fp16 else "False"}
+            if self.trt_engine_cache_dir:
+                options |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": self.trt_engine_cache_dir}
+            return options
+        return {}
+
+    def for_providers(self, providers: list[str]) -> list[dict[str, str]]:
+        """``provider_options`` for ``InferenceSession``: one dict per provider, in order."""
+        return [self.for_provider(p) for p in providers]
+
+
+def device_of(session: ort.InferenceSession) -> str:
+    """Where the session's outputs are best left by IOBinding: ``"cuda"`` or ``"cpu"``."""
+    return "cuda" if session.get_providers()[0] in GPU_PROVIDERS else "cpu"
 
 
 def resolve_providers(spec: str) -> list[str]:
     """Turn the ``providers`` setting into an ordered provider list, CPU always last.
 
-    ``auto`` takes CUDA when this ONNX Runtime build offers it; ``cpu``/``cuda`` or a
-    comma-separated list of provider names are taken as given (unknown names are an error,
-    not silently dropped).
+    ``auto`` takes CUDA when this ONNX Runtime build offers it; ``cpu``/``cuda``/``tensorrt`` or
+    a comma-separated list of provider names are taken as given (unknown names are an error,
+    not silently dropped); TensorRT is followed by CUDA unless the list places CUDA itself.
     """
     available = ort.get_available_providers()
     spec = spec.strip()
@@ -53,6 +103,9 @@ def resolve_providers(spec: str) -> list[str]:
                 )
             if name not in chosen:
                 chosen.append(name)
+    if TENSORRT in chosen and CUDA not in chosen and CUDA in available:
+        # TensorRT takes the subgraphs it supports; CUDA, not the CPU, should run the rest.
+        chosen.insert(chosen.index(TENSORRT) + 1, CUDA)
     if CPU not in chosen:
         chosen.append(CPU)
     return chosen
@@ -73,6 +126,7 @@ def create_session(
     intra_op_threads: int = 0,
     cpu_arena: bool = False,
     required: str | None = None,
+    provider_options: ProviderOptions | None = None,
 ) -> ort.InferenceSession:
     """Create an inference session for one ONNX file.
 
@@ -84,6 +138,9 @@ def create_session(
     ``required``: a provider the session must use (``required_provider``). ONNX Runtime falls
     back to the CPU silently when, say, the CUDA libraries or the driver cannot be loaded;
     asked for by name, that is an error here, never a quiet slow service.
+
+    ``provider_options``: the CUDA and TensorRT options; each provider gets its own, and only
+    when it is in ``providers``.
 
     Raises:
         ModelLoadError: the file cannot be loaded by ONNX Runtime (the cause is chained), or
@@ -101,10 +158,9 @@ def create_session(
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_cpu_mem_arena = cpu_arena
-    # GPU memory: grow the CUDA arena by what a run needs, not by doubling.
-    provider_options = [{"arena_extend_strategy": "kSameAsRequested"} if p == CUDA else {} for p in providers]
+    options = (provider_options or ProviderOptions()).for_providers(providers)
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers, provider_options=provider_options)
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers, provider_options=options)
     except ORT_ERRORS as exc:
         raise ModelLoadError(f"ONNX Runtime could not load {path}: {exc}") from exc
     actual = session.get_providers()

@@ -24,7 +24,7 @@ from service.config import Settings
 from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
-from service.runtime import create_session, primary_provider, required_provider, resolve_providers
+from service.runtime import CPU, ProviderOptions, create_session, primary_provider, required_provider, resolve_providers
 from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
 from service.vision.mtcnn import MTCNN
 
@@ -89,6 +89,9 @@ class ServiceState:
         self.settings = settings
         self.providers = resolve_providers(settings.providers)
         self.required_provider = required_provider(settings.providers, self.providers)
+        self.provider_options = ProviderOptions.from_settings(settings)
+        if settings.providers.strip().lower() == "auto" and self.providers[0] == CPU:
+            log.info("PFVIT_PROVIDERS=auto: this ONNX Runtime build offers no CUDA provider (the gpu extra has it); running on the CPU")
         self.detector_card: ModelCard | None = None
         self.emotion_card: ModelCard | None = None
         self.pipeline: FacePipeline | None = None
@@ -136,6 +139,7 @@ class ServiceState:
                 intra_op_threads=s.intra_op_threads,
                 cpu_arena=s.ort_cpu_arena,
                 required=self.required_provider,
+                provider_options=self.provider_options,
             )
             detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS))
             model = EmotionModel.from_verified(
@@ -147,6 +151,7 @@ class ServiceState:
                 cpu_arena=s.ort_cpu_arena,
                 batch_wait_s=s.batch_max_wait_ms / 1000.0,
                 required_provider=self.required_provider,
+                provider_options=self.provider_options,
             )
             # Warm-up: the detector on a small grey frame, every emotion graph on one face
             # (which also checks each graph's output shapes against the card).
@@ -161,6 +166,7 @@ class ServiceState:
         for card, provider in ((model.card, model.provider), (self.detector_card, _detector_provider(detector))):
             if card is not None:
                 metrics.MODEL_INFO.labels(model=card.name, version=card.version, kind=card.kind, provider=provider).set(1)
+                metrics.PROVIDER_FALLBACK.labels(model=card.name, requested=self.providers[0]).set(int(provider != self.providers[0]))
         self._ready.set()
         metrics.READY.set(1)
         log.info("ready: %s %s on %s", model.card.name, model.card.version, model.providers)

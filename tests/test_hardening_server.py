@@ -238,10 +238,15 @@ def _broken_models(settings, tmp_path: Path, fault: str) -> Path:
     return models
 
 
-@pytest.mark.parametrize("fault, words", [("unreadable-graph", "recognition.onnx"), ("label-count", "labels")])
-def test_model_fault_found_while_loading_exits_non_zero(settings, tmp_path, fault, words):
+@pytest.mark.parametrize(
+    "fault, words, workers", [("unreadable-graph", "recognition.onnx", "1"), ("label-count", "labels", "1"), ("label-count", "labels", "2")]
+)
+def test_model_fault_found_while_loading_exits_non_zero(settings, tmp_path, fault, words, workers):
+    """Found by a session or by warm-up, after the port is bound; with several workers, by any
+    one of them, which stops them all."""
     models = _broken_models(settings, tmp_path, fault)
-    env = {"PFVIT_MODELS_DIR": str(models), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_WARMUP_RUNS": "1"}
+    env = {"PFVIT_MODELS_DIR": str(models), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_WARMUP_RUNS": "1",
+           "PFVIT_WORKERS": workers}
     proc, _ = start_server(env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=60)

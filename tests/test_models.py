@@ -147,3 +147,44 @@ def test_poker_face_routes_without_the_graph_answer_501(tmp_path, settings, astr
         for resp in (client.post("/v1/poker-face", files=files), client.post("/v1/recognize", params={"return_poker_face": "true"}, files=files)):
             assert resp.status_code == 501 and resp.json()["type"].endswith("/capability-missing"), resp.text
         assert client.post("/v1/recognize", files=files).status_code == 200  # recognition still serves
+
+
+@pytest.mark.parametrize("batch_wait_s", [None, 0.002])
+def test_iobinding_answers_bit_for_bit_what_session_run_answers(batch_wait_s):
+    """The emotion graphs run through IOBinding (one copy each way on a GPU); on the CPU their
+    rows are exactly those of a plain ``session.run``, with or without the micro-batcher."""
+    from service.vision.align import to_uint8_images
+    from tests.conftest import REPO
+
+    model = EmotionModel.from_dir(REPO / "models" / "pfvit-micro-fer2013", providers=[CPU], intra_op_threads=1, batch_wait_s=batch_wait_s, max_batch=4)
+    try:
+        faces = np.random.default_rng(3).integers(0, 256, size=(7, *model.input_hw, 3), dtype=np.uint8)  # two calls of 4 and 3
+        x = model._prepare(faces)
+        for graph, output, got in (
+            ("recognition", "logits", model.recognise(faces).logits),
+            ("poker_face", "poker_face", model._run_batched("poker_face", x)),
+        ):
+            session = model.sessions[graph]
+            want = np.concatenate([session.run([output], {"image": x[i : i + 4]})[0] for i in (0, 4)])
+            assert got.dtype == want.dtype and np.array_equal(got, want), graph
+        assert np.array_equal(model.poker_faces(faces), to_uint8_images(want))
+    finally:
+        model.close()
+
+
+def test_graph_precision_comes_from_the_card(tmp_path):
+    """Cards written before graphs had a precision read as fp32; anything but fp32/fp16 is refused."""
+    write_stub_model(tmp_path / "m")
+    path = tmp_path / "m" / "card.json"
+    data = json.loads(path.read_text())
+    for graph in data["graphs"].values():
+        del graph["precision"]  # as cards were before
+    path.write_text(json.dumps(data))
+    assert {g.precision for g in load_card(tmp_path / "m").graphs.values()} == {"fp32"}
+    data["graphs"]["recognition"]["precision"] = "fp16"
+    path.write_text(json.dumps(data))
+    assert load_card(tmp_path / "m").graphs["recognition"].precision == "fp16"
+    data["graphs"]["recognition"]["precision"] = "int8"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="precision"):
+        load_card(tmp_path / "m")

@@ -310,6 +310,8 @@ class ExportConfig:
         data: data spec whose images feed the parity check (optional).
         opset: ONNX opset (17 or later).
         poker_face: also export the poker-face graph.
+        fp16: write fp16 graphs (float16 weights and arithmetic, float32 input and outputs),
+            checked against the fp32 graphs at export (``training.fp16``).
     """
 
     checkpoint: str
@@ -322,3 +324,4 @@ class ExportConfig:
     data: str = ""
     opset: int = 17
     poker_face: bool = True
+    fp16: bool = False

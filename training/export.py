@@ -3,12 +3,16 @@
 Writes ``recognition.onnx`` (E + S_e + H; the generator is not in it), optionally
 ``poker_face.onnx`` (E + S_p + G, de-normalised and clamped to [0, 1]), checks ONNX Runtime
 against torch on real inputs, then writes ``card.json`` with :func:`service.card.write_card`.
+With ``fp16``, the checked fp32 graphs are converted to fp16 (:mod:`training.fp16`) and the
+fp16 graphs checked against them; the card records each graph's precision and both checks.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from torch.nn.utils import parametrize
 
 from service.card import GraphSpec, InputSpec, ModelCard, TensorSpec, sha256_file, write_card
 from training.checkpoint import model_from_checkpoint
+from training.fp16 import FP16_LOGIT_MAX_ABS, FP16_POKER_PSNR_DB, GraphPair, check_fp16_report, compare_graphs, convert_to_fp16
 from training.model import PFViT
 
 RECOGNITION_FILE = "recognition.onnx"
@@ -120,6 +125,20 @@ def check_parity(model: PFViT, model_dir: Path, images01: torch.Tensor, poker_fa
     return report
 
 
+def _convert_and_check_fp16(out: Path, x: np.ndarray, poker_face: bool) -> dict[str, Any]:
+    """Replace the fp32 graphs in ``out`` by fp16 ones and measure them against the fp32 graphs
+    on ``x`` (normalised ``[N, 3, H, W]``); raise beyond the tolerances."""
+    files = [RECOGNITION_FILE] + [POKER_FACE_FILE] * poker_face
+    with tempfile.TemporaryDirectory(prefix="pfvit-fp32-") as tmp:
+        for file in files:
+            shutil.copyfile(out / file, Path(tmp) / file)
+            convert_to_fp16(Path(tmp) / file, out / file)
+        report: dict[str, Any] = compare_graphs(GraphPair(tmp, out), [x])
+    report["tolerance"] = {"logits_max_abs_diff": FP16_LOGIT_MAX_ABS, **({"poker_face_psnr_db_min": FP16_POKER_PSNR_DB} if poker_face else {})}
+    check_fp16_report(report)
+    return report
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -131,6 +150,7 @@ def export_checkpoint(
     metrics_path: str | Path | None = None,
     opset: int = 17,
     poker_face: bool = True,
+    fp16: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint to ``out_dir`` (graphs + card) and verify it.
 
@@ -142,9 +162,13 @@ def export_checkpoint(
         metrics_path: evaluation ``metrics.json`` whose numbers go into the card.
         opset: ONNX opset, 17 or later.
         poker_face: also export ``poker_face.onnx``.
+        fp16: write fp16 graphs (float32 input and outputs); raises when they drift from the
+            fp32 graphs beyond ``training.fp16``'s tolerances on ``sample_images01``.
 
     Returns:
-        ``{"card": path, "parity": {...}}``.
+        ``{"card": path, "parity": {...}}``; with ``fp16``, ``parity["fp16"]`` holds the fp16
+        graphs' figures against the fp32 graphs (logit differences, argmax agreement, poker-face
+        PSNR) and the tolerances they were held to.
     """
     if opset < 17:
         raise ValueError(f"opset must be 17 or later, got {opset}")
@@ -161,17 +185,21 @@ def export_checkpoint(
         if poker_face:
             _export(PokerFaceGraph(model).eval(), example, out / POKER_FACE_FILE, ["poker_face"], opset)
     parity = check_parity(model, out, sample_images01, poker_face)
+    precision = "fp32"
+    if fp16:
+        parity["fp16"] = _convert_and_check_fp16(out, model.normalise(sample_images01.float()).numpy(), poker_face)
+        precision = "fp16"
 
     image_spec = TensorSpec("image", ["batch", 3, c.image_size, c.image_size], "float32", "aligned face, normalised with input.mean/std, RGB")
     graphs = {
         "recognition": GraphSpec(
-            file=RECOGNITION_FILE, sha256=sha256_file(out / RECOGNITION_FILE), inputs=[image_spec],
+            file=RECOGNITION_FILE, sha256=sha256_file(out / RECOGNITION_FILE), inputs=[image_spec], precision=precision,
             outputs=[TensorSpec("logits", ["batch", c.num_classes], "float32", "class logits in label order"),
                      TensorSpec("embedding", ["batch", c.embed_dim], "float32", "pooled emotional component z_e")]),
     }
     if poker_face:
         graphs["poker_face"] = GraphSpec(
-            file=POKER_FACE_FILE, sha256=sha256_file(out / POKER_FACE_FILE), inputs=[image_spec],
+            file=POKER_FACE_FILE, sha256=sha256_file(out / POKER_FACE_FILE), inputs=[image_spec], precision=precision,
             outputs=[TensorSpec("poker_face", ["batch", 3, c.image_size, c.image_size], "float32", "RGB in [0, 1]")])
     stage_cfg = payload.get("stage_config", {})
     training: dict[str, Any] = {

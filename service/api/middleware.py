@@ -82,6 +82,7 @@ class RequestContext:
             status = status_holder["status"]
             seconds = time.perf_counter() - start
             metrics.HTTP_REQUESTS.labels(route=template, method=method, status=str(status)).inc()
+            metrics.WORKER_REQUESTS.inc()
             metrics.HTTP_LATENCY.labels(route=template).observe(seconds)
             if self.access_log:
                 record = {"request_id": request_id, "method": method, "route": template, "status": status, "duration_ms": round(seconds * 1000, 3)}

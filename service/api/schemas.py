@@ -77,7 +77,12 @@ class PokerFaceResponse(BaseModel):
 class GraphInfo(BaseModel):
     file: str
     sha256: str
-    providers: list[str]
+    precision: str = Field(description="Precision of the graph's weights and arithmetic, from its card: fp32 or fp16 "
+                           "(an fp16 graph takes and gives float32 tensors all the same).")
+    providers: list[str] = Field(description="Execution providers the graph's session actually runs on, in order; "
+                                 "empty until the models are loaded.")
+    fallback: bool = Field(False, description="True when the session does not run on the first provider asked for "
+                           "(requested_providers): PFVIT_PROVIDERS=auto where CUDA cannot load runs on the CPU.")
 
 
 class ModelInfo(BaseModel):
@@ -91,6 +96,7 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     ready: bool
+    requested_providers: list[str] = Field(default_factory=list, description="The providers PFVIT_PROVIDERS asks for, in order.")
     models: list[ModelInfo]
 
 

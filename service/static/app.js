@@ -93,6 +93,7 @@ async function loadModelCard() {
     addRow(dl, "Version", emotion.version);
     addRow(dl, "Labels", emotion.labels.join(", "));
     addRow(dl, "Provider", provider);
+    if (recognition && recognition.precision) addRow(dl, "Precision", recognition.precision);
     const card = emotion.card || {};
     if (card.input && card.input.size) addRow(dl, "Input", `${card.input.size.join(" × ")} px ${card.input.colour_order || ""}`);
     const metrics = (card.training && card.training.metrics) || {};

@@ -76,3 +76,75 @@ def test_edit_mode_poker_face_and_export(tmp_path: Path) -> None:
     assert result["parity"]["poker_face_mean_abs_diff"] <= 1 / 255
     (poker,) = ort.InferenceSession(str(out / "poker_face.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
     assert np.abs(poker - want.numpy()).mean() <= 1 / 255
+
+
+def test_fp16_export_is_served_unchanged(tmp_path: Path, astronaut_bytes: bytes) -> None:
+    """``pfvit-export --fp16``: fp16 weights, float32 input and outputs, parity in the card, and
+    the service loads it on the CPU and answers /v1/recognize with it."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+    from service.models import EmotionModel
+    from tests.conftest import REPO, wait_ready
+    from training.cli import export_main
+    from training.fp16 import FP16_LOGIT_MAX_ABS, FP16_POKER_PSNR_DB, graph_precision
+
+    torch.manual_seed(2)
+    torch.set_num_threads(2)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS))).eval()
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
+    models = tmp_path / "models"
+    export_main(["--checkpoint", str(ckpt), "--out-dir", str(models / "fp32"), "--data", "synthetic:n=8", "--name", "micro-fp32"])
+    export_main(["--checkpoint", str(ckpt), "--out-dir", str(models / "fp16"), "--data", "synthetic:n=8", "--name", "micro-fp16", "--fp16"])
+
+    card = load_card(models / "fp16")
+    paths = verify_files(card, models / "fp16")
+    assert {g: spec.precision for g, spec in card.graphs.items()} == {"recognition": "fp16", "poker_face": "fp16"}
+    assert {spec.precision for spec in load_card(models / "fp32").graphs.values()} == {"fp32"}
+    fp16 = card.training["parity"]["fp16"]
+    assert fp16["samples"] == 8 and fp16["argmax_agreement"] == 1.0  # the exporter's sample batch
+    assert 0 < fp16["logits_max_abs_diff"] <= FP16_LOGIT_MAX_ABS and fp16["logits_mean_abs_diff"] <= fp16["logits_max_abs_diff"]
+    assert fp16["poker_face_psnr_db"] >= FP16_POKER_PSNR_DB
+    assert card.training["parity"]["logits_max_abs_diff"] <= 1e-4  # the fp32 graphs against torch, before conversion
+    for path in paths.values():
+        graph = onnx.load(str(path))
+        assert graph_precision(path) == "fp16"
+        assert {v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]} == {onnx.TensorProto.FLOAT}
+
+    # The service's own sessions (CPU) on both exports: same logits within the fp16 tolerance.
+    faces = (np.random.default_rng(0).random((5, 32, 32, 3)) * 255).astype(np.uint8)
+    served = {p: EmotionModel.from_dir(models / p, providers=["CPUExecutionProvider"], intra_op_threads=1) for p in ("fp32", "fp16")}
+    logits32, logits16 = (served[p].recognise(faces).logits for p in ("fp32", "fp16"))
+    assert logits16.dtype == np.float32 and np.abs(logits16 - logits32).max() <= FP16_LOGIT_MAX_ABS
+    assert np.abs(served["fp16"].poker_faces(faces).astype(int) - served["fp32"].poker_faces(faces)).max() <= 2
+
+    shutil.copytree(REPO / "models" / "mtcnn", models / "mtcnn")
+    settings = Settings(models_dir=models, emotion_model="fp16", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        answer = client.post("/v1/recognize?return_poker_face=true", files={"images": ("a.png", astronaut_bytes, "image/png")})
+        graphs = next(m for m in client.get("/v1/models").json()["models"] if m["kind"] == "emotion")["graphs"]
+    assert answer.status_code == 200, answer.text
+    (face,) = answer.json()["images"][0]["faces"]
+    assert len(face["logits"]) == 3 and face["poker_face_png"]
+    assert {g["precision"] for g in graphs.values()} == {"fp16"}
+    assert all(g["providers"] == ["CPUExecutionProvider"] for g in graphs.values())
+
+
+def test_fp16_parity_tool_on_a_folder_of_faces(tmp_path: Path, capsys) -> None:
+    """tools/fp16_parity.py: the shipped model converted to fp16, over a folder of aligned crops."""
+    from PIL import Image
+
+    from tests.conftest import REPO
+    from tools.fp16_parity import main
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    status = main([str(REPO / "models" / "pfvit-micro-fer2013"), "--faces", str(tmp_path), "--batch", "4", "--threads", "1"])
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert report["samples"] == 6 and report["logits_max_abs_diff"] <= 0.05 and report["poker_face_psnr_db"] >= 40
+    assert status == (0 if report["passed"] else 1)

@@ -6,9 +6,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from onnxruntime import InferenceSession
+
 from service import metrics
 from service.api.deps import SettingsDep, StateDep
 from service.api.schemas import GraphInfo, Health, ModelInfo, ModelsResponse
+from service.card import GraphSpec
 
 router = APIRouter(tags=["operations"])
 models_router = APIRouter(tags=["models"])
@@ -53,13 +56,16 @@ async def models(state: StateDep) -> ModelsResponse:
                 kind=card.kind,
                 labels=card.labels,
                 card=card.to_dict(),
-                graphs={
-                    g: GraphInfo(file=spec.file, sha256=spec.sha256, providers=model_sessions[g].get_providers() if g in model_sessions else [])
-                    for g, spec in card.graphs.items()
-                },
+                graphs={g: _graph_info(spec, model_sessions.get(g), state.providers[0]) for g, spec in card.graphs.items()},
             )
         )
-    return ModelsResponse(ready=state.ready, models=out)
+    return ModelsResponse(ready=state.ready, requested_providers=state.providers, models=out)
+
+
+def _graph_info(spec: GraphSpec, session: InferenceSession | None, requested: str) -> GraphInfo:
+    providers = session.get_providers() if session is not None else []
+    return GraphInfo(file=spec.file, sha256=spec.sha256, precision=spec.precision, providers=providers,
+                     fallback=bool(providers) and providers[0] != requested)
 
 
 @metrics_router.get(
@@ -69,4 +75,4 @@ async def models(state: StateDep) -> ModelsResponse:
     responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
 )
 async def prometheus_metrics() -> Response:
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)
