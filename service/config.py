@@ -72,7 +72,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0 lets it decide.")
     warmup_runs: int = Field(2, ge=0, le=100)
     max_inference_batch: int = Field(64, ge=1, le=4096, description="Faces per ONNX Runtime call at most.")
-    max_concurrent_inference: int = Field(2, ge=1, le=64, description="Requests computing at once; others queue.")
+    max_concurrent_inference: int = Field(
+        0, ge=0, le=64,
+        description="Requests computing at once; others queue. 0: one when the sessions run on the CPU (each request's "
+        "threads use every core; docs/benchmarks.md has the measurements), four on CUDA.",
+    )
 
     # --- request limits
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Whole request body, bytes (413 above).")

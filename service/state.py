@@ -37,6 +37,10 @@ _MISSING_EMOTION_MODEL = (
 )
 
 
+# Requests computing at once on a GPU when PFVIT_MAX_CONCURRENT_INFERENCE is 0 (not yet measured on one).
+CUDA_COMPUTING_SLOTS = 4
+
+
 class AdmissionGate:
     """At most ``slots`` requests compute at once and at most ``max_queue`` wait for a slot.
 
@@ -47,6 +51,7 @@ class AdmissionGate:
     """
 
     def __init__(self, slots: int, max_queue: int) -> None:
+        self.slots = slots
         self._slots = asyncio.Semaphore(slots)
         self.max_queue = max_queue
         self.waiting = 0
@@ -98,7 +103,17 @@ class ServiceState:
         self.load_error: str | None = None
         self._verified: dict[str, dict[str, Path]] | None = None  # model kind -> {graph: file}
         self._ready = threading.Event()
-        self.gate = AdmissionGate(settings.max_concurrent_inference, settings.max_queue)
+        self.gate = AdmissionGate(self.computing_slots, settings.max_queue)
+
+    @property
+    def computing_slots(self) -> int:
+        """``PFVIT_MAX_CONCURRENT_INFERENCE``, or for 0 the default of the provider in use: on
+        the CPU one request at a time, whose ONNX Runtime pools then use every core (as many
+        photos per second as two at a time here, in a third less memory); on a GPU several, so
+        that the CPU-side steps of one request overlap another's GPU work."""
+        if self.settings.max_concurrent_inference:
+            return self.settings.max_concurrent_inference
+        return 1 if self.providers[0] == CPU else CUDA_COMPUTING_SLOTS
 
     # --- start-up ----------------------------------------------------------------------------
 

@@ -171,3 +171,18 @@ def test_auto_on_a_build_without_cuda_says_it_runs_on_the_cpu(settings, caplog) 
     state = ServiceState(settings.model_copy(update={"providers": "auto"}))
     assert state.providers == [CPU]
     assert any("no CUDA provider" in r.getMessage() and "CPU" in r.getMessage() for r in caplog.records)
+
+
+def test_computing_slots_default_to_the_provider_in_use(settings, monkeypatch) -> None:
+    """PFVIT_MAX_CONCURRENT_INFERENCE=0: one request at a time on the CPU (its threads use
+    every core), several on CUDA; a number given is taken as it is."""
+    import onnxruntime as ort
+
+    from service.state import CUDA_COMPUTING_SLOTS, ServiceState
+
+    cpu = ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 0}))
+    assert cpu.computing_slots == 1 and cpu.gate.slots == 1
+    assert ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 3})).computing_slots == 3
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    cuda = ServiceState(settings.model_copy(update={"providers": "cuda", "max_concurrent_inference": 0}))
+    assert cuda.computing_slots == CUDA_COMPUTING_SLOTS > 1

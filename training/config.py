@@ -312,6 +312,8 @@ class ExportConfig:
         poker_face: also export the poker-face graph.
         fp16: write fp16 graphs (float16 weights and arithmetic, float32 input and outputs),
             checked against the fp32 graphs at export (``training.fp16``).
+        mirror_average: the recognition graph answers the mean over each face and its mirror
+            image (test-time augmentation inside the graph, twice the recognition cost).
     """
 
     checkpoint: str
@@ -325,3 +327,4 @@ class ExportConfig:
     opset: int = 17
     poker_face: bool = True
     fp16: bool = False
+    mirror_average: bool = False

@@ -31,22 +31,37 @@ from training.model import PFViT
 RECOGNITION_FILE = "recognition.onnx"
 POKER_FACE_FILE = "poker_face.onnx"
 LOGIT_TOLERANCE = 1e-4
+MIRROR_NOTE = ", mean over the face and its mirror image"
 POKER_FACE_TOLERANCE = 1.0 / 255.0
 
 
 class RecognitionGraph(nn.Module):
-    """``image`` (normalised) -> ``(logits, embedding)``; E, S and H only, no generator weights."""
+    """``image`` (normalised) -> ``(logits, embedding)``; E, S and H only, no generator weights.
 
-    def __init__(self, model: PFViT) -> None:
+    With ``mirror_average``, both outputs are the mean over the face and its mirror image (the
+    aligned face's left-right flip, which the template keeps a face): test-time augmentation in
+    the graph itself, at twice the recognition cost.
+    """
+
+    def __init__(self, model: PFViT, mirror_average: bool = False) -> None:
         super().__init__()
+        self.colour = model.colour
         self.encoder = model.encoder
         self.separator = model.separator
         self.head = model.head
+        self.mirror_average = mirror_average
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z_e, _ = self.separator(self.encoder(image))
+    def _recognise(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z_e, _ = self.separator(self.encoder(self.colour(image)))
         embedding = PFViT.pool(z_e)  # [N, D]
         return self.head(embedding), embedding
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, embedding = self._recognise(image)
+        if self.mirror_average:
+            mirror_logits, mirror_embedding = self._recognise(image.flip(-1))
+            logits, embedding = 0.5 * (logits + mirror_logits), 0.5 * (embedding + mirror_embedding)
+        return logits, embedding
 
 
 class PokerFaceGraph(nn.Module):
@@ -86,24 +101,30 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
         raise RuntimeError(f"{path.name} stores tensors outside the file: {external[:3]}")
 
 
-def check_parity(model: PFViT, model_dir: Path, images01: torch.Tensor, poker_face: bool) -> dict[str, float]:
+def check_parity(model: PFViT, model_dir: Path, images01: torch.Tensor, poker_face: bool, mirror_average: bool = False) -> dict[str, float]:
     """Run ONNX Runtime and torch on the same images; raise if they disagree beyond tolerance.
+
+    The images are checked as given and tinted (each channel scaled differently), so that a
+    colour input is checked too when the samples are grey photos.
 
     Args:
         model: the frozen export model.
         model_dir: folder with the exported graphs.
         images01: ``[N, 3, H, W]`` RGB in [0, 1] (real faces where available).
         poker_face: also check ``poker_face.onnx``.
+        mirror_average: the recognition graph averages each face with its mirror image.
 
     Returns:
         ``{"logits_max_abs_diff", "embedding_max_abs_diff", "poker_face_mean_abs_diff"}``.
     """
     import onnxruntime as ort  # imported here: only export needs it on the training side
 
-    x = model.normalise(images01.float())
+    images01 = images01.float()
+    tinted = images01 * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1)
+    x = model.normalise(torch.cat([images01, tinted]))
     feed = {"image": x.numpy()}
     with torch.no_grad():
-        logits, embedding = model.recognise(x)
+        logits, embedding = RecognitionGraph(model, mirror_average).eval()(x)
     sess = ort.InferenceSession(str(model_dir / RECOGNITION_FILE), providers=["CPUExecutionProvider"])
     ort_logits, ort_embedding = sess.run(["logits", "embedding"], feed)
     report = {
@@ -151,6 +172,7 @@ def export_checkpoint(
     opset: int = 17,
     poker_face: bool = True,
     fp16: bool = False,
+    mirror_average: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint to ``out_dir`` (graphs + card) and verify it.
 
@@ -164,6 +186,8 @@ def export_checkpoint(
         poker_face: also export ``poker_face.onnx``.
         fp16: write fp16 graphs (float32 input and outputs); raises when they drift from the
             fp32 graphs beyond ``training.fp16``'s tolerances on ``sample_images01``.
+        mirror_average: the recognition graph answers the mean over each face and its mirror
+            image (:class:`RecognitionGraph`).
 
     Returns:
         ``{"card": path, "parity": {...}}``; with ``fp16``, ``parity["fp16"]`` holds the fp16
@@ -181,10 +205,10 @@ def export_checkpoint(
     c = model.config
     example = model.normalise(sample_images01[:2].float())
     with torch.no_grad():
-        _export(RecognitionGraph(model).eval(), example, out / RECOGNITION_FILE, ["logits", "embedding"], opset)
+        _export(RecognitionGraph(model, mirror_average).eval(), example, out / RECOGNITION_FILE, ["logits", "embedding"], opset)
         if poker_face:
             _export(PokerFaceGraph(model).eval(), example, out / POKER_FACE_FILE, ["poker_face"], opset)
-    parity = check_parity(model, out, sample_images01, poker_face)
+    parity = check_parity(model, out, sample_images01, poker_face, mirror_average)
     precision = "fp32"
     if fp16:
         parity["fp16"] = _convert_and_check_fp16(out, model.normalise(sample_images01.float()).numpy(), poker_face)
@@ -194,8 +218,8 @@ def export_checkpoint(
     graphs = {
         "recognition": GraphSpec(
             file=RECOGNITION_FILE, sha256=sha256_file(out / RECOGNITION_FILE), inputs=[image_spec], precision=precision,
-            outputs=[TensorSpec("logits", ["batch", c.num_classes], "float32", "class logits in label order"),
-                     TensorSpec("embedding", ["batch", c.embed_dim], "float32", "pooled emotional component z_e")]),
+            outputs=[TensorSpec("logits", ["batch", c.num_classes], "float32", "class logits in label order" + MIRROR_NOTE * mirror_average),
+                     TensorSpec("embedding", ["batch", c.embed_dim], "float32", "pooled emotional component z_e" + MIRROR_NOTE * mirror_average)]),
     }
     if poker_face:
         graphs["poker_face"] = GraphSpec(
@@ -217,6 +241,6 @@ def export_checkpoint(
         input=InputSpec(size=[c.image_size, c.image_size], mean=list(c.mean), std=list(c.std)),
         description=description or "PF-ViT facial-expression recognition and poker-face generation",
         license=license, training=training,
-        extra={"opset": opset, "params_recognition": model.num_params("recognition"), "params_generator": model.num_params("generator")},
+        extra={"opset": opset, "recognition_mirror_average": mirror_average, "params_recognition": model.num_params("recognition"), "params_generator": model.num_params("generator")},
     )
     return {"card": str(write_card(card, out)), "parity": parity}

@@ -93,6 +93,9 @@ class FERModelConfig:
     poker_sup_loss: str = "l1"
     cyc_neutral_weight: float = 0.5
     label_smoothing: float = 0.1
+    # The recognition graph averages each face with its mirror image: +1.0 / +1.4 points on the
+    # aligned PublicTest / PrivateTest faces for the 8-epoch model (docs/pfvit.md).
+    mirror_average: bool = True
     render_workers: int = 0  # 0 = one per core
     device: str = "auto"
     threads: int = 0
@@ -226,7 +229,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     model_dir = Path(cfg.model_dir)
     sample = torch.stack([val_fer[i]["image"] for i in range(min(64, len(val_fer)))])
-    export_checkpoint(out / "train" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version,
+    export_checkpoint(out / "train" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version, mirror_average=cfg.mirror_average,
                       license="MIT (code and weights); training data FER2013: research use, see the card's training.data",
                       description=(f"PF-ViT micro (48 px, {STEM_WORDS[cfg.stem]}, greyscale input) trained on FER2013 photos jointly with "
                                    "rendered faces. " + DATA_TERMS))

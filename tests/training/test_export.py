@@ -148,3 +148,26 @@ def test_fp16_parity_tool_on_a_folder_of_faces(tmp_path: Path, capsys) -> None:
     report = __import__("json").loads(capsys.readouterr().out)
     assert report["samples"] == 6 and report["logits_max_abs_diff"] <= 0.05 and report["poker_face_psnr_db"] >= 40
     assert status == (0 if report["passed"] else 1)
+
+
+def test_greyscale_and_mirror_average_reach_the_recognition_graph(tmp_path: Path) -> None:
+    """A greyscale model's recognition graph reads the luma of a colour upload, as training did,
+    and ``mirror_average`` answers the mean over the face and its mirror image."""
+    torch.manual_seed(2)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS), greyscale=True)).eval()
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
+    images = torch.rand(4, 3, model.config.image_size, model.config.image_size)  # colour, not grey
+    plain, mirrored = tmp_path / "plain", tmp_path / "mirrored"
+    export_checkpoint(ckpt, plain, images, poker_face=False)
+    export_checkpoint(ckpt, mirrored, images, poker_face=False, mirror_average=True)
+    assert load_card(mirrored).extra["recognition_mirror_average"] is True
+
+    def logits(folder: Path, x01: torch.Tensor) -> np.ndarray:
+        sess = ort.InferenceSession(str(folder / "recognition.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(["logits"], {"image": model.normalise(x01).numpy()})[0]
+
+    luma = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    np.testing.assert_allclose(logits(plain, images), logits(plain, luma), atol=1e-4)
+    with torch.no_grad():
+        np.testing.assert_allclose(logits(plain, images), model(model.normalise(images)).numpy(), atol=1e-4)
+    np.testing.assert_allclose(logits(mirrored, images), 0.5 * (logits(plain, images) + logits(plain, images.flip(-1))), atol=1e-4)
