@@ -184,7 +184,8 @@ def export_main(argv: Sequence[str] | None = None) -> None:
         images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
     result = export_checkpoint(cfg.checkpoint, cfg.out_dir, images, name=cfg.name, version=cfg.version, license=cfg.license,
                                description=cfg.description, metrics_path=cfg.metrics or None, opset=cfg.opset, poker_face=cfg.poker_face,
-                               fp16=cfg.fp16, mirror_average=cfg.mirror_average)
+                               fp16=cfg.fp16, mirror_average=cfg.mirror_average,
+                               poker_luma=cfg.poker_luma)
     print(json.dumps(result))
 
 

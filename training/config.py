@@ -45,6 +45,9 @@ class PFViTConfig:
             patch, the vanilla ViT), "conv" (3x3 stride-2 convolutions, :class:`ConvStem`) or
             "deepconv" (each stride-2 convolution followed by a 3x3 stride-1 one).
         greyscale: the encoder reads the luma only (models trained on grey photos).
+        poker_luma: "edit" mode applies only the luma of G's change, the same in every channel.
+            A model trained on grey photos never learned what its change does to colour, and
+            on a colour photo the chroma part of that change is coloured speckle.
     """
 
     image_size: int = 224
@@ -67,12 +70,15 @@ class PFViTConfig:
     poker_mode: str = "direct"
     stem: str = "patch"
     greyscale: bool = False
+    poker_luma: bool = False
 
     def __post_init__(self) -> None:
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.poker_mode not in ("direct", "edit"):
             raise ValueError(f"poker_mode must be 'direct' or 'edit', got {self.poker_mode!r}")
+        if self.poker_luma and self.poker_mode != "edit":
+            raise ValueError("poker_luma applies to poker_mode='edit' only")
         for size_name in ("patch_size", "disc_patch_size"):
             if self.image_size % getattr(self, size_name):
                 raise ValueError(f"image_size {self.image_size} is not a multiple of {size_name}")
@@ -314,6 +320,8 @@ class ExportConfig:
             checked against the fp32 graphs at export (``training.fp16``).
         mirror_average: the recognition graph answers the mean over each face and its mirror
             image (test-time augmentation inside the graph, twice the recognition cost).
+        poker_luma: the poker-face graph applies only the luma of the generator's change
+            (:class:`PFViTConfig`; for models trained on grey photos).
     """
 
     checkpoint: str
@@ -328,3 +336,4 @@ class ExportConfig:
     poker_face: bool = True
     fp16: bool = False
     mirror_average: bool = False
+    poker_luma: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 import shutil
 import tempfile
 import warnings
@@ -173,6 +174,7 @@ def export_checkpoint(
     poker_face: bool = True,
     fp16: bool = False,
     mirror_average: bool = False,
+    poker_luma: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint to ``out_dir`` (graphs + card) and verify it.
 
@@ -188,6 +190,8 @@ def export_checkpoint(
             fp32 graphs beyond ``training.fp16``'s tolerances on ``sample_images01``.
         mirror_average: the recognition graph answers the mean over each face and its mirror
             image (:class:`RecognitionGraph`).
+        poker_luma: the poker-face graph applies only the luma of the generator's change
+            (``PFViTConfig.poker_luma``; "edit" mode); the card's model config records it.
 
     Returns:
         ``{"card": path, "parity": {...}}``; with ``fp16``, ``parity["fp16"]`` holds the fp16
@@ -199,6 +203,8 @@ def export_checkpoint(
     model, payload = model_from_checkpoint(checkpoint)
     if not model.config.labels:
         raise ValueError("the checkpoint has no labels (a pre-training checkpoint?); export a trained one")
+    if poker_luma:
+        model.config = replace(model.config, poker_luma=True)  # validated: "edit" mode only
     model = freeze_for_export(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

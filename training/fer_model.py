@@ -93,9 +93,12 @@ class FERModelConfig:
     poker_sup_loss: str = "l1"
     cyc_neutral_weight: float = 0.5
     label_smoothing: float = 0.1
-    # The recognition graph averages each face with its mirror image: +1.0 / +1.4 points on the
-    # aligned PublicTest / PrivateTest faces for the 8-epoch model (docs/pfvit.md).
+    # The recognition graph averages each face with its mirror image: +1.1 / +0.6 points on the
+    # aligned PublicTest / PrivateTest faces (tools/mirror_gain.py, docs/pfvit.md).
     mirror_average: bool = True
+    # Poker faces change the luma only: the model learned from grey photos, and the colour part
+    # of its change is speckle on colour photos (docs/pfvit.md).
+    poker_luma: bool = True
     render_workers: int = 0  # 0 = one per core
     device: str = "auto"
     threads: int = 0
@@ -103,6 +106,8 @@ class FERModelConfig:
 
 STEM_WORDS = {"patch": "linear patch stem", "conv": "convolutional stem",
               "deepconv": "convolutional stem of two 3x3 convolutions per stage"}
+MIRROR_TEXT = " The recognition graph averages each face with its mirror image."
+LUMA_TEXT = " Poker faces apply the luma of the generator's change only."
 QUICK = dict(judge_epochs=1, pretrain_epochs=1, train_epochs=1, rendered_train=256, rendered_test=64)
 
 
@@ -230,6 +235,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     model_dir = Path(cfg.model_dir)
     sample = torch.stack([val_fer[i]["image"] for i in range(min(64, len(val_fer)))])
     export_checkpoint(out / "train" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version, mirror_average=cfg.mirror_average,
+                      poker_luma=cfg.poker_luma,
                       license="MIT (code and weights); training data FER2013: research use, see the card's training.data",
                       description=(f"PF-ViT micro (48 px, {STEM_WORDS[cfg.stem]}, greyscale input) trained on FER2013 photos jointly with "
                                    "rendered faces. " + DATA_TERMS))
@@ -330,7 +336,7 @@ Recipe (`training/fer_model.py`): align FER2013 with the service's detector ({mi
 judge {recipe["judge_epochs"]} epochs ({minutes("judge_s")}), MAE pre-training {recipe["pretrain_epochs"]} epochs
 ({minutes("pretrain_s")}), PF-ViT stage {recipe["train_epochs"]} epochs at batch {recipe["batch_size"]} on FER2013 train
 plus {recipe["rendered_train"]} rendered faces ({minutes("train_s")}); weights cls {recipe["cls_weight"]},
-poker_sup {recipe["poker_sup_weight"]} ({recipe.get("poker_sup_loss", "l1").upper()}), cyc_neutral {recipe["cyc_neutral_weight"]}; seed {recipe["seed"]}.
+poker_sup {recipe["poker_sup_weight"]} ({recipe.get("poker_sup_loss", "l1").upper()}), cyc_neutral {recipe["cyc_neutral_weight"]}; seed {recipe["seed"]}.{MIRROR_TEXT * bool(recipe.get("mirror_average"))}{LUMA_TEXT * bool(recipe.get("poker_luma"))}
 Total {minutes("total_s")} on the 2-core development CPU.
 
 ## Faces found (the service's MTCNN on each 48 px face edge-padded by {recipe["pad_px"]} px and upscaled ×{recipe["upscale"]:g})

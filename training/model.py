@@ -355,6 +355,7 @@ class PFViT(nn.Module):
         self.head = ClassifierHead(c.embed_dim, c.num_classes)
         self.register_buffer("pixel_mean", torch.tensor(c.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("colour_luma", torch.tensor(LUMA_RGB).view(1, 3, 1, 1), persistent=False)
         init_vit_weights(self)
         for param in (self.encoder.cls_token, self.generator.mask_token, self.separator.neutral_coords):
             nn.init.normal_(param, std=0.02)
@@ -412,7 +413,11 @@ class PFViT(nn.Module):
         if self.config.poker_mode == "edit":
             # Keep what G cannot redraw: apply only G's own neutral-minus-faithful change.
             rec = self.generate(z) if reconstruction is None else reconstruction
-            poker = images + (poker - rec)
+            change = poker - rec  # model space: per-channel normalised
+            if self.config.poker_luma:
+                luma = (change * self.pixel_std * self.colour_luma).sum(dim=1, keepdim=True)  # [N, 1, H, W] in [0, 1] units
+                change = luma / self.pixel_std
+            poker = images + change
         return poker
 
     # ---- inference entry points

@@ -42,13 +42,13 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
 
 # One face of the fixture photo, as both examples show it.
 _FACE_GEOMETRY: dict[str, Any] = {
-    "box": {"x1": 181.05, "y1": 62.16, "x2": 267.75, "y2": 172.05},
-    "score": 0.999998,
-    "landmarks": [[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.25], [245.27, 141.86]],
+    "box": {"x1": 180.03, "y1": 60.77, "x2": 268.86, "y2": 174.17},
+    "score": 0.999991,
+    "landmarks": [[204.4, 100.1], [248.26, 103.61], [225.32, 129.09], [201.47, 139.32], [245.57, 142.73]],
 }
 
 RECOGNIZE_EXAMPLE: dict[str, Any] = {
-    "model": {"name": "pfvit-micro-fer2013", "version": "1.0.0", "provider": "CPUExecutionProvider"},
+    "model": {"name": "pfvit-micro-fer2013", "version": "1.1.0", "provider": "CPUExecutionProvider"},
     "labels": ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"],
     "images": [
         {
@@ -60,14 +60,14 @@ RECOGNIZE_EXAMPLE: dict[str, Any] = {
                 {
                     **_FACE_GEOMETRY,
                     "label": "happiness",
-                    "probabilities": {"anger": 0.083, "disgust": 0.013, "fear": 0.029, "happiness": 0.795, "sadness": 0.026, "surprise": 0.036, "neutral": 0.019},
-                    "logits": [0.47, -1.39, -0.59, 2.73, -0.71, -0.37, -0.98],
+                    "probabilities": {"anger": 0.015, "disgust": 0.012, "fear": 0.011, "happiness": 0.904, "sadness": 0.013, "surprise": 0.015, "neutral": 0.03},
+                    "logits": [-0.59, -0.76, -0.91, 3.54, -0.7, -0.57, 0.14],
                     "poker_face_png": None,
                 }
             ],
         }
     ],
-    "timings_ms": {"queue": 0.01, "decode": 4.1, "detect": 39.6, "align": 1.0, "infer": 1.5, "total": 46.6},
+    "timings_ms": {"queue": 0.04, "decode": 4.0, "detect": 51.9, "align": 0.9, "infer": 4.1, "total": 61.5},
 }
 
 POKER_FACE_EXAMPLE: dict[str, Any] = {

@@ -75,7 +75,7 @@ def test_poker_term_averages_over_items_that_have_a_true_poker_face() -> None:
         z = model.forward_features(only.images)
         _, z_p = model.separate(z)
         want = poker_face_distance(model.synthesize_poker(only.images, z, z_p), only.true_poker).mean()
-    assert float(got.terms["poker_sup"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(got.terms["poker_sup"].detach()) == pytest.approx(float(want), rel=1e-5)
     # No true poker face at all: the term is zero (and still in the graph, for DDP).
     raw["has_poker_face"] = torch.zeros(6, dtype=torch.bool)
     assert float(objective.generator_loss(prepare_batch(raw, model, torch.device("cpu"))).terms["poker_sup"]) == 0.0

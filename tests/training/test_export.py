@@ -171,3 +171,27 @@ def test_greyscale_and_mirror_average_reach_the_recognition_graph(tmp_path: Path
     with torch.no_grad():
         np.testing.assert_allclose(logits(plain, images), model(model.normalise(images)).numpy(), atol=1e-4)
     np.testing.assert_allclose(logits(mirrored, images), 0.5 * (logits(plain, images) + logits(plain, images.flip(-1))), atol=1e-4)
+
+
+def test_poker_luma_changes_every_channel_alike(tmp_path: Path) -> None:
+    """``poker_luma``: the exported poker face differs from a colour input by the same amount in
+    R, G and B (the luma of the generator's change); without it the channels differ."""
+    torch.manual_seed(3)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS), greyscale=True, poker_mode="edit")).eval()
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
+    images = 0.25 + 0.5 * torch.rand(4, 3, model.config.image_size, model.config.image_size)  # away from the clamp
+
+    def change(folder: Path) -> np.ndarray:
+        sess = ort.InferenceSession(str(folder / "poker_face.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(["poker_face"], {"image": model.normalise(images).numpy()})[0] - images.numpy()
+
+    export_checkpoint(ckpt, tmp_path / "luma", images, poker_luma=True)
+    export_checkpoint(ckpt, tmp_path / "colour", images)
+    assert load_card(tmp_path / "luma").training["recipe"]["model_config"]["poker_luma"] is True
+    luma, colour = change(tmp_path / "luma"), change(tmp_path / "colour")
+    unclamped = lambda c: ((images.numpy() + c > 0.001) & (images.numpy() + c < 0.999)).all(1)  # noqa: E731  [N, H, W]
+    inside = unclamped(luma) & unclamped(colour)
+    assert np.abs(luma[:, 0] - luma[:, 1])[inside].max() < 1e-4 and np.abs(luma[:, 1] - luma[:, 2])[inside].max() < 1e-4
+    assert np.abs(colour[:, 0] - colour[:, 2]).max() > 1e-3
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(luma[:, :1][inside[:, None]], (colour * weights).sum(1, keepdims=True)[inside[:, None]], atol=1e-4)

@@ -31,3 +31,18 @@ def test_poker_face_probe_reports_the_change(tmp_path, capsys: pytest.CaptureFix
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert line["loss"] == "l2" and line["steps"] == 2
     assert -1.0 <= line["change_cosine"] <= 1.0 and line["true_mean_change"] > 0 and line["mean_change"] >= 0
+
+
+def test_mirror_gain_reports_both_readings(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.training.conftest import TINY_LABELS, micro_overrides
+    from tools import mirror_gain
+    from training.checkpoint import TrainState, save_checkpoint
+    from training.config import PFViTConfig, TrainConfig
+    from training.model import PFViT
+
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
+    assert mirror_gain.main(["--checkpoint", str(ckpt), "--data", "synthetic:n=12", "--splits", "val", "--threads", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["split"] == "val" and line["faces"] > 0
+    assert 0.0 <= line["accuracy"] <= 1.0 and 0.0 <= line["mirror_average_accuracy"] <= 1.0
