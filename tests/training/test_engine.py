@@ -78,7 +78,7 @@ def test_poker_term_averages_over_items_that_have_a_true_poker_face() -> None:
     assert float(got.terms["poker_sup"].detach()) == pytest.approx(float(want), rel=1e-5)
     # No true poker face at all: the term is zero (and still in the graph, for DDP).
     raw["has_poker_face"] = torch.zeros(6, dtype=torch.bool)
-    assert float(objective.generator_loss(prepare_batch(raw, model, torch.device("cpu"))).terms["poker_sup"]) == 0.0
+    assert float(objective.generator_loss(prepare_batch(raw, model, torch.device("cpu"))).terms["poker_sup"].detach()) == 0.0
 
 
 def test_poker_face_distance_weighs_edges() -> None:
