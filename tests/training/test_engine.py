@@ -118,7 +118,7 @@ def test_each_switch_changes_the_loss() -> None:
         out = objective.generator_loss(batch)
         real = batch.images
         d, _ = objective.discriminator_loss(real, out.fakes, step=1)
-        return {"cls": float(out.terms["cls"]), "adv": float(out.terms["adv_poker"]), "d": float(d), "total": float(out.total)}
+        return {"cls": float(out.terms["cls"].detach()), "adv": float(out.terms["adv_poker"].detach()), "d": float(d.detach()), "total": float(out.total.detach())}
 
     base = losses(hard)
     assert losses(soft)["cls"] != pytest.approx(base["cls"])  # soft labels are used
