@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from training.checkpoint import model_from_checkpoint
 from training.data import build_data
+from training.export import RecognitionGraph
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,15 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model, _ = model_from_checkpoint(args.checkpoint)
     model.eval()
+    plain_graph, mirror_graph = RecognitionGraph(model).eval(), RecognitionGraph(model, mirror_average=True).eval()  # what export ships
     for split in args.splits:
         data = build_data(args.data, split, model.config.image_size, augment=False)
         plain = mirrored = seen = 0
         with torch.no_grad():
             for batch in DataLoader(data, batch_size=256):
                 x, y = model.normalise(batch["image"]), batch["label"]
-                logits = model(x)
-                plain += int((logits.argmax(1) == y).sum())
-                mirrored += int(((logits + model(x.flip(-1))).argmax(1) == y).sum())
+                plain += int((plain_graph(x)[0].argmax(1) == y).sum())
+                mirrored += int((mirror_graph(x)[0].argmax(1) == y).sum())
                 seen += len(y)
         print(json.dumps({"split": split, "faces": seen, "accuracy": round(plain / seen, 4),
                           "mirror_average_accuracy": round(mirrored / seen, 4)}), flush=True)

@@ -37,7 +37,9 @@ POKER_FACE_TOLERANCE = 1.0 / 255.0
 
 
 class RecognitionGraph(nn.Module):
-    """``image`` (normalised) -> ``(logits, embedding)``; E, S and H only, no generator weights.
+    """``image`` (normalised) -> ``(logits, embedding)``: :meth:`PFViT.recognise`, so the graph
+    computes exactly what training evaluated (the grey step of a greyscale model included). Only
+    the weights recognition uses are traced: the generator is not in the graph (tested).
 
     With ``mirror_average``, both outputs are the mean over the face and its mirror image (the
     aligned face's left-right flip, which the template keeps a face): test-time augmentation in
@@ -46,21 +48,13 @@ class RecognitionGraph(nn.Module):
 
     def __init__(self, model: PFViT, mirror_average: bool = False) -> None:
         super().__init__()
-        self.colour = model.colour
-        self.encoder = model.encoder
-        self.separator = model.separator
-        self.head = model.head
+        self.model = model
         self.mirror_average = mirror_average
 
-    def _recognise(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z_e, _ = self.separator(self.encoder(self.colour(image)))
-        embedding = PFViT.pool(z_e)  # [N, D]
-        return self.head(embedding), embedding
-
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, embedding = self._recognise(image)
+        logits, embedding = self.model.recognise(image)
         if self.mirror_average:
-            mirror_logits, mirror_embedding = self._recognise(image.flip(-1))
+            mirror_logits, mirror_embedding = self.model.recognise(image.flip(-1))
             logits, embedding = 0.5 * (logits + mirror_logits), 0.5 * (embedding + mirror_embedding)
         return logits, embedding
 
