@@ -132,13 +132,16 @@ def align(cfg: FERModelConfig) -> None:
 
 
 def stage_seconds(folder: Path, spent: float) -> float:
-    """A stage's measured time over all the runs that built it: ``spent`` now plus what its
-    ``seconds.json`` recorded before (a resumed or finished stage keeps the time it took)."""
+    """The measured time of a finished stage, kept in its ``seconds.json``: ``spent`` when this
+    run finished it, else what the run that finished it recorded (a rerun that only finds the
+    stage done, or re-scans it, adds nothing). A stage resumed after an interruption counts the
+    finishing run's time only."""
     record = folder / "seconds.json"
-    total = spent + (float(json.loads(record.read_text())["seconds"]) if record.is_file() else 0.0)
+    if record.is_file():
+        return float(json.loads(record.read_text())["seconds"])
     folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"seconds": round(total, 1)}) + "\n")
-    return total
+    record.write_text(json.dumps({"seconds": round(spent, 1)}) + "\n")
+    return spent
 
 
 def split_counts(aligned: Path) -> dict[str, dict[str, int]]:

@@ -76,3 +76,12 @@ def test_recipe_at_toy_size(tmp_path: Path) -> None:
     rescored = json.loads((tmp_path / "rescore" / "metrics.json").read_text())
     for key in ("photos", "aligned_upload", "poker_face_fer2013", "judge", "poker_face_rendered"):
         assert rescored[key] == metrics[key], key
+
+
+def test_a_finished_stage_keeps_the_time_it_took(tmp_path) -> None:
+    """A rerun that finds a stage done (or re-scans it) reports the finishing run's time and adds nothing."""
+    from training.fer_model import stage_seconds
+
+    assert stage_seconds(tmp_path / "align", 930.04) == 930.04
+    assert stage_seconds(tmp_path / "align", 12.5) == 930.0
+    assert stage_seconds(tmp_path / "align", 0.2) == 930.0
