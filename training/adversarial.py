@@ -204,7 +204,7 @@ def poker_face_distance(poker: torch.Tensor, target: torch.Tensor, norm: str = "
     The gradient term is the structural part: a plain pixel loss is content with a blurred
     average face, while creases and lid and lip edges are exactly what an expression moves.
     """
-    err = (lambda d: d.abs()) if norm == "l1" else (lambda d: d.square())  # noqa: E731
+    err = torch.abs if norm == "l1" else torch.square
     pixel = err(poker - target).flatten(1).mean(1)
     (pdx, pdy), (tdx, tdy) = image_gradients(poker), image_gradients(target)
     edges = 0.5 * (err(pdx - tdx).flatten(1).mean(1) + err(pdy - tdy).flatten(1).mean(1))

@@ -40,7 +40,8 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
     504: ("No answer within the request deadline (queue wait included)", "deadline-exceeded", "Request took longer than the deadline", "the request did not finish within the deadline of 30 s"),
 }
 
-# One face of the fixture photo, as both examples show it.
+# The fixture photo and its one face, as both examples show them.
+_IMAGE: dict[str, Any] = {"index": 0, "filename": "astronaut.png", "width": 512, "height": 512}
 _FACE_GEOMETRY: dict[str, Any] = {
     "box": {"x1": 180.03, "y1": 60.77, "x2": 268.86, "y2": 174.17},
     "score": 0.999991,
@@ -52,10 +53,7 @@ RECOGNIZE_EXAMPLE: dict[str, Any] = {
     "labels": ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"],
     "images": [
         {
-            "index": 0,
-            "filename": "astronaut.png",
-            "width": 512,
-            "height": 512,
+            **_IMAGE,
             "faces": [
                 {
                     **_FACE_GEOMETRY,
@@ -74,10 +72,7 @@ POKER_FACE_EXAMPLE: dict[str, Any] = {
     "model": RECOGNIZE_EXAMPLE["model"],
     "images": [
         {
-            "index": 0,
-            "filename": "astronaut.png",
-            "width": 512,
-            "height": 512,
+            **_IMAGE,
             "faces": [
                 {
                     **_FACE_GEOMETRY,
