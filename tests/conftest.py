@@ -45,6 +45,16 @@ def settings(models_dir: Path):
     return Settings(models_dir=models_dir, emotion_model="stub-emotion", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None)
 
 
+@pytest.fixture
+def recognition_only_settings(tmp_path: Path, settings):
+    """``settings`` with an emotion model that has no poker-face graph (recognition only)."""
+    from tools.stub_model import write_stub_model
+
+    shutil.copytree(settings.models_dir / "mtcnn", tmp_path / "mtcnn")
+    write_stub_model(tmp_path / "recognition-only", with_poker_face=False)
+    return settings.model_copy(update={"models_dir": tmp_path, "emotion_model": "recognition-only"})
+
+
 def stub_server_env(settings, **overrides: str) -> dict[str, str]:
     """Environment of a loopback server on the test models (stub emotion model, CPU, one
     thread, one warm-up run), plus ``overrides`` (``PFVIT_*`` names)."""

@@ -243,14 +243,8 @@ def test_unhandled_error_is_a_problem_document(settings):
     assert "/secret" not in resp.text
 
 
-def test_missing_poker_face_graph_is_refused_before_any_detection(tmp_path, settings, astronaut_bytes):
-    import shutil
-
-    from tools.stub_model import write_stub_model
-
-    shutil.copytree(settings.models_dir / "mtcnn", tmp_path / "mtcnn")
-    write_stub_model(tmp_path / "recognition-only", with_poker_face=False)
-    app = create_app(settings.model_copy(update={"models_dir": tmp_path, "emotion_model": "recognition-only"}))
+def test_missing_poker_face_graph_is_refused_before_any_detection(recognition_only_settings, astronaut_bytes):
+    app = create_app(recognition_only_settings)
     files = {"images": ("a.png", astronaut_bytes, "image/png")}
     with TestClient(app) as c:
         wait_ready(c)

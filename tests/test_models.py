@@ -135,12 +135,10 @@ def test_input_size_must_match_the_card(tmp_path):
         EmotionModel.from_dir(tmp_path / "m", providers=[CPU])
 
 
-def test_poker_face_routes_without_the_graph_answer_501(tmp_path, settings, astronaut_bytes):
+def test_poker_face_routes_without_the_graph_answer_501(recognition_only_settings, astronaut_bytes):
     from tests.conftest import wait_ready
 
-    shutil.copytree(settings.models_dir / "mtcnn", tmp_path / "mtcnn")
-    write_stub_model(tmp_path / "recognition-only", with_poker_face=False)
-    app = create_app(settings.model_copy(update={"models_dir": tmp_path, "emotion_model": "recognition-only"}))
+    app = create_app(recognition_only_settings)
     files = {"images": ("a.png", astronaut_bytes, "image/png")}
     with TestClient(app) as client:
         wait_ready(client)
