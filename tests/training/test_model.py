@@ -163,3 +163,9 @@ def test_deepconv_stem_has_two_convolutions_per_stage() -> None:
     assert convs(make_model(stem="deepconv")) == 2 * convs(make_model(stem="conv")) - 1  # the 1x1 projection is shared
     with pytest.raises(ValueError, match="stem"):
         make_model(stem="resnet")
+
+
+def test_poker_luma_needs_edit_mode() -> None:
+    with pytest.raises(ValueError, match="poker_luma"):
+        make_model(poker_luma=True, poker_mode="direct")
+    assert make_model(poker_luma=True, poker_mode="edit").config.poker_luma
