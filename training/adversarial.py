@@ -211,7 +211,7 @@ def poker_face_distance(poker: torch.Tensor, target: torch.Tensor, norm: str = "
     return pixel + edges
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values [N]`` over the items where ``mask [N]`` is 1 (0 when none is)."""
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
@@ -258,7 +258,7 @@ class PokerFaceObjective:
         num_classes = out.logits.shape[1]
         smooth = batch.targets * (1 - self.label_smoothing) + self.label_smoothing / num_classes
         ce = -(smooth * out.logits.float().log_softmax(dim=-1)).sum(dim=-1)  # [N]
-        terms = {"cls": _masked_mean(ce, batch.labelled)}
+        terms = {"cls": masked_mean(ce, batch.labelled)}
         terms["rec"] = (out.reconstruction - batch.images).abs().mean()
         terms["adv_poker"] = generator_adv_loss(self._critic_frozen(out.poker_face).float(), self.gan)
         terms["adv_rec"] = generator_adv_loss(self._critic_frozen(out.reconstruction).float(), self.gan)
@@ -270,7 +270,7 @@ class PokerFaceObjective:
         # Target detached: otherwise the cheapest way to match is to shrink z_p everywhere.
         terms["cyc_residue"] = (out.cycle_z_p - out.z_p.detach()).abs().mean()
         # Only items with a true poker face (rendered faces) count; real photographs have none.
-        terms["poker_sup"] = _masked_mean(poker_face_distance(out.poker_face, batch.true_poker, self.poker_sup_loss),
+        terms["poker_sup"] = masked_mean(poker_face_distance(out.poker_face, batch.true_poker, self.poker_sup_loss),
                                          batch.has_poker)
         fakes = torch.cat([out.poker_face.detach(), out.reconstruction.detach()])
         return GeneratorLoss(weighted_total(terms, self.weights), terms, out.logits, fakes)

@@ -1,5 +1,5 @@
-"""Command-line entry points: ``pfvit-pretrain``, ``pfvit-train``, ``pfvit-evaluate``,
-``pfvit-export``, ``pfvit-align-dataset`` (or ``python -m training.cli <command> ...``).
+"""Command-line entry points: ``pfvit-pretrain``, ``pfvit-train``, ``pfvit-train-editor``,
+``pfvit-evaluate``, ``pfvit-export``, ``pfvit-align-dataset`` (or ``python -m training.cli <command> ...``).
 
 Each command fills its stage's dataclass config from the command line (flags generated from
 the dataclass fields by :func:`parse_config`, so the two never drift), builds the data with
@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-DATA_FIELDS = ("data", "val_data")  # config fields that hold data specs, checked at parse time
+DATA_FIELDS = ("data", "val_data", "poker_data")  # config fields that hold data specs, checked at parse time
 
 
 # ----------------------------------------------------------------------------- config <-> argparse
@@ -141,6 +141,30 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     print(json.dumps({"checkpoint": result.checkpoint, "val_accuracy": (result.metrics or {}).get("accuracy")}))
 
 
+def editor_main(argv: Sequence[str] | None = None) -> None:
+    """``pfvit-train-editor``: the editor stage, a convolutional expression editor trained on a
+    finished PF-ViT (``--init``) whose other parts stay frozen."""
+    from training import distributed
+    from training.config import EditorConfig
+    from training.data import build_data
+    from training.data.joint import JointFaces
+    from training.engine import resolve_model_config, run_editor
+
+    cfg = parse_config(EditorConfig, "pfvit-train-editor", editor_main.__doc__, argv)
+    if not cfg.data or not cfg.init:
+        raise SystemExit("pfvit-train-editor: --data and --init (a PF-ViT stage checkpoint) are required")
+    config = resolve_model_config(cfg, [])
+    train_set = build_data(cfg.data, "train", config.image_size, augment=True)
+    if cfg.poker_data:
+        poker = build_data(cfg.poker_data, "train", config.image_size, augment=False)
+        train_set = JointFaces(train_set, poker, greyscale=config.greyscale, rendered_repeat=cfg.poker_repeat)
+    try:
+        result = run_editor(cfg, train_set)
+    finally:
+        distributed.cleanup()
+    print(json.dumps({"checkpoint": result.checkpoint, "last": result.last or None}))
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
     """``pfvit-evaluate``: accuracy, per-class accuracy, macro-F1, confusion matrix and samples."""
     from torch.utils.data import DataLoader
@@ -199,6 +223,7 @@ def align_dataset_main(argv: Sequence[str] | None = None) -> None:
 COMMANDS: dict[str, Callable[[Sequence[str] | None], None]] = {
     "pretrain": pretrain_main,
     "train": train_main,
+    "train-editor": editor_main,
     "evaluate": evaluate_main,
     "export": export_main,
     "align-dataset": align_dataset_main,

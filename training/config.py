@@ -19,6 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 STEMS = ("patch", "conv", "deepconv")
+POKER_MODES = ("direct", "edit", "editor")
 
 
 @dataclass
@@ -41,6 +42,10 @@ class PFViTConfig:
             redrawn from tokens. "edit": x + G(z_p + e_n) - G(z), the generator's own change
             between its neutral and its faithful decode applied to the input, so every detail
             that G cannot redraw (texture, noise, fine identity) is kept (docs/pfvit.md).
+            "editor": x + Ed(x, e_n - z_e), the change drawn at full resolution by a
+            convolutional editor (:class:`~training.model.ExpressionEditor`) from the face and
+            each token's shift to the neutral emotional component; trained by the editor
+            stage (:class:`EditorConfig`) on a finished PF-ViT.
         stem: how the encoder turns pixels into tokens: "patch" (one linear projection per
             patch, the vanilla ViT), "conv" (3x3 stride-2 convolutions, :class:`ConvStem`) or
             "deepconv" (each stride-2 convolution followed by a 3x3 stride-1 one).
@@ -48,6 +53,8 @@ class PFViTConfig:
         poker_luma: "edit" mode applies only the luma of G's change, the same in every channel.
             A model trained on grey photos never learned what its change does to colour, and
             on a colour photo the chroma part of that change is coloured speckle.
+        editor_width, editor_cond_dim: the editor's first-level channels and the channels of
+            its per-token shift ("editor" mode).
     """
 
     image_size: int = 224
@@ -71,12 +78,16 @@ class PFViTConfig:
     stem: str = "patch"
     greyscale: bool = False
     poker_luma: bool = False
+    editor_width: int = 16
+    editor_cond_dim: int = 16
 
     def __post_init__(self) -> None:
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if self.poker_mode not in ("direct", "edit"):
-            raise ValueError(f"poker_mode must be 'direct' or 'edit', got {self.poker_mode!r}")
+        if self.poker_mode not in POKER_MODES:
+            raise ValueError(f"poker_mode must be one of {POKER_MODES}, got {self.poker_mode!r}")
+        if self.editor_width < 1 or self.editor_cond_dim < 1:
+            raise ValueError("editor_width and editor_cond_dim must be positive")
         if self.poker_luma and self.poker_mode != "edit":
             raise ValueError("poker_luma applies to poker_mode='edit' only")
         for size_name in ("patch_size", "disc_patch_size"):
@@ -278,6 +289,40 @@ class TrainConfig(RunConfig):
     def __post_init__(self) -> None:
         if self.poker_sup_loss not in ("l1", "l2"):
             raise ValueError(f"poker_sup_loss must be 'l1' or 'l2', got {self.poker_sup_loss!r}")
+
+
+@dataclass(frozen=True)
+class EditorConfig(RunConfig):
+    """The editor stage: a finished PF-ViT (``init``, from the PF-ViT stage) gets an
+    :class:`~training.model.ExpressionEditor` ("editor" poker mode), and only the editor trains;
+    encoder, separator, head and generator stay as they are, so recognition does not move.
+
+    Args:
+        init: the PF-ViT stage checkpoint to start from (required).
+        poker_sup: weight of the squared distance (pixels and image gradients, model space) of
+            the poker face to the true one, on items that have one (rendered faces).
+        cyc_neutral: weight of the frozen recogniser's cross-entropy to "neutral" on the poker
+            faces of items without a true poker face (photographs).
+        sparsity: weight of the mean absolute change (0-1 pixel units) on those same items: an
+            expression lives in a small part of the face, and a change spread over all of it is
+            the cheapest way to push any classifier anywhere.
+        poker_data: data spec of faces with true poker faces (``rendered:n=4800``) mixed into
+            ``data`` (photographs); empty when ``data`` itself has them.
+        poker_repeat: how many times each ``poker_data`` face appears in one epoch.
+    """
+
+    out_dir: str = "runs/editor"
+    init: str = ""
+    poker_data: str = ""
+    poker_repeat: int = 1
+    arch: str = "poker_mode=editor"
+    epochs: int = 2
+    blr: float = 8e-3
+    warmup_epochs: float = 0.1
+    weight_decay: float = 0.01
+    poker_sup: float = 5.0
+    cyc_neutral: float = 0.05
+    sparsity: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Engine: one epoch of MAE pre-training, one epoch of the PF-ViT stage, and the one run
-skeleton (:func:`run_stage`) that wires model, data, optimizers, schedules, checkpoints, logs
-and evaluation together for both.
+"""Engine: one epoch of MAE pre-training, of the PF-ViT stage and of the editor stage, and the
+one run skeleton (:func:`run_stage`) that wires model, data, optimizers, schedules, checkpoints,
+logs and evaluation together for all three.
 
 Runs take a stage config and ready-made datasets (the CLI builds them), so tests call them
 directly. Under ``torchrun`` the same functions run data-parallel: every process calls them,
@@ -27,9 +27,10 @@ from tqdm import tqdm
 from training import distributed
 from training.adversarial import Discriminator, PokerFaceObjective, build_discriminator, prepare_batch
 from training.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from training.config import PFViTConfig, PretrainConfig, RunConfig, TrainConfig
+from training.config import EditorConfig, PFViTConfig, PretrainConfig, RunConfig, TrainConfig
 from training.data.sampling import BalancedSampler
 from training.distributed import DistContext, wrap_ddp
+from training.editing import EditorObjective
 from training.evaluate import evaluate
 from training.model import MAEObjective, PFViT, model_config, optim_groups
 
@@ -141,13 +142,14 @@ def input_size(cfg: RunConfig) -> int:
     return resolve_model_config(cfg, []).image_size
 
 
-def _init_from_pretrain(path: str, config: PFViTConfig) -> PFViT:
-    """``config``'s model with the encoder and generator weights of a pre-training checkpoint."""
+def _init_from(path: str, config: PFViTConfig, parts: tuple[str, ...]) -> PFViT:
+    """``config``'s model with the weights of ``parts`` (state-dict prefixes such as
+    ``"encoder."``) taken from the checkpoint at ``path``; every other part starts fresh."""
     model = PFViT(config)
-    keep = {k: v for k, v in load_checkpoint(path)["model"].items() if k.startswith(("encoder.", "generator."))}
+    keep = {k: v for k, v in load_checkpoint(path)["model"].items() if k.startswith(parts)}
     missing, unexpected = model.load_state_dict(keep, strict=False)
-    if unexpected or any(k.startswith(("encoder.", "generator.")) for k in missing):
-        raise RuntimeError(f"pre-training checkpoint does not fit: missing {missing}, unexpected {unexpected}")
+    if unexpected or any(k.startswith(parts) for k in missing):
+        raise RuntimeError(f"checkpoint {path} does not fit: missing {missing}, unexpected {unexpected}")
     return model
 
 
@@ -163,9 +165,10 @@ def _adamw(params: list[dict[str, Any]], lr: float, betas: tuple[float, float]) 
 
 # ----------------------------------------------------------------------------- stages
 class Stage(Protocol):
-    """What differs between the two stages; :func:`run_stage` does the rest."""
+    """What differs between the stages; :func:`run_stage` does the rest."""
 
     name: str
+    init_parts: tuple[str, ...]  # state-dict prefixes an ``init`` checkpoint gives the stage
 
     def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
         """Freeze what the stage does not train, build objective, optimizers and schedulers."""
@@ -179,10 +182,19 @@ def _schedule(cfg: RunConfig, steps_per_epoch: int) -> WarmupCosine:
     return WarmupCosine(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch, cfg.min_lr_ratio)
 
 
+def _one_optimizer(model: PFViT, params: list[dict[str, Any]], cfg: RunConfig, ctx: DistContext, steps_per_epoch: int,
+                   betas: tuple[float, float]) -> TrainState:
+    """A stage state with one AdamW ("main") at ``blr * effective batch / 256`` and its schedule."""
+    optimizer = _adamw(params, cfg.blr * cfg.batch_size * ctx.world_size / 256, betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch))
+    return TrainState(model=model, optimizers={"main": optimizer}, schedulers={"main": scheduler})
+
+
 class MAEStage:
     """MAE pre-training of encoder + generator (separator and head stay out of the optimizer and DDP)."""
 
     name = "pretrain"
+    init_parts: tuple[str, ...] = ()
 
     def __init__(self, cfg: PretrainConfig) -> None:
         self.cfg = cfg
@@ -193,10 +205,7 @@ class MAEStage:
         for part in (model.separator, model.head):
             part.requires_grad_(False)
         self.objective = wrap_ddp(MAEObjective(model, cfg.mask_ratio, cfg.norm_pix_loss), ctx)
-        lr = cfg.blr * cfg.batch_size * ctx.world_size / 256
-        optimizer = _adamw(model.optim_groups(cfg.weight_decay), lr, (0.9, 0.95))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch))
-        return TrainState(model=model, optimizers={"main": optimizer}, schedulers={"main": scheduler})
+        return _one_optimizer(model, model.optim_groups(cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.95))
 
     def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
                         log: RunLog) -> dict[str, float]:
@@ -230,6 +239,8 @@ class PFViTStage:
     both through :class:`~training.adversarial.PokerFaceObjective`."""
 
     name = "train"
+    # What a pre-training checkpoint gives this stage; separator and head start fresh.
+    init_parts = ("encoder.", "generator.")
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -296,6 +307,59 @@ class PFViTStage:
         return means
 
 
+class EditorStage:
+    """The editor stage: only the :class:`~training.model.ExpressionEditor` of a finished
+    PF-ViT trains (:class:`~training.editing.EditorObjective`); every other part is frozen, so
+    recognition is the PF-ViT stage's to the bit."""
+
+    name = "editor"
+    # Everything of the finished PF-ViT; the editor alone starts fresh (from zero change).
+    init_parts = ("colour.", "encoder.", "separator.", "generator.", "head.")
+
+    def __init__(self, cfg: EditorConfig) -> None:
+        self.cfg = cfg
+        self.objective: torch.nn.Module | None = None
+
+    def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
+        cfg = self.cfg
+        if model.editor is None:
+            raise ValueError("the editor stage needs poker_mode='editor' (its default --arch)")
+        model.requires_grad_(False)
+        model.editor.requires_grad_(True)
+        self.objective = wrap_ddp(EditorObjective(model, cfg, neutral_index(model.config.labels)), ctx)
+        return _one_optimizer(model, optim_groups(model.editor, cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.999))
+
+    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
+                        log: RunLog) -> dict[str, float]:
+        cfg, model = self.cfg, state.model
+        optimizer, scheduler = state.optimizers["main"], state.schedulers["main"]
+        # Frozen parts stay in evaluation mode (the stem's batch norms keep their statistics).
+        model.eval()
+        model.editor.train()
+        totals: dict[str, float] = {}
+        bar = tqdm(batches, total=steps, desc=f"editor {state.epoch}", disable=not (cfg.progress and ctx.is_main))
+        for raw in bar:
+            batch = prepare_batch(raw, model, ctx.device)
+            with autocast_for(ctx.device):
+                loss = self.objective(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.editor.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            record = {name: float(v.detach()) for name, v in loss.terms.items()}
+            record["total"] = float(loss.total.detach())
+            if not math.isfinite(record["total"]):
+                raise FloatingPointError(f"editor loss is {record['total']} at step {state.step}")
+            for name, value in record.items():
+                totals[name] = totals.get(name, 0.0) + value
+            log.write({"stage": "editor", "epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"], **record})
+            bar.set_postfix(total=f"{record['total']:.4f}")
+        return {k: v / max(1, steps) for k, v in totals.items()}
+
+
 # ----------------------------------------------------------------------------- the run skeleton
 @dataclass(frozen=True)
 class RunResult:
@@ -341,10 +405,10 @@ def _save(cfg: RunConfig, ctx: DistContext, state: TrainState, stage: str, extra
 
 
 def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset | None = None, labels: list[str] | None = None) -> RunResult:
-    """Setup, resume, the epoch loop, evaluation and saving, shared by both stages.
+    """Setup, resume, the epoch loop, evaluation and saving, shared by every stage.
 
     Args:
-        stage: :class:`MAEStage` or :class:`PFViTStage`.
+        stage: :class:`MAEStage`, :class:`PFViTStage` or :class:`EditorStage`.
         cfg: the stage config.
         train_set: training items (the dataset contract's dicts).
         val_set: evaluated by rank 0 every ``eval_every`` epochs and at the end (PF-ViT stage).
@@ -357,7 +421,7 @@ def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset
     if list(config.labels) != labels:
         raise ValueError(f"model labels {config.labels} differ from the data's {labels}")
     init = getattr(cfg, "init", "")
-    model = _init_from_pretrain(init, config) if init and not cfg.resume else PFViT(config)
+    model = _init_from(init, config, stage.init_parts) if init and not cfg.resume else PFViT(config)
     model.to(ctx.device)
     loader = make_loader(train_set, cfg, ctx, train=True)
     steps = steps_in_epoch(loader, cfg)
@@ -399,6 +463,14 @@ def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset
 def run_pretrain(cfg: PretrainConfig, dataset: Dataset) -> RunResult:
     """MAE pre-training of encoder + generator on ``dataset``'s images (labels unused)."""
     return run_stage(MAEStage(cfg), cfg, dataset)
+
+
+def run_editor(cfg: EditorConfig, train_set: Dataset) -> RunResult:
+    """The editor stage on faces with true poker faces (rendered) mixed with photographs; the
+    classes are ``train_set.labels`` (the finished model's)."""
+    if not cfg.init:
+        raise ValueError("the editor stage starts from a finished PF-ViT: give init")
+    return run_stage(EditorStage(cfg), cfg, train_set, labels=list(train_set.labels))
 
 
 def run_train(cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None = None) -> RunResult:

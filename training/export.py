@@ -241,6 +241,7 @@ def export_checkpoint(
         input=InputSpec(size=[c.image_size, c.image_size], mean=list(c.mean), std=list(c.std)),
         description=description or "PF-ViT facial-expression recognition and poker-face generation",
         license=license, training=training,
-        extra={"opset": opset, "recognition_mirror_average": mirror_average, "params_recognition": model.num_params("recognition"), "params_generator": model.num_params("generator")},
+        extra={"opset": opset, "recognition_mirror_average": mirror_average, "params_recognition": model.num_params("recognition"), "params_generator": model.num_params("generator"),
+               "params_editor": model.num_params("editor")},
     )
     return {"card": str(write_card(card, out)), "parity": parity}

@@ -14,8 +14,10 @@ jointly with rendered faces.
 3. MAE pre-training of encoder and generator on FER2013 train plus rendered faces;
 4. the PF-ViT stage on FER2013 (labels) jointly with rendered faces (their true poker faces
    supervise the generator);
-5. export the recognition and poker-face graphs with the card;
-6. evaluate the exported files through the service's own code on PrivateTest and on rendered
+5. the editor stage: a convolutional expression editor learns the poker faces on the finished,
+   frozen PF-ViT (true poker faces of rendered faces, the recogniser's "neutral" on photos);
+6. export the recognition and poker-face graphs with the card;
+7. evaluate the exported files through the service's own code on PrivateTest and on rendered
    test identities (``training.served_eval``); the numbers go into the card and
    ``docs/default-model.md``.
 """
@@ -38,14 +40,14 @@ from service.card import load_card, write_card
 from training import served_eval
 from training.checkpoint import load_checkpoint
 from training.cli import parse_config
-from training.config import IMAGENET_MEAN, IMAGENET_STD, LossWeights, PretrainConfig, TrainConfig
+from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig, LossWeights, PretrainConfig, TrainConfig
 from training.data import align_dataset
 from training.data.fer2013 import FER2013, FER2013_SIDE_PX, export_csv
 from training.data.joint import JointFaces
 from training.data.transforms import FaceTransform
 from training.data.spec import DataSpec
 from training.default_model import InMemoryFaces, previous_timings, render_split
-from training.engine import run_pretrain, run_train
+from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
 from training.plots import confusion_matrix_png
@@ -69,7 +71,7 @@ class FERModelConfig:
     model_dir: str = str(REPO / "models" / "pfvit-micro-fer2013")
     docs_dir: str = str(REPO / "docs")
     name: str = "pfvit-micro-fer2013"
-    version: str = "1.1.0"
+    version: str = "1.2.0"
     image_size: int = 48
     # Two convolutions per stage: 45.3 % validation after 3 probe epochs against 41.6 % for the
     # one-convolution stem after 4, in about the same time (docs/pfvit.md).
@@ -96,9 +98,13 @@ class FERModelConfig:
     # The recognition graph averages each face with its mirror image: +1.1 / +0.6 points on the
     # aligned PublicTest / PrivateTest faces (tools/mirror_gain.py, docs/pfvit.md).
     mirror_average: bool = True
-    # Poker faces change the luma only: the model learned from grey photos, and the colour part
-    # of its change is speckle on colour photos (docs/pfvit.md).
-    poker_luma: bool = True
+    # The editor stage (docs/pfvit.md): rendered faces repeated so that about a third of each
+    # batch has a true poker face; the weights of its three terms.
+    editor_epochs: int = 2
+    editor_rendered_repeat: int = 3
+    editor_poker_sup: float = 5.0
+    editor_cyc_neutral: float = 0.05
+    editor_sparsity: float = 0.5
     render_workers: int = 0  # 0 = one per core
     device: str = "auto"
     threads: int = 0
@@ -107,8 +113,9 @@ class FERModelConfig:
 STEM_WORDS = {"patch": "linear patch stem", "conv": "convolutional stem",
               "deepconv": "convolutional stem of two 3x3 convolutions per stage"}
 MIRROR_TEXT = " The recognition graph averages each face with its mirror image."
-LUMA_TEXT = " Poker faces apply the luma of the generator's change only."
-QUICK = dict(judge_epochs=1, pretrain_epochs=1, train_epochs=1, rendered_train=256, rendered_test=64)
+EDITOR_TEXT = (" Poker faces come from the editor stage ({epochs} epochs, {time}, rendered faces x{repeat}; weights poker_sup {sup}, "
+               "cyc_neutral {cyc}, sparsity {sparsity}): a convolutional editor draws a luma change on the frozen model.")
+QUICK = dict(judge_epochs=1, pretrain_epochs=1, train_epochs=1, editor_epochs=1, rendered_train=256, rendered_test=64)
 
 
 def aligned_dir(cfg: FERModelConfig) -> Path:
@@ -235,13 +242,21 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     timings["train_s"] = stage_seconds(out / "train", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
+    resume, finished = _resume_or_skip(out / "editor", cfg.editor_epochs)
+    if not finished:
+        editor_cfg = EditorConfig(out_dir=str(out / "editor"), init=str(out / "train" / "last.pt"), epochs=cfg.editor_epochs,
+                                  poker_sup=cfg.editor_poker_sup, cyc_neutral=cfg.editor_cyc_neutral, sparsity=cfg.editor_sparsity,
+                                  poker_data=str(rendered_spec(cfg)), poker_repeat=cfg.editor_rendered_repeat, resume=resume, **common)
+        run_editor(editor_cfg, JointFaces(train_fer, rendered, greyscale=True, rendered_repeat=editor_cfg.poker_repeat))
+    timings["editor_s"] = stage_seconds(out / "editor", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
     model_dir = Path(cfg.model_dir)
     sample = torch.stack([val_fer[i]["image"] for i in range(min(64, len(val_fer)))])
-    export_checkpoint(out / "train" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version, mirror_average=cfg.mirror_average,
-                      poker_luma=cfg.poker_luma,
+    export_checkpoint(out / "editor" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version, mirror_average=cfg.mirror_average,
                       license="MIT (code and weights); training data FER2013: research use, see the card's training.data",
                       description=(f"PF-ViT micro (48 px, {STEM_WORDS[cfg.stem]}, greyscale input) trained on FER2013 photos jointly with "
-                                   "rendered faces. " + DATA_TERMS))
+                                   "rendered faces; poker faces drawn by a convolutional expression editor. " + DATA_TERMS))
     save_judge(judge, model_dir / JUDGE_FILE)
     timings["export_s"] = time.perf_counter() - t0
     # The sum of the stages' recorded times, so a resumed run reports what the whole recipe costs.
@@ -291,6 +306,14 @@ def evaluate(cfg: FERModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
     return metrics, {"faces": faces, "pokers": pokers, "labels": y[found]}
 
 
+def editor_text(recipe: dict[str, Any], time_text: str) -> str:
+    """The report's sentence on the editor stage (empty for a recipe without one)."""
+    if "editor_epochs" not in recipe:
+        return ""
+    return EDITOR_TEXT.format(epochs=recipe["editor_epochs"], time=time_text, repeat=recipe["editor_rendered_repeat"], sup=recipe["editor_poker_sup"],
+                              cyc=recipe["editor_cyc_neutral"], sparsity=recipe["editor_sparsity"])
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f} %"
 
@@ -323,7 +346,7 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
 PF-ViT micro at 48 px ({STEM_WORDS[recipe.get("stem", "conv")]}, greyscale input, encoder 128 wide × 4 deep,
 emotional subspace k = 32; [pfvit.md](pfvit.md) gives every choice and its reason), trained on
 the **FER2013** photographs jointly with rendered faces whose true poker faces supervise the
-generator. Labels, in logit order: {", ".join(labels)}.
+generator and, in the editor stage, the expression editor that draws the shipped poker faces. Labels, in logit order: {", ".join(labels)}.
 
 **Data terms.** FER2013 (ICML 2013 representation-learning challenge, Goodfellow et al., via
 Kaggle) was released for research. Check its terms before any other use of this model.
@@ -339,7 +362,7 @@ Recipe (`training/fer_model.py`): align FER2013 with the service's detector ({mi
 judge {recipe["judge_epochs"]} epochs ({minutes("judge_s")}), MAE pre-training {recipe["pretrain_epochs"]} epochs
 ({minutes("pretrain_s")}), PF-ViT stage {recipe["train_epochs"]} epochs at batch {recipe["batch_size"]} on FER2013 train
 plus {recipe["rendered_train"]} rendered faces ({minutes("train_s")}); weights cls {recipe["cls_weight"]},
-poker_sup {recipe["poker_sup_weight"]} ({recipe.get("poker_sup_loss", "l1").upper()}), cyc_neutral {recipe["cyc_neutral_weight"]}; seed {recipe["seed"]}.{MIRROR_TEXT * bool(recipe.get("mirror_average"))}{LUMA_TEXT * bool(recipe.get("poker_luma"))}
+poker_sup {recipe["poker_sup_weight"]} ({recipe.get("poker_sup_loss", "l1").upper()}), cyc_neutral {recipe["cyc_neutral_weight"]}; seed {recipe["seed"]}.{MIRROR_TEXT * bool(recipe.get("mirror_average"))}{editor_text(recipe, minutes("editor_s"))}
 Total {minutes("total_s")} on the 2-core development CPU.
 
 ## Faces found (the service's MTCNN on each 48 px face edge-padded by {recipe["pad_px"]} px and upscaled ×{recipe["upscale"]:g})

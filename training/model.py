@@ -318,6 +318,66 @@ class Generator(nn.Module):
         return self._decode(torch.cat([x[:, :1], patches], dim=1))
 
 
+class ExpressionEditor(nn.Module):
+    """Ed: a small convolutional U-Net that draws the poker face's change at full resolution.
+
+    It reads the face and, per token, the emotional shift ``e_n - z_e`` that the poker face
+    makes (spread over the image by bilinear upsampling of the token grid), and returns the
+    change to add to the face. The transformer generator G decodes whole patches from tokens,
+    so its change has no place finer than a patch; the editor sees the pixels, so it can move
+    exactly the lips, lids and brows that carry the expression and leave the rest alone. Its
+    output layer starts at zero: a fresh editor changes nothing.
+
+    Args:
+        grid: token grid side (``image_size // patch_size``).
+        token_dim: encoder width D.
+        channels: channels read and changed (1 for a greyscale model, whose change is a luma
+            change, else 3).
+        width: channels of the first level; the two lower levels have 2x and 3x as many.
+        cond_dim: channels the per-token shift is projected to.
+    """
+
+    def __init__(self, grid: int, token_dim: int, channels: int, width: int, cond_dim: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.channels = channels
+        w1, w2, w3 = width, 2 * width, 3 * width
+        self.cond = nn.Linear(token_dim, cond_dim)
+        self.down1 = _conv_pair(channels + cond_dim, w1, w1)  # full resolution
+        self.down2 = _conv_pair(w1, w2, w2, stride=2)  # 1/2
+        self.down3 = _conv_pair(w2, w3, w3, stride=2)  # 1/4, before the shift joins again
+        self.bottom = _conv_pair(w3 + cond_dim, w3, w3)
+        self.up2 = _conv_pair(w3 + w2, w2, w2)
+        self.up1 = _conv_pair(w2 + w1, w1, w1)
+        self.out = nn.Conv2d(w1, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, faces: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """``faces [N, C, H, W]`` (model space), ``shift [N, L, D]`` -> change ``[N, C, H, W]``
+        in [0, 1] pixel units."""
+        n = shift.shape[0]
+        cond = self.cond(shift).transpose(1, 2).reshape(n, -1, self.grid, self.grid)  # [N, c, g, g]
+        x1 = self.down1(torch.cat([faces, _resize(cond, faces.shape[-1])], dim=1))  # [N, w1, H, W]
+        x2 = self.down2(x1)  # [N, w2, H/2, W/2]
+        x3 = self.down3(x2)  # [N, w3, H/4, W/4]
+        x3 = self.bottom(torch.cat([x3, _resize(cond, x3.shape[-1])], dim=1))
+        y2 = self.up2(torch.cat([_resize(x3, x2.shape[-1]), x2], dim=1))
+        y1 = self.up1(torch.cat([_resize(y2, x1.shape[-1]), x1], dim=1))
+        return self.out(y1)
+
+
+def _conv_pair(c_in: int, c_mid: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """Two 3x3 convolutions with GELU, the first with ``stride``."""
+    return nn.Sequential(nn.Conv2d(c_in, c_mid, 3, stride=stride, padding=1), nn.GELU(),
+                         nn.Conv2d(c_mid, c_out, 3, padding=1), nn.GELU())
+
+
+def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Bilinear resize of ``[N, C, h, w]`` to ``side x side``."""
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
+
 class ClassifierHead(nn.Module):
     """H: LayerNorm + linear on the pooled emotional component (identity without classes, as
     in a pre-training model, whose head the PF-ViT stage replaces)."""
@@ -353,6 +413,9 @@ class PFViT(nn.Module):
         self.separator = OrthogonalSeparator(c.embed_dim, c.emotion_dim, c.num_patches + 1)
         self.generator = Generator(c.num_patches, c.patch_size, c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.mlp_ratio)
         self.head = ClassifierHead(c.embed_dim, c.num_classes)
+        # Only "editor" models have one; the others keep the attribute, as None.
+        self.editor = (ExpressionEditor(c.image_size // c.patch_size, c.embed_dim, 1 if c.greyscale else 3, c.editor_width, c.editor_cond_dim)
+                       if c.poker_mode == "editor" else None)
         self.register_buffer("pixel_mean", torch.tensor(c.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("colour_luma", torch.tensor(LUMA_RGB).view(1, 3, 1, 1), persistent=False)
@@ -405,10 +468,15 @@ class PFViT(nn.Module):
         """The poker face in model space, ``[N, 3, H, W]``, per ``config.poker_mode``.
 
         Args:
-            images: the normalised input faces (used by "edit" mode).
+            images: the normalised input faces (used by "edit" and "editor" modes).
             z, z_p: their tokens and residue.
             reconstruction: ``G(z)`` when the caller already has it ("edit" mode needs it).
         """
+        if self.editor is not None:
+            # The shift each token makes to reach the neutral emotional component: e_n - z_e.
+            shift = (self.separator.neutral() - (z - z_p))[:, 1:]  # [N, L, D]
+            faces = self.colour(images)[:, : self.editor.channels]  # grey models: the luma, once
+            return images + self.editor(faces, shift) / self.pixel_std  # a grey change lands in every channel
         poker = self.generate(self.poker_tokens(z_p))  # G(z_p + e_n)
         if self.config.poker_mode == "edit":
             # Keep what G cannot redraw: apply only G's own neutral-minus-faithful change.
@@ -460,10 +528,11 @@ class PFViT(nn.Module):
         return optim_groups(self, weight_decay)
 
     def num_params(self, part: str = "recognition") -> int:
-        """Parameters of "recognition" (E + S + H), "generator" or "all"."""
+        """Parameters of "recognition" (E + S + H), "generator", "editor" (0 without one) or "all"."""
         parts = {
             "recognition": [self.encoder, self.separator, self.head],
             "generator": [self.generator],
+            "editor": [self.editor] if self.editor is not None else [],
             "all": [self],
         }[part]
         return sum(p.numel() for m in parts for p in m.parameters())

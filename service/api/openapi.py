@@ -49,7 +49,7 @@ _FACE_GEOMETRY: dict[str, Any] = {
 }
 
 RECOGNIZE_EXAMPLE: dict[str, Any] = {
-    "model": {"name": "pfvit-micro-fer2013", "version": "1.1.0", "provider": "CPUExecutionProvider"},
+    "model": {"name": "pfvit-micro-fer2013", "version": "1.2.0", "provider": "CPUExecutionProvider"},
     "labels": ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"],
     "images": [
         {

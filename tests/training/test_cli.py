@@ -88,6 +88,14 @@ def test_pipeline_through_the_commands(tmp_path: Path, aligned_photo: np.ndarray
     assert DataSpec.parse(payload["stage_config"]["data"]) == DataSpec.parse(data)
     assert 0.0 <= train["val_accuracy"] <= 1.0
 
+    editor = json.loads(_run("pfvit-train-editor", *common, "--init", train["checkpoint"], "--poker-data", "synthetic:n=8",
+                             "--poker-repeat", "2", "--out-dir", str(tmp_path / "editor"), "--epochs", "1",
+                             "--max-steps-per-epoch", "2").stdout.strip().splitlines()[-1])
+    payload = load_checkpoint(editor["checkpoint"])
+    assert payload["stage"] == "editor" and payload["model_config"]["poker_mode"] == "editor" and payload["step"] == 2
+    assert DataSpec.parse(payload["stage_config"]["poker_data"]) == DataSpec.parse("synthetic:n=8")
+    assert {"poker_sup", "cyc_neutral", "sparsity"} <= set(editor["last"])
+
     evaluation = json.loads(_run("pfvit-evaluate", "--checkpoint", train["checkpoint"], "--data", data, "--split", "test",
                                  "--out-dir", str(tmp_path / "eval"), "--threads", "1").stdout.strip().splitlines()[-1])
     assert evaluation["num_samples"] == 8

@@ -111,3 +111,11 @@ def test_joint_faces_map_labels_and_mark_poker_faces(folder_form: Path) -> None:
     assert abs(float(rendered_item["image"][0, 0, 0]) - 0.299) < 1e-6
     batch = torch.utils.data.default_collate([joint[i] for i in range(5)])
     assert batch["poker_face"].shape == (5, 3, 48, 48)
+    # Repeated rendered faces: the same three again, targets and all; nothing past the end.
+    twice = JointFaces(real, Rendered(), greyscale=True, rendered_repeat=2)
+    assert len(twice) == 8 and twice.targets == [0, 3, 3, -1, 6, 3, -1, 6]
+    assert torch.equal(twice[5]["image"], twice[2]["image"]) and int(twice[7]["label"]) == 6
+    with pytest.raises(IndexError):
+        twice[8]
+    with pytest.raises(ValueError, match="rendered_repeat"):
+        JointFaces(real, Rendered(), rendered_repeat=0)

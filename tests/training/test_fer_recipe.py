@@ -1,5 +1,5 @@
 """The FER2013 recipe end to end at toy size, on stand-in faces cut from the fixture photo:
-align, judge, MAE, the joint PF-ViT stage, export, scoring through the service, the report,
+align, judge, MAE, the joint PF-ViT stage, the editor stage, export, scoring through the service, the report,
 and ``--evaluate-only`` giving the same numbers from the shipped files alone."""
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def test_recipe_at_toy_size(tmp_path: Path) -> None:
     assert card.labels[-1] == "neutral" and "FER2013" in card.training["data"]
     assert card.training["metrics"]["photos"]["accuracy"] == metrics["photos"]["accuracy"]
     assert (tmp_path / "model" / "judge.pt").is_file()
+    # The shipped poker faces come from the editor stage, on top of the PF-ViT stage's model.
+    assert card.training["recipe"]["stage"] == "editor" and card.training["recipe"]["model_config"]["poker_mode"] == "editor"
+    assert metrics["timings"]["editor_s"] > 0
     report = (tmp_path / "docs" / "default-model.md").read_text()
     for needle in ("Faces found", "PrivateTest", "judge", "PSNR", "research"):
         assert needle in report

@@ -20,30 +20,35 @@ from training.data.transforms import to_greyscale
 
 
 class JointFaces(Dataset):
-    """``real`` followed by ``rendered``; the sampler shuffles them together, so the share of
-    rendered faces in a batch is ``len(rendered) / len(self)`` on average.
+    """``real`` followed by ``rendered`` (``rendered_repeat`` times); the sampler shuffles them
+    together, so the share of rendered faces in a batch is their share of ``len(self)`` on average.
 
     Args:
         real: labelled photos (``labels``, ``targets``; items ``image``, ``label``).
         rendered: faces with ``poker_face`` (items ``image``, ``label``, ``poker_face``).
         greyscale: turn rendered faces (and their poker faces) grey, for real sets that are grey
             (FER2013): the generator's targets then live in one colour space.
+        rendered_repeat: how many times each rendered face appears in one pass (the editor
+            stage raises the share of faces with a true poker face this way).
     """
 
-    def __init__(self, real: Dataset, rendered: Dataset, greyscale: bool = False) -> None:
+    def __init__(self, real: Dataset, rendered: Dataset, greyscale: bool = False, rendered_repeat: int = 1) -> None:
+        if rendered_repeat < 1:
+            raise ValueError(f"rendered_repeat must be at least 1, got {rendered_repeat}")
         self.real = real
         self.rendered = rendered
         self.greyscale = greyscale
+        self.rendered_repeat = rendered_repeat
         self.labels: list[str] = list(real.labels)
         index = {name.lower(): k for k, name in enumerate(self.labels)}
         self.rendered_to_real = [index.get(name.lower(), -1) for name in rendered.labels]
         rendered_targets = [int(t) for t in getattr(rendered, "targets")]
         self.targets: list[int] = [int(t) for t in real.targets] + [
             self.rendered_to_real[t] if t >= 0 else -1 for t in rendered_targets
-        ]
+        ] * rendered_repeat
 
     def __len__(self) -> int:
-        return len(self.real) + len(self.rendered)
+        return len(self.real) + len(self.rendered) * self.rendered_repeat
 
     def set_epoch(self, epoch: int) -> None:
         for part in (self.real, self.rendered):
@@ -59,7 +64,9 @@ class JointFaces(Dataset):
                 "poker_face": item["image"],
                 "has_poker_face": torch.tensor(False),
             }
-        item = self.rendered[index - len(self.real)]
+        if index >= len(self):
+            raise IndexError(index)
+        item = self.rendered[(index - len(self.real)) % len(self.rendered)]
         image, poker = item["image"], item["poker_face"]
         if self.greyscale:
             image, poker = to_greyscale(image), to_greyscale(poker)
