@@ -10,6 +10,12 @@ The three networks are written out below layer for layer as facenet-pytorch 2.6.
 checked against torch on random inputs with ONNX Runtime, and recorded with its sha256 in
 ``models/mtcnn/card.json`` (``service.card``, kind ``"detector"``).
 
+P-Net is exported in an equivalent, faster form (:func:`fast_form`): its first PReLU after the
+pool (:class:`PoolThenPReLU`), its second as per-channel scales and a ReLU (:class:`SplitPReLU`),
+its last folded into the heads, whose two-class softmax becomes a sigmoid (:class:`PNetHead`).
+The check compares that graph with facenet-pytorch's plain layers. R-Net and O-Net are exported
+as they are: the same rewrites made them slower on real candidate crops (docs/benchmarks.md).
+
 Graph contracts (all float32, NCHW, RGB, pixels normalised as ``(x - 127.5) * 0.0078125``):
 
 - ``pnet``: ``image [batch, 3, height, width]`` -> ``reg [batch, 4, h', w']``,
@@ -22,6 +28,7 @@ Graph contracts (all float32, NCHW, RGB, pixels normalised as ``(x - 127.5) * 0.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import sys
 import warnings
@@ -44,6 +51,14 @@ FACENET_VERSION = "2.6.0"
 MAX_ABS_DIFF = 1e-4  # float32 conv stacks this shallow agree far tighter than this
 
 
+def _block(net: nn.Module, k: int, x: torch.Tensor) -> torch.Tensor:
+    """``pool_k(prelu_k(conv_k(x)))``, or the net's :class:`PoolThenPReLU` for it when it has one."""
+    fast = getattr(net, f"block{k}", None)
+    if fast is not None:
+        return fast(x)
+    return getattr(net, f"pool{k}")(getattr(net, f"prelu{k}")(getattr(net, f"conv{k}")(x)))
+
+
 class PNet(nn.Module):
     """Proposal network: fully convolutional, 12x12 receptive field, stride 2."""
 
@@ -62,8 +77,11 @@ class PNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [B, 3, H, W]
-        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = _block(self, 1, x)
         x = self.prelu2(self.conv2(x))
+        head = getattr(self, "head", None)
+        if head is not None:
+            return head(self.conv3(x))
         x = self.prelu3(self.conv3(x))  # [B, 32, h', w']
         prob = self.softmax4_1(self.conv4_1(x))  # [B, 2, h', w'], channel 1 = face
         reg = self.conv4_2(x)  # [B, 4, h', w']
@@ -91,8 +109,8 @@ class RNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [B, 3, 24, 24]
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = _block(self, 1, x)
+        x = _block(self, 2, x)
         x = self.prelu3(self.conv3(x))  # [B, 64, 3, 3]
         # The weights came from Caffe via TensorFlow, whose flatten order is (W, H, C):
         # facenet-pytorch permutes before the dense layer, and so must we.
@@ -128,9 +146,9 @@ class ONet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # x: [B, 3, 48, 48]
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = _block(self, 1, x)
+        x = _block(self, 2, x)
+        x = _block(self, 3, x)
         x = self.prelu4(self.conv4(x))  # [B, 128, 3, 3]
         x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)  # [B, 1152], (W, H, C) order as above
         x = self.prelu5(self.dense5(x))
@@ -138,6 +156,107 @@ class ONet(nn.Module):
         reg = self.dense6_2(x)  # [B, 4]
         landmarks = self.dense6_3(x)  # [B, 10]: x1..x5, y1..y5
         return reg, landmarks, prob
+
+
+class SplitPReLU(nn.Module):
+    """``prelu(y)`` written as ``a y + (1 - a) relu(y)``: per-channel scales, a ReLU and a sum,
+    which ONNX Runtime keeps in its blocked NCHWc layout between convolutions (it has no NCHWc
+    PReLU, and converts layouts around one)."""
+
+    def __init__(self, prelu: nn.PReLU) -> None:
+        super().__init__()
+        slopes = prelu.weight.detach().view(1, -1, 1, 1)
+        self.register_buffer("slope", slopes.clone())
+        self.register_buffer("rest", (1 - slopes).clone())
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.slope * y + self.rest * torch.relu(y)
+
+
+class PoolThenPReLU(nn.Module):
+    """``pool(prelu(conv(x)))`` computed with the PReLU after the pool, where its tensor is a
+    quarter of the size (the same numbers, to rounding).
+
+    A PReLU is piecewise linear with one kink, so over a pooling window its maximum is its value
+    at the window's largest or smallest input: ``max(prelu(max y), prelu(min y))``. With a
+    slope a >= 0 it never decreases, and ``prelu(max y)`` alone is the answer. With a < 0 the
+    smallest input can win, with ``|a| * relu(-min y)``; so the convolution also computes ``-y``
+    for those channels (its weights negated), the pool gives ``max(-y) = -min y``, and a 1x1
+    convolution spreads ``|a| * relu(.)`` back onto their channels (a bias of -1e30 on the
+    others, which the max then ignores).
+
+    Why: ONNX Runtime runs these convolutions and pools in its blocked NCHWc layout but has no
+    NCHWc PReLU, so a full-size PReLU costs a layout round trip and a pass over the largest
+    tensor of the network (a third of R-Net's time, docs/benchmarks.md).
+    """
+
+    def __init__(self, conv: nn.Conv2d, prelu: nn.PReLU, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        slopes = prelu.weight.detach().flatten()
+        neg = torch.nonzero(slopes < 0).flatten()
+        self.channels, self.extra = slopes.numel(), int(neg.numel())
+        self.conv = nn.Conv2d(conv.in_channels, self.channels + self.extra, conv.kernel_size, conv.stride)
+        self.prelu = SplitPReLU(prelu)
+        self.pool = pool
+        self.spread = nn.Conv2d(self.extra, self.channels, 1) if self.extra else None
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat([conv.weight, -conv.weight[neg]]))
+            self.conv.bias.copy_(torch.cat([conv.bias, -conv.bias[neg]]))
+            if self.spread is not None:
+                self.spread.weight.zero_()
+                self.spread.weight[neg, torch.arange(self.extra), 0, 0] = -slopes[neg]
+                self.spread.bias.fill_(-1e30)
+                self.spread.bias[neg] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(self.conv(x))  # [B, C + n, h, w]: max of y, then max of -y on the n channels
+        out = self.prelu(pooled[:, : self.channels])
+        if self.spread is None:
+            return out
+        return torch.maximum(out, self.spread(torch.relu(pooled[:, self.channels :])))
+
+
+class PNetHead(nn.Module):
+    """P-Net's last PReLU and its two 1x1 heads in one, for a conv3 output ``y``.
+
+    ``prelu(y) = a y + (1 - a) relu(y)`` per channel, and a 1x1 convolution is linear, so the
+    heads of ``prelu(y)`` are two 1x1 convolutions, of ``y`` and of ``relu(y)``, added: no
+    PReLU over the largest output map. A two-class softmax is the sigmoid of the logit
+    difference, so the face score needs one output channel, not a softmax across two (ONNX
+    Runtime's channel softmax on a 4-D map cost as much as conv3).
+    """
+
+    def __init__(self, prelu: nn.PReLU, conv_prob: nn.Conv2d, conv_reg: nn.Conv2d) -> None:
+        super().__init__()
+        slopes = prelu.weight.detach().view(1, -1, 1, 1)
+        weight = torch.cat([conv_prob.weight[1:] - conv_prob.weight[:1], conv_reg.weight]).detach()  # [5, 32, 1, 1]
+        self.linear = nn.Conv2d(weight.shape[1], 5, 1)
+        self.rectified = nn.Conv2d(weight.shape[1], 5, 1, bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight * slopes)
+            self.linear.bias.copy_(torch.cat([conv_prob.bias[1:] - conv_prob.bias[:1], conv_reg.bias]))
+            self.rectified.weight.copy_(weight * (1 - slopes))
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.linear(y) + self.rectified(torch.relu(y))  # [B, 5, h', w']: face logit margin, 4 offsets
+        margin = out[:, :1]
+        return out[:, 1:], torch.cat([torch.sigmoid(-margin), torch.sigmoid(margin)], dim=1)
+
+
+def fast_form(name: str, net: nn.Module) -> nn.Module:
+    """``net`` with every conv -> PReLU -> max-pool block replaced by :class:`PoolThenPReLU`:
+    the graph the service runs (the check compares it with ``net`` itself)."""
+    fast = copy.deepcopy(net)
+    blocks = {"pnet": (1,), "rnet": (), "onet": ()}[name]
+    for k in blocks:
+        setattr(fast, f"block{k}", PoolThenPReLU(getattr(net, f"conv{k}"), getattr(net, f"prelu{k}"), getattr(net, f"pool{k}")))
+        for part in ("conv", "prelu", "pool"):
+            setattr(fast, f"{part}{k}", nn.Identity())
+    if name == "pnet":
+        fast.prelu2 = SplitPReLU(net.prelu2)
+        fast.head = PNetHead(net.prelu3, net.conv4_1, net.conv4_2)
+        fast.prelu3, fast.conv4_1, fast.conv4_2, fast.softmax4_1 = nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity()
+    return fast.eval()
 
 
 # name -> (module class, example input shape, input spec, output specs, dynamic axes)
@@ -290,8 +409,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in GRAPHS:
         module = load_network(name, data_dir)
         path = out_dir / f"{name}.onnx"
-        export(name, module, path)
-        diffs[name] = float(f"{check(name, module, path):.3e}")
+        export(name, fast_form(name, module), path)
+        diffs[name] = float(f"{check(name, module, path):.3e}")  # against facenet-pytorch's own layers
         print(f"{name}: wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
     card_path = write_card(build_card(out_dir, diffs), out_dir)
     print(f"wrote {card_path}")
