@@ -6,6 +6,7 @@ over HTTP, in one run.
     python tools/bench_photos.py --sweep          # HTTP only, over thread and concurrency settings
     python tools/bench_photos.py --detection-only --variant PNET_BAND_PIXELS=1000000000   # vs P-Net unbanded
     python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
+    python tools/bench_photos.py --detection-only --compare-models /tmp/mtcnn-before      # other detector graphs
 
 The set is built from what the repository holds: the public-domain astronaut photo at 512 px
 (the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
@@ -145,7 +146,8 @@ def detector_setting(name: str, value: int) -> Iterator[None]:
 VARIANT_SETTINGS = ("PNET_BAND_PIXELS", "PYRAMID_DIRECT", "CROP_BATCH")
 
 
-def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]]) -> list[float]:
+def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]],
+                    compare: Path | None = None) -> list[float]:
     """Prints the per-image table; returns facenet-pytorch's median ms per image.
 
     Each ``(name, value)`` of ``variants`` adds a column: our detector with that tuning constant
@@ -166,14 +168,17 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
     ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads)
     ref = FacenetMTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE, keep_all=True, select_largest=False, device="cpu")
 
-    def ours_run(photo: Photo) -> list:
+    other = MTCNN.from_dir(compare, intra_op_threads=threads) if compare else None
+
+    def ours_run(photo: Photo, detector: MTCNN = ours) -> list:
         picture = Picture.from_array(photo.pixels, max_side=max_side)
-        return find_faces(ours, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
+        return find_faces(detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
 
     print(f"\n## Detection alone ({threads} threads each; median of {runs} interleaved runs; detect_max_side {max_side})\n")
     extra = "".join(f" {n}={v}: ms / facenet's found |" for n, v in variants)
+    extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if other else ""
     print(f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}")
-    print("|---|---|---|---|---|" + "---|" * len(variants))
+    print("|---|---|---|---|---|" + "---|" * (len(variants) + 2 * bool(other)))
     ref_ms: list[float] = []
     all_found = True
 
@@ -190,7 +195,8 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
         for name, value in variants:
             with detector_setting(name, value):
                 variant_found.append(found_of(ours_run(photo), theirs))
-        o_times, r_times = [], []
+        other_found = found_of(ours_run(photo, other), theirs) if other else 0
+        o_times, r_times, other_times = [], [], []
         v_times: list[list[float]] = [[] for _ in variants]
         for _ in range(runs):  # interleaved, so all see the same machine
             o_times.append(_median_ms(lambda: ours_run(photo), 1))
@@ -198,9 +204,13 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
             for (name, value), times in zip(variants, v_times, strict=True):
                 with detector_setting(name, value):
                     times.append(_median_ms(lambda: ours_run(photo), 1))
+            if other:
+                other_times.append(_median_ms(lambda: ours_run(photo, other), 1))
         o, r = statistics.median(o_times), statistics.median(r_times)
         ref_ms.append(r)
         cells = "".join(f" {statistics.median(t):.0f} / {f} |" for t, f in zip(v_times, variant_found, strict=True))
+        if other:
+            cells += f" {statistics.median(other_times):.0f} / {other_found} | {statistics.median(other_times) / o:.2f}x |"
         print(f"| {photo.name} | {o:.0f} | {r:.0f} | {r / o:.2f}x | {len(theirs)} / {len(mine)} / {found} |{cells}")
     print(f"\nevery face facenet-pytorch finds is found by us: {'yes' if all_found else 'NO'}")
     return ref_ms
@@ -282,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for the HTTP part's server (a PFVIT_ setting, MALLOC_*, ...); repeatable")
     ap.add_argument("--detection-only", action="store_true", help="skip the HTTP part")
+    ap.add_argument("--compare-models", type=Path, metavar="DIR",
+                    help="also time our cascade with the detector graphs of DIR (a models/mtcnn folder, card included), interleaved")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.rounds = 2, 1
@@ -297,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [(name, int(value)) for name, _, value in (v.partition("=") for v in args.variant)]
     server_env = dict(item.partition("=")[::2] for item in args.server_env)
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants)
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
