@@ -1,4 +1,5 @@
-"""Two-process DDP smoke test on CPU (gloo over loopback), bounded in time."""
+"""Two-process DDP smoke test on CPU (gloo over loopback), bounded in time: the PF-ViT stage,
+then the editor stage on its checkpoint."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
     from training import distributed
     from training.checkpoint import TrainState, save_checkpoint
-    from training.config import PFViTConfig, PretrainConfig, TrainConfig
-    from training.engine import run_train
+    from training.config import EditorConfig, PFViTConfig, PretrainConfig, TrainConfig
+    from training.engine import run_editor, run_train
     from training.model import PFViT
 
     init = Path(out_dir) / "init.pt"
@@ -45,6 +46,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         result = run_train(cfg, tiny_faces(8))
         flat = torch.cat([p.detach().flatten() for p in [*result.model.parameters(), *result.discriminator.parameters()]])
         torch.save(flat, Path(out_dir) / f"params-{rank}.pt")
+        # The editor stage on the finished model: only the editor trains, and under DDP too.
+        editor = run_editor(EditorConfig(out_dir=str(Path(out_dir) / "editor"), init=str(Path(out_dir) / "last.pt"),
+                                         epochs=1, batch_size=2, warmup_epochs=0.5, max_steps_per_epoch=2, threads=1, device="cpu",
+                                         progress=False), tiny_faces(8))
+        torch.save(editor.model.editor.state_dict(), Path(out_dir) / f"editor-{rank}.pt")
     finally:
         distributed.cleanup()
 
@@ -63,3 +69,6 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     assert (tmp_path / "last.pt").is_file()
     steps = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
     assert len(steps) == 2  # rank 0 alone logs
+    e0, e1 = torch.load(tmp_path / "editor-0.pt"), torch.load(tmp_path / "editor-1.pt")
+    assert all(torch.equal(e0[k], e1[k]) for k in e0)  # the editor's replicas took the same steps
+    assert float(e0["out.weight"].abs().sum()) > 0  # and moved from their zero start
