@@ -46,3 +46,26 @@ def test_mirror_gain_reports_both_readings(tmp_path, capsys: pytest.CaptureFixtu
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert line["split"] == "val" and line["faces"] > 0
     assert 0.0 <= line["accuracy"] <= 1.0 and 0.0 <= line["mirror_average_accuracy"] <= 1.0
+
+
+def test_editor_probe_reports_both_kinds_of_face(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.training.conftest import micro_overrides
+    from tests.training.test_fer_recipe import stand_in_fer2013
+    from tools import probe_editor
+    from training.checkpoint import TrainState, save_checkpoint
+    from training.config import PFViTConfig, TrainConfig
+    from training.data.fer2013 import FER2013_LABELS
+    from training.judge import JudgeCNN, JudgeResult, save_judge
+    from training.model import PFViT
+
+    stand_in_fer2013(tmp_path / "fer2013")
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(FER2013_LABELS), greyscale=True))
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
+    judge = save_judge(JudgeResult(JudgeCNN(len(FER2013_LABELS)).eval(), list(FER2013_LABELS), 0.0, 0.0), tmp_path / "judge.pt")
+    argv = ["--init", str(ckpt), "--fer2013", str(tmp_path / "fer2013"), "--steps", "2", "--train-n", "16", "--test-n", "16",
+            "--batch-size", "8", "--judge", str(judge), "--threads", "1", "--workers", "1", "--sparsity", "0.1"]
+    assert probe_editor.main(argv) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["sparsity"] == 0.1 and line["steps"] == 2
+    assert -1.0 <= line["change_cosine"] <= 1.0 and line["true_mean_change"] > 0
+    assert line["photo_mean_change"] >= 0 and 0.0 < line["photo_ssim_to_input"] <= 1.0
