@@ -315,7 +315,7 @@ class EditorConfig(RunConfig):
     init: str = ""
     poker_data: str = ""
     poker_repeat: int = 1
-    arch: str = "poker_mode=editor"
+    arch: str = "poker_mode=editor,poker_luma=false"
     epochs: int = 2
     blr: float = 8e-3
     warmup_epochs: float = 0.1

@@ -118,6 +118,18 @@ def test_the_editor_stage_trains_the_editor_alone(finished_pfvit: Path, tmp_path
     assert all(torch.equal(after[k], load_checkpoint(resumed)["model"][k]) for k in after)
 
 
+def test_the_editor_stage_starts_from_a_luma_edit_model(tmp_path: Path) -> None:
+    """A PF-ViT saved with poker_luma=True ("edit" mode) still gets an editor: the stage's
+    architecture turns the generator's luma switch off with the mode."""
+    from training.checkpoint import TrainState, save_checkpoint
+
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS), poker_mode="edit", poker_luma=True))
+    init = save_checkpoint(tmp_path / "luma.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
+    ckpt = _editor_run(tmp_path / "run", init, epochs=1)
+    config = model_from_checkpoint(ckpt)[0].config
+    assert config.poker_mode == "editor" and not config.poker_luma
+
+
 def test_the_editor_stage_needs_a_finished_model(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="init"):
         run_editor(EditorConfig(out_dir=str(tmp_path), device="cpu"), tiny_faces(4))
