@@ -187,7 +187,8 @@ class PoolThenPReLU(nn.Module):
 
     Why: ONNX Runtime runs these convolutions and pools in its blocked NCHWc layout but has no
     NCHWc PReLU, so a full-size PReLU costs a layout round trip and a pass over the largest
-    tensor of the network (a third of R-Net's time, docs/benchmarks.md).
+    tensor of the network (P-Net's PReLUs took 31 % of its time on a 1280 px photo's pyramid:
+    ``tools/profile_pnet.py``, docs/benchmarks.md).
     """
 
     def __init__(self, conv: nn.Conv2d, prelu: nn.PReLU, pool: nn.MaxPool2d) -> None:
