@@ -28,7 +28,6 @@ Graph contracts (all float32, NCHW, RGB, pixels normalised as ``(x - 127.5) * 0.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import sys
 import warnings
@@ -51,14 +50,6 @@ FACENET_VERSION = "2.6.0"
 MAX_ABS_DIFF = 1e-4  # float32 conv stacks this shallow agree far tighter than this
 
 
-def _block(net: nn.Module, k: int, x: torch.Tensor) -> torch.Tensor:
-    """``pool_k(prelu_k(conv_k(x)))``, or the net's :class:`PoolThenPReLU` for it when it has one."""
-    fast = getattr(net, f"block{k}", None)
-    if fast is not None:
-        return fast(x)
-    return getattr(net, f"pool{k}")(getattr(net, f"prelu{k}")(getattr(net, f"conv{k}")(x)))
-
-
 class PNet(nn.Module):
     """Proposal network: fully convolutional, 12x12 receptive field, stride 2."""
 
@@ -77,11 +68,8 @@ class PNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [B, 3, H, W]
-        x = _block(self, 1, x)
+        x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.prelu2(self.conv2(x))
-        head = getattr(self, "head", None)
-        if head is not None:
-            return head(self.conv3(x))
         x = self.prelu3(self.conv3(x))  # [B, 32, h', w']
         prob = self.softmax4_1(self.conv4_1(x))  # [B, 2, h', w'], channel 1 = face
         reg = self.conv4_2(x)  # [B, 4, h', w']
@@ -109,8 +97,8 @@ class RNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: [B, 3, 24, 24]
-        x = _block(self, 1, x)
-        x = _block(self, 2, x)
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.prelu3(self.conv3(x))  # [B, 64, 3, 3]
         # The weights came from Caffe via TensorFlow, whose flatten order is (W, H, C):
         # facenet-pytorch permutes before the dense layer, and so must we.
@@ -146,9 +134,9 @@ class ONet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # x: [B, 3, 48, 48]
-        x = _block(self, 1, x)
-        x = _block(self, 2, x)
-        x = _block(self, 3, x)
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
         x = self.prelu4(self.conv4(x))  # [B, 128, 3, 3]
         x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)  # [B, 1152], (W, H, C) order as above
         x = self.prelu5(self.dense5(x))
@@ -244,20 +232,25 @@ class PNetHead(nn.Module):
         return out[:, 1:], torch.cat([torch.sigmoid(-margin), torch.sigmoid(margin)], dim=1)
 
 
+class FastPNet(nn.Module):
+    """P-Net as exported: :class:`PNet`'s weights, the same outputs, cheaper operators."""
+
+    def __init__(self, net: PNet) -> None:
+        super().__init__()
+        self.block1 = PoolThenPReLU(net.conv1, net.prelu1, net.pool1)
+        self.conv2, self.prelu2 = net.conv2, SplitPReLU(net.prelu2)
+        self.conv3 = net.conv3
+        self.head = PNetHead(net.prelu3, net.conv4_1, net.conv4_2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.prelu2(self.conv2(self.block1(x)))
+        return self.head(self.conv3(x))  # reg [B, 4, h', w'], prob [B, 2, h', w']
+
+
 def fast_form(name: str, net: nn.Module) -> nn.Module:
-    """``net`` with every conv -> PReLU -> max-pool block replaced by :class:`PoolThenPReLU`:
-    the graph the service runs (the check compares it with ``net`` itself)."""
-    fast = copy.deepcopy(net)
-    blocks = {"pnet": (1,), "rnet": (), "onet": ()}[name]
-    for k in blocks:
-        setattr(fast, f"block{k}", PoolThenPReLU(getattr(net, f"conv{k}"), getattr(net, f"prelu{k}"), getattr(net, f"pool{k}")))
-        for part in ("conv", "prelu", "pool"):
-            setattr(fast, f"{part}{k}", nn.Identity())
-    if name == "pnet":
-        fast.prelu2 = SplitPReLU(net.prelu2)
-        fast.head = PNetHead(net.prelu3, net.conv4_1, net.conv4_2)
-        fast.prelu3, fast.conv4_1, fast.conv4_2, fast.softmax4_1 = nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity()
-    return fast.eval()
+    """The module exported for graph ``name``: :class:`FastPNet` for P-Net, the others as they
+    are (the check compares the export with ``net`` itself)."""
+    return FastPNet(net).eval() if name == "pnet" else net
 
 
 # name -> (module class, example input shape, input spec, output specs, dynamic axes)
