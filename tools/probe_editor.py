@@ -23,18 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.probe_poker_face import change_report
+from tools.probe_poker_face import add_run_flags, change_report, rendered_faces, to_u8
 from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig
 from training.data.fer2013 import FER2013
 from training.data.joint import JointFaces
-from training.data.spec import DataSpec
 from training.data.transforms import FaceTransform
-from training.default_model import render_split
 from training.engine import run_editor
+from training.fer_model import FERModelConfig
 from training.fidelity import ssim
 from training.judge import load_judge, poker_face_report
 
 REPO = Path(__file__).resolve().parent.parent
+RECIPE = FERModelConfig()  # the shipped recipe's data sizes are the defaults here
 
 
 def photo_report(model: torch.nn.Module, faces01: torch.Tensor, targets: torch.Tensor, judge_path: Path) -> dict[str, float]:
@@ -42,7 +42,6 @@ def photo_report(model: torch.nn.Module, faces01: torch.Tensor, targets: torch.T
     model.eval()
     with torch.no_grad():
         poker = torch.cat([model.poker_face(model.normalise(faces01[i : i + 256])) for i in range(0, len(faces01), 256)])
-    to_u8 = lambda t: (t.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
     inputs, outputs = to_u8(faces01), to_u8(poker)
     judge = load_judge(judge_path)
     report = poker_face_report(judge.model, judge.labels, faces01, poker, targets, list(IMAGENET_MEAN), list(IMAGENET_STD))
@@ -59,26 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poker-sup", type=float, default=EditorConfig.poker_sup)
     ap.add_argument("--cyc-neutral", type=float, default=EditorConfig.cyc_neutral)
     ap.add_argument("--sparsity", type=float, default=EditorConfig.sparsity)
-    ap.add_argument("--rendered-repeat", type=int, default=3)
-    ap.add_argument("--train-n", type=int, default=4800, help="rendered training faces (the recipe's)")
-    ap.add_argument("--test-n", type=int, default=800, help="rendered held-out faces scored (the recipe's)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rendered-repeat", type=int, default=RECIPE.editor_rendered_repeat)
     ap.add_argument("--test-faces", type=int, default=1000, help="FER2013 PrivateTest faces scored (the first N)")
     ap.add_argument("--judge", type=Path, default=REPO / "models" / "pfvit-micro-fer2013" / "judge.pt")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2, help="rendering processes")
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_flags(ap, train_n=RECIPE.rendered_train, test_n=RECIPE.rendered_test)
     args = ap.parse_args(argv)
-    size = int(torch.load(args.init, map_location="cpu", weights_only=False)["model_config"]["image_size"])
-    spec = DataSpec.of("rendered", "", seed=args.seed, size=size, n=args.train_n, test_n=args.test_n)
-    rendered, rendered_test = render_split(spec, "train", size, args.workers), render_split(spec, "test", size, args.workers)
+    size, rendered, rendered_test, expressive = rendered_faces(args.init, args)
     train = JointFaces(FER2013(args.fer2013, "train", FaceTransform(image_size=size, augment=True)), rendered, greyscale=True,
                        rendered_repeat=args.rendered_repeat)
     test = FER2013(args.fer2013, "test", FaceTransform(image_size=size, augment=False))
     n = min(args.test_faces, len(test))
     test_faces = torch.stack([test[i]["image"] for i in range(n)])
     test_targets = torch.tensor(test.targets[:n])
-    expressive = np.asarray(rendered_test.targets) != list(rendered_test.labels).index("neutral")
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         result = run_editor(EditorConfig(out_dir=out, init=args.init, epochs=1, max_steps_per_epoch=args.steps, batch_size=args.batch_size,

@@ -1,7 +1,8 @@
 """ONNX export of a PF-ViT checkpoint into a model folder the service can load.
 
 Writes ``recognition.onnx`` (E + S_e + H; the generator is not in it), optionally
-``poker_face.onnx`` (E + S_p + G, de-normalised and clamped to [0, 1]), checks ONNX Runtime
+``poker_face.onnx`` (E + S_p + G, or E + S + the expression editor for an "editor" model;
+de-normalised and clamped to [0, 1]), checks ONNX Runtime
 against torch on real inputs, then writes ``card.json`` with :func:`service.card.write_card`.
 With ``fp16``, the checked fp32 graphs are converted to fp16 (:mod:`training.fp16`) and the
 fp16 graphs checked against them; the card records each graph's precision and both checks.
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 import shutil
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -99,12 +99,13 @@ class FERModelConfig:
     # aligned PublicTest / PrivateTest faces (tools/mirror_gain.py, docs/pfvit.md).
     mirror_average: bool = True
     # The editor stage (docs/pfvit.md): rendered faces repeated so that about a third of each
-    # batch has a true poker face; the weights of its three terms.
-    editor_epochs: int = 2
+    # batch has a true poker face; epochs and the weights of its three terms are the stage's own
+    # defaults, named here so that the command line and the report carry them.
+    editor_epochs: int = EditorConfig.epochs
     editor_rendered_repeat: int = 3
-    editor_poker_sup: float = 5.0
-    editor_cyc_neutral: float = 0.05
-    editor_sparsity: float = 0.5
+    editor_poker_sup: float = EditorConfig.poker_sup
+    editor_cyc_neutral: float = EditorConfig.cyc_neutral
+    editor_sparsity: float = EditorConfig.sparsity
     render_workers: int = 0  # 0 = one per core
     device: str = "auto"
     threads: int = 0

@@ -29,7 +29,7 @@ from training.data.transforms import FaceTransform
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-COMMANDS = ("pfvit-pretrain", "pfvit-train", "pfvit-evaluate", "pfvit-export", "pfvit-align-dataset")
+COMMANDS = ("pfvit-pretrain", "pfvit-train", "pfvit-train-editor", "pfvit-evaluate", "pfvit-export", "pfvit-align-dataset")
 ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"
 MTCNN_DIR = REPO / "models" / "mtcnn"
 TIMEOUT_S = 300
@@ -51,6 +51,14 @@ def test_every_command_answers_help(command: str) -> None:
     assert out.startswith(f"usage: {command}")
     if command not in ("pfvit-align-dataset",):
         assert "--data" in out or "--checkpoint" in out
+
+
+def test_the_editor_command_needs_its_data_and_a_finished_model() -> None:
+    for args in (["--data", "synthetic:n=8"], ["--init", "runs/train/last.pt"]):
+        proc = subprocess.run([str(BIN / "pfvit-train-editor"), *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=TIMEOUT_S)
+        assert proc.returncode != 0
+        assert "--data and --init" in proc.stderr
 
 
 def test_a_bad_data_spec_is_a_usage_error_that_lists_the_kinds() -> None:

@@ -130,9 +130,13 @@ def test_the_editor_stage_starts_from_a_luma_edit_model(tmp_path: Path) -> None:
     assert config.poker_mode == "editor" and not config.poker_luma
 
 
-def test_the_editor_stage_needs_a_finished_model(tmp_path: Path) -> None:
+def test_the_editor_stage_needs_a_finished_model(tmp_path: Path, finished_pfvit: Path) -> None:
     with pytest.raises(ValueError, match="init"):
         run_editor(EditorConfig(out_dir=str(tmp_path), device="cpu"), tiny_faces(4))
+    # An architecture without the editor has nothing for the stage to train.
+    with pytest.raises(ValueError, match="poker_mode='editor'"):
+        run_editor(EditorConfig(out_dir=str(tmp_path), init=str(finished_pfvit), arch="poker_mode=edit", device="cpu", threads=2,
+                                progress=False), tiny_faces(4))
 
 
 def test_an_editor_model_exports_and_its_poker_graph_skips_the_generator(finished_pfvit: Path, tmp_path: Path) -> None:
