@@ -78,6 +78,15 @@ class Settings(BaseSettings):
         "threads use every core; docs/benchmarks.md has the measurements), four on CUDA.",
     )
 
+    detect_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Threads that share each photo's face detection (pyramid, P-Net bands, R-Net and O-Net calls); "
+        "0: one per usable core. Above 1, the detector's ONNX Runtime sessions run single-threaded inside them "
+        "(docs/benchmarks.md has the measurements).",
+    )
+
     # --- request limits
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Whole request body, bytes (413 above).")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Pixels per image (413 above).")

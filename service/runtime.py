@@ -8,6 +8,7 @@ uses (``session.get_providers()``) are what we report, never what we asked for.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,3 +185,25 @@ def create_session(
 def primary_provider(session: ort.InferenceSession) -> str:
     """The execution provider that runs the session's nodes first (what we report)."""
     return session.get_providers()[0]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which container CPU sets narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def single_threaded_blas() -> None:
+    """Limit numpy's BLAS (OpenBLAS) to one thread for the whole process.
+
+    The service's parallelism is its own: the detector's workers and ONNX Runtime's pools.
+    The detector's crops are small matrix products, and a BLAS pool for each of them starts
+    threads that spin on the cores those already use: the cascade over the benchmark photos
+    took 824 ms with OpenBLAS's default of one thread per core against 737 ms with one
+    (docs/benchmarks.md).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")

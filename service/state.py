@@ -24,9 +24,18 @@ from service.config import Settings
 from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
-from service.runtime import CPU, ProviderOptions, create_session, primary_provider, required_provider, resolve_providers
+from service.runtime import (
+    CPU,
+    ProviderOptions,
+    create_session,
+    primary_provider,
+    required_provider,
+    resolve_providers,
+    single_threaded_blas,
+    usable_cores,
+)
 from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
-from service.vision.mtcnn import MTCNN
+from service.vision.mtcnn import MTCNN, session_threads
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +124,11 @@ class ServiceState:
             return self.settings.max_concurrent_inference
         return 1 if self.providers[0] == CPU else CUDA_COMPUTING_SLOTS
 
+    @property
+    def detect_workers(self) -> int:
+        """``PFVIT_DETECT_WORKERS``, or for 0 one per usable core."""
+        return self.settings.detect_workers or usable_cores()
+
     # --- start-up ----------------------------------------------------------------------------
 
     @property
@@ -148,15 +162,17 @@ class ServiceState:
             if self._verified is None:
                 self.preflight()
             assert self._verified is not None and self.emotion_card is not None
+            single_threaded_blas()
+            workers = self.detect_workers
             session = functools.partial(
                 create_session,
                 providers=self.providers,
-                intra_op_threads=s.intra_op_threads,
+                intra_op_threads=session_threads(workers, s.intra_op_threads),
                 cpu_arena=s.ort_cpu_arena,
                 required=self.required_provider,
                 provider_options=self.provider_options,
             )
-            detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS))
+            detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS), workers=workers)
             model = EmotionModel.from_verified(
                 self.emotion_card,
                 self._verified["emotion"],
@@ -202,9 +218,10 @@ class ServiceState:
         return self._ready.is_set()
 
     def close(self) -> None:
-        """Stop the batching threads (at shutdown, after the last request)."""
+        """Stop the batching threads and the detector's workers (at shutdown, after the last request)."""
         if self.pipeline is not None:
             self.pipeline.model.close()
+            self.pipeline.detector.close()
 
     @property
     def public_status(self) -> str:

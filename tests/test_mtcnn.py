@@ -24,12 +24,14 @@ from service.vision.mtcnn import (
     generate_boxes,
     level_size,
     nms,
+    normalise_pixels,
     pnet_bands,
     pnet_grid_size,
     pooling_matrix,
     pyramid_levels,
     pyramid_scales,
     regress_boxes,
+    session_threads,
     square_boxes,
 )
 
@@ -166,8 +168,8 @@ def test_pooling_matrix_is_adaptive_average_pooling(length: int, size: int) -> N
 def test_pnet_bands_give_the_whole_levels_output(detector: MTCNN, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
     import service.vision.mtcnn as mtcnn_module
 
-    level = np.random.default_rng(5).uniform(-1, 1, (3, *size)).astype(np.float32)
-    reg, prob = detector.pnet.run(None, {detector.pnet.get_inputs()[0].name: level[None]})[:2]
+    level = np.random.default_rng(5).integers(0, 256, (*size, 3), dtype=np.uint8)
+    reg, prob = detector.pnet.run(None, {detector.pnet.get_inputs()[0].name: normalise_pixels(level)[None]})[:2]
     assert prob.shape[2:] == pnet_grid_size(*size)
     for max_pixels in (5_000, 40_000, 10**9):
         monkeypatch.setattr(mtcnn_module, "PNET_BAND_PIXELS", max_pixels)
@@ -184,7 +186,7 @@ def test_pyramid_levels_are_area_averages() -> None:
     sizes = [(54, 72), (39, 51), (27, 36)]
     levels = list(pyramid_levels(as_pil(image), sizes))
     assert [lv.shape for lv in levels] == [(54, 72, 3), (39, 51, 3), (27, 36, 3)]
-    assert all(lv.dtype == np.float32 for lv in levels)
+    assert all(lv.dtype == np.uint8 for lv in levels)
     for level in levels:  # an area resize keeps the mean, and stays close to exact pooling
         np.testing.assert_allclose(level.mean(axis=(0, 1)), image.mean(axis=(0, 1)), atol=2.0)
     for level, size in zip(levels, sizes, strict=True):
@@ -317,3 +319,98 @@ def test_missing_graph_file_is_rejected(tmp_path: Path) -> None:
     (copy / "onet.onnx").unlink()
     with pytest.raises(ModelLoadError, match="missing"):
         MTCNN.from_dir(copy)
+
+
+# --- workers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crowd(astronaut_rgb: np.ndarray) -> np.ndarray:
+    """(900, 1200, 3): the astronaut at three sizes on a grey canvas, so that the cascade has
+    several P-Net bands, several R-Net calls and several faces."""
+    canvas = np.full((900, 1200, 3), 110, dtype=np.uint8)
+    for side, (top, left) in ((420, (20, 30)), (260, (500, 600)), (160, (120, 900))):
+        canvas[top : top + side, left : left + side] = np.asarray(Image.fromarray(astronaut_rgb).resize((side, side), Image.BILINEAR))
+    return canvas
+
+
+def test_workers_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.vision.mtcnn as mtcnn_module
+
+    calls: list[int] = []
+    run = detector.rnet.run
+    monkeypatch.setattr(detector.rnet, "run", lambda names, feed: calls.append(len(next(iter(feed.values())))) or run(names, feed), raising=False)
+    alone = detector.detect(crowd)
+    assert len(alone) >= 3 and len(calls) > 1  # several R-Net calls: the workers have calls to share
+    assert len(pnet_bands(*level_size(900, 1200, 12 / DEFAULT_MIN_FACE_SIZE), mtcnn_module.PNET_BAND_PIXELS)) > 1
+    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, workers=3)
+    try:
+        for _ in range(2):  # the same calls, in another order: the very same numbers
+            together = shared.detect(crowd)
+            assert [f.box for f in together] == [f.box for f in alone]
+            assert [f.score for f in together] == [f.score for f in alone]
+            for a, b in zip(together, alone, strict=True):
+                np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    finally:
+        shared.close()
+
+
+def test_an_error_in_a_worker_reaches_the_caller(detector: MTCNN, crowd: np.ndarray) -> None:
+    class Broken:
+        def get_inputs(self):
+            return detector.rnet.get_inputs()
+
+        def run(self, names, feed):
+            raise RuntimeError("R-Net failed")
+
+    broken = MTCNN(detector.pnet, Broken(), detector.onet, workers=2)
+    try:
+        with pytest.raises(RuntimeError, match="R-Net failed"):
+            broken.detect(crowd)
+    finally:
+        broken.close()
+
+
+def test_a_closed_detector_works_in_the_calling_thread(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:
+    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, workers=2)
+    shared.close()
+    shared.close()  # idempotent
+    assert [f.box for f in shared.detect(astronaut_rgb)] == [f.box for f in detector.detect(astronaut_rgb)]
+    with pytest.raises(ValueError, match="workers"):
+        MTCNN(detector.pnet, detector.rnet, detector.onet, workers=0)
+
+
+def test_pyramid_levels_do_not_depend_on_the_mapper(astronaut_rgb: np.ndarray) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = [level_size(512, 512, s) for s in pyramid_scales(512, 512, DEFAULT_MIN_FACE_SIZE, DEFAULT_FACTOR)]
+    alone = pyramid_levels(as_pil(astronaut_rgb), sizes)
+    with ThreadPoolExecutor(3) as pool:
+        together = pyramid_levels(as_pil(astronaut_rgb), sizes, lambda fn, items: list(pool.map(fn, items)))
+    assert len(together) == len(alone) == len(sizes)
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sessions_run_single_threaded_under_workers() -> None:
+    assert session_threads(workers=2, intra_op_threads=0) == 1
+    assert session_threads(workers=1, intra_op_threads=0) == 0
+    assert session_threads(workers=1, intra_op_threads=3) == 3
+    shared = MTCNN.from_dir(MODEL_DIR, workers=2)
+    try:
+        assert shared.workers == 2
+        assert shared.pnet.get_session_options().intra_op_num_threads == 1
+    finally:
+        shared.close()
+
+
+def test_pnet_candidates_do_not_depend_on_the_bands(detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.vision.mtcnn as mtcnn_module
+
+    def candidates(max_pixels: int) -> np.ndarray:
+        monkeypatch.setattr(mtcnn_module, "PNET_BAND_PIXELS", max_pixels)
+        return detector._stage_pnet(as_pil(crowd), *crowd.shape[:2], DEFAULT_MIN_FACE_SIZE)
+
+    whole = candidates(10**9)
+    assert len(whole) > 100
+    np.testing.assert_array_equal(candidates(20_000), whole)

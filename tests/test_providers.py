@@ -186,3 +186,24 @@ def test_computing_slots_default_to_the_provider_in_use(settings, monkeypatch) -
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     cuda = ServiceState(settings.model_copy(update={"providers": "cuda", "max_concurrent_inference": 0}))
     assert cuda.computing_slots == CUDA_COMPUTING_SLOTS > 1
+
+
+def test_detector_workers_default_to_the_usable_cores(settings) -> None:
+    from service.runtime import usable_cores
+    from service.state import ServiceState
+
+    assert ServiceState(settings.model_copy(update={"detect_workers": 0})).detect_workers == usable_cores() >= 1
+    assert ServiceState(settings.model_copy(update={"detect_workers": 3})).detect_workers == 3
+
+
+def test_a_loaded_service_runs_its_detector_on_workers_and_blas_on_one_thread(client, settings) -> None:
+    """The running service: the detector shares each photo over its workers, whose sessions are
+    single-threaded, and numpy's BLAS keeps to one thread (its own pool would oversubscribe)."""
+    from threadpoolctl import threadpool_info
+
+    state = client.app.state.service
+    detector = state.require_pipeline().detector
+    assert detector.workers == state.detect_workers
+    if detector.workers > 1:
+        assert all(s.get_session_options().intra_op_num_threads == 1 for s in (detector.pnet, detector.rnet, detector.onet))
+    assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")

@@ -7,6 +7,7 @@ over HTTP, in one run.
     python tools/bench_photos.py --detection-only --variant PNET_BAND_PIXELS=1000000000   # vs P-Net unbanded
     python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
     python tools/bench_photos.py --detection-only --compare-models /tmp/mtcnn-before      # other detector graphs
+    python tools/bench_photos.py --detection-only --also-workers 1                        # vs one worker
 
 The set is built from what the repository holds: the public-domain astronaut photo at 512 px
 (the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
@@ -14,9 +15,10 @@ scenes of rendered faces (1920x1080 with 8 faces, 1280x720 with 12), and a photo
 (the lower part of the astronaut photo, 1600 px wide).
 
 1. Detection alone, per image: the service's detection path (``service.vision.faces.find_faces``
-   on the picture bounded by the service's default ``detect_max_side``) against
-   ``facenet_pytorch.MTCNN(keep_all=True)`` on the same decoded array, the same thread count
-   for both (torch and ONNX Runtime), runs interleaved. Also: whether we find the faces
+   on the picture bounded by the service's default ``detect_max_side``, ``--threads`` detector
+   workers with single-threaded sessions and one BLAS thread, as the service runs it) against
+   ``facenet_pytorch.MTCNN(keep_all=True)`` on the same decoded array with ``--threads`` torch
+   threads, runs interleaved. Also: whether we find the faces
    facenet-pytorch finds (a face counts as found when a box of ours overlaps it with IoU >= 0.5).
 2. Whole requests: ``python -m service`` with its default settings on 127.0.0.1, each client
    sending the set's images one per request, in turn, from 1 and then 4 client threads;
@@ -44,6 +46,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -147,11 +150,13 @@ VARIANT_SETTINGS = ("PNET_BAND_PIXELS", "PYRAMID_DIRECT", "CROP_BATCH")
 
 
 def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]],
-                    compare: Path | None = None) -> list[float]:
+                    compare: Path | None = None, also_workers: list[int] | None = None) -> list[float]:
     """Prints the per-image table; returns facenet-pytorch's median ms per image.
 
-    Each ``(name, value)`` of ``variants`` adds a column: our detector with that tuning constant
-    changed, timed interleaved with the rest, and whether it still finds facenet's faces.
+    Our detector has ``threads`` workers. Each ``(name, value)`` of ``variants`` adds a column:
+    our detector with that tuning constant changed, timed interleaved with the rest, and whether
+    it still finds facenet's faces; so does each worker count of ``also_workers`` (one worker:
+    sessions with ``threads`` ONNX Runtime threads).
     """
     import torch
 
@@ -165,10 +170,12 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
     from facenet_pytorch import MTCNN as FacenetMTCNN
 
     torch.set_num_threads(threads)
-    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads)
+    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, workers=threads)
     ref = FacenetMTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE, keep_all=True, select_largest=False, device="cpu")
 
-    other = MTCNN.from_dir(compare, intra_op_threads=threads) if compare else None
+    other = MTCNN.from_dir(compare, intra_op_threads=threads, workers=threads) if compare else None
+    # (label, detector) columns beside ours: other worker counts, timed like the variants.
+    extra_detectors = [(f"{n} worker(s)", MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, workers=n)) for n in also_workers or []]
 
     def ours_run(photo: Photo, detector: MTCNN = ours) -> list:
         picture = Picture.from_array(photo.pixels, max_side=max_side)
@@ -176,9 +183,10 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
 
     print(f"\n## Detection alone ({threads} threads each; median of {runs} interleaved runs; detect_max_side {max_side})\n")
     extra = "".join(f" {n}={v}: ms / facenet's found |" for n, v in variants)
+    extra += "".join(f" {label}: ms / facenet's found |" for label, _ in extra_detectors)
     extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if other else ""
     print(f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}")
-    print("|---|---|---|---|---|" + "---|" * (len(variants) + 2 * bool(other)))
+    print("|---|---|---|---|---|" + "---|" * (len(variants) + len(extra_detectors) + 2 * bool(other)))
     ref_ms: list[float] = []
     all_found = True
 
@@ -195,15 +203,18 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
         for name, value in variants:
             with detector_setting(name, value):
                 variant_found.append(found_of(ours_run(photo), theirs))
+        variant_found += [found_of(ours_run(photo, detector), theirs) for _, detector in extra_detectors]
         other_found = found_of(ours_run(photo, other), theirs) if other else 0
         o_times, r_times, other_times = [], [], []
-        v_times: list[list[float]] = [[] for _ in variants]
+        v_times: list[list[float]] = [[] for _ in [*variants, *extra_detectors]]
         for _ in range(runs):  # interleaved, so all see the same machine
             o_times.append(_median_ms(lambda: ours_run(photo), 1))
             r_times.append(_median_ms(lambda: ref.detect(photo.pixels), 1))
-            for (name, value), times in zip(variants, v_times, strict=True):
+            for (name, value), times in zip(variants, v_times, strict=False):
                 with detector_setting(name, value):
                     times.append(_median_ms(lambda: ours_run(photo), 1))
+            for (_, detector), times in zip(extra_detectors, v_times[len(variants):], strict=True):
+                times.append(_median_ms(lambda: ours_run(photo, detector), 1))
             if other:
                 other_times.append(_median_ms(lambda: ours_run(photo, other), 1))
         o, r = statistics.median(o_times), statistics.median(r_times)
@@ -292,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for the HTTP part's server (a PFVIT_ setting, MALLOC_*, ...); repeatable")
     ap.add_argument("--detection-only", action="store_true", help="skip the HTTP part")
+    ap.add_argument("--also-workers", type=int, action="append", default=[], metavar="N",
+                    help="also time our cascade with N detector workers (N=1: sessions with --threads threads), interleaved; repeatable")
+    ap.add_argument("--blas-threads", type=int, default=1, metavar="N",
+                    help="numpy's BLAS threads in this process: 1 as the service runs it; 0 leaves the library's default")
     ap.add_argument("--compare-models", type=Path, metavar="DIR",
                     help="also time our cascade with the detector graphs of DIR (a models/mtcnn folder, card included), interleaved")
     args = ap.parse_args(argv)
@@ -299,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         args.runs, args.rounds = 2, 1
 
     photos = build_set()
-    print(f"set: {len(photos)} images; cores here: {os.cpu_count()}")
+    if args.blas_threads:
+        threadpool_limits(limits=args.blas_threads, user_api="blas")  # the service: 1 (service.runtime.single_threaded_blas)
+    print(f"set: {len(photos)} images; cores here: {os.cpu_count()}; numpy BLAS threads: {args.blas_threads or 'library default'}")
     if args.sweep:
         print("\n## Threads and concurrency (HTTP, 4 clients)")
         for intra, gate in ((1, 1), (1, 2), (2, 1), (2, 2), (1, 3)):
@@ -309,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [(name, int(value)) for name, _, value in (v.partition("=") for v in args.variant)]
     server_env = dict(item.partition("=")[::2] for item in args.server_env)
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models)
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_workers)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")

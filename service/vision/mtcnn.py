@@ -26,7 +26,8 @@ areas) follow facenet-pytorch exactly, because they decide borderline keeps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -60,7 +61,11 @@ ONET_SIZE = 48
 # (tools/bench_photos.py --variant PNET_BAND_PIXELS=..., docs/benchmarks.md).
 PNET_BAND_PIXELS = 80_000
 PYRAMID_DIRECT = 3  # pyramid levels resized from the image itself; the rest from two levels up
-CROP_BATCH = 256  # R-Net and O-Net candidates per call at most
+# R-Net and O-Net candidates per call at most. Small enough that a photo's candidates make
+# several calls for the workers to share; fixed, so the calls (and their float rounding) do not
+# depend on the number of workers. A single-threaded R-Net runs 64 crops a call as fast per
+# crop as 256 (docs/benchmarks.md).
+CROP_BATCH = 64
 _NMS_BLOCK = 256  # boxes per block of the overlap matrix: at most 256 x N entries at once
 
 
@@ -112,26 +117,36 @@ def as_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
 
 
-def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
-    """Area-resize the image to each pyramid level, largest first; yields ``(lh, lw, 3) float32``.
+def pyramid_levels(
+    image: Image.Image, sizes: Sequence[tuple[int, int]], map_fn: Callable[..., list] | None = None
+) -> list[np.ndarray]:
+    """Area-resize the image to each pyramid level, largest first: ``(lh, lw, 3) uint8`` each.
 
     Pillow's box filter averages each output pixel's footprint with exact fractional
     coverage, the area interpolation MTCNN's pyramid wants. The first ``PYRAMID_DIRECT`` levels
     come from the image itself, every further level from the level two steps before it: with
     the default step of 0.709 that is a halving, where a box filter is nearly an exact 2x2
     average, so the levels stay close to direct resizes while each costs a fraction of a
-    full-image pass. Pillow releases the GIL while resizing.
+    full-image pass.
+
+    ``map_fn(fn, items)`` (the detector's workers) resizes the direct levels side by side:
+    they are most of the pyramid's cost, and Pillow releases the GIL while resizing. The levels
+    are the same whatever it is.
 
     With three direct levels it finds every face facenet-pytorch finds in the benchmark's scenes,
     where two lost one, and at least as many FER2013 test faces as exact pooling (docs/benchmarks.md;
     ``tools/bench_photos.py --variant PYRAMID_DIRECT=...``).
     """
-    made: list[Image.Image] = []
-    for k, (height, width) in enumerate(sizes):
-        source = made[k - 2] if k >= max(PYRAMID_DIRECT, 2) else image
-        level = source if (width, height) == source.size else source.resize((width, height), Image.Resampling.BOX)
-        made.append(level)
-        yield np.asarray(level, dtype=np.float32)
+
+    def resize(source: Image.Image, height: int, width: int) -> Image.Image:
+        return source if (width, height) == source.size else source.resize((width, height), Image.Resampling.BOX)
+
+    direct = max(PYRAMID_DIRECT, 2)
+    mapper = map_fn or (lambda fn, items: [fn(item) for item in items])
+    made: list[Image.Image] = mapper(lambda hw: resize(image, *hw), list(sizes[:direct]))
+    for k in range(direct, len(sizes)):
+        made.append(resize(made[k - 2], *sizes[k]))
+    return [np.asarray(level) for level in made]
 
 
 @lru_cache(maxsize=1024)
@@ -204,16 +219,17 @@ def pnet_bands(height: int, width: int, max_pixels: int) -> list[tuple[int, int,
     return bands
 
 
-def generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float) -> np.ndarray:
+def generate_boxes(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float, first_row: int = 0) -> np.ndarray:
     """Turn one P-Net output map into candidate boxes in image pixels.
 
     Args:
         reg: ``(4, gh, gw) float32`` box offsets; prob: ``(gh, gw) float32`` face probability.
+        first_row: the level's output row that the map's first row is (a band of the level).
     Returns:
         ``(N, 9) float32``: x1, y1, x2, y2, score, then the 4 raw offsets, in row-major cell order.
     """
     ys, xs = np.nonzero(prob >= threshold)
-    cell = np.stack([xs, ys], axis=1).astype(np.float32)  # (N, 2) as (x, y)
+    cell = np.stack([xs, ys + first_row], axis=1).astype(np.float32)  # (N, 2) as (x, y) in the level
     # float32 arithmetic like facenet's (a float32 tensor divided by a Python scalar), so the
     # floor lands on the same integer at .0 boundaries.
     s = np.float32(scale)
@@ -326,6 +342,13 @@ def crop_windows(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray
 # --- the detector -------------------------------------------------------------------------
 
 
+def session_threads(workers: int, intra_op_threads: int) -> int:
+    """ONNX Runtime threads for each detector session: one when ``workers`` threads share the
+    detector's work (they are its parallelism; a pool per session would oversubscribe the
+    cores), else ``intra_op_threads`` (0: ONNX Runtime's default, one per core)."""
+    return 1 if workers > 1 else intra_op_threads
+
+
 class MTCNN:
     """The MTCNN cascade over three sessions (``onnxruntime.InferenceSession`` or look-alikes).
 
@@ -337,6 +360,12 @@ class MTCNN:
             smaller ones are not.
         thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
         factor: scale step of the image pyramid.
+        workers: threads that share each photo's work: the pyramid's direct levels, P-Net's
+            bands and levels, and the R-Net and O-Net calls (with their crops). ONNX Runtime
+            and Pillow release the GIL, so on the CPU ``workers`` single-threaded sessions keep
+            as many cores busy, with less waiting than one session's intra-op threads spread
+            over every small operator (``docs/benchmarks.md``). 1: all in the calling thread.
+            The detections do not depend on it: the calls are the same, only their order is.
     """
 
     def __init__(
@@ -348,6 +377,7 @@ class MTCNN:
         min_face_size: int = DEFAULT_MIN_FACE_SIZE,
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
         factor: float = DEFAULT_FACTOR,
+        workers: int = 1,
     ) -> None:
         if len(thresholds) != 3:
             raise ValueError(f"need 3 thresholds (P-Net, R-Net, O-Net), got {thresholds}")
@@ -359,6 +389,22 @@ class MTCNN:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
         pyramid_scales(PNET_CELL, PNET_CELL, self.min_face_size, self.factor)  # validates both
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers = int(workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mtcnn") if self.workers > 1 else None
+
+    def _map(self, fn: Callable[[Any], Any], items: list) -> list:
+        """``[fn(item) for item in items]``, spread over the workers; in order, errors raised."""
+        if self._pool is None or len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        """Stop the worker threads (idempotent); the detector then works in the calling thread."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     @classmethod
     def from_dir(
@@ -370,6 +416,9 @@ class MTCNN:
         **kwargs: Any,
     ) -> "MTCNN":
         """Load ``model_dir/card.json``, verify every graph's sha256, and create the sessions.
+
+        ``intra_op_threads`` is each session's ONNX Runtime pool (0: its default, one per core),
+        unless ``workers`` (in ``kwargs``) is above 1: then 1 (:func:`session_threads`).
 
         Raises:
             ModelLoadError: missing/malformed card, wrong kind, missing graph, bad checksum, or
@@ -388,7 +437,8 @@ class MTCNN:
         chosen = providers or [CPU]
         # No CPU arena (create_session's default): every photo gives P-Net inputs of new sizes,
         # and an arena keeps the largest ever seen (docs/deploy.md, "Memory").
-        sessions = [create_session(paths[g], providers=chosen, intra_op_threads=intra_op_threads) for g in GRAPH_NAMES]
+        threads = session_threads(kwargs.get("workers", 1), intra_op_threads)
+        sessions = [create_session(paths[g], providers=chosen, intra_op_threads=threads) for g in GRAPH_NAMES]
         return cls(*sessions, **kwargs)
 
     def detect(
@@ -442,42 +492,61 @@ class MTCNN:
     # The three stages; each takes and returns float32 boxes in image pixels.
 
     def _stage_pnet(self, picture: Image.Image, height: int, width: int, min_face: int) -> np.ndarray:
-        # One P-Net call per level. Packing the levels onto one canvas was measured slower:
-        # P-Net is compute-bound at every level, so the canvas's padding costs more than the
-        # calls it saves.
+        # One P-Net call per band of each level (the bands of a level give its whole output,
+        # and let the workers share the big levels). Packing the levels onto one canvas was
+        # measured slower: P-Net is compute-bound at every level, so the canvas's padding costs
+        # more than the calls it saves.
         scales = pyramid_scales(height, width, min_face, self.factor)
         sizes = [level_size(height, width, scale) for scale in scales]
+        levels = pyramid_levels(picture, sizes, self._map)
+        bands = [(k, band) for k, level in enumerate(levels) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
+
+        def candidates(job: tuple[int, tuple[int, int, int]]) -> np.ndarray:
+            k, (row0, row1, cells) = job
+            reg, prob = self._pnet_band(levels[k], row0, row1, cells)
+            return generate_boxes(reg, prob, scales[k], self.thresholds[0], first_row=row0 // 2)  # (n, 9)
+
+        found = self._map(candidates, bands)
         per_level: list[np.ndarray] = []
-        for scale, pixels in zip(scales, pyramid_levels(picture, sizes), strict=True):
-            reg, prob = self._run_pnet(normalise_pixels(pixels))  # (4, gh, gw), (gh, gw)
-            cand = generate_boxes(reg, prob, scale, self.thresholds[0])  # (n, 9)
+        for k in range(len(levels)):
+            cand = np.concatenate([c for (level, _), c in zip(bands, found, strict=True) if level == k], axis=0)
             per_level.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
         cand = np.concatenate(per_level, axis=0) if per_level else np.zeros((0, 9), np.float32)
         cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
         return square_boxes(regress_boxes(cand[:, :4], cand[:, 5:9], inclusive=False))
 
-    def _run_pnet(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """P-Net over one ``(3, H, W)`` level, in bands when it is big (``PNET_BAND_PIXELS``).
+    def _pnet_band(self, level: np.ndarray, row0: int, row1: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net over rows ``[row0, row1)`` of a ``(H, W, 3) uint8`` level (a band of
+        :func:`pnet_bands`): the offsets ``(4, cells, gw)`` and face probability ``(cells, gw)``."""
+        reg, prob = self.pnet.run(None, {self._pnet_input: normalise_pixels(level[row0:row1])[None]})[:2]
+        return reg[0, :, :cells], prob[0, 1, :cells]
 
-        Returns the box offsets ``(4, gh, gw)`` and the face probability ``(gh, gw)``.
-        """
-        regs, probs = [], []
-        for row0, row1, cells in pnet_bands(level.shape[1], level.shape[2], PNET_BAND_PIXELS):
-            band = np.ascontiguousarray(level[None, :, row0:row1])  # (1, 3, bh, W)
-            reg, prob = self.pnet.run(None, {self._pnet_input: band})[:2]
-            regs.append(reg[0, :, :cells])
-            probs.append(prob[0, 1, :cells])
-        if len(regs) == 1:
-            return regs[0], probs[0]
-        return np.concatenate(regs, axis=1), np.concatenate(probs, axis=0)
+    def _run_pnet(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net over one whole ``(H, W, 3) uint8`` level, in bands when it is big
+        (``PNET_BAND_PIXELS``): the offsets ``(4, gh, gw)`` and the face probability ``(gh, gw)``."""
+        parts = [self._pnet_band(level, *band) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
+        return np.concatenate([r for r, _ in parts], axis=1), np.concatenate([p for _, p in parts], axis=0)
+
+    def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
+        """Crop the windows to ``size`` px and run R-Net or O-Net on them, ``CROP_BATCH`` a
+        call, the calls shared by the workers. Returns the graph's first ``n_outputs`` outputs."""
+        chunks = [windows[i : i + CROP_BATCH] for i in range(0, len(windows), CROP_BATCH)]
+
+        def run(chunk: np.ndarray) -> list[np.ndarray]:
+            crops = normalise_pixels(crop_patches(image, chunk, size))  # (k, 3, size, size)
+            return session.run(None, {input_name: crops})[:n_outputs]
+
+        parts = self._map(run, chunks)
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate([p[k] for p in parts], axis=0) for k in range(n_outputs)]
 
     def _stage_rnet(self, image: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
         windows, valid = crop_windows(boxes, height, width)
         boxes, windows = boxes[valid], windows[valid]
         if not len(boxes):
             return boxes
-        crops = normalise_pixels(crop_patches(image, windows, RNET_SIZE))  # (K, 3, 24, 24)
-        reg, prob = _run_in_chunks(self.rnet, self._rnet_input, crops, 2)
+        reg, prob = self._classify(self.rnet, self._rnet_input, image, windows, RNET_SIZE, 2)
         score = prob[:, 1]
         passed = score > self.thresholds[1]
         boxes, score, reg = boxes[passed], score[passed], reg[passed]
@@ -492,8 +561,7 @@ class MTCNN:
         boxes, windows = boxes[valid], windows[valid]
         if not len(boxes):
             return boxes, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
-        crops = normalise_pixels(crop_patches(image, windows, ONET_SIZE))  # (K, 3, 48, 48)
-        reg, marks, prob = _run_in_chunks(self.onet, self._onet_input, crops, 3)
+        reg, marks, prob = self._classify(self.onet, self._onet_input, image, windows, ONET_SIZE, 3)
         score = prob[:, 1]
         passed = score > threshold
         boxes, score, reg, marks = boxes[passed], score[passed], reg[passed], marks[passed]
@@ -508,15 +576,6 @@ class MTCNN:
         return boxes[keep], score[keep], points[keep]
 
 
-def _run_in_chunks(session: Session, input_name: str, crops: np.ndarray, n_outputs: int) -> list[np.ndarray]:
-    """Run R-Net or O-Net over the candidates ``CROP_BATCH`` at a time: their convolutions'
-    unfolded inputs grow with the batch (a thousand R-Net crops hold ~50 MiB at once)."""
-    parts = [session.run(None, {input_name: crops[i : i + CROP_BATCH]})[:n_outputs] for i in range(0, len(crops), CROP_BATCH)]
-    if len(parts) == 1:
-        return parts[0]
-    return [np.concatenate([p[k] for p in parts], axis=0) for k in range(n_outputs)]
-
-
 __all__ = [
     "FaceDetection",
     "MTCNN",
@@ -526,5 +585,6 @@ __all__ = [
     "nms",
     "pyramid_scales",
     "regress_boxes",
+    "session_threads",
     "square_boxes",
 ]
