@@ -69,16 +69,19 @@ class Settings(BaseSettings):
     trt_engine_cache_dir: str = Field(
         "", description="TensorRT: folder where built engines are kept across restarts (empty: rebuilt at every start)."
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0 lets it decide.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads per session; 0 lets it decide. The detector's sessions take 1 while "
+        "detect_threads is above 1."
+    )
     warmup_runs: int = Field(2, ge=0, le=100)
     max_inference_batch: int = Field(64, ge=1, le=4096, description="Faces per ONNX Runtime call at most.")
     max_concurrent_inference: int = Field(
         0, ge=0, le=64,
-        description="Requests computing at once; others queue. 0: one when the sessions run on the CPU (each request's "
-        "threads use every core; docs/benchmarks.md has the measurements), four on CUDA.",
+        description="Requests computing at once; others queue. 0: two when the sessions run on the CPU (their detections "
+        "share the detector's threads; docs/benchmarks.md has the measurements), four on CUDA.",
     )
 
-    detect_workers: int = Field(
+    detect_threads: int = Field(
         0,
         ge=0,
         le=64,

@@ -46,7 +46,11 @@ _MISSING_EMOTION_MODEL = (
 )
 
 
-# Requests computing at once on a GPU when PFVIT_MAX_CONCURRENT_INFERENCE is 0 (not yet measured on one).
+# Requests computing at once when PFVIT_MAX_CONCURRENT_INFERENCE is 0. On the CPU two: the
+# detector's threads already spread one request over every core, and a second request's
+# single-threaded steps (decoding, NMS, alignment) fill the gaps between them (docs/benchmarks.md,
+# `tools/bench_photos.py --sweep`). On a GPU four (not yet measured on one).
+CPU_COMPUTING_SLOTS = 2
 CUDA_COMPUTING_SLOTS = 4
 
 
@@ -117,17 +121,16 @@ class ServiceState:
     @property
     def computing_slots(self) -> int:
         """``PFVIT_MAX_CONCURRENT_INFERENCE``, or for 0 the default of the provider in use: on
-        the CPU one request at a time, whose ONNX Runtime pools then use every core (as many
-        photos per second as two at a time here, in a third less memory); on a GPU several, so
-        that the CPU-side steps of one request overlap another's GPU work."""
+        the CPU two requests at a time, whose detections share the detector's threads; on a GPU
+        several, so that the CPU-side steps of one request overlap another's GPU work."""
         if self.settings.max_concurrent_inference:
             return self.settings.max_concurrent_inference
-        return 1 if self.providers[0] == CPU else CUDA_COMPUTING_SLOTS
+        return CPU_COMPUTING_SLOTS if self.providers[0] == CPU else CUDA_COMPUTING_SLOTS
 
     @property
-    def detect_workers(self) -> int:
-        """``PFVIT_DETECT_WORKERS``, or for 0 one per usable core."""
-        return self.settings.detect_workers or usable_cores()
+    def detect_threads(self) -> int:
+        """``PFVIT_DETECT_THREADS``, or for 0 one per usable core."""
+        return self.settings.detect_threads or usable_cores()
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -163,16 +166,16 @@ class ServiceState:
                 self.preflight()
             assert self._verified is not None and self.emotion_card is not None
             single_threaded_blas()
-            workers = self.detect_workers
+            threads = self.detect_threads
             session = functools.partial(
                 create_session,
                 providers=self.providers,
-                intra_op_threads=session_threads(workers, s.intra_op_threads),
+                intra_op_threads=session_threads(threads, s.intra_op_threads),
                 cpu_arena=s.ort_cpu_arena,
                 required=self.required_provider,
                 provider_options=self.provider_options,
             )
-            detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS), workers=workers)
+            detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS), threads=threads)
             model = EmotionModel.from_verified(
                 self.emotion_card,
                 self._verified["emotion"],
@@ -218,7 +221,7 @@ class ServiceState:
         return self._ready.is_set()
 
     def close(self) -> None:
-        """Stop the batching threads and the detector's workers (at shutdown, after the last request)."""
+        """Stop the batching threads and the detector's threads (at shutdown, after the last request)."""
         if self.pipeline is not None:
             self.pipeline.model.close()
             self.pipeline.detector.close()

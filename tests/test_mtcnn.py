@@ -321,7 +321,7 @@ def test_missing_graph_file_is_rejected(tmp_path: Path) -> None:
         MTCNN.from_dir(copy)
 
 
-# --- workers ------------------------------------------------------------------------------
+# --- threads ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -334,16 +334,16 @@ def crowd(astronaut_rgb: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def test_workers_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threads_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     import service.vision.mtcnn as mtcnn_module
 
     calls: list[int] = []
     run = detector.rnet.run
     monkeypatch.setattr(detector.rnet, "run", lambda names, feed: calls.append(len(next(iter(feed.values())))) or run(names, feed), raising=False)
     alone = detector.detect(crowd)
-    assert len(alone) >= 3 and len(calls) > 1  # several R-Net calls: the workers have calls to share
+    assert len(alone) >= 3 and len(calls) > 1  # several R-Net calls: the threads have calls to share
     assert len(pnet_bands(*level_size(900, 1200, 12 / DEFAULT_MIN_FACE_SIZE), mtcnn_module.PNET_BAND_PIXELS)) > 1
-    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, workers=3)
+    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, threads=3)
     try:
         for _ in range(2):  # the same calls, in another order: the very same numbers
             together = shared.detect(crowd)
@@ -355,7 +355,7 @@ def test_workers_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.n
         shared.close()
 
 
-def test_an_error_in_a_worker_reaches_the_caller(detector: MTCNN, crowd: np.ndarray) -> None:
+def test_an_error_in_a_detector_thread_reaches_the_caller(detector: MTCNN, crowd: np.ndarray) -> None:
     class Broken:
         def get_inputs(self):
             return detector.rnet.get_inputs()
@@ -363,7 +363,7 @@ def test_an_error_in_a_worker_reaches_the_caller(detector: MTCNN, crowd: np.ndar
         def run(self, names, feed):
             raise RuntimeError("R-Net failed")
 
-    broken = MTCNN(detector.pnet, Broken(), detector.onet, workers=2)
+    broken = MTCNN(detector.pnet, Broken(), detector.onet, threads=2)
     try:
         with pytest.raises(RuntimeError, match="R-Net failed"):
             broken.detect(crowd)
@@ -372,12 +372,12 @@ def test_an_error_in_a_worker_reaches_the_caller(detector: MTCNN, crowd: np.ndar
 
 
 def test_a_closed_detector_works_in_the_calling_thread(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:
-    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, workers=2)
+    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, threads=2)
     shared.close()
     shared.close()  # idempotent
     assert [f.box for f in shared.detect(astronaut_rgb)] == [f.box for f in detector.detect(astronaut_rgb)]
-    with pytest.raises(ValueError, match="workers"):
-        MTCNN(detector.pnet, detector.rnet, detector.onet, workers=0)
+    with pytest.raises(ValueError, match="threads"):
+        MTCNN(detector.pnet, detector.rnet, detector.onet, threads=0)
 
 
 def test_pyramid_levels_do_not_depend_on_the_mapper(astronaut_rgb: np.ndarray) -> None:
@@ -392,13 +392,13 @@ def test_pyramid_levels_do_not_depend_on_the_mapper(astronaut_rgb: np.ndarray) -
         np.testing.assert_array_equal(a, b)
 
 
-def test_sessions_run_single_threaded_under_workers() -> None:
-    assert session_threads(workers=2, intra_op_threads=0) == 1
-    assert session_threads(workers=1, intra_op_threads=0) == 0
-    assert session_threads(workers=1, intra_op_threads=3) == 3
-    shared = MTCNN.from_dir(MODEL_DIR, workers=2)
+def test_sessions_run_single_threaded_under_detector_threads() -> None:
+    assert session_threads(threads=2, intra_op_threads=0) == 1
+    assert session_threads(threads=1, intra_op_threads=0) == 0
+    assert session_threads(threads=1, intra_op_threads=3) == 3
+    shared = MTCNN.from_dir(MODEL_DIR, threads=2)
     try:
-        assert shared.workers == 2
+        assert shared.threads == 2
         assert shared.pnet.get_session_options().intra_op_num_threads == 1
     finally:
         shared.close()

@@ -174,36 +174,36 @@ def test_auto_on_a_build_without_cuda_says_it_runs_on_the_cpu(settings, caplog) 
 
 
 def test_computing_slots_default_to_the_provider_in_use(settings, monkeypatch) -> None:
-    """PFVIT_MAX_CONCURRENT_INFERENCE=0: one request at a time on the CPU (its threads use
-    every core), several on CUDA; a number given is taken as it is."""
+    """PFVIT_MAX_CONCURRENT_INFERENCE=0: two requests at a time on the CPU (sharing the
+    detector's threads), more on CUDA; a number given is taken as it is."""
     import onnxruntime as ort
 
-    from service.state import CUDA_COMPUTING_SLOTS, ServiceState
+    from service.state import CPU_COMPUTING_SLOTS, CUDA_COMPUTING_SLOTS, ServiceState
 
     cpu = ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 0}))
-    assert cpu.computing_slots == 1 and cpu.gate.slots == 1
+    assert cpu.computing_slots == CPU_COMPUTING_SLOTS == 2 and cpu.gate.slots == 2
     assert ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 3})).computing_slots == 3
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     cuda = ServiceState(settings.model_copy(update={"providers": "cuda", "max_concurrent_inference": 0}))
-    assert cuda.computing_slots == CUDA_COMPUTING_SLOTS > 1
+    assert cuda.computing_slots == CUDA_COMPUTING_SLOTS > CPU_COMPUTING_SLOTS
 
 
-def test_detector_workers_default_to_the_usable_cores(settings) -> None:
+def test_detector_threads_default_to_the_usable_cores(settings) -> None:
     from service.runtime import usable_cores
     from service.state import ServiceState
 
-    assert ServiceState(settings.model_copy(update={"detect_workers": 0})).detect_workers == usable_cores() >= 1
-    assert ServiceState(settings.model_copy(update={"detect_workers": 3})).detect_workers == 3
+    assert ServiceState(settings.model_copy(update={"detect_threads": 0})).detect_threads == usable_cores() >= 1
+    assert ServiceState(settings.model_copy(update={"detect_threads": 3})).detect_threads == 3
 
 
-def test_a_loaded_service_runs_its_detector_on_workers_and_blas_on_one_thread(client, settings) -> None:
-    """The running service: the detector shares each photo over its workers, whose sessions are
+def test_a_loaded_service_runs_its_detector_on_threads_and_blas_on_one_thread(client, settings) -> None:
+    """The running service: the detector shares each photo over its threads, whose sessions are
     single-threaded, and numpy's BLAS keeps to one thread (its own pool would oversubscribe)."""
     from threadpoolctl import threadpool_info
 
     state = client.app.state.service
     detector = state.require_pipeline().detector
-    assert detector.workers == state.detect_workers
-    if detector.workers > 1:
+    assert detector.threads == state.detect_threads
+    if detector.threads > 1:
         assert all(s.get_session_options().intra_op_num_threads == 1 for s in (detector.pnet, detector.rnet, detector.onet))
     assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")

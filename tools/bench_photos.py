@@ -3,11 +3,11 @@ over HTTP, in one run.
 
     python tools/bench_photos.py                  # what docs/benchmarks.md reports (make bench)
     python tools/bench_photos.py --quick          # fewer runs and requests, for a smoke test
-    python tools/bench_photos.py --sweep          # HTTP only, over thread and concurrency settings
+    python tools/bench_photos.py --sweep          # HTTP only, over detector threads and concurrency settings
     python tools/bench_photos.py --detection-only --variant PNET_BAND_PIXELS=1000000000   # vs P-Net unbanded
     python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
     python tools/bench_photos.py --detection-only --compare-models /tmp/mtcnn-before      # other detector graphs
-    python tools/bench_photos.py --detection-only --also-workers 1                        # vs one worker
+    python tools/bench_photos.py --detection-only --also-detect-threads 1                        # vs one detector thread
 
 The set is built from what the repository holds: the public-domain astronaut photo at 512 px
 (the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
@@ -16,7 +16,7 @@ scenes of rendered faces (1920x1080 with 8 faces, 1280x720 with 12), and a photo
 
 1. Detection alone, per image: the service's detection path (``service.vision.faces.find_faces``
    on the picture bounded by the service's default ``detect_max_side``, ``--threads`` detector
-   workers with single-threaded sessions and one BLAS thread, as the service runs it) against
+   threads with single-threaded sessions and one BLAS thread, as the service runs it) against
    ``facenet_pytorch.MTCNN(keep_all=True)`` on the same decoded array with ``--threads`` torch
    threads, runs interleaved. Also: whether we find the faces
    facenet-pytorch finds (a face counts as found when a box of ours overlaps it with IoU >= 0.5).
@@ -150,12 +150,12 @@ VARIANT_SETTINGS = ("PNET_BAND_PIXELS", "PYRAMID_DIRECT", "CROP_BATCH")
 
 
 def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]],
-                    compare: Path | None = None, also_workers: list[int] | None = None) -> list[float]:
+                    compare: Path | None = None, also_threads: list[int] | None = None) -> list[float]:
     """Prints the per-image table; returns facenet-pytorch's median ms per image.
 
-    Our detector has ``threads`` workers. Each ``(name, value)`` of ``variants`` adds a column:
+    Our detector has ``threads`` threads. Each ``(name, value)`` of ``variants`` adds a column:
     our detector with that tuning constant changed, timed interleaved with the rest, and whether
-    it still finds facenet's faces; so does each worker count of ``also_workers`` (one worker:
+    it still finds facenet's faces; so does each thread count of ``also_threads`` (one thread:
     sessions with ``threads`` ONNX Runtime threads).
     """
     import torch
@@ -170,12 +170,12 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
     from facenet_pytorch import MTCNN as FacenetMTCNN
 
     torch.set_num_threads(threads)
-    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, workers=threads)
+    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=threads)
     ref = FacenetMTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE, keep_all=True, select_largest=False, device="cpu")
 
-    other = MTCNN.from_dir(compare, intra_op_threads=threads, workers=threads) if compare else None
-    # (label, detector) columns beside ours: other worker counts, timed like the variants.
-    extra_detectors = [(f"{n} worker(s)", MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, workers=n)) for n in also_workers or []]
+    other = MTCNN.from_dir(compare, intra_op_threads=threads, threads=threads) if compare else None
+    # (label, detector) columns beside ours: other detector thread counts, timed like the variants.
+    extra_detectors = [(f"{n} detector thread(s)", MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n)) for n in also_threads or []]
 
     def ours_run(photo: Photo, detector: MTCNN = ours) -> list:
         picture = Picture.from_array(photo.pixels, max_side=max_side)
@@ -297,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and ONNX Runtime threads for detection alone")
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per HTTP level")
     ap.add_argument("--quick", action="store_true", help="2 runs, 1 round")
-    ap.add_argument("--sweep", action="store_true", help="HTTP at 4 clients over thread/concurrency settings only")
+    ap.add_argument("--sweep", action="store_true", help="HTTP at 4 clients over detector-thread/concurrency settings only")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE",
                     help=f"also time detection with one of the detector's constants changed ({', '.join(VARIANT_SETTINGS)}); repeatable")
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for the HTTP part's server (a PFVIT_ setting, MALLOC_*, ...); repeatable")
     ap.add_argument("--detection-only", action="store_true", help="skip the HTTP part")
-    ap.add_argument("--also-workers", type=int, action="append", default=[], metavar="N",
-                    help="also time our cascade with N detector workers (N=1: sessions with --threads threads), interleaved; repeatable")
+    ap.add_argument("--also-detect-threads", type=int, action="append", default=[], metavar="N",
+                    help="also time our cascade with N detector threads (N=1: sessions with --threads threads), interleaved; repeatable")
     ap.add_argument("--blas-threads", type=int, default=1, metavar="N",
                     help="numpy's BLAS threads in this process: 1 as the service runs it; 0 leaves the library's default")
     ap.add_argument("--compare-models", type=Path, metavar="DIR",
@@ -318,15 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         threadpool_limits(limits=args.blas_threads, user_api="blas")  # the service: 1 (service.runtime.single_threaded_blas)
     print(f"set: {len(photos)} images; cores here: {os.cpu_count()}; numpy BLAS threads: {args.blas_threads or 'library default'}")
     if args.sweep:
-        print("\n## Threads and concurrency (HTTP, 4 clients)")
-        for intra, gate in ((1, 1), (1, 2), (2, 1), (2, 2), (1, 3)):
-            bench_http(photos, args.rounds, [4], {"PFVIT_INTRA_OP_THREADS": str(intra), "PFVIT_MAX_CONCURRENT_INFERENCE": str(gate)}, args.max_seconds)
+        print("\n## Detector threads and concurrency (HTTP, 4 clients)")
+        for threads, gate in ((1, 1), (2, 1), (2, 2), (3, 1), (4, 2)):
+            bench_http(photos, args.rounds, [4], {"PFVIT_DETECT_THREADS": str(threads), "PFVIT_MAX_CONCURRENT_INFERENCE": str(gate)}, args.max_seconds)
         return 0
 
     variants = [(name, int(value)) for name, _, value in (v.partition("=") for v in args.variant)]
     server_env = dict(item.partition("=")[::2] for item in args.server_env)
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_workers)
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_threads)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")

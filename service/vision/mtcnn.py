@@ -61,10 +61,8 @@ ONET_SIZE = 48
 # (tools/bench_photos.py --variant PNET_BAND_PIXELS=..., docs/benchmarks.md).
 PNET_BAND_PIXELS = 80_000
 PYRAMID_DIRECT = 3  # pyramid levels resized from the image itself; the rest from two levels up
-# R-Net and O-Net candidates per call at most. Small enough that a photo's candidates make
-# several calls for the workers to share; fixed, so the calls (and their float rounding) do not
-# depend on the number of workers. A single-threaded R-Net runs 64 crops a call as fast per
-# crop as 256 (docs/benchmarks.md).
+# R-Net and O-Net candidates per call at most: a single-threaded R-Net runs 64 crops a call as
+# fast per crop as 256, and smaller calls balance better over the detector's threads.
 CROP_BATCH = 64
 _NMS_BLOCK = 256  # boxes per block of the overlap matrix: at most 256 x N entries at once
 
@@ -129,7 +127,7 @@ def pyramid_levels(
     average, so the levels stay close to direct resizes while each costs a fraction of a
     full-image pass.
 
-    ``map_fn(fn, items)`` (the detector's workers) resizes the direct levels side by side:
+    ``map_fn(fn, items)`` (the detector's threads) resizes the direct levels side by side:
     they are most of the pyramid's cost, and Pillow releases the GIL while resizing. The levels
     are the same whatever it is.
 
@@ -342,11 +340,11 @@ def crop_windows(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray
 # --- the detector -------------------------------------------------------------------------
 
 
-def session_threads(workers: int, intra_op_threads: int) -> int:
-    """ONNX Runtime threads for each detector session: one when ``workers`` threads share the
+def session_threads(threads: int, intra_op_threads: int) -> int:
+    """ONNX Runtime threads for each detector session: one when ``threads`` threads share the
     detector's work (they are its parallelism; a pool per session would oversubscribe the
     cores), else ``intra_op_threads`` (0: ONNX Runtime's default, one per core)."""
-    return 1 if workers > 1 else intra_op_threads
+    return 1 if threads > 1 else intra_op_threads
 
 
 class MTCNN:
@@ -360,9 +358,9 @@ class MTCNN:
             smaller ones are not.
         thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
         factor: scale step of the image pyramid.
-        workers: threads that share each photo's work: the pyramid's direct levels, P-Net's
+        threads: threads that share each photo's work: the pyramid's direct levels, P-Net's
             bands and levels, and the R-Net and O-Net calls (with their crops). ONNX Runtime
-            and Pillow release the GIL, so on the CPU ``workers`` single-threaded sessions keep
+            and Pillow release the GIL, so on the CPU ``threads`` single-threaded sessions keep
             as many cores busy, with less waiting than one session's intra-op threads spread
             over every small operator (``docs/benchmarks.md``). 1: all in the calling thread.
             The detections do not depend on it: the calls are the same, only their order is.
@@ -377,7 +375,7 @@ class MTCNN:
         min_face_size: int = DEFAULT_MIN_FACE_SIZE,
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
         factor: float = DEFAULT_FACTOR,
-        workers: int = 1,
+        threads: int = 1,
     ) -> None:
         if len(thresholds) != 3:
             raise ValueError(f"need 3 thresholds (P-Net, R-Net, O-Net), got {thresholds}")
@@ -389,19 +387,19 @@ class MTCNN:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
         pyramid_scales(PNET_CELL, PNET_CELL, self.min_face_size, self.factor)  # validates both
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
-        self.workers = int(workers)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mtcnn") if self.workers > 1 else None
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.threads = int(threads)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn") if self.threads > 1 else None
 
     def _map(self, fn: Callable[[Any], Any], items: list) -> list:
-        """``[fn(item) for item in items]``, spread over the workers; in order, errors raised."""
+        """``[fn(item) for item in items]``, spread over the detector's threads; in order, errors raised."""
         if self._pool is None or len(items) < 2:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 
     def close(self) -> None:
-        """Stop the worker threads (idempotent); the detector then works in the calling thread."""
+        """Stop the detector's threads (idempotent); the detector then works in the calling thread."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
@@ -418,7 +416,7 @@ class MTCNN:
         """Load ``model_dir/card.json``, verify every graph's sha256, and create the sessions.
 
         ``intra_op_threads`` is each session's ONNX Runtime pool (0: its default, one per core),
-        unless ``workers`` (in ``kwargs``) is above 1: then 1 (:func:`session_threads`).
+        unless ``threads`` (in ``kwargs``) is above 1: then 1 (:func:`session_threads`).
 
         Raises:
             ModelLoadError: missing/malformed card, wrong kind, missing graph, bad checksum, or
@@ -437,7 +435,7 @@ class MTCNN:
         chosen = providers or [CPU]
         # No CPU arena (create_session's default): every photo gives P-Net inputs of new sizes,
         # and an arena keeps the largest ever seen (docs/deploy.md, "Memory").
-        threads = session_threads(kwargs.get("workers", 1), intra_op_threads)
+        threads = session_threads(kwargs.get("threads", 1), intra_op_threads)
         sessions = [create_session(paths[g], providers=chosen, intra_op_threads=threads) for g in GRAPH_NAMES]
         return cls(*sessions, **kwargs)
 
@@ -493,7 +491,7 @@ class MTCNN:
 
     def _stage_pnet(self, picture: Image.Image, height: int, width: int, min_face: int) -> np.ndarray:
         # One P-Net call per band of each level (the bands of a level give its whole output,
-        # and let the workers share the big levels). Packing the levels onto one canvas was
+        # and let the threads share the big levels). Packing the levels onto one canvas was
         # measured slower: P-Net is compute-bound at every level, so the canvas's padding costs
         # more than the calls it saves.
         scales = pyramid_scales(height, width, min_face, self.factor)
@@ -528,9 +526,12 @@ class MTCNN:
         return np.concatenate([r for r, _ in parts], axis=1), np.concatenate([p for _, p in parts], axis=0)
 
     def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
-        """Crop the windows to ``size`` px and run R-Net or O-Net on them, ``CROP_BATCH`` a
-        call, the calls shared by the workers. Returns the graph's first ``n_outputs`` outputs."""
-        chunks = [windows[i : i + CROP_BATCH] for i in range(0, len(windows), CROP_BATCH)]
+        """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most ``CROP_BATCH``
+        a call and at least one call per thread, the calls shared by the threads. Returns the
+        graph's first ``n_outputs`` outputs. Each crop's outputs do not depend on the call it is
+        in (ONNX Runtime's CPU kernels are batch-invariant: ``tests/test_mtcnn.py``)."""
+        step = min(CROP_BATCH, -(-len(windows) // self.threads))
+        chunks = [windows[i : i + step] for i in range(0, len(windows), step)]
 
         def run(chunk: np.ndarray) -> list[np.ndarray]:
             crops = normalise_pixels(crop_patches(image, chunk, size))  # (k, 3, size, size)
