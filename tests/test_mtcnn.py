@@ -380,13 +380,13 @@ def test_a_closed_detector_works_in_the_calling_thread(detector: MTCNN, astronau
         MTCNN(detector.pnet, detector.rnet, detector.onet, threads=0)
 
 
-def test_pyramid_levels_do_not_depend_on_the_mapper(astronaut_rgb: np.ndarray) -> None:
+def test_pyramid_levels_do_not_depend_on_the_pool(astronaut_rgb: np.ndarray) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     sizes = [level_size(512, 512, s) for s in pyramid_scales(512, 512, DEFAULT_MIN_FACE_SIZE, DEFAULT_FACTOR)]
-    alone = pyramid_levels(as_pil(astronaut_rgb), sizes)
+    alone = list(pyramid_levels(as_pil(astronaut_rgb), sizes))
     with ThreadPoolExecutor(3) as pool:
-        together = pyramid_levels(as_pil(astronaut_rgb), sizes, lambda fn, items: list(pool.map(fn, items)))
+        together = list(pyramid_levels(as_pil(astronaut_rgb), sizes, pool))
     assert len(together) == len(alone) == len(sizes)
     for a, b in zip(together, alone, strict=True):
         np.testing.assert_array_equal(a, b)

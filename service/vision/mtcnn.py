@@ -26,8 +26,8 @@ areas) follow facenet-pytorch exactly, because they decide borderline keeps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -115,10 +115,8 @@ def as_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
 
 
-def pyramid_levels(
-    image: Image.Image, sizes: Sequence[tuple[int, int]], map_fn: Callable[..., list] | None = None
-) -> list[np.ndarray]:
-    """Area-resize the image to each pyramid level, largest first: ``(lh, lw, 3) uint8`` each.
+def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]], pool: Executor | None = None) -> Iterator[np.ndarray]:
+    """Area-resize the image to each pyramid level, largest first; yields ``(lh, lw, 3) uint8``.
 
     Pillow's box filter averages each output pixel's footprint with exact fractional
     coverage, the area interpolation MTCNN's pyramid wants. The first ``PYRAMID_DIRECT`` levels
@@ -127,24 +125,28 @@ def pyramid_levels(
     average, so the levels stay close to direct resizes while each costs a fraction of a
     full-image pass.
 
-    ``map_fn(fn, items)`` (the detector's threads) resizes the direct levels side by side:
-    they are most of the pyramid's cost, and Pillow releases the GIL while resizing. The levels
-    are the same whatever it is.
+    With a ``pool`` (the detector's threads) the direct levels, most of the pyramid's cost, are
+    all started at once and resized side by side (Pillow releases the GIL), while the caller
+    already works on the levels yielded. The levels are the same with or without it.
 
     With three direct levels it finds every face facenet-pytorch finds in the benchmark's scenes,
     where two lost one, and at least as many FER2013 test faces as exact pooling (docs/benchmarks.md;
     ``tools/bench_photos.py --variant PYRAMID_DIRECT=...``).
     """
-
-    def resize(source: Image.Image, height: int, width: int) -> Image.Image:
-        return source if (width, height) == source.size else source.resize((width, height), Image.Resampling.BOX)
-
     direct = max(PYRAMID_DIRECT, 2)
-    mapper = map_fn or (lambda fn, items: [fn(item) for item in items])
-    made: list[Image.Image] = mapper(lambda hw: resize(image, *hw), list(sizes[:direct]))
-    for k in range(direct, len(sizes)):
-        made.append(resize(made[k - 2], *sizes[k]))
-    return [np.asarray(level) for level in made]
+    started = [pool.submit(_box_resize, image, *size) for size in sizes[:direct]] if pool is not None else []
+    made: list[Image.Image] = []
+    for k, size in enumerate(sizes):
+        if k < len(started):
+            level = started[k].result()
+        else:
+            level = _box_resize(image if k < direct else made[k - 2], *size)
+        made.append(level)
+        yield np.asarray(level)
+
+
+def _box_resize(source: Image.Image, height: int, width: int) -> Image.Image:
+    return source if (width, height) == source.size else source.resize((width, height), Image.Resampling.BOX)
 
 
 @lru_cache(maxsize=1024)
@@ -398,6 +400,14 @@ class MTCNN:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 
+    def _start(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        """Start ``fn(*args)`` on the detector's threads (or run it now, without them); returns
+        the call that waits for its result."""
+        if self._pool is None:
+            value = fn(*args)
+            return lambda: value
+        return self._pool.submit(fn, *args).result
+
     def close(self) -> None:
         """Stop the detector's threads (idempotent); the detector then works in the calling thread."""
         pool, self._pool = self._pool, None
@@ -491,23 +501,24 @@ class MTCNN:
 
     def _stage_pnet(self, picture: Image.Image, height: int, width: int, min_face: int) -> np.ndarray:
         # One P-Net call per band of each level (the bands of a level give its whole output,
-        # and let the threads share the big levels). Packing the levels onto one canvas was
-        # measured slower: P-Net is compute-bound at every level, so the canvas's padding costs
-        # more than the calls it saves.
+        # and let the threads share the big levels), each started as soon as its level is
+        # resized. Packing the levels onto one canvas was measured slower: P-Net is
+        # compute-bound at every level, so the canvas's padding costs more than the calls it saves.
         scales = pyramid_scales(height, width, min_face, self.factor)
         sizes = [level_size(height, width, scale) for scale in scales]
-        levels = pyramid_levels(picture, sizes, self._map)
-        bands = [(k, band) for k, level in enumerate(levels) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
 
-        def candidates(job: tuple[int, tuple[int, int, int]]) -> np.ndarray:
-            k, (row0, row1, cells) = job
-            reg, prob = self._pnet_band(levels[k], row0, row1, cells)
+        def candidates(level: np.ndarray, k: int, band: tuple[int, int, int]) -> np.ndarray:
+            row0, row1, cells = band
+            reg, prob = self._pnet_band(level, row0, row1, cells)
             return generate_boxes(reg, prob, scales[k], self.thresholds[0], first_row=row0 // 2)  # (n, 9)
 
-        found = self._map(candidates, bands)
+        started = [
+            [self._start(candidates, level, k, band) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
+            for k, level in enumerate(pyramid_levels(picture, sizes, self._pool))
+        ]
         per_level: list[np.ndarray] = []
-        for k in range(len(levels)):
-            cand = np.concatenate([c for (level, _), c in zip(bands, found, strict=True) if level == k], axis=0)
+        for bands in started:
+            cand = np.concatenate([result() for result in bands], axis=0)
             per_level.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
         cand = np.concatenate(per_level, axis=0) if per_level else np.zeros((0, 9), np.float32)
         cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
