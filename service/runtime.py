@@ -199,10 +199,9 @@ def single_threaded_blas() -> None:
     """Limit numpy's BLAS (OpenBLAS) to one thread for the whole process.
 
     The service's parallelism is its own: the detector's threads and ONNX Runtime's pools.
-    The detector's crops are small matrix products, and a BLAS pool for each of them starts
-    threads that spin on the cores those already use: the cascade over the benchmark photos
-    took 824 ms with OpenBLAS's default of one thread per core against 737 ms with one
-    (docs/benchmarks.md).
+    The detector's crops are small matrix products, and OpenBLAS's default pool (a thread per
+    core) spins after each of them on the cores those already use (docs/benchmarks.md,
+    "The baseline moved, and why").
     """
     from threadpoolctl import threadpool_limits
 

@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [(name, int(value)) for name, _, value in (v.partition("=") for v in args.variant)]
     server_env = dict(item.partition("=")[::2] for item in args.server_env)
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_threads)
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_detect_threads)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
