@@ -174,19 +174,28 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
     ref = FacenetMTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE, keep_all=True, select_largest=False, device="cpu")
 
     other = MTCNN.from_dir(compare, intra_op_threads=threads, threads=threads) if compare else None
-    # (label, detector) columns beside ours: other detector thread counts, timed like the variants.
-    extra_detectors = [(f"{n} detector thread(s)", MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n)) for n in also_threads or []]
 
     def ours_run(photo: Photo, detector: MTCNN = ours) -> list:
         picture = Picture.from_array(photo.pixels, max_side=max_side)
         return find_faces(detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
 
+    def with_setting(name: str, value: int) -> Callable[[Photo], list]:
+        def run(photo: Photo) -> list:
+            with detector_setting(name, value):
+                return ours_run(photo)
+        return run
+
+    # (label, run) columns beside ours, each timed interleaved with the rest.
+    columns: list[tuple[str, Callable[[Photo], list]]] = [(f"{n}={v}", with_setting(n, v)) for n, v in variants]
+    for n in also_threads or []:
+        detector = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n)
+        columns.append((f"{n} detector thread(s)", lambda photo, d=detector: ours_run(photo, d)))
+
     print(f"\n## Detection alone ({threads} threads each; median of {runs} interleaved runs; detect_max_side {max_side})\n")
-    extra = "".join(f" {n}={v}: ms / facenet's found |" for n, v in variants)
-    extra += "".join(f" {label}: ms / facenet's found |" for label, _ in extra_detectors)
+    extra = "".join(f" {label}: ms / facenet's found |" for label, _ in columns)
     extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if other else ""
     print(f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}")
-    print("|---|---|---|---|---|" + "---|" * (len(variants) + len(extra_detectors) + 2 * bool(other)))
+    print("|---|---|---|---|---|" + "---|" * (len(columns) + 2 * bool(other)))
     ref_ms: list[float] = []
     all_found = True
 
@@ -199,27 +208,20 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
         theirs = [] if boxes is None else [tuple(map(float, b)) for b in boxes]
         found = found_of(mine, theirs)
         all_found &= found == len(theirs)
-        variant_found = []
-        for name, value in variants:
-            with detector_setting(name, value):
-                variant_found.append(found_of(ours_run(photo), theirs))
-        variant_found += [found_of(ours_run(photo, detector), theirs) for _, detector in extra_detectors]
+        column_found = [found_of(run(photo), theirs) for _, run in columns]
         other_found = found_of(ours_run(photo, other), theirs) if other else 0
         o_times, r_times, other_times = [], [], []
-        v_times: list[list[float]] = [[] for _ in [*variants, *extra_detectors]]
+        column_times: list[list[float]] = [[] for _ in columns]
         for _ in range(runs):  # interleaved, so all see the same machine
             o_times.append(_median_ms(lambda: ours_run(photo), 1))
             r_times.append(_median_ms(lambda: ref.detect(photo.pixels), 1))
-            for (name, value), times in zip(variants, v_times, strict=False):
-                with detector_setting(name, value):
-                    times.append(_median_ms(lambda: ours_run(photo), 1))
-            for (_, detector), times in zip(extra_detectors, v_times[len(variants):], strict=True):
-                times.append(_median_ms(lambda: ours_run(photo, detector), 1))
+            for (_, run), times in zip(columns, column_times, strict=True):
+                times.append(_median_ms(lambda: run(photo), 1))
             if other:
                 other_times.append(_median_ms(lambda: ours_run(photo, other), 1))
         o, r = statistics.median(o_times), statistics.median(r_times)
         ref_ms.append(r)
-        cells = "".join(f" {statistics.median(t):.0f} / {f} |" for t, f in zip(v_times, variant_found, strict=True))
+        cells = "".join(f" {statistics.median(t):.0f} / {f} |" for t, f in zip(column_times, column_found, strict=True))
         if other:
             cells += f" {statistics.median(other_times):.0f} / {other_found} | {statistics.median(other_times) / o:.2f}x |"
         print(f"| {photo.name} | {o:.0f} | {r:.0f} | {r / o:.2f}x | {len(theirs)} / {len(mine)} / {found} |{cells}")
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7, help="timed detection runs per image and implementation")
     ap.add_argument("--rounds", type=int, default=4, help="times each client sends the whole set")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and ONNX Runtime threads for detection alone")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="detection alone: torch's threads, and our detector's threads")
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per HTTP level")
     ap.add_argument("--quick", action="store_true", help="2 runs, 1 round")
     ap.add_argument("--sweep", action="store_true", help="HTTP at 4 clients over detector-thread/concurrency settings only")
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     photos = build_set()
     if args.blas_threads:
-        threadpool_limits(limits=args.blas_threads, user_api="blas")  # the service: 1 (service.runtime.single_threaded_blas)
+        threadpool_limits(limits=args.blas_threads, user_api="blas")  # the service keeps 1 (service.runtime.single_threaded_blas)
     print(f"set: {len(photos)} images; cores here: {os.cpu_count()}; numpy BLAS threads: {args.blas_threads or 'library default'}")
     if args.sweep:
         print("\n## Detector threads and concurrency (HTTP, 4 clients)")

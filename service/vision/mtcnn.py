@@ -61,8 +61,9 @@ ONET_SIZE = 48
 # (tools/bench_photos.py --variant PNET_BAND_PIXELS=..., docs/benchmarks.md).
 PNET_BAND_PIXELS = 80_000
 PYRAMID_DIRECT = 3  # pyramid levels resized from the image itself; the rest from two levels up
-# R-Net and O-Net candidates per call at most: a single-threaded R-Net runs 64 crops a call as
-# fast per crop as 256, and smaller calls balance better over the detector's threads.
+# R-Net and O-Net candidates per call at most: smaller calls balance better over the detector's
+# threads, and on single-threaded sessions cost no more per crop than 256 a call
+# (`tools/bench_photos.py --detection-only --variant CROP_BATCH=256`, docs/benchmarks.md).
 CROP_BATCH = 64
 _NMS_BLOCK = 256  # boxes per block of the overlap matrix: at most 256 x N entries at once
 
@@ -396,9 +397,8 @@ class MTCNN:
 
     def _map(self, fn: Callable[[Any], Any], items: list) -> list:
         """``[fn(item) for item in items]``, spread over the detector's threads; in order, errors raised."""
-        if self._pool is None or len(items) < 2:
-            return [fn(item) for item in items]
-        return list(self._pool.map(fn, items))
+        started = [self._start(fn, item) for item in items]
+        return [result() for result in started]
 
     def _start(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         """Start ``fn(*args)`` on the detector's threads (or run it now, without them); returns
@@ -421,12 +421,14 @@ class MTCNN:
         *,
         providers: list[str] | None = None,
         intra_op_threads: int = 0,
+        threads: int = 1,
         **kwargs: Any,
     ) -> "MTCNN":
         """Load ``model_dir/card.json``, verify every graph's sha256, and create the sessions.
 
-        ``intra_op_threads`` is each session's ONNX Runtime pool (0: its default, one per core),
-        unless ``threads`` (in ``kwargs``) is above 1: then 1 (:func:`session_threads`).
+        ``threads`` as in the constructor; ``intra_op_threads`` is each session's ONNX Runtime
+        pool (0: its default, one per core), 1 whenever ``threads`` is above 1
+        (:func:`session_threads`).
 
         Raises:
             ModelLoadError: missing/malformed card, wrong kind, missing graph, bad checksum, or
@@ -445,9 +447,9 @@ class MTCNN:
         chosen = providers or [CPU]
         # No CPU arena (create_session's default): every photo gives P-Net inputs of new sizes,
         # and an arena keeps the largest ever seen (docs/deploy.md, "Memory").
-        threads = session_threads(kwargs.get("threads", 1), intra_op_threads)
-        sessions = [create_session(paths[g], providers=chosen, intra_op_threads=threads) for g in GRAPH_NAMES]
-        return cls(*sessions, **kwargs)
+        per_session = session_threads(threads, intra_op_threads)
+        sessions = [create_session(paths[g], providers=chosen, intra_op_threads=per_session) for g in GRAPH_NAMES]
+        return cls(*sessions, threads=threads, **kwargs)
 
     def detect(
         self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None
