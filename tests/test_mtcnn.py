@@ -355,6 +355,23 @@ def test_threads_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.n
         shared.close()
 
 
+@pytest.mark.parametrize(("graph", "size"), [("rnet", 24), ("onet", 48)])
+def test_a_crops_outputs_do_not_depend_on_its_call(detector: MTCNN, crowd: np.ndarray, graph: str, size: int) -> None:
+    """The threads split the candidates into calls of other sizes than one thread does; each
+    crop must come out the same whatever call it is in, to the last bit."""
+    boxes = detector._stage_pnet(as_pil(crowd), *crowd.shape[:2], DEFAULT_MIN_FACE_SIZE)
+    windows, valid = crop_windows(boxes, *crowd.shape[:2])
+    crops = normalise_pixels(crop_patches(crowd, windows[valid][:150], size))
+    session = getattr(detector, graph)
+    name = session.get_inputs()[0].name
+    whole = session.run(None, {name: crops})
+    edges = [0, 1, 8, 71, 150]
+    parts = [session.run(None, {name: crops[a:b]}) for a, b in zip(edges, edges[1:])]
+    assert len(crops) == 150
+    for k, out in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([part[k] for part in parts]), out)
+
+
 def test_an_error_in_a_detector_thread_reaches_the_caller(detector: MTCNN, crowd: np.ndarray) -> None:
     class Broken:
         def get_inputs(self):

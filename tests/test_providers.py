@@ -201,9 +201,11 @@ def test_a_loaded_service_runs_its_detector_on_threads_and_blas_on_one_thread(cl
     single-threaded, and numpy's BLAS keeps to one thread (its own pool would oversubscribe)."""
     from threadpoolctl import threadpool_info
 
+    from service.vision.mtcnn import session_threads
+
     state = client.app.state.service
     detector = state.require_pipeline().detector
     assert detector.threads == state.detect_threads
-    if detector.threads > 1:
-        assert all(s.get_session_options().intra_op_num_threads == 1 for s in (detector.pnet, detector.rnet, detector.onet))
+    per_session = session_threads(detector.threads, settings.intra_op_threads)
+    assert all(s.get_session_options().intra_op_num_threads == per_session for s in (detector.pnet, detector.rnet, detector.onet))
     assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
