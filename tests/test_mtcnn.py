@@ -195,6 +195,18 @@ def test_pyramid_levels_are_area_averages() -> None:
         assert np.abs(level - exact).mean() < 6 and np.abs(level - exact).max() < 40
 
 
+def test_a_level_at_most_one_pixel_larger_is_the_picture_itself() -> None:
+    """facenet's ``int(h * scale + 1)`` asks a level searched at scale 1 for one pixel more
+    than the picture: it is the picture, not a resampled copy; a real enlargement resamples."""
+    image = np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    sizes = [(31, 41), (30, 41), (31, 40)]
+    assert [level_size(30, 40, 1.0)] == sizes[:1]
+    for level in pyramid_levels(as_pil(image), sizes):
+        np.testing.assert_array_equal(level, image)
+    enlarged = next(pyramid_levels(as_pil(image), [(32, 42)]))
+    assert enlarged.shape == (32, 42, 3)
+
+
 def test_crop_windows_clip_at_image_borders() -> None:
     height, width = 80, 100
     boxes = np.array(

@@ -10,11 +10,12 @@ The three networks are written out below layer for layer as facenet-pytorch 2.6.
 checked against torch on random inputs with ONNX Runtime, and recorded with its sha256 in
 ``models/mtcnn/card.json`` (``service.card``, kind ``"detector"``).
 
-P-Net is exported in an equivalent, faster form (:func:`fast_form`): its first PReLU after the
-pool (:class:`PoolThenPReLU`), its second as per-channel scales and a ReLU (:class:`SplitPReLU`),
-its last folded into the heads, whose two-class softmax becomes a sigmoid (:class:`PNetHead`).
-The check compares that graph with facenet-pytorch's plain layers. R-Net and O-Net are exported
-as they are: the same rewrites made them slower on real candidate crops (docs/benchmarks.md).
+The three networks are exported in equivalent, faster forms (:func:`fast_form`): each first
+PReLU after its pool (:class:`PoolThenPReLU`), with that convolution's outputs padded to whole
+blocks of ONNX Runtime's blocked layout; P-Net's second PReLU, and R-Net's and O-Net's further
+ones, as per-channel scales and a ReLU (:class:`SplitPReLU`); P-Net's last folded into its
+heads, whose two-class softmax becomes a sigmoid (:class:`PNetHead`). The check compares each
+graph with facenet-pytorch's plain layers (docs/benchmarks.md has the timings).
 
 Graph contracts (all float32, NCHW, RGB, pixels normalised as ``(x - 127.5) * 0.0078125``):
 
@@ -177,20 +178,29 @@ class PoolThenPReLU(nn.Module):
     NCHWc PReLU, so a full-size PReLU costs a layout round trip and a pass over the largest
     tensor of the network (P-Net's PReLUs took 31 % of its time on a 1280 px photo's pyramid:
     ``tools/profile_pnet.py``, docs/benchmarks.md).
+
+    ``block``: the convolution's outputs are padded with zero filters to a multiple of it. ONNX
+    Runtime pools in the blocked layout only whole blocks of channels (16 floats with AVX-512, 8
+    with AVX2); R-Net's 28 + 9 outputs pooled in the plain layout, with a layout conversion
+    each way, until padded to 48. The padding channels pool zeros that the spread ignores.
     """
 
-    def __init__(self, conv: nn.Conv2d, prelu: nn.PReLU, pool: nn.MaxPool2d) -> None:
+    def __init__(self, conv: nn.Conv2d, prelu: nn.PReLU, pool: nn.MaxPool2d, block: int = 16) -> None:
         super().__init__()
         slopes = prelu.weight.detach().flatten()
         neg = torch.nonzero(slopes < 0).flatten()
         self.channels, self.extra = slopes.numel(), int(neg.numel())
-        self.conv = nn.Conv2d(conv.in_channels, self.channels + self.extra, conv.kernel_size, conv.stride)
+        self.padding = -(self.channels + self.extra) % block
+        outputs = self.channels + self.extra + self.padding
+        self.conv = nn.Conv2d(conv.in_channels, outputs, conv.kernel_size, conv.stride)
         self.prelu = SplitPReLU(prelu)
         self.pool = pool
-        self.spread = nn.Conv2d(self.extra, self.channels, 1) if self.extra else None
+        self.spread = nn.Conv2d(self.extra + self.padding, self.channels, 1) if self.extra else None
         with torch.no_grad():
-            self.conv.weight.copy_(torch.cat([conv.weight, -conv.weight[neg]]))
-            self.conv.bias.copy_(torch.cat([conv.bias, -conv.bias[neg]]))
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.weight[: self.channels + self.extra] = torch.cat([conv.weight, -conv.weight[neg]])
+            self.conv.bias[: self.channels + self.extra] = torch.cat([conv.bias, -conv.bias[neg]])
             if self.spread is not None:
                 self.spread.weight.zero_()
                 self.spread.weight[neg, torch.arange(self.extra), 0, 0] = -slopes[neg]
@@ -198,7 +208,7 @@ class PoolThenPReLU(nn.Module):
                 self.spread.bias[neg] = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(self.conv(x))  # [B, C + n, h, w]: max of y, then max of -y on the n channels
+        pooled = self.pool(self.conv(x))  # [B, C + n + pad, h, w]: max of y, then of -y on the n channels, then zeros
         out = self.prelu(pooled[:, : self.channels])
         if self.spread is None:
             return out
@@ -247,10 +257,54 @@ class FastPNet(nn.Module):
         return self.head(self.conv3(x))  # reg [B, 4, h', w'], prob [B, 2, h', w']
 
 
+class FastRNet(nn.Module):
+    """R-Net as exported: :class:`RNet`'s weights, the same outputs, cheaper operators. Its
+    first PReLU runs after the pool; the others as scales and a ReLU, which stay in the blocked
+    layout (the second before its pool: after it, its negative slopes would need the extra
+    channels of :class:`PoolThenPReLU`, and conv2's 48 + 3 outputs a fourth block)."""
+
+    def __init__(self, net: RNet) -> None:
+        super().__init__()
+        self.net = net
+        self.block1 = PoolThenPReLU(net.conv1, net.prelu1, net.pool1)
+        self.prelu2, self.prelu3 = SplitPReLU(net.prelu2), SplitPReLU(net.prelu3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.net
+        x = n.pool2(self.prelu2(n.conv2(self.block1(x))))
+        x = self.prelu3(n.conv3(x))  # [B, 64, 3, 3]
+        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)  # (W, H, C) order, as RNet.forward
+        x = n.prelu4(n.dense4(x))
+        return n.dense5_2(x), n.softmax5_1(n.dense5_1(x))
+
+
+class FastONet(nn.Module):
+    """O-Net as exported: :class:`ONet`'s weights, the same outputs, cheaper operators (its
+    convolutions' PReLUs as in :class:`FastRNet`)."""
+
+    def __init__(self, net: ONet) -> None:
+        super().__init__()
+        self.net = net
+        self.block1 = PoolThenPReLU(net.conv1, net.prelu1, net.pool1)
+        self.prelu2, self.prelu3, self.prelu4 = SplitPReLU(net.prelu2), SplitPReLU(net.prelu3), SplitPReLU(net.prelu4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = self.net
+        x = n.pool2(self.prelu2(n.conv2(self.block1(x))))
+        x = n.pool3(self.prelu3(n.conv3(x)))
+        x = self.prelu4(n.conv4(x))  # [B, 128, 3, 3]
+        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)  # (W, H, C) order, as ONet.forward
+        x = n.prelu5(n.dense5(x))
+        return n.dense6_2(x), n.dense6_3(x), n.softmax6_1(n.dense6_1(x))
+
+
+_FAST_FORMS: dict[str, type[nn.Module]] = {"pnet": FastPNet, "rnet": FastRNet, "onet": FastONet}
+
+
 def fast_form(name: str, net: nn.Module) -> nn.Module:
-    """The module exported for graph ``name``: :class:`FastPNet` for P-Net, the others as they
-    are (the check compares the export with ``net`` itself)."""
-    return FastPNet(net).eval() if name == "pnet" else net
+    """The module exported for graph ``name`` (the check compares the export with ``net``
+    itself, facenet-pytorch's plain layers)."""
+    return _FAST_FORMS[name](net).eval()
 
 
 # name -> (module class, example input shape, input spec, output specs, dynamic axes)

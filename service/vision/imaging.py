@@ -183,8 +183,8 @@ def _load_upright_rgb(img: Image.Image, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-            upright = ImageOps.exif_transpose(img)
-            return _to_rgb(upright)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright photo
+            return _to_rgb(img)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image declares too many pixels (limit {max_pixels})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -204,7 +204,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         canvas.alpha_composite(rgba)
         img = canvas
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return np.ascontiguousarray(np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8))
 
 
 def encode_png(image: np.ndarray) -> bytes:

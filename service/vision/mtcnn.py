@@ -147,7 +147,16 @@ def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]], pool: E
 
 
 def _box_resize(source: Image.Image, height: int, width: int) -> Image.Image:
-    return source if (width, height) == source.size else source.resize((width, height), Image.Resampling.BOX)
+    """``source`` box-resized to ``width x height``; ``source`` itself when the level is its size
+    or at most one pixel larger. facenet's ``int(h * scale + 1)`` gives a level searched at scale
+    1 (a reduced photo, or a 12 px minimum face) one pixel more than the image: resampling to it
+    would blur every pixel to add one row and column that hold no face, at the cost of a full
+    pass over the image. Without it P-Net's output misses that one edge cell (whose window would
+    reach past the image); every other cell is the image's own."""
+    extra_w, extra_h = width - source.width, height - source.height
+    if extra_w in (0, 1) and extra_h in (0, 1):
+        return source
+    return source.resize((width, height), Image.Resampling.BOX)
 
 
 @lru_cache(maxsize=1024)
