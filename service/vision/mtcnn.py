@@ -272,15 +272,17 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     # A box survives unless a box kept before it overlaps it too much. The overlaps come a
     # block of rows at a time (block x N), so memory stays small for thousands of candidates,
     # and the greedy pass over a block is cheap.
+    # A box only ever suppresses boxes ranked after it, so a block's rows need the overlaps with
+    # the boxes from the block on (half the matrix, over all blocks).
     suppressed = np.zeros(len(order), dtype=bool)
     for start in range(0, len(order), _NMS_BLOCK):
         block = ranked[start : start + _NMS_BLOCK]
-        over = _overlap(block[:, None], ranked[None, :], mode) > threshold  # (B, N) bool
+        over = _overlap(block[:, None], ranked[None, start:], mode) > threshold  # (B, N - start) bool
+        tail = suppressed[start:]  # a view: suppressing in it suppresses in ``suppressed``
         for row in range(len(block)):
-            i = start + row
-            if not suppressed[i]:
-                keep.append(i)
-                suppressed |= over[row]
+            if not tail[row]:
+                keep.append(start + row)
+                tail |= over[row]
     return order[np.asarray(keep, dtype=np.int64)]
 
 
