@@ -61,9 +61,13 @@ ONET_SIZE = 48
 # (tools/bench_photos.py --variant PNET_BAND_PIXELS=..., docs/benchmarks.md).
 PNET_BAND_PIXELS = 80_000
 PYRAMID_DIRECT = 3  # pyramid levels resized from the image itself; the rest from two levels up
-# R-Net and O-Net candidates per call at most: smaller calls balance better over the detector's
-# threads, and on single-threaded sessions cost no more per crop than 256 a call
-# (`tools/bench_photos.py --detection-only --variant CROP_BATCH=256`, docs/benchmarks.md).
+# R-Net candidates per call at most, and O-Net's as many pixels (a quarter as many 48 px crops):
+# smaller calls balance better over the detector's threads, and on single-threaded sessions cost
+# no more per crop than 256 a call (`tools/bench_photos.py --detection-only --variant
+# CROP_BATCH=256`, docs/benchmarks.md). The pixel bound also bounds the largest tensor of a call
+# (O-Net's first convolution: 16 crops x 48 channels x 46 x 46 floats, 6.5 MB): the C allocator
+# keeps freed blocks up to the largest size it has seen in its heap, so bigger calls grew the
+# server's resident memory under load by about 80 MiB (docs/benchmarks.md).
 CROP_BATCH = 64
 _NMS_BLOCK = 256  # boxes per block of the overlap matrix: at most 256 x N entries at once
 
@@ -550,11 +554,13 @@ class MTCNN:
         return np.concatenate([r for r, _ in parts], axis=1), np.concatenate([p for _, p in parts], axis=0)
 
     def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
-        """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most ``CROP_BATCH``
-        a call and at least one call per thread, the calls shared by the threads. Returns the
-        graph's first ``n_outputs`` outputs. Each crop's outputs do not depend on the call it is
-        in (ONNX Runtime's CPU kernels are batch-invariant: ``tests/test_mtcnn.py``)."""
-        step = min(CROP_BATCH, -(-len(windows) // self.threads))
+        """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most
+        ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call and at least one
+        call per thread, the calls shared by the threads. Returns the graph's first
+        ``n_outputs`` outputs. Each crop's outputs do not depend on the call it is in (ONNX
+        Runtime's CPU kernels are batch-invariant: ``tests/test_mtcnn.py``)."""
+        per_call = max(1, CROP_BATCH * RNET_SIZE**2 // size**2)
+        step = min(per_call, -(-len(windows) // self.threads))
         chunks = [windows[i : i + step] for i in range(0, len(windows), step)]
 
         def run(chunk: np.ndarray) -> list[np.ndarray]:
