@@ -1,5 +1,6 @@
-"""tools/bench_photos.py's detection part runs end to end on its photo set and finds every face
-facenet-pytorch finds, with the service's detector threads and with one."""
+"""tools/bench_photos.py runs end to end on its photo set: its detection part finds every face
+facenet-pytorch finds, with the service's detector threads and with one; its HTTP part alone
+serves the set."""
 
 from __future__ import annotations
 
@@ -21,3 +22,11 @@ def test_detection_bench_finds_every_face_facenet_finds(capsys: pytest.CaptureFi
         facenet, _ours, found = (int(v) for v in row[5].split("/"))
         assert found == facenet
         assert int(row[6].split("/")[1]) == facenet
+
+
+def test_http_only_serves_the_set_without_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """The HTTP part alone: a real server on loopback answers every photo of the set."""
+    assert bench_photos.main(["--http-only", "--clients", "1", "--rounds", "1", "--max-seconds", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "6 requests in" in out and ", 0 errors," in out
+    assert "whole requests over HTTP, 1 client(s):" in out and "facenet" not in out

@@ -8,6 +8,7 @@ over HTTP, in one run.
     python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
     python tools/bench_photos.py --detection-only --compare-models /tmp/mtcnn-before      # other detector graphs
     python tools/bench_photos.py --detection-only --also-detect-threads 1                        # vs one detector thread
+    python tools/bench_photos.py --http-only --clients 4                                          # one checkout's server alone
 
 The set is built from what the repository holds: the public-domain astronaut photo at 512 px
 (the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
@@ -305,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for the HTTP part's server (a PFVIT_ setting, MALLOC_*, ...); repeatable")
     ap.add_argument("--detection-only", action="store_true", help="skip the HTTP part")
+    ap.add_argument("--http-only", action="store_true",
+                    help="skip detection alone (and with it facenet-pytorch): the HTTP part only, e.g. to compare two checkouts' servers")
+    ap.add_argument("--clients", type=int, action="append", metavar="N",
+                    help="client threads of an HTTP level (default: a level of 1, then one of 4); repeatable")
     ap.add_argument("--also-detect-threads", type=int, action="append", default=[], metavar="N",
                     help="also time our cascade with N detector threads (N=1: sessions with --threads threads), interleaved; repeatable")
     ap.add_argument("--blas-threads", type=int, default=1, metavar="N",
@@ -327,13 +332,18 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = [(name, int(value)) for name, _, value in (v.partition("=") for v in args.variant)]
     server_env = dict(item.partition("=")[::2] for item in args.server_env)
+    clients = args.clients or [1, 4]
+    if args.http_only:
+        for level, rate in bench_http(photos, args.rounds, clients, server_env, args.max_seconds).items():
+            print(f"whole requests over HTTP, {level} client(s): {rate:.2f} images/s")
+        return 0
     max_side = Settings(_env_file=None).detect_max_side
     ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_detect_threads)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
         return 0
-    rates = bench_http(photos, args.rounds, [1, 4], server_env, args.max_seconds)
+    rates = bench_http(photos, args.rounds, clients, server_env, args.max_seconds)
     print("\n## Summary\n")
     print(f"facenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
     for clients, rate in rates.items():
