@@ -165,15 +165,14 @@ def test_pooling_matrix_is_adaptive_average_pooling(length: int, size: int) -> N
 
 
 @pytest.mark.parametrize("size", [(769, 769), (501, 300), (37, 1000), (13, 15), (400, 401)])
-def test_pnet_bands_give_the_whole_levels_output(detector: MTCNN, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.vision.mtcnn as mtcnn_module
-
+def test_pnet_bands_give_the_whole_levels_output(detector: MTCNN, size: tuple[int, int]) -> None:
     level = np.random.default_rng(5).integers(0, 256, (*size, 3), dtype=np.uint8)
     reg, prob = detector.pnet.run(None, {detector.pnet.get_inputs()[0].name: normalise_pixels(level)[None]})[:2]
     assert prob.shape[2:] == pnet_grid_size(*size)
     for max_pixels in (5_000, 40_000, 10**9):
-        monkeypatch.setattr(mtcnn_module, "PNET_BAND_PIXELS", max_pixels)
-        banded_reg, banded_prob = detector._run_pnet(level)
+        parts = [detector._pnet_band(level, *band) for band in pnet_bands(*size, max_pixels)]
+        banded_reg = np.concatenate([r for r, _ in parts], axis=1)
+        banded_prob = np.concatenate([p for _, p in parts], axis=0)
         np.testing.assert_array_equal(banded_prob, prob[0, 1])
         np.testing.assert_array_equal(banded_reg, reg[0])
     assert len(pnet_bands(*size, 5_000)) > 1 or size[0] < 40

@@ -190,12 +190,12 @@ class PoolThenPReLU(nn.Module):
         slopes = prelu.weight.detach().flatten()
         neg = torch.nonzero(slopes < 0).flatten()
         self.channels, self.extra = slopes.numel(), int(neg.numel())
-        self.padding = -(self.channels + self.extra) % block
-        outputs = self.channels + self.extra + self.padding
+        padding = -(self.channels + self.extra) % block
+        outputs = self.channels + self.extra + padding
         self.conv = nn.Conv2d(conv.in_channels, outputs, conv.kernel_size, conv.stride)
         self.prelu = SplitPReLU(prelu)
         self.pool = pool
-        self.spread = nn.Conv2d(self.extra + self.padding, self.channels, 1) if self.extra else None
+        self.spread = nn.Conv2d(outputs - self.channels, self.channels, 1) if self.extra else None
         with torch.no_grad():
             self.conv.weight.zero_()
             self.conv.bias.zero_()

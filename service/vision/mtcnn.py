@@ -274,10 +274,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     ranked = boxes[order, :4].astype(np.float64)  # (N, 4), best first
     keep: list[int] = []
     # A box survives unless a box kept before it overlaps it too much. The overlaps come a
-    # block of rows at a time (block x N), so memory stays small for thousands of candidates,
-    # and the greedy pass over a block is cheap.
-    # A box only ever suppresses boxes ranked after it, so a block's rows need the overlaps with
-    # the boxes from the block on (half the matrix, over all blocks).
+    # block of rows at a time, against the boxes from the block on only (a box never suppresses
+    # an earlier one), so memory stays small for thousands of candidates and the greedy pass
+    # over a block is cheap.
     suppressed = np.zeros(len(order), dtype=bool)
     for start in range(0, len(order), _NMS_BLOCK):
         block = ranked[start : start + _NMS_BLOCK]
@@ -546,12 +545,6 @@ class MTCNN:
         :func:`pnet_bands`): the offsets ``(4, cells, gw)`` and face probability ``(cells, gw)``."""
         reg, prob = self.pnet.run(None, {self._pnet_input: normalise_pixels(level[row0:row1])[None]})[:2]
         return reg[0, :, :cells], prob[0, 1, :cells]
-
-    def _run_pnet(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """P-Net over one whole ``(H, W, 3) uint8`` level, in bands when it is big
-        (``PNET_BAND_PIXELS``): the offsets ``(4, gh, gw)`` and the face probability ``(gh, gw)``."""
-        parts = [self._pnet_band(level, *band) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
-        return np.concatenate([r for r, _ in parts], axis=1), np.concatenate([p for _, p in parts], axis=0)
 
     def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
         """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most
