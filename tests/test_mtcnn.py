@@ -4,6 +4,7 @@ astronaut photo against facenet-pytorch's own output (recorded once with its def
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -361,6 +362,45 @@ def test_threads_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.n
             assert [f.box for f in together] == [f.box for f in alone]
             assert [f.score for f in together] == [f.score for f in alone]
             for a, b in zip(together, alone, strict=True):
+                np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    finally:
+        shared.close()
+
+
+def test_a_detection_beside_another_keeps_to_its_own_thread(detector: MTCNN, crowd: np.ndarray) -> None:
+    """While another detection is in flight, a detection hands nothing to the detector's
+    threads (both photos already keep the cores busy) and finds exactly the same; alone again,
+    it shares its work once more."""
+    alone = detector.detect(crowd)
+    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, threads=2)
+    pool = shared._pool
+    assert pool is not None
+    submitted: list[str] = []
+    submit = pool.submit
+    pool.submit = lambda fn, *args: submitted.append(getattr(fn, "__name__", "?")) or submit(fn, *args)  # type: ignore[method-assign]
+    try:
+        other_started, other_may_end = threading.Event(), threading.Event()
+
+        def other_detection() -> None:
+            with shared._counted():  # what a second request's detection holds while it runs
+                other_started.set()
+                other_may_end.wait(30)
+
+        other = threading.Thread(target=other_detection)
+        other.start()
+        try:
+            assert other_started.wait(30)
+            beside = shared.detect(crowd)
+            assert submitted == []
+        finally:
+            other_may_end.set()
+            other.join(30)
+        again = shared.detect(crowd)
+        assert len(submitted) > 3  # bands, levels and crop calls went to the threads
+        for found in (beside, again):
+            assert [f.box for f in found] == [f.box for f in alone]
+            assert [f.score for f in found] == [f.score for f in alone]
+            for a, b in zip(found, alone, strict=True):
                 np.testing.assert_array_equal(a.landmarks, b.landmarks)
     finally:
         shared.close()

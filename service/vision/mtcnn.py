@@ -26,8 +26,10 @@ areas) follow facenet-pytorch exactly, because they decide borderline keeps.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -380,6 +382,10 @@ class MTCNN:
             and Pillow release the GIL, so on the CPU ``threads`` single-threaded sessions keep
             as many cores busy, with less waiting than one session's intra-op threads spread
             over every small operator (``docs/benchmarks.md``). 1: all in the calling thread.
+            The threads serve one detection at a time: while another detection (or
+            refinement) is in flight, each runs the rest of its work in its calling thread, as
+            the cores are then busy with two photos already and handing work over only adds
+            waiting (``docs/benchmarks.md``).
             The detections do not depend on it: the calls are the same, only their order is.
     """
 
@@ -408,6 +414,23 @@ class MTCNN:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.threads = int(threads)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn") if self.threads > 1 else None
+        self._in_flight = 0  # detections and refinements running now
+        self._count = threading.Lock()
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count one detection or refinement in flight for its duration."""
+        with self._count:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self._in_flight -= 1
+
+    def _shared_pool(self) -> Executor | None:
+        """The detector's threads, when this call is the only one in flight; else None (work inline)."""
+        return self._pool if self._in_flight <= 1 else None
 
     def _map(self, fn: Callable[[Any], Any], items: list) -> list:
         """``[fn(item) for item in items]``, spread over the detector's threads; in order, errors raised."""
@@ -416,11 +439,13 @@ class MTCNN:
 
     def _start(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         """Start ``fn(*args)`` on the detector's threads (or run it now, without them); returns
-        the call that waits for its result."""
-        if self._pool is None:
+        the call that waits for its result. Inline too while other calls are in flight
+        (:meth:`_shared_pool`)."""
+        pool = self._shared_pool()
+        if pool is None:
             value = fn(*args)
             return lambda: value
-        return self._pool.submit(fn, *args).result
+        return pool.submit(fn, *args).result
 
     def close(self) -> None:
         """Stop the detector's threads (idempotent); the detector then works in the calling thread."""
@@ -481,14 +506,13 @@ class MTCNN:
         min_face = self.min_face_size if min_face_size is None else int(min_face_size)
         final_threshold = self.thresholds[2] if threshold is None else float(threshold)
         height, width = image.shape[:2]
-        picture = as_pil(image)
-
-        boxes = self._stage_pnet(picture, height, width, min_face)  # (N, 4) float32 squares
-        if len(boxes):
-            boxes = self._stage_rnet(image, boxes, height, width)
-        if not len(boxes):
-            return []
-        boxes, scores, points = self._stage_onet(image, boxes, height, width, final_threshold)
+        with self._counted():
+            boxes = self._stage_pnet(as_pil(image), height, width, min_face)  # (N, 4) float32 squares
+            if len(boxes):
+                boxes = self._stage_rnet(image, boxes, height, width)
+            if not len(boxes):
+                return []
+            boxes, scores, points = self._stage_onet(image, boxes, height, width, final_threshold)
         return [
             FaceDetection(
                 box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
@@ -507,7 +531,8 @@ class MTCNN:
         """
         height, width = image.shape[:2]
         square = square_boxes(np.asarray([box], dtype=np.float32))
-        boxes, scores, points = self._stage_onet(image, square, height, width, self.thresholds[2])
+        with self._counted():
+            boxes, scores, points = self._stage_onet(image, square, height, width, self.thresholds[2])
         if not len(boxes):
             return None
         b = boxes[0]
@@ -530,7 +555,7 @@ class MTCNN:
 
         started = [
             [self._start(candidates, level, k, band) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
-            for k, level in enumerate(pyramid_levels(picture, sizes, self._pool))
+            for k, level in enumerate(pyramid_levels(picture, sizes, self._shared_pool()))
         ]
         per_level: list[np.ndarray] = []
         for bands in started:
