@@ -73,6 +73,16 @@ def test_draft_decoding_honours_exif_orientation(big_astronaut: np.ndarray) -> N
     assert np.abs(picture.pixels.astype(int) - reduced_full).mean() < 3  # the same upright picture
 
 
+def test_an_upload_that_cannot_be_drafted_is_reduced_before_it_becomes_an_array(big_astronaut: np.ndarray) -> None:
+    photo = big_astronaut[:1500, :1920]  # 1920 x 1500: JPEG's scales reach 960 px, under the bound
+    for data in (encode(photo, "PNG"), encode(photo, "JPEG", quality=92)):
+        full = decode_image(data, max_pixels=40_000_000)
+        picture = decode_picture(data, max_pixels=40_000_000, max_side=1280)
+        assert (picture.width, picture.height) == (1920, 1500) and picture.pixels.shape == (1000, 1280, 3)
+        np.testing.assert_array_equal(picture.pixels, np.asarray(Image.fromarray(full).resize((1280, 1000), Image.Resampling.BOX)))
+        np.testing.assert_array_equal(picture.full(), full)
+
+
 def test_png_is_reduced_after_decoding(big_astronaut: np.ndarray) -> None:
     picture = Picture.from_array(big_astronaut, max_side=1000)
     assert picture.pixels.shape == (1000, 1000, 3) and picture.full() is big_astronaut

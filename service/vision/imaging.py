@@ -39,7 +39,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         InvalidImage: anything that does not decode cleanly (garbage, truncated, corrupt).
     """
     with _open_checked(data, max_pixels) as img:
-        return _load_upright_rgb(img, max_pixels)
+        return _as_array(_load_upright_rgb(img, max_pixels))
 
 
 @dataclass
@@ -97,7 +97,8 @@ def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Pic
 
     A JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that still holds
     ``max_side`` pixels, which skips most of the decoding work on a big photo; the rest of the
-    way is a box-filter resize. The full-resolution pixels are decoded again only if
+    way is a box-filter resize of the decoded image, before it becomes an array. The
+    full-resolution pixels become an array (a DCT-scaled JPEG: are decoded again) only if
     :meth:`Picture.full` is called.
 
     Raises:
@@ -112,24 +113,28 @@ def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Pic
         # EXIF orientations 5 to 8 turn the photo by 90 degrees: its upright sides swap.
         upright = (height, width) if _exif_orientation(img) in (5, 6, 7, 8) else (width, height)
         rgb = _load_upright_rgb(img, max_pixels)
-    if drafted:
-        return Picture(
-            pixels=reduce_to_side(rgb, max_side),
-            width=upright[0],
-            height=upright[1],
-            _full=lambda: decode_image(data, max_pixels=max_pixels),
-        )
-    return Picture.from_array(rgb, max_side=max_side)
+    size = side_size(rgb.width, rgb.height, max_side)
+    if size is None and not drafted:
+        return Picture.from_array(_as_array(rgb))
+    full: Callable[[], np.ndarray] = (lambda: decode_image(data, max_pixels=max_pixels)) if drafted else (lambda: _as_array(rgb))
+    reduced = rgb if size is None else rgb.resize(size, Image.Resampling.BOX)
+    return Picture(pixels=_as_array(reduced), width=upright[0], height=upright[1], _full=full)
+
+
+def side_size(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
+    """``(width, height)`` with the long side reduced to ``max_side``; None when it is not longer."""
+    if not max_side or max(height, width) <= max_side:
+        return None
+    ratio = max_side / max(height, width)
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
 def reduce_to_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     """``image`` with its long side reduced to ``max_side`` by a box filter (area average);
     the same array when it is already short enough or ``max_side`` is None."""
-    height, width = image.shape[:2]
-    if not max_side or max(height, width) <= max_side:
+    size = side_size(image.shape[1], image.shape[0], max_side)
+    if size is None:
         return image
-    ratio = max_side / max(height, width)
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
     return np.asarray(pil.resize(size, Image.Resampling.BOX), dtype=np.uint8)
 
@@ -178,7 +183,8 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _load_upright_rgb(img: Image.Image, max_pixels: int) -> np.ndarray:
+def _load_upright_rgb(img: Image.Image, max_pixels: int) -> Image.Image:
+    """The opened image decoded, upright, as an RGB Pillow image (``img`` itself when it is one)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -191,20 +197,25 @@ def _load_upright_rgb(img: Image.Image, max_pixels: int) -> np.ndarray:
         raise InvalidImage(f"image data is truncated or corrupt: {exc}") from exc
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def _as_array(rgb: Image.Image) -> np.ndarray:
+    """An RGB Pillow image's pixels, ``(H, W, 3) uint8``, in an array of their own."""
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of letting Pillow clip.
         arr = np.asarray(img, dtype=np.float64)
         top = float(arr.max()) or 1.0
         grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
+        return Image.fromarray(grey, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparent areas onto white rather than exposing hidden colours.
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         canvas.alpha_composite(rgba)
         img = canvas
-    return np.ascontiguousarray(np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def encode_png(image: np.ndarray) -> bytes:
