@@ -230,6 +230,19 @@ def test_crop_windows_clip_at_image_borders() -> None:
         np.testing.assert_allclose(crop, _adaptive_avg_pool(image[r0:r1, c0:c1], (24, 24)), atol=1e-4)
 
 
+@pytest.mark.parametrize("size", [24, 48])
+def test_tall_windows_are_cropped_by_row_sums_to_the_same_pooling(size: int) -> None:
+    import service.vision.mtcnn as mtcnn_module
+
+    image = np.random.default_rng(6).integers(0, 256, (700, 500, 3), dtype=np.uint8)
+    tall = mtcnn_module._CELL_SUM_ROWS * size
+    # half-open row0, row1, col0, col1: just under and over the switch, a tall thin one, a big one
+    windows = np.array([[0, tall, 0, tall], [3, tall + 4, 10, tall + 1], [20, 690, 100, 131], [0, 700, 0, 500]], np.int64)
+    crops = crop_patches(image, windows, size)
+    for crop, (r0, r1, c0, c1) in zip(crops, windows, strict=True):
+        np.testing.assert_allclose(crop, _adaptive_avg_pool(image[r0:r1, c0:c1], (size, size)), atol=1e-3)
+
+
 # --- the shipped detector -----------------------------------------------------------------
 
 

@@ -71,6 +71,10 @@ PYRAMID_DIRECT = 3  # pyramid levels resized from the image itself; the rest fro
 # keeps freed blocks up to the largest size it has seen in its heap, so bigger calls grew the
 # server's resident memory under load by about 80 MiB (docs/benchmarks.md).
 CROP_BATCH = 64
+# A crop window taller than this many times the crop has its rows summed per output row
+# (``_row_cell_means``) rather than multiplied through the pooling matrix: faster from about 7
+# input rows per output row on (measured on the benchmark set's candidates, docs/benchmarks.md).
+_CELL_SUM_ROWS = 7
 _NMS_BLOCK = 256  # boxes per block of the overlap matrix: at most 256 x N entries at once
 
 
@@ -166,6 +170,16 @@ def _box_resize(source: Image.Image, height: int, width: int) -> Image.Image:
 
 
 @lru_cache(maxsize=1024)
+def pooling_bounds(length: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half-open input ranges ``[lo[i], hi[i])`` that adaptive average pooling averages for
+    each of ``out_size`` outputs from ``length`` pixels (torch's rule; see :func:`pooling_matrix`)."""
+    i = np.arange(out_size, dtype=np.int64)
+    lo = (i * length) // out_size
+    hi = -((-(i + 1) * length) // out_size)  # integer ceil, no float rounding at the edges
+    return lo, hi
+
+
+@lru_cache(maxsize=1024)
 def pooling_matrix(length: int, out_size: int) -> np.ndarray:
     """``(out_size, length) float32`` matrix of adaptive average pooling from ``length`` pixels.
 
@@ -173,9 +187,7 @@ def pooling_matrix(length: int, out_size: int) -> np.ndarray:
     ``adaptive_avg_pool`` rule, which facenet-pytorch's ``interpolate(mode="area")`` uses for
     the R-Net and O-Net crops, upsampling and downsampling alike.
     """
-    i = np.arange(out_size, dtype=np.int64)
-    lo = (i * length) // out_size
-    hi = -((-(i + 1) * length) // out_size)  # integer ceil, no float rounding at the edges
+    lo, hi = pooling_bounds(length, out_size)
     pixel = np.arange(length, dtype=np.int64)
     inside = (pixel[None, :] >= lo[:, None]) & (pixel[None, :] < hi[:, None])  # (n, L)
     return (inside / (hi - lo)[:, None]).astype(np.float32)
@@ -186,7 +198,9 @@ def crop_patches(image: np.ndarray, windows: np.ndarray, size: int) -> np.ndarra
     facenet-pytorch crops candidates for R-Net and O-Net.
 
     Each crop is two small matrix products over the window only, so the cost follows the
-    candidates' area, not the image's.
+    candidates' area, not the image's. A window many times taller than the crop (a big face's
+    candidate) sums its rows cell by cell instead: the product would multiply every pixel by
+    every output row, most of them zeros.
 
     Args:
         image: ``(H, W, 3) uint8`` RGB.
@@ -196,10 +210,23 @@ def crop_patches(image: np.ndarray, windows: np.ndarray, size: int) -> np.ndarra
     """
     out = np.empty((len(windows), size, size, 3), dtype=np.float32)
     for k, (r0, r1, c0, c1) in enumerate(windows.tolist()):
-        window = image[r0:r1, c0:c1].astype(np.float32)  # (h, w, 3)
-        rows = pooling_matrix(r1 - r0, size) @ window.reshape(r1 - r0, -1)  # (size, w * 3)
+        window = image[r0:r1, c0:c1].reshape(r1 - r0, -1)  # (h, w * 3) uint8
+        if r1 - r0 > _CELL_SUM_ROWS * size:
+            rows = _row_cell_means(window, size)
+        else:
+            rows = pooling_matrix(r1 - r0, size) @ window.astype(np.float32)  # (size, w * 3)
         out[k] = pooling_matrix(c1 - c0, size) @ rows.reshape(size, c1 - c0, 3)  # (size, size, 3)
     return out
+
+
+def _row_cell_means(window: np.ndarray, size: int) -> np.ndarray:
+    """``pooling_matrix(h, size) @ window`` for an ``(h, n) uint8`` window, one sum per output
+    row over its own input rows (integer sums, exact; then one division)."""
+    lo, hi = pooling_bounds(len(window), size)
+    sums = np.empty((size, window.shape[1]), dtype=np.uint32)
+    for i, (start, stop) in enumerate(zip(lo.tolist(), hi.tolist(), strict=True)):
+        np.add.reduce(window[start:stop], axis=0, dtype=np.uint32, out=sums[i])
+    return sums.astype(np.float32) / (hi - lo).astype(np.float32)[:, None]
 
 
 def normalise_pixels(x: np.ndarray) -> np.ndarray:
