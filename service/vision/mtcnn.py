@@ -600,12 +600,15 @@ class MTCNN:
 
     def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
         """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most
-        ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call and at least one
-        call per thread, the calls shared by the threads. Returns the graph's first
+        ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call, in a multiple
+        of the threads' number of calls of equal size, shared by the threads (no thread is left
+        with a short last call while the others wait). Returns the graph's first
         ``n_outputs`` outputs. Each crop's outputs do not depend on the call it is in (ONNX
         Runtime's CPU kernels are batch-invariant: ``tests/test_mtcnn.py``)."""
         per_call = max(1, CROP_BATCH * RNET_SIZE**2 // size**2)
-        step = min(per_call, -(-len(windows) // self.threads))
+        calls = -(-len(windows) // per_call)
+        calls = -(-calls // self.threads) * self.threads
+        step = -(-len(windows) // calls)
         chunks = [windows[i : i + step] for i in range(0, len(windows), step)]
 
         def run(chunk: np.ndarray) -> list[np.ndarray]:
