@@ -19,7 +19,7 @@ scenes of rendered faces (1920x1080 with 8 faces, 1280x720 with 12), and a photo
    on the picture bounded by the service's default ``detect_max_side``, ``--threads`` detector
    threads with single-threaded sessions and one BLAS thread, as the service runs it) against
    ``facenet_pytorch.MTCNN(keep_all=True)`` on the same decoded array with ``--threads`` torch
-   threads, runs interleaved. Also: whether we find the faces
+   threads, each in a process of its own, runs interleaved. Also: whether we find the faces
    facenet-pytorch finds (a face counts as found when a box of ours overlaps it with IoU >= 0.5).
 2. Whole requests: ``python -m service`` with its default settings on 127.0.0.1, each client
    sending the set's images one per request, in turn, from 1 and then 4 client threads;
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import statistics
 import sys
@@ -40,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,15 +123,6 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _median_ms(fn: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
 @contextmanager
 def detector_setting(name: str, value: int) -> Iterator[None]:
     """Set one of ``service.vision.mtcnn``'s tuning constants for the block."""
@@ -150,15 +142,8 @@ def detector_setting(name: str, value: int) -> Iterator[None]:
 VARIANT_SETTINGS = ("PNET_BAND_PIXELS", "PYRAMID_DIRECT", "CROP_BATCH")
 
 
-def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]],
-                    compare: Path | None = None, also_threads: list[int] | None = None) -> list[float]:
-    """Prints the per-image table; returns facenet-pytorch's median ms per image.
-
-    Our detector has ``threads`` threads. Each ``(name, value)`` of ``variants`` adds a column:
-    our detector with that tuning constant changed, timed interleaved with the rest, and whether
-    it still finds facenet's faces; so does each thread count of ``also_threads`` (one thread:
-    sessions with ``threads`` ONNX Runtime threads).
-    """
+def _facenet_detector(threads: int) -> Callable[[np.ndarray], list[tuple[float, ...]]]:
+    """facenet-pytorch's MTCNN (``keep_all=True``, CPU, ``threads`` torch threads): pixels -> boxes."""
     import torch
 
     from tools.bench_detect import _install_torchvision_standin
@@ -171,60 +156,160 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
     from facenet_pytorch import MTCNN as FacenetMTCNN
 
     torch.set_num_threads(threads)
-    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=threads)
     ref = FacenetMTCNN(min_face_size=DEFAULT_MIN_FACE_SIZE, keep_all=True, select_largest=False, device="cpu")
 
-    other = MTCNN.from_dir(compare, intra_op_threads=threads, threads=threads) if compare else None
+    def detect(pixels: np.ndarray) -> list[tuple[float, ...]]:
+        boxes, _ = ref.detect(pixels)
+        return [] if boxes is None else [tuple(map(float, b)) for b in boxes]
 
-    def ours_run(photo: Photo, detector: MTCNN = ours) -> list:
-        picture = Picture.from_array(photo.pixels, max_side=max_side)
-        return find_faces(detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
+    return detect
 
-    def with_setting(name: str, value: int) -> Callable[[Photo], list]:
-        def run(photo: Photo) -> list:
-            with detector_setting(name, value):
-                return ours_run(photo)
+
+def _our_columns(setup: dict) -> dict[str, Callable[[Photo], list[tuple[float, ...]]]]:
+    """Our detector's columns of the detection table, by label: photo -> boxes."""
+    threads, max_side = setup["threads"], setup["max_side"]
+    if setup["blas_threads"]:
+        threadpool_limits(limits=setup["blas_threads"], user_api="blas")  # as the service runs (single_threaded_blas)
+
+    def runner(detector: MTCNN, setting: tuple[str, int] | None = None) -> Callable[[Photo], list[tuple[float, ...]]]:
+        def run(photo: Photo) -> list[tuple[float, ...]]:
+            with detector_setting(*setting) if setting else nullcontext():
+                picture = Picture.from_array(photo.pixels, max_side=max_side)
+                faces = find_faces(detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
+            return [f.box for f in faces]
         return run
 
-    # (label, run) columns beside ours, each timed interleaved with the rest.
-    columns: list[tuple[str, Callable[[Photo], list]]] = [(f"{n}={v}", with_setting(n, v)) for n, v in variants]
-    for n in also_threads or []:
-        detector = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n)
-        columns.append((f"{n} detector thread(s)", lambda photo, d=detector: ours_run(photo, d)))
+    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=threads)
+    columns = {"ours": runner(ours)}
+    for name, value in setup["variants"]:
+        columns[f"{name}={value}"] = runner(ours, (name, value))
+    for n in setup["also_threads"]:
+        columns[f"{n} detector thread(s)"] = runner(MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n))
+    if setup["compare"]:
+        columns["other"] = runner(MTCNN.from_dir(setup["compare"], intra_op_threads=threads, threads=threads))
+    return columns
 
-    print(f"\n## Detection alone ({threads} threads each; median of {runs} interleaved runs; detect_max_side {max_side})\n")
-    extra = "".join(f" {label}: ms / facenet's found |" for label, _ in columns)
-    extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if other else ""
+
+def _serve_timings(conn, kind: str, photos: list[Photo], setup: dict) -> None:
+    """A worker process's loop: time ``(label, photo index)`` runs on request, answering
+    ``(seconds, boxes)``; ``None`` ends it."""
+    try:
+        if kind == "facenet":
+            if setup["blas_threads"]:  # numpy's, as in our process; torch's own are set by torch.set_num_threads
+                threadpool_limits(limits=setup["blas_threads"], user_api="blas")
+            detect = _facenet_detector(setup["threads"])
+            columns = {"facenet": lambda photo: detect(photo.pixels)}
+        else:
+            columns = _our_columns(setup)
+        conn.send(list(columns))
+        while (request := conn.recv()) is not None:
+            label, index = request
+            start = time.perf_counter()
+            boxes = columns[label](photos[index])
+            conn.send((time.perf_counter() - start, boxes))
+    except BaseException as exc:  # the parent raises it
+        conn.send(exc)
+        raise
+
+
+class _TimingProcess:
+    """One side of the comparison in a process of its own (``_serve_timings``): each detector
+    keeps its own allocator, caches and thread pools, as a deployed one does, however the runs
+    interleave."""
+
+    def __init__(self, kind: str, photos: list[Photo], setup: dict) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_timings, args=(child, kind, photos, setup), daemon=True)
+        self._proc.start()
+        self.labels = self._answer()
+
+    def _answer(self):
+        if not self._conn.poll(600):
+            raise RuntimeError("a timing process did not answer within 10 minutes")
+        answer = self._conn.recv()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def run(self, label: str, index: int) -> tuple[float, list[tuple[float, ...]]]:
+        """One timed run: seconds, and the boxes found."""
+        self._conn.send((label, index))
+        return self._answer()
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(30)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]],
+                    compare: Path | None = None, also_threads: list[int] | None = None, blas_threads: int = 1) -> list[float]:
+    """Prints the per-image table; returns facenet-pytorch's median ms per image.
+
+    Our detector has ``threads`` threads. Each ``(name, value)`` of ``variants`` adds a column:
+    our detector with that tuning constant changed, timed interleaved with the rest, and whether
+    it still finds facenet's faces; so does each thread count of ``also_threads`` (one thread:
+    sessions with ``threads`` ONNX Runtime threads). facenet-pytorch runs in one process, our
+    columns in another: in one process, each run inherits the other library's freed memory and
+    cold caches (our 512 px photo took 28 ms right after facenet-pytorch, 22 ms in a process of
+    its own), which no deployment of either sees.
+    """
+    for name, _ in variants:
+        if name not in VARIANT_SETTINGS:
+            raise SystemExit(f"--variant: {name} is not one of {sorted(VARIANT_SETTINGS)}")
+    setup = {"threads": threads, "max_side": max_side, "blas_threads": blas_threads, "variants": variants,
+             "also_threads": also_threads or [], "compare": compare}
+    ours = _TimingProcess("ours", photos, setup)
+    ref = _TimingProcess("facenet", photos, setup)
+    try:
+        columns = [label for label in ours.labels if label not in ("ours", "other")]
+        return _detection_table(photos, runs, threads, max_side, ours, ref, columns, compare)
+    finally:
+        ours.close()
+        ref.close()
+
+
+def _detection_table(photos: list[Photo], runs: int, threads: int, max_side: int, ours: _TimingProcess, ref: _TimingProcess,
+                     columns: list[str], compare: Path | None) -> list[float]:
+    print(f"\n## Detection alone ({threads} threads each, each implementation in a process of its own; median of {runs} "
+          f"interleaved runs; detect_max_side {max_side})\n")
+    extra = "".join(f" {label}: ms / facenet's found |" for label in columns)
+    extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if compare else ""
     print(f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}")
-    print("|---|---|---|---|---|" + "---|" * (len(columns) + 2 * bool(other)))
+    print("|---|---|---|---|---|" + "---|" * (len(columns) + 2 * bool(compare)))
     ref_ms: list[float] = []
     all_found = True
 
     def found_of(mine: list, theirs: list) -> int:
-        return sum(any(_iou(t, f.box) >= 0.5 for f in mine) for t in theirs)
+        return sum(any(_iou(t, box) >= 0.5 for box in mine) for t in theirs)
 
-    for photo in photos:
-        mine = ours_run(photo)  # warm-up, and the faces
-        boxes, _ = ref.detect(photo.pixels)
-        theirs = [] if boxes is None else [tuple(map(float, b)) for b in boxes]
+    for index, photo in enumerate(photos):
+        _, mine = ours.run("ours", index)  # warm-up, and the faces
+        _, theirs = ref.run("facenet", index)
         found = found_of(mine, theirs)
         all_found &= found == len(theirs)
-        column_found = [found_of(run(photo), theirs) for _, run in columns]
-        other_found = found_of(ours_run(photo, other), theirs) if other else 0
+        column_found = [found_of(ours.run(label, index)[1], theirs) for label in columns]
+        other_found = found_of(ours.run("other", index)[1], theirs) if compare else 0
         o_times, r_times, other_times = [], [], []
         column_times: list[list[float]] = [[] for _ in columns]
         for _ in range(runs):  # interleaved, so all see the same machine
-            o_times.append(_median_ms(lambda: ours_run(photo), 1))
-            r_times.append(_median_ms(lambda: ref.detect(photo.pixels), 1))
-            for (_, run), times in zip(columns, column_times, strict=True):
-                times.append(_median_ms(lambda: run(photo), 1))
-            if other:
-                other_times.append(_median_ms(lambda: ours_run(photo, other), 1))
-        o, r = statistics.median(o_times), statistics.median(r_times)
+            o_times.append(ours.run("ours", index)[0])
+            r_times.append(ref.run("facenet", index)[0])
+            for label, times in zip(columns, column_times, strict=True):
+                times.append(ours.run(label, index)[0])
+            if compare:
+                other_times.append(ours.run("other", index)[0])
+        o, r = 1000.0 * statistics.median(o_times), 1000.0 * statistics.median(r_times)
         ref_ms.append(r)
-        cells = "".join(f" {statistics.median(t):.0f} / {f} |" for t, f in zip(column_times, column_found, strict=True))
-        if other:
-            cells += f" {statistics.median(other_times):.0f} / {other_found} | {statistics.median(other_times) / o:.2f}x |"
+        cells = "".join(f" {1000.0 * statistics.median(t):.0f} / {f} |" for t, f in zip(column_times, column_found, strict=True))
+        if compare:
+            other = 1000.0 * statistics.median(other_times)
+            cells += f" {other:.0f} / {other_found} | {other / o:.2f}x |"
         print(f"| {photo.name} | {o:.0f} | {r:.0f} | {r / o:.2f}x | {len(theirs)} / {len(mine)} / {found} |{cells}")
     print(f"\nevery face facenet-pytorch finds is found by us: {'yes' if all_found else 'NO'}")
     return ref_ms
@@ -338,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"whole requests over HTTP, {level} client(s): {rate:.2f} images/s")
         return 0
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_detect_threads)
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_detect_threads, args.blas_threads)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
