@@ -380,12 +380,26 @@ def test_threads_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.n
         shared.close()
 
 
-def test_a_detection_beside_another_keeps_to_its_own_thread(detector: MTCNN, crowd: np.ndarray) -> None:
-    """While another detection is in flight, a detection hands nothing to the detector's
-    threads (both photos already keep the cores busy) and finds exactly the same; alone again,
-    it shares its work once more."""
+def test_a_detection_beside_another_takes_one_thread_whole(detector: MTCNN, crowd: np.ndarray) -> None:
+    """While another detection is in flight, a detection hands its whole cascade to one of the
+    detector's threads, which shares nothing out (both photos already keep the cores busy), and
+    finds exactly the same; alone, it shares its work out. Either way every network call runs in
+    the detector's threads."""
     alone = detector.detect(crowd)
-    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, threads=2)
+    callers: set[str] = set()
+
+    class Recording:
+        def __init__(self, session) -> None:
+            self.session = session
+
+        def get_inputs(self):
+            return self.session.get_inputs()
+
+        def run(self, names, feed):
+            callers.add(threading.current_thread().name)
+            return self.session.run(names, feed)
+
+    shared = MTCNN(Recording(detector.pnet), Recording(detector.rnet), Recording(detector.onet), threads=2)
     pool = shared._pool
     assert pool is not None
     submitted: list[str] = []
@@ -404,12 +418,14 @@ def test_a_detection_beside_another_keeps_to_its_own_thread(detector: MTCNN, cro
         try:
             assert other_started.wait(30)
             beside = shared.detect(crowd)
-            assert submitted == []
+            assert submitted == ["_cascade"]
         finally:
             other_may_end.set()
             other.join(30)
+        submitted.clear()
         again = shared.detect(crowd)
-        assert len(submitted) > 3  # bands, levels and crop calls went to the threads
+        assert len(submitted) > 3 and "_cascade" not in submitted  # bands, levels and crop calls shared out
+        assert callers and all(name.startswith("mtcnn") for name in callers)
         for found in (beside, again):
             assert [f.box for f in found] == [f.box for f in alone]
             assert [f.score for f in found] == [f.score for f in alone]

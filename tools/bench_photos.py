@@ -138,6 +138,8 @@ def detector_setting(name: str, value: int) -> Iterator[None]:
         setattr(mtcnn, name, old)
 
 
+# The column of --also-beside-facenet: our detector in facenet-pytorch's process.
+BESIDE = "ours in facenet-pytorch's process"
 # The detector's tuning constants a --variant may change (service/vision/mtcnn.py).
 VARIANT_SETTINGS = ("PNET_BAND_PIXELS", "PYRAMID_DIRECT", "CROP_BATCH")
 
@@ -199,6 +201,9 @@ def _serve_timings(conn, kind: str, photos: list[Photo], setup: dict) -> None:
                 threadpool_limits(limits=setup["blas_threads"], user_api="blas")
             detect = _facenet_detector(setup["threads"])
             columns = {"facenet": lambda photo: detect(photo.pixels)}
+            if setup["beside"]:
+                plain = {**setup, "variants": [], "also_threads": [], "compare": None}
+                columns[BESIDE] = _our_columns(plain)["ours"]
         else:
             columns = _our_columns(setup)
         conn.send(list(columns))
@@ -248,7 +253,8 @@ class _TimingProcess:
 
 
 def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]],
-                    compare: Path | None = None, also_threads: list[int] | None = None, blas_threads: int = 1) -> list[float]:
+                    compare: Path | None = None, also_threads: list[int] | None = None, blas_threads: int = 1,
+                    beside: bool = False) -> list[float]:
     """Prints the per-image table; returns facenet-pytorch's median ms per image.
 
     Our detector has ``threads`` threads. Each ``(name, value)`` of ``variants`` adds a column:
@@ -256,18 +262,19 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
     it still finds facenet's faces; so does each thread count of ``also_threads`` (one thread:
     sessions with ``threads`` ONNX Runtime threads). facenet-pytorch runs in one process, our
     columns in another: in one process, each run inherits the other library's freed memory and
-    cold caches (our 512 px photo took 28 ms right after facenet-pytorch, 22 ms in a process of
-    its own), which no deployment of either sees.
+    cold caches, which no deployment of either sees. ``beside`` adds a column of our detector
+    in facenet-pytorch's process, each run right after one of facenet-pytorch's, to show it.
     """
     for name, _ in variants:
         if name not in VARIANT_SETTINGS:
             raise SystemExit(f"--variant: {name} is not one of {sorted(VARIANT_SETTINGS)}")
     setup = {"threads": threads, "max_side": max_side, "blas_threads": blas_threads, "variants": variants,
-             "also_threads": also_threads or [], "compare": compare}
+             "also_threads": also_threads or [], "compare": compare, "beside": beside}
     ours = _TimingProcess("ours", photos, setup)
     ref = _TimingProcess("facenet", photos, setup)
     try:
-        columns = [label for label in ours.labels if label not in ("ours", "other")]
+        columns = [(ours, label) for label in ours.labels if label not in ("ours", "other")]
+        columns += [(ref, BESIDE)] if beside else []
         return _detection_table(photos, runs, threads, max_side, ours, ref, columns, compare)
     finally:
         ours.close()
@@ -275,10 +282,10 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
 
 
 def _detection_table(photos: list[Photo], runs: int, threads: int, max_side: int, ours: _TimingProcess, ref: _TimingProcess,
-                     columns: list[str], compare: Path | None) -> list[float]:
+                     columns: list[tuple[_TimingProcess, str]], compare: Path | None) -> list[float]:
     print(f"\n## Detection alone ({threads} threads each, each implementation in a process of its own; median of {runs} "
           f"interleaved runs; detect_max_side {max_side})\n")
-    extra = "".join(f" {label}: ms / facenet's found |" for label in columns)
+    extra = "".join(f" {label}: ms / facenet's found |" for _, label in columns)
     extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if compare else ""
     print(f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}")
     print("|---|---|---|---|---|" + "---|" * (len(columns) + 2 * bool(compare)))
@@ -293,15 +300,15 @@ def _detection_table(photos: list[Photo], runs: int, threads: int, max_side: int
         _, theirs = ref.run("facenet", index)
         found = found_of(mine, theirs)
         all_found &= found == len(theirs)
-        column_found = [found_of(ours.run(label, index)[1], theirs) for label in columns]
+        column_found = [found_of(worker.run(label, index)[1], theirs) for worker, label in columns]
         other_found = found_of(ours.run("other", index)[1], theirs) if compare else 0
         o_times, r_times, other_times = [], [], []
         column_times: list[list[float]] = [[] for _ in columns]
         for _ in range(runs):  # interleaved, so all see the same machine
             o_times.append(ours.run("ours", index)[0])
             r_times.append(ref.run("facenet", index)[0])
-            for label, times in zip(columns, column_times, strict=True):
-                times.append(ours.run(label, index)[0])
+            for (worker, label), times in zip(columns, column_times, strict=True):
+                times.append(worker.run(label, index)[0])
             if compare:
                 other_times.append(ours.run("other", index)[0])
         o, r = 1000.0 * statistics.median(o_times), 1000.0 * statistics.median(r_times)
@@ -397,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="client threads of an HTTP level (default: a level of 1, then one of 4); repeatable")
     ap.add_argument("--also-detect-threads", type=int, action="append", default=[], metavar="N",
                     help="also time our cascade with N detector threads (N=1: sessions with --threads threads), interleaved; repeatable")
+    ap.add_argument("--also-beside-facenet", action="store_true",
+                    help="also time our detector inside facenet-pytorch's process, each run right after one of facenet-pytorch's")
     ap.add_argument("--blas-threads", type=int, default=1, metavar="N",
                     help="numpy's BLAS threads in this process: 1 as the service runs it; 0 leaves the library's default")
     ap.add_argument("--compare-models", type=Path, metavar="DIR",
@@ -423,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"whole requests over HTTP, {level} client(s): {rate:.2f} images/s")
         return 0
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_detect_threads, args.blas_threads)
+    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_detect_threads, args.blas_threads,
+                             args.also_beside_facenet)
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")

@@ -409,10 +409,10 @@ class MTCNN:
             and Pillow release the GIL, so on the CPU ``threads`` single-threaded sessions keep
             as many cores busy, with less waiting than one session's intra-op threads spread
             over every small operator (``docs/benchmarks.md``). 1: all in the calling thread.
-            The threads serve one detection at a time: while another detection (or
-            refinement) is in flight, each runs the rest of its work in its calling thread, as
-            the cores are then busy with two photos already and handing work over only adds
-            waiting (``docs/benchmarks.md``).
+            A detection that starts while another is in flight takes one of the threads whole
+            and works in it alone: the cores are then busy with two photos already, and
+            sharing out its work would only add waiting (``docs/benchmarks.md``). Every network
+            call runs in these threads, so only they grow ONNX Runtime's per-thread buffers.
             The detections do not depend on it: the calls are the same, only their order is.
     """
 
@@ -440,9 +440,15 @@ class MTCNN:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.threads = int(threads)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn") if self.threads > 1 else None
         self._in_flight = 0  # detections and refinements running now
         self._count = threading.Lock()
+        self._worker = threading.local()  # .alone: this thread is one of the pool's
+        self._pool = (
+            ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn", initializer=self._mark_worker) if self.threads > 1 else None
+        )
+
+    def _mark_worker(self) -> None:
+        self._worker.alone = True
 
     @contextmanager
     def _counted(self) -> Iterator[None]:
@@ -456,8 +462,9 @@ class MTCNN:
                 self._in_flight -= 1
 
     def _shared_pool(self) -> Executor | None:
-        """The detector's threads, when this call is the only one in flight; else None (work inline)."""
-        return self._pool if self._in_flight <= 1 else None
+        """The detector's threads, to share this call's work out; None (work in this thread)
+        in one of them, where a detection runs whole (:meth:`detect`)."""
+        return None if getattr(self._worker, "alone", False) else self._pool
 
     def _map(self, fn: Callable[[Any], Any], items: list) -> list:
         """``[fn(item) for item in items]``, spread over the detector's threads; in order, errors raised."""
@@ -466,7 +473,7 @@ class MTCNN:
 
     def _start(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         """Start ``fn(*args)`` on the detector's threads (or run it now, without them); returns
-        the call that waits for its result. Inline too while other calls are in flight
+        the call that waits for its result. Inline in one of the threads themselves
         (:meth:`_shared_pool`)."""
         pool = self._shared_pool()
         if pool is None:
@@ -532,14 +539,12 @@ class MTCNN:
             raise InvalidImage(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
         min_face = self.min_face_size if min_face_size is None else int(min_face_size)
         final_threshold = self.thresholds[2] if threshold is None else float(threshold)
-        height, width = image.shape[:2]
         with self._counted():
-            boxes = self._stage_pnet(as_pil(image), height, width, min_face)  # (N, 4) float32 squares
-            if len(boxes):
-                boxes = self._stage_rnet(image, boxes, height, width)
-            if not len(boxes):
-                return []
-            boxes, scores, points = self._stage_onet(image, boxes, height, width, final_threshold)
+            if self._pool is not None and self._in_flight > 1 and self._shared_pool() is not None:
+                # Another detection is in flight: this one takes a thread of the pool whole.
+                boxes, scores, points = self._pool.submit(self._cascade, image, min_face, final_threshold).result()
+            else:
+                boxes, scores, points = self._cascade(image, min_face, final_threshold)
         return [
             FaceDetection(
                 box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
@@ -548,6 +553,16 @@ class MTCNN:
             )
             for b, s, p in zip(boxes, scores, points, strict=True)
         ]
+
+    def _cascade(self, image: np.ndarray, min_face: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The three stages on one image: boxes, scores and landmarks, best first."""
+        height, width = image.shape[:2]
+        boxes = self._stage_pnet(as_pil(image), height, width, min_face)  # (N, 4) float32 squares
+        if len(boxes):
+            boxes = self._stage_rnet(image, boxes, height, width)
+        if not len(boxes):
+            return boxes, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        return self._stage_onet(image, boxes, height, width, threshold)
 
     def refine(self, image: np.ndarray, box: Sequence[float]) -> FaceDetection | None:
         """Run O-Net alone on one box of ``image``: the final stage of the cascade at this
