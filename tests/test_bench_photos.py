@@ -30,3 +30,12 @@ def test_http_only_serves_the_set_without_errors(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "6 requests in" in out and ", 0 errors," in out
     assert "whole requests over HTTP, 1 client(s):" in out and "facenet" not in out
+
+
+def test_a_failure_in_a_timing_process_reaches_the_caller(tmp_path) -> None:
+    """Detection alone runs each detector in a process of its own: a detector that cannot load
+    there stops the bench with its own error, not a hang or a bare exit."""
+    from service.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="card"):
+        bench_photos.main(["--detection-only", "--runs", "1", "--compare-models", str(tmp_path)])

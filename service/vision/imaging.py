@@ -98,8 +98,8 @@ def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Pic
     A JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that still holds
     ``max_side`` pixels, which skips most of the decoding work on a big photo; the rest of the
     way is a box-filter resize of the decoded image, before it becomes an array. The
-    full-resolution pixels become an array (a DCT-scaled JPEG: are decoded again) only if
-    :meth:`Picture.full` is called.
+    full-resolution array is made only if :meth:`Picture.full` is called (a DCT-scaled JPEG is
+    then decoded again).
 
     Raises:
         The errors of :func:`decode_image`.

@@ -540,9 +540,10 @@ class MTCNN:
         min_face = self.min_face_size if min_face_size is None else int(min_face_size)
         final_threshold = self.thresholds[2] if threshold is None else float(threshold)
         with self._counted():
-            if self._pool is not None and self._in_flight > 1 and self._shared_pool() is not None:
+            pool = self._shared_pool()
+            if pool is not None and self._in_flight > 1:
                 # Another detection is in flight: this one takes a thread of the pool whole.
-                boxes, scores, points = self._pool.submit(self._cascade, image, min_face, final_threshold).result()
+                boxes, scores, points = pool.submit(self._cascade, image, min_face, final_threshold).result()
             else:
                 boxes, scores, points = self._cascade(image, min_face, final_threshold)
         return [
@@ -615,14 +616,15 @@ class MTCNN:
 
     def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
         """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most
-        ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call, in a multiple
-        of the threads' number of calls of equal size, shared by the threads (no thread is left
-        with a short last call while the others wait). Returns the graph's first
+        ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call, in calls of
+        equal size, as many for each thread that shares them (no thread is left with a short last
+        call while the others wait). Returns the graph's first
         ``n_outputs`` outputs. Each crop's outputs do not depend on the call it is in (ONNX
         Runtime's CPU kernels are batch-invariant: ``tests/test_mtcnn.py``)."""
         per_call = max(1, CROP_BATCH * RNET_SIZE**2 // size**2)
+        threads = self.threads if self._shared_pool() is not None else 1  # in a pool thread: all its own
         calls = -(-len(windows) // per_call)
-        calls = -(-calls // self.threads) * self.threads
+        calls = -(-calls // threads) * threads
         step = -(-len(windows) // calls)
         chunks = [windows[i : i + step] for i in range(0, len(windows), step)]
 
