@@ -176,6 +176,20 @@ class SeparationForward(nn.Module):
         return SeparationOutput(z_p, logits, reconstruction, poker, cycle_logits, z_cycle_p)
 
 
+class ClassificationForward(nn.Module):
+    """E, S_e, H alone (the plain-ViT side of the separation ablation; the unit DDP wraps)."""
+
+    def __init__(self, model: PFViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        z_e, _ = m.separate(m.forward_features(images))
+        logits, _ = m.forward_head(z_e)
+        return logits  # [N, K]
+
+
 def _frozen(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
     """``module(*args)`` with its parameters detached: a gradient path to the inputs only."""
     return functional_call(module, {name: p.detach() for name, p in module.named_parameters()}, args)
@@ -189,7 +203,7 @@ class GeneratorLoss:
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     logits: torch.Tensor  # [N, K]
-    fakes: torch.Tensor  # [2N, 3, H, W]: poker faces, then reconstructions
+    fakes: torch.Tensor | None  # [2N, 3, H, W]: poker faces, then reconstructions (None without separation)
 
 
 def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,8 +241,10 @@ class PokerFaceObjective:
         ctx: the process context; under DDP the generator side and D get one wrapper each.
     """
 
-    def __init__(self, model: PFViT, discriminator: Discriminator, cfg: TrainConfig, neutral_index: int | None,
+    def __init__(self, model: PFViT, discriminator: Discriminator | None, cfg: TrainConfig, neutral_index: int | None,
                  ctx: DistContext) -> None:
+        if (discriminator is None) == cfg.separation:
+            raise ValueError("a discriminator is needed exactly when the stage separates")
         self.model = model
         self.discriminator = discriminator
         self.weights = cfg.weights
@@ -238,12 +254,21 @@ class PokerFaceObjective:
         self.label_smoothing = cfg.label_smoothing
         self.poker_sup_loss = cfg.poker_sup_loss
         self.neutral_index = neutral_index
-        self.separation = wrap_ddp(SeparationForward(model), ctx)
-        self.critic = wrap_ddp(discriminator, ctx)
+        # Without separation only E, S_e and H run: the generator stays out of the graph.
+        self.separation = wrap_ddp(SeparationForward(model) if cfg.separation else ClassificationForward(model), ctx)
+        self.critic = wrap_ddp(discriminator, ctx) if discriminator is not None else None
 
     def train(self) -> None:
         self.separation.train()
-        self.critic.train()
+        if self.critic is not None:
+            self.critic.train()
+
+    def _classification(self, logits: torch.Tensor, batch: StageBatch) -> torch.Tensor:
+        """Label-smoothed cross-entropy to the (soft) targets, over the labelled rows."""
+        num_classes = logits.shape[1]
+        smooth = batch.targets * (1 - self.label_smoothing) + self.label_smoothing / num_classes
+        ce = -(smooth * logits.float().log_softmax(dim=-1)).sum(dim=-1)  # [N]
+        return masked_mean(ce, batch.labelled)
 
     def _critic_frozen(self, images: torch.Tensor) -> torch.Tensor:
         """D's logits with D's parameters detached: a gradient path to the images only."""
@@ -251,14 +276,16 @@ class PokerFaceObjective:
         return functional_call(self.discriminator, params, (images,))
 
     def generator_loss(self, batch: StageBatch) -> GeneratorLoss:
-        """Weighted loss of E, S, G and H on one batch (call inside the step's autocast)."""
+        """Weighted loss of E, S, G and H on one batch (call inside the step's autocast); without
+        separation, of E, S_e and H on the classification term alone (no fakes)."""
+        if self.critic is None:
+            logits = self.separation(batch.images)
+            terms = {"cls": self._classification(logits, batch)}
+            return GeneratorLoss(weighted_total(terms, self.weights), terms, logits, None)
         out: SeparationOutput = self.separation(batch.images)
         # Rows without a label still run through (zero weight), so every parameter is in the
         # graph on every rank; DDP needs that.
-        num_classes = out.logits.shape[1]
-        smooth = batch.targets * (1 - self.label_smoothing) + self.label_smoothing / num_classes
-        ce = -(smooth * out.logits.float().log_softmax(dim=-1)).sum(dim=-1)  # [N]
-        terms = {"cls": masked_mean(ce, batch.labelled)}
+        terms = {"cls": self._classification(out.logits, batch)}
         terms["rec"] = (out.reconstruction - batch.images).abs().mean()
         terms["adv_poker"] = generator_adv_loss(self._critic_frozen(out.poker_face).float(), self.gan)
         terms["adv_rec"] = generator_adv_loss(self._critic_frozen(out.reconstruction).float(), self.gan)

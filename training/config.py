@@ -262,6 +262,9 @@ class TrainConfig(RunConfig):
         mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
         label_smoothing: for hard labels.
         eval_every: evaluate every this many epochs (0 = only at the end).
+        separation: train E, S, G, H and D together (the PF-ViT stage proper). Off, the same
+            stage trains E, S_e and H on the classification term alone, with the same data,
+            sampler, optimizer and schedule: the plain-ViT side of the separation ablation.
         poker_sup_loss: the supervised poker-face distance (items with a true poker face):
             "l1" (pixels and image gradients) or "l2" (their squared errors). An expression
             moves a small part of the face, so the true change is zero almost everywhere: L1's
@@ -285,6 +288,7 @@ class TrainConfig(RunConfig):
     label_smoothing: float = 0.0
     eval_every: int = 1
     poker_sup_loss: Literal["l1", "l2"] = "l1"
+    separation: bool = True
 
     def __post_init__(self) -> None:
         if self.poker_sup_loss not in ("l1", "l2"):

@@ -252,13 +252,15 @@ class PFViTStage:
         # optimizer and of DDP (which, without unused-parameter search, needs every trainable
         # parameter in every backward).
         model.generator.mask_token.requires_grad_(False)
-        discriminator = build_discriminator(model.config).to(ctx.device)
+        if not cfg.separation:  # the ablation's plain ViT: the generator neither trains nor runs
+            model.generator.requires_grad_(False)
+            model.separator.neutral_coords.requires_grad_(False)
+        discriminator = build_discriminator(model.config).to(ctx.device) if cfg.separation else None
         self.objective = PokerFaceObjective(model, discriminator, cfg, neutral_index(model.config.labels), ctx)
         scale = cfg.batch_size * ctx.world_size / 256
-        optimizers = {
-            "main": _adamw(model.optim_groups(cfg.weight_decay), cfg.blr * scale, (0.9, 0.999)),
-            "disc": _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, tuple(cfg.d_betas)),
-        }
+        optimizers = {"main": _adamw(model.optim_groups(cfg.weight_decay), cfg.blr * scale, (0.9, 0.999))}
+        if discriminator is not None:
+            optimizers["disc"] = _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, tuple(cfg.d_betas))
         schedule = _schedule(cfg, steps_per_epoch)
         schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
         return TrainState(model=model, optimizers=optimizers, schedulers=schedulers, discriminator=discriminator)
@@ -266,7 +268,7 @@ class PFViTStage:
     def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
                         log: RunLog) -> dict[str, float]:
         cfg, model, objective = self.cfg, state.model, self.objective
-        main, disc = state.optimizers["main"], state.optimizers["disc"]
+        main, disc = state.optimizers["main"], state.optimizers.get("disc")
         objective.train()
         totals: dict[str, float] = {}
         correct = seen = 0.0
@@ -282,11 +284,13 @@ class PFViTStage:
             main.step()
             state.schedulers["main"].step()
 
-            loss_d, d_terms = objective.discriminator_loss(batch.images, gen.fakes, state.step, lambda: autocast_for(ctx.device))
-            disc.zero_grad(set_to_none=True)
-            loss_d.backward()
-            disc.step()
-            state.schedulers["disc"].step()
+            d_terms: dict[str, torch.Tensor] = {}
+            if disc is not None:
+                loss_d, d_terms = objective.discriminator_loss(batch.images, gen.fakes, state.step, lambda: autocast_for(ctx.device))
+                disc.zero_grad(set_to_none=True)
+                loss_d.backward()
+                disc.step()
+                state.schedulers["disc"].step()
             state.step += 1
 
             record = {name: float(v.detach()) for name, v in gen.terms.items()}
@@ -301,7 +305,7 @@ class PFViTStage:
             for name, value in record.items():
                 totals[name] = totals.get(name, 0.0) + value
             log.write({"stage": "train", "epoch": state.epoch, "step": state.step, "lr": main.param_groups[0]["lr"], **record})
-            bar.set_postfix(total=f"{record['total']:.3f}", cls=f"{record['cls']:.3f}", d=f"{record['d']:.3f}")
+            bar.set_postfix(total=f"{record['total']:.3f}", cls=f"{record['cls']:.3f}", d=f"{record.get('d', 0.0):.3f}")
         means = {k: v / max(1, steps) for k, v in totals.items()}
         means["train_accuracy"] = correct / seen if seen else 0.0
         return means

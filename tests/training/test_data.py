@@ -94,14 +94,24 @@ FERPLUS_ROWS = [
 ]
 
 
-def _write_ferplus(root: Path, with_files: bool, with_pixels: bool) -> None:
+def _write_ferplus(root: Path, with_files: bool, with_pixels: bool, nested: bool = False) -> None:
+    """FERPlus's two label files (``fer2013new.csv`` and each split folder's ``label.csv``) with
+    the images as PNG files (in ``data/`` when ``nested``, as microsoft/FERPlus lays them out)
+    and/or as Kaggle's ``fer2013.csv`` rows."""
     root.mkdir(parents=True, exist_ok=True)
     folders = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
+    base = root / "data" if nested else root
     with (root / "fer2013new.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["Usage", "Image name", *FERPLUS_VOTE_COLUMNS])
         for usage, name, votes, _ in FERPLUS_ROWS:
             w.writerow([usage, name, *votes])
+    for usage, folder in folders.items():
+        (base / folder).mkdir(parents=True, exist_ok=True)
+        with (base / folder / "label.csv").open("w", newline="") as f:
+            for row_usage, name, votes, _ in FERPLUS_ROWS:
+                if row_usage == usage and name:
+                    csv.writer(f).writerow([name, "(0, 0, 48, 48)", *votes])
     if with_pixels:
         with (root / "fer2013.csv").open("w", newline="") as f:
             w = csv.writer(f)
@@ -109,11 +119,9 @@ def _write_ferplus(root: Path, with_files: bool, with_pixels: bool) -> None:
             for i, (usage, _, _, _) in enumerate(FERPLUS_ROWS):
                 w.writerow([0, " ".join(map(str, _noise(48, 48, i, grey=True).ravel())), usage])
     if with_files:
-        for folder in folders.values():
-            (root / folder).mkdir(exist_ok=True)
         for i, (usage, name, _, _) in enumerate(FERPLUS_ROWS):
             if name:
-                _save(root / folders[usage] / name, _noise(48, 48, i, grey=True))
+                _save(base / folders[usage] / name, _noise(48, 48, i, grey=True))
 
 
 def test_ferplus_majority_rule() -> None:
@@ -129,7 +137,7 @@ def test_ferplus_dataset_from_files_and_from_pixels(tmp_path: Path) -> None:
     _write_ferplus(tmp_path / "files", with_files=True, with_pixels=False)
     _write_ferplus(tmp_path / "pixels", with_files=False, with_pixels=True)
     from_files = build_dataset("ferplus", tmp_path / "files", "train", 48, augment=False)
-    from_pixels = build_dataset("ferplus", tmp_path / "pixels", "train", 48, augment=False)
+    from_pixels = build_dataset("ferplus", tmp_path / "pixels", "train", 48, augment=False, source="pixels")
     assert from_files.labels == FERPLUS_LABELS
     assert from_files.targets == from_pixels.targets == [0, 1]
     item = from_files[0]
@@ -146,6 +154,39 @@ def test_ferplus_dataset_from_files_and_from_pixels(tmp_path: Path) -> None:
     batch = next(iter(DataLoader(from_files, batch_size=2)))
     assert batch["image"].shape == (2, 3, 48, 48) and batch["soft_label"].shape == (2, 8)
     assert batch["label"].tolist() == [0, 1]
+
+
+def test_ferplus_reads_either_label_file_and_the_data_folder_layout(tmp_path: Path) -> None:
+    """``label.csv`` (the default, what Microsoft's training code reads) and ``fer2013new.csv``
+    disagree on some rows; each row names its own image, and ``data/`` holds the split folders."""
+    _write_ferplus(tmp_path, with_files=True, with_pixels=False, nested=True)
+    label_csv = tmp_path / "data" / "FER2013Train" / "label.csv"
+    rows = list(csv.reader(label_csv.open()))
+    rows[0][2:] = ["0", "0", "9", "1", "0", "0", "0", "0", "0", "0"]  # fer0000000: surprise here, neutral in fer2013new.csv
+    rows.reverse()  # file order is not image order
+    with label_csv.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    by_label = build_dataset("ferplus", tmp_path, "train", 48, augment=False)
+    by_new = build_dataset("ferplus", tmp_path, "train", 48, augment=False, votes="new")
+    assert [p.name for p in by_label.paths] == ["fer0000003.png", "fer0000000.png"]
+    assert by_label.targets == [1, 2]
+    assert [p.name for p in by_new.paths] == ["fer0000000.png", "fer0000003.png"] and by_new.targets == [0, 1]
+    torch.testing.assert_close(by_label[1]["image"], by_new[0]["image"])
+    # Another copy of the images (aligned faces) in the same split folders, labels unchanged.
+    copy = tmp_path / "aligned" / "FER2013Train"
+    copy.mkdir(parents=True)
+    for name in ("fer0000000.png", "fer0000003.png"):
+        _save(copy / name, _noise(48, 48, 99, grey=True))
+    moved = build_dataset("ferplus", tmp_path, "train", 48, augment=False, images=str(tmp_path / "aligned"))
+    assert moved.targets == by_label.targets and moved.paths[0].parent == copy
+    with pytest.raises(ValueError, match="votes"):
+        build_dataset("ferplus", tmp_path, "train", 48, augment=False, votes="other")
+    label_csv.unlink()
+    with pytest.raises(ValueError, match="label.csv"):
+        build_dataset("ferplus", tmp_path, "train", 48, augment=False)
+    with pytest.raises(ValueError, match="missing"):
+        (copy / "fer0000003.png").unlink()
+        build_dataset("ferplus", tmp_path, "train", 48, augment=False, votes="new", images=str(tmp_path / "aligned"))
 
 
 # --- AffectNet ------------------------------------------------------------------------------
@@ -247,7 +288,7 @@ def test_build_dataset_errors(tmp_path: Path) -> None:
         build_dataset("imagenet", tmp_path, "train", 32, augment=False)
     with pytest.raises(ValueError, match="no folder"):
         build_dataset("folder", tmp_path, "train", 32, augment=False)
-    with pytest.raises(ValueError, match="fer2013new.csv"):
+    with pytest.raises(ValueError, match="label.csv"):
         build_dataset("ferplus", tmp_path, "train", 32, augment=False)
     with pytest.raises(ValueError, match="list_patition_label"):
         build_dataset("rafdb", tmp_path, "train", 32, augment=False)

@@ -252,3 +252,24 @@ def test_cycle_trains_the_generator_not_the_recogniser() -> None:
     (out.cycle_logits.sum() + out.cycle_z_p.sum()).backward()
     assert model.head.fc.weight.grad is None
     assert model.generator.pred.weight.grad is not None and float(model.generator.pred.weight.grad.abs().sum()) > 0
+
+
+def test_stage_without_separation_trains_the_recogniser_alone_and_resumes(tmp_path: Path, pretrained: str) -> None:
+    """The separation ablation: the same stage, data and schedule, on the classification term
+    alone; the generator keeps the pre-trained weights, no D is built, and resume is exact."""
+    cfg = _train_cfg(tmp_path / "full", init=pretrained, separation=False)
+    result = run_train(cfg, tiny_faces(8, soft=True), tiny_faces(6, seed=1))
+    full = _log(tmp_path / "full")
+    assert [r["step"] for r in full] == [1, 2, 3, 4]
+    assert set(full[0]) >= {"cls", "total"} and not {"rec", "d", "poker_sup"} & set(full[0])
+    assert result.discriminator is None
+    payload = load_checkpoint(result.checkpoint)
+    start = load_checkpoint(pretrained)["model"]
+    for name, value in payload["model"].items():
+        if name.startswith("generator."):
+            assert torch.equal(value, start[name]), name
+    assert not torch.equal(payload["model"]["encoder.blocks.0.attn.qkv.weight"], start["encoder.blocks.0.attn.qkv.weight"])
+    resumed_cfg = replace(cfg, out_dir=str(tmp_path / "resumed"), resume=str(tmp_path / "full" / "checkpoint-0001.pt"))
+    run_train(resumed_cfg, tiny_faces(8, soft=True), tiny_faces(6, seed=1))
+    resumed = _log(tmp_path / "resumed")
+    assert [r["total"] for r in resumed] == pytest.approx([r["total"] for r in full[2:]], abs=1e-6)

@@ -30,9 +30,15 @@ class JointFaces(Dataset):
             (FER2013): the generator's targets then live in one colour space.
         rendered_repeat: how many times each rendered face appears in one pass (the editor
             stage raises the share of faces with a true poker face this way).
+        rendered_labels: rendered faces teach the classifier their class; off, they are
+            unlabelled (-1) and train the generator only, so recognition learns from photos alone.
+
+    When ``real`` has vote distributions (FERPlus's ``soft_labels``), every item carries a
+    ``soft_label``: the photo's votes, a rendered face's one-hot class, or zeros (unlabelled).
     """
 
-    def __init__(self, real: Dataset, rendered: Dataset, greyscale: bool = False, rendered_repeat: int = 1) -> None:
+    def __init__(self, real: Dataset, rendered: Dataset, greyscale: bool = False, rendered_repeat: int = 1,
+                 rendered_labels: bool = True) -> None:
         if rendered_repeat < 1:
             raise ValueError(f"rendered_repeat must be at least 1, got {rendered_repeat}")
         self.real = real
@@ -41,7 +47,8 @@ class JointFaces(Dataset):
         self.rendered_repeat = rendered_repeat
         self.labels: list[str] = list(real.labels)
         index = {name.lower(): k for k, name in enumerate(self.labels)}
-        self.rendered_to_real = [index.get(name.lower(), -1) for name in rendered.labels]
+        self.rendered_to_real = [index.get(name.lower(), -1) if rendered_labels else -1 for name in rendered.labels]
+        self.soft = getattr(real, "soft_labels", None)  # (N, K) float32 or None
         rendered_targets = [int(t) for t in getattr(rendered, "targets")]
         self.targets: list[int] = [int(t) for t in real.targets] + [
             self.rendered_to_real[t] if t >= 0 else -1 for t in rendered_targets
@@ -58,12 +65,15 @@ class JointFaces(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index < len(self.real):
             item = self.real[index]
-            return {
+            out = {
                 "image": item["image"],
                 "label": torch.as_tensor(int(item["label"]), dtype=torch.int64),
                 "poker_face": item["image"],
                 "has_poker_face": torch.tensor(False),
             }
+            if self.soft is not None:
+                out["soft_label"] = self.soft[index]
+            return out
         if index >= len(self):
             raise IndexError(index)
         item = self.rendered[(index - len(self.real)) % len(self.rendered)]
@@ -71,9 +81,16 @@ class JointFaces(Dataset):
         if self.greyscale:
             image, poker = to_greyscale(image), to_greyscale(poker)
         label = int(item["label"])
-        return {
+        target = self.rendered_to_real[label] if label >= 0 else -1
+        out = {
             "image": image,
-            "label": torch.tensor(self.rendered_to_real[label] if label >= 0 else -1, dtype=torch.int64),
+            "label": torch.tensor(target, dtype=torch.int64),
             "poker_face": poker,
             "has_poker_face": torch.tensor(True),
         }
+        if self.soft is not None:
+            soft = torch.zeros(self.soft.shape[1])
+            if target >= 0:
+                soft[target] = 1.0
+            out["soft_label"] = soft
+        return out
