@@ -43,14 +43,16 @@ def test_draining_turns_readiness_off_and_keeps_serving(settings, astronaut_byte
 
 def _in_flight(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
-    return float(re.search(r"^pfvit_http_requests_in_flight (\S+)$", text, re.M).group(1))
+    return float(re.search(r"^pfvit_http_requests_in_flight(?:\{\})? (\S+)$", text, re.M).group(1))
 
 
 @pytest.mark.slow
-def test_sigterm_under_load_answers_every_request_and_turns_readiness_off_at_once(settings, astronaut_bytes: bytes) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_load_answers_every_request_and_turns_readiness_off_at_once(settings, astronaut_bytes: bytes, workers: int) -> None:
+    """One server process, and two workers (the supervisor passes SIGTERM to each, and each drains)."""
     env = stub_server_env(
         settings, PFVIT_SHUTDOWN_DRAIN_S=str(DRAIN_S), PFVIT_SHUTDOWN_TIMEOUT_S="30", PFVIT_MAX_QUEUE="32",
-        PFVIT_REQUEST_TIMEOUT_S="60",
+        PFVIT_REQUEST_TIMEOUT_S="60", PFVIT_WORKERS=str(workers),
     )
     proc, url = start_server(env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     files = [("images", (f"a{i}.png", astronaut_bytes, "image/png")) for i in range(IMAGES_PER_REQUEST)]
@@ -61,7 +63,11 @@ def test_sigterm_under_load_answers_every_request_and_turns_readiness_off_at_onc
             return client.post(url + "/v1/recognize", files=files).status_code
 
     try:
-        wait_until_ready(proc, url)
+        wait_until_ready(proc, url, timeout_s=90)
+        deadline = time.monotonic() + 60
+        while len(re.findall(r"^pfvit_ready(?:\{[^}]*\})? 1\.0$", httpx.get(url + "/metrics", timeout=5).text, re.M)) < workers:
+            assert time.monotonic() < deadline, "not every worker became ready"
+            time.sleep(0.1)
         with ThreadPoolExecutor(REQUESTS + 1) as pool:
             accepted = [pool.submit(recognize) for _ in range(REQUESTS)]
             deadline = time.monotonic() + 30
