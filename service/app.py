@@ -27,6 +27,7 @@ from service.api.routes import limits, poker_face, recognize, system
 from service.api.routes.ui import install_demo_page
 from service.api.tracing import REQUEST_ID_HEADER
 from service.config import Settings, get_settings
+from service.shutdown import drain_on_sigterm
 from service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,13 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             service.preflight()
         app.state.service = service
         metrics.READY.set(0)
+        # On SIGTERM under pfvit-serve: not ready at once, the listener closes after the drain.
+        restore_sigterm = drain_on_sigterm(settings.shutdown_drain_s, service.begin_draining)
         loader = asyncio.create_task(service.load_in_background(on_failure=on_fatal))
         try:
             yield
         finally:
+            restore_sigterm()
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader

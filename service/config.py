@@ -144,7 +144,17 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         256, ge=1, description="Concurrent connections (and requests) the server takes; more get 503 from the server."
     )
-    shutdown_timeout_s: int = Field(20, ge=1, le=600, description="On SIGTERM, in-flight requests get this long to finish.")
+    shutdown_drain_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=300.0,
+        description="On SIGTERM, /readyz answers 503 at once and requests are still served for this long before the "
+        "listener closes, so that load balancers stop sending first (Kubernetes: a few seconds). 0: the listener "
+        "closes at once.",
+    )
+    shutdown_timeout_s: int = Field(
+        20, ge=1, le=600, description="After the drain, in-flight requests get this long to finish."
+    )
     ort_cpu_arena: bool = Field(
         False,
         description="ONNX Runtime's CPU memory arena. Off by default: the arena keeps the peak of the largest "

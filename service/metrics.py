@@ -155,9 +155,17 @@ ABANDONED = Counter(
 )
 READY = Gauge(
     "pfvit_ready",
-    "1 once every model is loaded and warmed up, else 0 (several workers: one series per worker, label pid).",
+    "1 once every model is loaded and warmed up, else 0; 0 again from SIGTERM on (several workers: one series per "
+    "worker, label pid).",
     registry=REGISTRY,
     multiprocess_mode="liveall",
+)
+CPU_CORES = Gauge(
+    "pfvit_cpu_cores",
+    "CPU cores this server sized its threads for: the smaller of its affinity mask and its cgroup CPU quota, "
+    "rounded up (a worker's detector threads, and its ONNX Runtime pools when the machine has more cores).",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 
 # Pre-create the bounded children so every series exists (at zero) from the first scrape.

@@ -8,6 +8,7 @@ uses (``session.get_providers()``) are what we report, never what we asked for.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,12 +188,122 @@ def primary_provider(session: ort.InferenceSession) -> str:
     return session.get_providers()[0]
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which container CPU sets narrow)."""
+# Where the kernel shows this process its cgroups; module attributes so that tests can point
+# them at fake files.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+# cgroup v1 mounts the cpu controller under one of these names (distributions differ).
+_V1_CPU_MOUNTS = ("cpu,cpuacct", "cpu", "cpuacct,cpu")
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """The CPU this process may use, and the whole cores the service sizes its threads for.
+
+    ``affinity_cores``: CPUs in the affinity mask (what a container's cpuset narrows).
+    ``quota_cores``: the tightest CFS quota over the process's cgroup and its ancestors, in
+    cores (``quota / period``; what Kubernetes CPU limits, ``docker --cpus`` and ECS set), or
+    ``None`` when there is none. A quota does not narrow the affinity mask: a pod limited to
+    2 CPUs on a 64-core node still sees 64 CPUs there.
+    """
+
+    affinity_cores: int
+    quota_cores: float | None = None
+
+    @property
+    def cores(self) -> int:
+        """The smaller of the two; a fractional quota rounds up (1.5 CPUs: 2 threads, which
+        the quota shares), never below 1."""
+        if self.quota_cores is None:
+            return self.affinity_cores
+        return max(1, min(self.affinity_cores, math.ceil(self.quota_cores)))
+
+
+def _affinity_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _own_cgroups(proc_cgroup: Path) -> tuple[str | None, str | None]:
+    """The process's cgroup path in the v2 hierarchy and in v1's cpu controller (``None``
+    where that hierarchy is absent), from ``/proc/self/cgroup`` lines ``ID:CONTROLLERS:PATH``."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return "/", "/"
+    v2 = v1 = None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            v2 = path or "/"
+        elif "cpu" in controllers.split(","):
+            v1 = path or "/"
+    return v2, v1
+
+
+def _cgroup_dirs(mount: Path, path: str) -> list[Path]:
+    """The process's cgroup folder under ``mount`` and every ancestor up to ``mount``: a limit
+    on any of them bounds the process. In a container whose cgroup namespace is not private
+    (cgroup v1, mostly), ``/proc/self/cgroup`` names a host path that the container's mount
+    does not have: the mount's root is then the container's own cgroup."""
+    own = mount / path.strip("/")
+    if not own.is_dir():
+        return [mount]
+    dirs = [own]
+    while dirs[-1] != mount and mount in dirs[-1].parents:
+        dirs.append(dirs[-1].parent)
+    return dirs
+
+
+def _read_quota_v2(folder: Path) -> float | None:
+    """``cpu.max``: ``"max 100000"`` (no limit) or ``"<quota> <period>"`` in microseconds."""
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_quota_v1(folder: Path) -> float | None:
+    """``cpu.cfs_quota_us`` (-1: no limit) over ``cpu.cfs_period_us``."""
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cpu_quota_cores(cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> float | None:
+    """The tightest CFS CPU quota on this process, in cores, over cgroup v2 (``cpu.max``) and
+    v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) and every ancestor cgroup; ``None``
+    when there is none or the files cannot be read (not Linux)."""
+    root = CGROUP_ROOT if cgroup_root is None else cgroup_root
+    v2_path, v1_path = _own_cgroups(PROC_SELF_CGROUP if proc_cgroup is None else proc_cgroup)
+    quotas: list[float] = []
+    if v2_path is not None and (root / "cgroup.controllers").is_file():
+        quotas += [q for d in _cgroup_dirs(root, v2_path) if (q := _read_quota_v2(d)) is not None]
+    if v1_path is not None:
+        for name in _V1_CPU_MOUNTS:
+            if (root / name).is_dir():
+                quotas += [q for d in _cgroup_dirs(root / name, v1_path) if (q := _read_quota_v1(d)) is not None]
+                break
+    return min(quotas) if quotas else None
+
+
+def cpu_budget(cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> CpuBudget:
+    """The affinity mask and the CPU quota of this process (:class:`CpuBudget`)."""
+    return CpuBudget(affinity_cores=_affinity_cores(), quota_cores=cpu_quota_cores(cgroup_root, proc_cgroup))
+
+
+def usable_cores(cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> int:
+    """Whole CPU cores this process may use: the smallest of its affinity mask (which
+    container CPU sets narrow) and its cgroup CPU quota (which CPU limits set), rounded up,
+    never below 1. ``cgroup_root`` and ``proc_cgroup`` default to the kernel's files."""
+    return cpu_budget(cgroup_root, proc_cgroup).cores
 
 
 def single_threaded_blas() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +27,14 @@ from service.models import EmotionModel
 from service.pipeline import FacePipeline
 from service.runtime import (
     CPU,
+    CpuBudget,
     ProviderOptions,
+    cpu_budget,
     create_session,
     primary_provider,
     required_provider,
     resolve_providers,
     single_threaded_blas,
-    usable_cores,
 )
 from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
 from service.vision.mtcnn import MTCNN, session_threads
@@ -116,6 +118,9 @@ class ServiceState:
         self.load_error: str | None = None
         self._verified: dict[str, dict[str, Path]] | None = None  # model kind -> {graph: file}
         self._ready = threading.Event()
+        self._draining = threading.Event()
+        # Read once: the cores every pool of this process is sized for (reported by /v1/models).
+        self.cpu: CpuBudget = cpu_budget()
         self.gate = AdmissionGate(self.computing_slots, settings.max_queue)
 
     @property
@@ -129,8 +134,19 @@ class ServiceState:
 
     @property
     def detect_threads(self) -> int:
-        """``PFVIT_DETECT_THREADS``, or for 0 one per usable core."""
-        return self.settings.detect_threads or usable_cores()
+        """``PFVIT_DETECT_THREADS``, or for 0 one per usable core: the affinity mask or the
+        cgroup CPU quota, whichever is smaller (``service.runtime.usable_cores``)."""
+        return self.settings.detect_threads or self.cpu.cores
+
+    @property
+    def intra_op_threads(self) -> int:
+        """``PFVIT_INTRA_OP_THREADS``, or for 0: the usable cores when the affinity mask or the
+        CPU quota leaves fewer than the machine has (ONNX Runtime would size its pools for the
+        whole machine: a pod limited to 2 CPUs on a 64-core node would start pools of 64
+        threads, throttled by the quota), else 0, ONNX Runtime's own default."""
+        if self.settings.intra_op_threads:
+            return self.settings.intra_op_threads
+        return self.cpu.cores if self.cpu.cores < (os.cpu_count() or 1) else 0
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -170,7 +186,7 @@ class ServiceState:
             session = functools.partial(
                 create_session,
                 providers=self.providers,
-                intra_op_threads=session_threads(threads, s.intra_op_threads),
+                intra_op_threads=session_threads(threads, self.intra_op_threads),
                 cpu_arena=s.ort_cpu_arena,
                 required=self.required_provider,
                 provider_options=self.provider_options,
@@ -180,7 +196,7 @@ class ServiceState:
                 self.emotion_card,
                 self._verified["emotion"],
                 providers=self.providers,
-                intra_op_threads=s.intra_op_threads,
+                intra_op_threads=self.intra_op_threads,
                 max_batch=s.max_inference_batch,
                 cpu_arena=s.ort_cpu_arena,
                 batch_wait_s=s.batch_max_wait_ms / 1000.0,
@@ -201,8 +217,10 @@ class ServiceState:
             if card is not None:
                 metrics.MODEL_INFO.labels(model=card.name, version=card.version, kind=card.kind, provider=provider).set(1)
                 metrics.PROVIDER_FALLBACK.labels(model=card.name, requested=self.providers[0]).set(int(provider != self.providers[0]))
+        metrics.CPU_CORES.set(self.cpu.cores)
         self._ready.set()
-        metrics.READY.set(1)
+        if not self.draining:
+            metrics.READY.set(1)
         log.info("ready: %s %s on %s", model.card.name, model.card.version, model.providers)
 
     async def load_in_background(self, on_failure: Callable[[str], None] | None = None) -> None:
@@ -217,8 +235,27 @@ class ServiceState:
     # --- serving -----------------------------------------------------------------------------
 
     @property
-    def ready(self) -> bool:
+    def loaded(self) -> bool:
+        """Every model loaded and warmed up."""
         return self._ready.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Loaded and not shutting down: what ``/readyz`` says."""
+        return self._ready.is_set() and not self._draining.is_set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    def begin_draining(self) -> None:
+        """The server got SIGTERM: from now on ``/readyz`` answers 503, so that load balancers
+        stop sending requests, while requests still arriving are served as before
+        (``service.shutdown``)."""
+        if not self._draining.is_set():
+            self._draining.set()
+            metrics.READY.set(0)
+            log.info("shutting down: /readyz answers 503 from now on; requests are still served")
 
     def close(self) -> None:
         """Stop the batching threads and the detector's threads (at shutdown, after the last request)."""
@@ -229,6 +266,8 @@ class ServiceState:
     @property
     def public_status(self) -> str:
         """What clients may read about loading: never a server path or a model's internals."""
+        if self.draining:
+            return "the server is shutting down; requests are still answered until it stops listening"
         if self.ready:
             return "models loaded and warmed up"
         if self.load_error:
@@ -236,7 +275,8 @@ class ServiceState:
         return "models are still loading and warming up; retry shortly"
 
     def require_pipeline(self) -> FacePipeline:
-        if not self.ready or self.pipeline is None:
+        # Draining is no reason to refuse: requests that still arrive are answered.
+        if not self.loaded or self.pipeline is None:
             raise ModelNotReady(self.public_status)
         return self.pipeline
 

@@ -94,9 +94,24 @@ class ModelInfo(BaseModel):
     graphs: dict[str, GraphInfo]
 
 
+class CpuSizing(BaseModel):
+    """The CPU the server found and the threads it sized for it (per worker process)."""
+
+    usable_cores: int = Field(description="Cores the threads are sized for: the smaller of affinity_cores and "
+                              "quota_cores rounded up, never below 1.")
+    affinity_cores: int = Field(description="CPUs in the process's affinity mask (narrowed by CPU sets).")
+    quota_cores: float | None = Field(description="The cgroup CPU quota in cores (Kubernetes CPU limit, docker --cpus); "
+                                      "null: none.")
+    detect_threads: int = Field(description="Threads that share each photo's face detection.")
+    intra_op_threads: int = Field(description="ONNX Runtime threads per emotion-graph session; 0: ONNX Runtime's own "
+                                  "default, left when nothing narrows the machine's cores.")
+    computing_slots: int = Field(description="Requests computing at once (PFVIT_MAX_CONCURRENT_INFERENCE).")
+
+
 class ModelsResponse(BaseModel):
     ready: bool
     requested_providers: list[str] = Field(default_factory=list, description="The providers PFVIT_PROVIDERS asks for, in order.")
+    cpu: CpuSizing
     models: list[ModelInfo]
 
 

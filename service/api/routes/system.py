@@ -10,7 +10,7 @@ from onnxruntime import InferenceSession
 
 from service import metrics
 from service.api.deps import SettingsDep, StateDep
-from service.api.schemas import GraphInfo, Health, ModelInfo, ModelsResponse
+from service.api.schemas import CpuSizing, GraphInfo, Health, ModelInfo, ModelsResponse
 from service.card import GraphSpec
 
 router = APIRouter(tags=["operations"])
@@ -27,19 +27,20 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="Readiness: every model loaded and warmed up",
-    responses={503: {"model": Health, "description": "Loading (status 'loading'), or loading failed ('failed'); see Retry-After"}},
+    responses={503: {"model": Health, "description": "Loading (status 'loading'), loading failed ('failed'), or shutting "
+                      "down after SIGTERM ('draining'; requests are still served until the listener closes); see Retry-After"}},
 )
 async def readyz(state: StateDep, settings: SettingsDep) -> Response | Health:
     if state.ready:
         return Health(status="ready")
-    status = "failed" if state.load_error else "loading"
+    status = "draining" if state.draining else "failed" if state.load_error else "loading"
     return JSONResponse({"status": status, "detail": state.public_status}, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
 
 
 @models_router.get("/v1/models", response_model=ModelsResponse, summary="Loaded model cards and execution providers")
 async def models(state: StateDep) -> ModelsResponse:
     out = []
-    pipeline = state.pipeline if state.ready else None
+    pipeline = state.pipeline if state.loaded else None
     sessions = {}
     if pipeline is not None:
         sessions[pipeline.model.card.name] = pipeline.model.sessions
@@ -59,7 +60,15 @@ async def models(state: StateDep) -> ModelsResponse:
                 graphs={g: _graph_info(spec, model_sessions.get(g), state.providers[0]) for g, spec in card.graphs.items()},
             )
         )
-    return ModelsResponse(ready=state.ready, requested_providers=state.providers, models=out)
+    cpu = CpuSizing(
+        usable_cores=state.cpu.cores,
+        affinity_cores=state.cpu.affinity_cores,
+        quota_cores=state.cpu.quota_cores,
+        detect_threads=state.detect_threads,
+        intra_op_threads=state.intra_op_threads,
+        computing_slots=state.computing_slots,
+    )
+    return ModelsResponse(ready=state.ready, requested_providers=state.providers, cpu=cpu, models=out)
 
 
 def _graph_info(spec: GraphSpec, session: InferenceSession | None, requested: str) -> GraphInfo:
