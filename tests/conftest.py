@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.config import DEFAULT_EMOTION_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ASTRONAUT = FIXTURES / "astronaut.png"
+# The shipped default emotion model, wherever the settings point.
+DEFAULT_MODEL_DIR = REPO / "models" / DEFAULT_EMOTION_MODEL
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 
 from service.batching import MicroBatcher
 from service.models import EmotionModel
+from tests.conftest import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 # Logits of a row may differ across batch sizes by the GEMM's rounding (measured 4.8e-7 on the
@@ -143,7 +144,7 @@ def test_closed_batcher_refuses_new_work() -> None:
 def test_batched_model_equals_unbatched_model() -> None:
     """The shipped model, with and without micro-batching, on the same faces: four requests of
     different sizes arrive together and share calls."""
-    model_dir = REPO / "models" / "pfvit-micro-fer2013"
+    model_dir = DEFAULT_MODEL_DIR
     plain = EmotionModel.from_dir(model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1)
     batched = EmotionModel.from_dir(model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1, batch_wait_s=5.0)
     rng = np.random.default_rng(0)

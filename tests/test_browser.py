@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.config import DEFAULT_EMOTION_MODEL
 from tests.conftest import ASTRONAUT, REPO
 from tools.loopback import serving
 
@@ -81,7 +82,7 @@ def wait_for_faces(browser) -> None:
 def test_upload_shows_box_label_poker_face_and_expression_map(browser, server):
     open_page(browser, server)
     card = browser.find_element(By.ID, "model-card").text
-    assert "pfvit-micro-fer2013" in card and "CPUExecutionProvider" in card and "happiness" in card
+    assert DEFAULT_EMOTION_MODEL in card and "CPUExecutionProvider" in card and "happiness" in card
 
     browser.find_element(By.ID, "photos").send_keys(str(ASTRONAUT))
     browser.find_element(By.ID, "analyse").click()

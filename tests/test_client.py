@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.config import DEFAULT_EMOTION_MODEL
 from tests.conftest import ASTRONAUT, REPO
 from tools.loopback import serving
 
@@ -54,7 +55,7 @@ def test_client_reads_the_limits_and_gives_typed_results(server, astronaut_rgb):
     assert [r.index for r in results] == [0, 1, 2, 3]  # 4 inputs in 2 requests, in input order
     assert [r.source for r in results] == [str(ASTRONAUT), "array[1]", "bytes[2]", "array[3]"]
     for result in results:
-        assert result.ok and result.model.name == "pfvit-micro-fer2013" and len(result.faces) == 1
+        assert result.ok and result.model.name == DEFAULT_EMOTION_MODEL and len(result.faces) == 1
         assert np.abs(box_of(result) - REF_BOX).max() < 2.5  # the detector follows facenet to ~2 px
         face = result.faces[0]
         assert face.label == "happiness" and face.label == max(face.probabilities, key=face.probabilities.get)

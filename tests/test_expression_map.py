@@ -18,9 +18,9 @@ from service.vision.expression_map import (
     mass_inside,
     overlay,
 )
+from tests.conftest import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = REPO / "models" / "pfvit-micro-fer2013"
 
 
 def grey_face(size: int = 48, level: int = 120) -> np.ndarray:

@@ -13,6 +13,7 @@ import pytest
 
 from service.errors import ModelLoadError
 from service.runtime import CPU, CUDA, create_session
+from tests.conftest import DEFAULT_MODEL_DIR
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def test_every_graph_runs_on_cuda_and_matches_the_cpu(astronaut_rgb) -> None:
     for provider in (CUDA, CPU):
         providers = [provider, CPU] if provider == CUDA else [CPU]
         detector = MTCNN.from_dir(REPO / "models" / "mtcnn", providers=providers)
-        model = EmotionModel.from_dir(REPO / "models" / "pfvit-micro-fer2013", providers=providers)
+        model = EmotionModel.from_dir(DEFAULT_MODEL_DIR, providers=providers)
         if provider == CUDA:
             assert all(s.get_providers()[0] == CUDA for s in (detector.pnet, detector.rnet, detector.onet))
             assert all(p[0] == CUDA for p in model.providers.values())
@@ -86,7 +87,7 @@ def test_fp16_parity_holds_on_cuda(tmp_path, astronaut_rgb) -> None:
     from service.vision.mtcnn import MTCNN
     from training.fp16 import FP16_LOGIT_MAX_ABS, FP16_POKER_PSNR_DB, GraphPair, compare_graphs, convert_to_fp16
 
-    shipped = REPO / "models" / "pfvit-micro-fer2013"
+    shipped = DEFAULT_MODEL_DIR
     for name in ("recognition", "poker_face"):
         convert_to_fp16(shipped / f"{name}.onnx", tmp_path / f"{name}.onnx")
     pair = GraphPair(shipped, tmp_path, providers=[CUDA, CPU])

@@ -14,6 +14,7 @@ from service.errors import CapabilityMissing, ModelLoadError
 from service.models import EmotionModel, softmax
 from service.runtime import CPU, resolve_providers
 from tools.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
+from tests.conftest import DEFAULT_MODEL_DIR
 
 
 def test_softmax_is_stable_and_normalised():
@@ -154,7 +155,7 @@ def test_iobinding_answers_bit_for_bit_what_session_run_answers(batch_wait_s):
     from service.vision.align import to_uint8_images
     from tests.conftest import REPO
 
-    model = EmotionModel.from_dir(REPO / "models" / "pfvit-micro-fer2013", providers=[CPU], intra_op_threads=1, batch_wait_s=batch_wait_s, max_batch=4)
+    model = EmotionModel.from_dir(DEFAULT_MODEL_DIR, providers=[CPU], intra_op_threads=1, batch_wait_s=batch_wait_s, max_batch=4)
     try:
         faces = np.random.default_rng(3).integers(0, 256, size=(7, *model.input_hw, 3), dtype=np.uint8)  # two calls of 4 and 3
         x = model._prepare(faces)

@@ -15,6 +15,7 @@ from training.checkpoint import TrainState, save_checkpoint
 from training.config import PFViTConfig, TrainConfig
 from training.export import export_checkpoint
 from training.model import PFViT
+from tests.conftest import DEFAULT_MODEL_DIR
 
 
 def test_export_parity_and_card(tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ def test_fp16_parity_tool_on_a_folder_of_faces(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    status = main([str(REPO / "models" / "pfvit-micro-fer2013"), "--faces", str(tmp_path), "--batch", "4", "--threads", "1"])
+    status = main([str(DEFAULT_MODEL_DIR), "--faces", str(tmp_path), "--batch", "4", "--threads", "1"])
     report = __import__("json").loads(capsys.readouterr().out)
     assert report["samples"] == 6 and report["logits_max_abs_diff"] <= 0.05 and report["poker_face_psnr_db"] >= 40
     assert status == (0 if report["passed"] else 1)
