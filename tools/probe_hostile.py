@@ -16,8 +16,10 @@ Checks, each bounded in count and time:
   sending a 20 MiB body but its last byte: the server's memory growth, and how many were
   answered 401 before their last byte.
 
-Memory is the server's ``process_resident_memory_bytes`` from ``/metrics`` (all workers
-together with several), sampled every 50 ms. Only loopback addresses are probed.
+Memory growth is the server's peak resident memory during a check over its resident memory
+before it: with ``--pid`` (a server process on this machine, one worker) the kernel's own peak
+(``VmHWM``, reset before each check), otherwise ``process_resident_memory_bytes`` from
+``/metrics`` (all workers together), sampled every 50 ms. Only loopback addresses are probed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Row:
 class Probe:
     url: str
     api_key: str | None
+    pid: int | None = None  # the server process, when it runs on this machine with one worker
     rows: list[Row] = field(default_factory=list)
 
     @property
@@ -78,6 +81,41 @@ def rss_mib(url: str, headers: dict[str, str]) -> float | None:
         if line.startswith("process_resident_memory_bytes "):
             return float(line.split()[1]) / 2**20
     return None
+
+
+def _status_kib(pid: int, field_name: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return float(line.split()[1])
+    raise KeyError(field_name)
+
+
+class MemoryWatch:
+    """The server's resident memory growth over a block: its peak during the block minus its
+    resident memory at the start."""
+
+    def __init__(self, probe: Probe, sampler: "Sampler") -> None:
+        self.probe, self.sampler = probe, sampler
+        self.before: float | None = None
+
+    def __enter__(self) -> "MemoryWatch":
+        if self.probe.pid is not None:
+            Path(f"/proc/{self.probe.pid}/clear_refs").write_text("5")  # reset the kernel's peak (VmHWM) to now
+            self.before = _status_kib(self.probe.pid, "VmRSS") / 1024
+        else:
+            self.before = rss_mib(self.probe.url, self.probe.headers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @property
+    def growth_mib(self) -> float:
+        if self.before is None:
+            return float("nan")
+        if self.probe.pid is not None:
+            return _status_kib(self.probe.pid, "VmHWM") / 1024 - self.before
+        return max(self.sampler.rss, default=self.before) - self.before
 
 
 class Sampler:
@@ -197,7 +235,6 @@ def check_stall(probe: Probe) -> None:
 
 def check_amplification(probe: Probe) -> None:
     body = b'{"images": [' + b",".join([b"{}"] * 1_000_000) + b"]}"
-    before = rss_mib(probe.url, probe.headers)
     result: dict[str, object] = {}
 
     def post() -> None:
@@ -209,11 +246,11 @@ def check_amplification(probe: Probe) -> None:
             result.update(status=type(exc).__name__, size=0)
         result["seconds"] = time.perf_counter() - start
 
-    with Sampler(probe.url, probe.headers) as sampler:
+    with Sampler(probe.url, probe.headers) as sampler, MemoryWatch(probe, sampler) as memory:
         thread = threading.Thread(target=post)
         thread.start()
         thread.join()
-    growth = (max(sampler.rss, default=before or 0.0) - before) if before is not None else float("nan")
+    growth = memory.growth_mib
     status, size, seconds = result["status"], int(result["size"]), float(result["seconds"])  # type: ignore[arg-type]
     ok = isinstance(status, int) and 400 <= status < 500 and size < 64 * 1024 and seconds < 1.0
     probe.add(f"amplification: 1,000,000 empty items ({len(body) / 2**20:.1f} MiB body)", f"{status}, {size:,} bytes, {seconds:.2f} s", ok)
@@ -268,11 +305,10 @@ def check_keyless_memory(probe: Probe, connections: int = 24, body_mib: int = 20
         probe.add("keyless memory", "skipped: the server has no API keys (set PFVIT_API_KEYS)", True)
         return
     parts = urlsplit(probe.url)
-    before = rss_mib(probe.url, probe.headers)
     held = threading.Barrier(connections + 1)
     release = threading.Event()
     outs: list[dict] = [{} for _ in range(connections)]
-    with Sampler(probe.url, probe.headers) as sampler:
+    with Sampler(probe.url, probe.headers) as sampler, MemoryWatch(probe, sampler) as memory:
         threads = [
             threading.Thread(target=_keyless_upload, args=(parts.hostname, parts.port or 80, body_mib * 2**20, held, release, out), daemon=True)
             for out in outs
@@ -283,11 +319,11 @@ def check_keyless_memory(probe: Probe, connections: int = 24, body_mib: int = 20
             held.wait(timeout=90)  # every connection has sent its body but one byte
         except threading.BrokenBarrierError:
             pass
-        time.sleep(0.5)  # two more memory samples while all are held
+        time.sleep(0.5)  # a few more memory samples while all are held
+        growth = memory.growth_mib  # while every connection is still held
         release.set()
         for thread in threads:
             thread.join(timeout=30)
-    growth = (max(sampler.rss, default=before or 0.0) - before) if before is not None else float("nan")
     early = sum(out.get("status") == "401" for out in outs)
     probe.add(f"keyless memory: {connections} connections x {body_mib} MiB body but its last byte", f"RSS growth {growth:.0f} MiB",
               growth < 50)
@@ -316,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", help="base URL of a running service on loopback, e.g. http://127.0.0.1:8000")
     parser.add_argument("--api-key", help="a key the server accepts (when it has PFVIT_API_KEYS)")
     parser.add_argument("--mutations", type=int, default=400, help="mutated files sent (default 400)")
+    parser.add_argument("--pid", type=int, help="the server's process id, when it runs here with one worker: memory from the kernel's peak")
     parser.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
     args = parser.parse_args(argv)
     host = urlsplit(args.url).hostname or ""
@@ -326,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if not loopback:
         parser.error(f"{host!r} is not a loopback address: this tool only probes a server on this machine")
     url = args.url.rstrip("/")
-    probe = Probe(url=url, api_key=args.api_key)
+    probe = Probe(url=url, api_key=args.api_key, pid=args.pid)
     httpx.get(url + "/healthz", timeout=10).raise_for_status()
     for name in args.checks.split(","):
         CHECKS[name.strip()](probe, args)

@@ -311,8 +311,9 @@ def _jpeg_for_decoder(data: bytes) -> bytes:
         pos = end
 
 
-def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """``(type, start, end)`` of the chunks' data, CRCs checked, at most ``MAX_PNG_CHUNKS``."""
+def _png_chunks(data: bytes, *, check_crc: bool) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, start, end)`` of the chunks' data, at most ``MAX_PNG_CHUNKS``, each one's CRC
+    checked if asked."""
     pos = len(_PNG_SIGNATURE)
     size = len(data)
     count = 0
@@ -324,7 +325,7 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
         count += 1
         if count > MAX_PNG_CHUNKS:
             raise InvalidImage(f"the PNG has more than {MAX_PNG_CHUNKS} chunks; no real image has that many")
-        if zlib.crc32(memoryview(data)[pos + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
+        if check_crc and zlib.crc32(memoryview(data)[pos + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
             raise InvalidImage(f"the PNG's {kind.decode('latin-1')!r} chunk fails its checksum (corrupt data)")
         yield kind, start, end
         if kind == b"IEND":
@@ -334,8 +335,8 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
 
 
 def _check_png_chunks(data: bytes) -> None:
-    """Walk every chunk (bounded count, each CRC checked) without decoding anything."""
-    for _ in _png_chunks(data):
+    """Walk the chunks (a bounded count) before Pillow's opener walks them in Python."""
+    for _ in _png_chunks(data, check_crc=False):
         pass
 
 
@@ -361,13 +362,14 @@ def _png_raw_size(ihdr: bytes) -> int:
 
 
 def _check_png_data(data: bytes) -> None:
-    """The PNG's image data is one whole zlib stream of exactly the declared size.
+    """Every chunk's CRC is right, and the image data is one whole zlib stream of exactly the
+    declared size.
 
     Pillow stops inflating once it has the rows it needs and leaves rows a short stream
     never filled black; a corrupt stream whose chunk checksums were recomputed would pass
     the chunk walk. Inflated here in bounded pieces, nothing kept.
     """
-    chunks = _png_chunks(data)
+    chunks = _png_chunks(data, check_crc=True)
     inflater = zlib.decompressobj()
     expected = None
     total = 0
