@@ -9,13 +9,14 @@ import base64
 import binascii
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service import metrics
@@ -132,26 +133,41 @@ def _b64decode(text: str, index: int) -> bytes:
 
 
 async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
-    parser = MultiPartParser(request.headers, request.stream(), max_files=settings.max_images, max_fields=32)
-    # Every part in memory: SpooledTemporaryFile rolls over to disk only above this size,
-    # and no part can be larger than the body, which is already in memory.
-    parser.spool_max_size = settings.max_upload_bytes + 1
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        if exc.message.startswith("Too many files"):
-            raise InvalidRequest(f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request", field="images") from None
-        raise InvalidRequest(f"the multipart body could not be parsed: {exc.message}") from None
-    try:
-        items = form.getlist("images")
-        files = [item for item in items if not isinstance(item, str)]
-        if not items or len(files) != len(items):
-            msg = "Field required" if not items else "Expected a file, got text"
-            raise ValidationFailed(f"body.images: {msg}", errors=[{"loc": ["body", "images"], "msg": msg, "type": "missing" if not items else "value_error"}])
-        _check_count(len(files), settings)
-        return [Upload(filename=f.filename, data=await f.read()) for f in files]
-    finally:
-        await form.close()
+    # The middleware has the whole body in memory already; splitting it into parts is pure
+    # Python work in proportion to its size, so it is done in a worker thread.
+    body = await request.body()
+    return await asyncio.to_thread(_parse_multipart, request.headers, body, settings)
+
+
+def _parse_multipart(headers: Headers, body: bytes, settings: Settings) -> list[Upload]:
+    """The uploads of a multipart body (in a worker thread, on an event loop of its own)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    async def parse() -> list[Upload]:
+        parser = MultiPartParser(headers, chunks(), max_files=settings.max_images, max_fields=32)
+        # Every part in memory: SpooledTemporaryFile rolls over to disk only above this size,
+        # and no part can be larger than the body, which is already in memory.
+        parser.spool_max_size = settings.max_upload_bytes + 1
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            if exc.message.startswith("Too many files"):
+                raise InvalidRequest(f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request", field="images") from None
+            raise InvalidRequest(f"the multipart body could not be parsed: {exc.message}") from None
+        try:
+            items = form.getlist("images")
+            files = [item for item in items if not isinstance(item, str)]
+            if not items or len(files) != len(items):
+                msg = "Field required" if not items else "Expected a file, got text"
+                raise ValidationFailed(f"body.images: {msg}", errors=[{"loc": ["body", "images"], "msg": msg, "type": "missing" if not items else "value_error"}])
+            _check_count(len(files), settings)
+            return [Upload(filename=f.filename, data=f.file.read()) for f in files]
+        finally:
+            await form.close()
+
+    return asyncio.run(parse())
 
 
 def _check_count(count: int, settings: Settings) -> None:
