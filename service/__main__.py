@@ -133,6 +133,10 @@ def _uvicorn_config(app, settings: Settings, log_config: dict | None, **kwargs) 
         # requests get a bounded time to finish; a connection that does not send a request's
         # headers in time is closed.
         http=HeaderDeadlineProtocol,
+        # No WebSocket route exists: a handshake is answered as the plain HTTP request it also
+        # is (a problem document for any path but the open GET routes), whichever WebSocket
+        # library happens to be installed.
+        ws="none",
         header_timeout_s=settings.header_timeout_s,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
