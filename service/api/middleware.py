@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
 from collections.abc import Collection
 
 from starlette.datastructures import Headers
@@ -25,8 +24,8 @@ from service.errors import PayloadTooLarge, PFViTError, RequestTimeout, Unauthor
 # Its limit on the wire is scaled so that the decoded images get the same byte limit as a
 # multipart upload (the decoded bytes are counted again when the images are read).
 _JSON_OVERHEAD_BYTES = 64 * 1024
-_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="pfvit"'}
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
+_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="pfvit"'}
 
 
 def json_body_limit(max_upload_bytes: int) -> int:
