@@ -133,6 +133,10 @@ def _uvicorn_config(app, settings: Settings, log_config: dict | None, **kwargs) 
         # requests get a bounded time to finish; a connection that does not send a request's
         # headers in time is closed.
         http=HeaderDeadlineProtocol,
+        # No WebSocket route exists: a handshake is answered as the plain HTTP request it also
+        # is (a problem document for any path but the open GET routes), whichever WebSocket
+        # library happens to be installed.
+        ws="none",
         header_timeout_s=settings.header_timeout_s,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
@@ -148,11 +152,10 @@ def _serve_workers(settings: Settings, overrides: dict, log_config: dict | None)
 
     The workers read their settings from the environment, so the command-line overrides go
     there; they share their metrics through a fresh folder (``PROMETHEUS_MULTIPROC_DIR``),
-    removed at exit. A model fault in any worker stops them all and exits with status 2.
+    removed at exit, where a worker that dies has its live gauges cleared by the supervisor. A model fault in any worker stops them all and exits with status 2.
     """
-    from uvicorn.supervisors import Multiprocess
-
     from service.app import WORKER_FATAL_FILE_ENV
+    from service.server import WorkerSupervisor
 
     run_dir = Path(tempfile.mkdtemp(prefix="pfvit-serve-"))
     metrics_dir = run_dir / "metrics"
@@ -163,7 +166,7 @@ def _serve_workers(settings: Settings, overrides: dict, log_config: dict | None)
     os.environ[WORKER_FATAL_FILE_ENV] = str(fatal_file)
     try:
         config = _uvicorn_config("service.app:worker_app", settings, log_config, factory=True, workers=settings.workers)
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        WorkerSupervisor(config, sockets=[config.bind_socket()]).run()
         if fatal_file.is_file():
             reason = fatal_file.read_text(encoding="utf-8").splitlines()[0]
             print(f"pfvit: cannot start: {reason}", file=sys.stderr)

@@ -14,13 +14,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from service import __version__, metrics
 from service.api.deps import require_api_key
-from service.api.middleware import RequestContext
+from service.api.middleware import ProblemCORSMiddleware, RequestContext
 from service.api.openapi import build_openapi
 from service.api.problems import install_problem_handlers
 from service.api.routes import limits, poker_face, recognize, system
@@ -92,6 +91,8 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
         # Swagger UI and ReDoc from files inside the installed package: /docs works offline.
         static_url="/docs-assets",
         swagger_ui_parameters={"tryItOutEnabled": True, "displayRequestDuration": True},
+        # /v1/recognize/ is a 404, not a redirect whose Location is built from the Host header.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_problem_handlers(app)
@@ -104,9 +105,12 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     app.include_router(system.router)  # liveness and readiness: always open, for orchestrators
     app.include_router(system.metrics_router, dependencies=secured if settings.metrics_require_key else [])
     install_demo_page(app, settings)
-    secured_paths = set()
+    secured_paths: set[str] = set()
+    docs_paths: set[str] = set()
     if settings.api_keys:
         secured_paths = {"/v1/recognize", "/v1/poker-face", "/v1/models", "/v1/limits"} | ({"/metrics"} if settings.metrics_require_key else set())
+        if settings.docs_require_key:
+            docs_paths = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -120,12 +124,17 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
         max_body_bytes=settings.max_upload_bytes,
         body_timeout_s=settings.body_timeout_s,
         access_log=settings.log_format == "json",
+        # The key is checked here, from the headers, before the body is read; the routes'
+        # own dependency (require_api_key) says so in the OpenAPI document.
+        api_keys=settings.api_keys,
+        protected_paths=secured_paths | docs_paths,
+        protected_prefixes=("/docs-assets/",) if docs_paths else (),
     )
     if settings.cors_origins:
         # Outermost, so that every answer (problem documents from the middleware included)
         # carries the CORS headers a browser needs to read it.
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", REQUEST_ID_HEADER],

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
         "(Authorization: Bearer <key> or X-API-Key). Empty: no authentication.",
     )
     metrics_require_key: bool = Field(False, description="When API keys are set, /metrics needs one too.")
+    docs_require_key: bool = Field(
+        False,
+        description="When API keys are set, /docs, /redoc, /openapi.json and the docs' files need one too. Off by default: "
+        "the API's description is public (it is in the source), and a browser cannot send a key with a page load.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any); empty: no CORS headers."
     )

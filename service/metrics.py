@@ -220,7 +220,9 @@ def scrape_registry() -> CollectorRegistry:
     return registry
 
 
-def worker_exited() -> None:
-    """Drop this worker's live gauges from the shared folder (at its shutdown)."""
+def worker_exited(pid: int | None = None) -> None:
+    """Drop a worker's live gauges from the shared folder: this process's at its shutdown, or
+    (from the supervising process) those of a worker that died without shutting down, so that
+    no gauge keeps the last values of a process that is gone."""
     if multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(os.getpid())
+        multiprocess.mark_process_dead(os.getpid() if pid is None else pid)

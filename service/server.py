@@ -1,5 +1,6 @@
 """The HTTP server's parts that are ours: uvicorn's h11 protocol with a header deadline and
-problem documents for malformed HTTP, and the uvicorn config that carries the deadline.
+problem documents for malformed HTTP, the uvicorn config that carries the deadline, and the
+supervisor of several workers that clears a dead worker's metrics.
 
 In a module of their own, not in ``service/__main__.py``: with several workers uvicorn pickles
 its config (and so these classes, by name) into every worker process, which imports them from
@@ -15,7 +16,9 @@ import uuid
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
 
+from service import metrics
 from service.api.problems import PROBLEM_JSON, problem_body
 
 
@@ -84,3 +87,25 @@ class ServiceConfig(uvicorn.Config):
     def __init__(self, app, *, header_timeout_s: float, **kwargs) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
+
+
+class WorkerSupervisor(Multiprocess):
+    """uvicorn's supervisor of several workers, which replaces a worker that died; here it
+    also marks the dead worker's metrics files dead (prometheus_client's
+    ``mark_process_dead``). A worker killed mid-request never runs its shutdown, so without
+    this its in-flight requests and its ``pfvit_ready`` series would stay in ``/metrics``
+    for the life of the server."""
+
+    def keep_subprocess_alive(self) -> None:
+        self._clear_replaced(super().keep_subprocess_alive)
+
+    def restart_all(self) -> None:
+        self._clear_replaced(super().restart_all)
+
+    def _clear_replaced(self, step) -> None:
+        before = [process.pid for process in self.processes]
+        step()
+        alive = {process.pid for process in self.processes}
+        for pid in before:
+            if pid is not None and pid not in alive:
+                metrics.worker_exited(pid)

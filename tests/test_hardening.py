@@ -95,6 +95,16 @@ def test_api_key_bearer_or_header(guarded, astronaut_bytes):
     assert "security" not in spec["paths"]["/healthz"]["get"]
 
 
+def test_the_key_is_checked_before_the_body(guarded):
+    # A keyless upload declaring more than the body limit: the key decides, not the body.
+    huge = {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(10**9)}
+    assert_problem(guarded.post("/v1/recognize", content=b"--x", headers=huge), 401, "unauthorized")
+    assert_problem(guarded.post("/v1/recognize", content=b"--x", headers={**huge, "Authorization": "Bearer nope"}), 401, "unauthorized")
+    assert_problem(guarded.post("/v1/recognize", content=b"--x", headers={**huge, **KEY}), 413, "payload-too-large")
+    # The docs stay open by default (PFVIT_DOCS_REQUIRE_KEY).
+    assert guarded.get("/openapi.json").status_code == 200
+
+
 def test_cors_preflight_and_simple_request(guarded):
     pre = guarded.options(
         "/v1/recognize",
@@ -105,7 +115,9 @@ def test_cors_preflight_and_simple_request(guarded):
     assert "POST" in pre.headers["access-control-allow-methods"]
     assert "x-api-key" in pre.headers["access-control-allow-headers"].lower()
     other = guarded.options("/v1/recognize", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
-    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert "access-control-allow-origin" not in other.headers
+    body = assert_problem(other, 400, "bad-request")
+    assert "CORS" in body["detail"] and "origin" in body["detail"].lower()
     simple = guarded.get("/healthz", headers={"Origin": "https://app.example"})
     assert simple.headers["access-control-allow-origin"] == "https://app.example"
     assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()

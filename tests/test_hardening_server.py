@@ -187,6 +187,28 @@ def test_malformed_http_gets_a_problem_document(one_slot_server):
     assert httpx.get(url + "/healthz", timeout=5).status_code == 200
 
 
+def test_the_answers_that_are_not_problem_documents(one_slot_server):
+    """The README lists exactly which answers are not problem documents: a WebSocket handshake
+    (uvicorn's WebSocket support is off) and a trailing slash (never a redirect) get problem
+    documents; /readyz answers plain JSON."""
+    url, _ = one_slot_server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET /v1/socket HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 404") and b"application/problem+json" in answer
+    slash = httpx.post(url + "/v1/recognize/", headers={"Host": "evil.example"}, timeout=10)
+    assert slash.status_code == 404 and "location" not in slash.headers
+    assert slash.headers["content-type"].startswith("application/problem+json")
+    not_ready_shape = httpx.get(url + "/readyz", timeout=10)
+    assert not_ready_shape.status_code == 200 and not_ready_shape.headers["content-type"] == "application/json"
+
+
 def test_shutdown_has_a_bound(settings, astronaut_rgb):
     env = stub_server_env(
         settings,

@@ -72,3 +72,47 @@ def test_two_workers_share_the_load_and_their_metrics(settings, astronaut_bytes)
         assert sample_value(after, "process_resident_memory_bytes") > 100 * 2**20  # both workers' models together
         # Readiness per worker: each one answers /readyz from its own state.
         assert all(httpx.get(url + "/readyz").status_code == 200 for _ in range(4))
+
+
+def test_a_killed_worker_leaves_no_stale_gauges(settings) -> None:
+    """A worker killed with requests in flight never runs its shutdown; the supervisor clears
+    its live gauges, so /metrics stops counting its requests and its readiness."""
+    import os
+    import signal
+    import socket
+
+    env = stub_server_env(settings, PFVIT_WORKERS="2", PFVIT_LOG_LEVEL="warning", PFVIT_BODY_TIMEOUT_S="60")
+    with serving(env, timeout_s=90.0) as url:
+        ready = _wait_all_workers_ready(url, 2)
+        host, port = url.removeprefix("http://").split(":")
+        # Twelve requests held in flight (their bodies never finish), spread by the kernel over
+        # both workers: the one killed below holds some of them (all twelve on one worker is
+        # a 1 in 2048 chance).
+        held = []
+        for _ in range(12):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(f"POST /v1/recognize HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                         "Content-Length: 100000\r\n\r\n--x\r\n".encode())
+            held.append(sock)
+        deadline = time.monotonic() + 30
+        while sample_value(httpx.get(url + "/metrics").text, "pfvit_http_requests_in_flight") < 13:  # + the scrape
+            assert time.monotonic() < deadline, "the held requests never showed as in flight"
+            time.sleep(0.1)
+        victim = sorted(ready)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        for sock in held:
+            sock.close()
+        # The live worker's held requests end when their clients go; the dead worker's must
+        # vanish with it. Then only the scrape itself is in flight.
+        deadline = time.monotonic() + 60
+        while True:
+            text = httpx.get(url + "/metrics").text
+            in_flight = sample_value(text, "pfvit_http_requests_in_flight")
+            pids = set(_per_worker(text, "pfvit_ready"))
+            if victim not in pids and in_flight == 1:
+                break
+            assert time.monotonic() < deadline, f"stale gauges of the killed worker {victim}: ready pids {pids}, in flight {in_flight}"
+            time.sleep(0.2)
+        # The supervisor's replacement worker loads and reports ready in its own series.
+        after = _wait_all_workers_ready(url, 2)
+        assert victim not in after

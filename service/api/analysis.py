@@ -7,23 +7,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import threading
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
-from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service import metrics
 from service.api.problems import validation_failed
-from service.api.schemas import Box, JsonDetectOptions, ModelRef
+from service.api.schemas import FILENAME_MAX_CHARS, Box, JsonDetectOptions, ModelRef
 from service.api.tracing import access_fields
 from service.config import Settings
 from service.errors import (
@@ -31,14 +29,16 @@ from service.errors import (
     DeadlineExceeded,
     EmptyUpload,
     ImageTooLarge,
+    InvalidImage,
     InvalidRequest,
     PayloadTooLarge,
+    UnsupportedMediaType,
     ValidationFailed,
     WorkAbandoned,
 )
 from service.pipeline import DetectOptions, Face, FacePipeline, ImageResult, StageTimer
 from service.state import AdmissionGate, ServiceState
-from service.vision.imaging import encode_png
+from service.vision.imaging import encode_png, probe_size
 
 JsonBody = TypeVar("JsonBody", bound=JsonDetectOptions)
 
@@ -67,19 +67,14 @@ async def read_images(request: Request, settings: Settings, json_model: type[Jso
 
     Returns the uploads and, for a JSON body, the parsed body (its options).
     Multipart parts are kept in memory (the body is already in memory, within its limit), so
-    no face ever touches the disk and a read-only root file system works.
+    no face ever touches the disk and a read-only root file system works. A JSON body is
+    parsed and its base64 decoded in a worker thread: up to its limit that is tens of
+    milliseconds the event loop (and every other client) would otherwise wait.
     """
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json":
-        parsed = await _read_json(request, json_model)
-        uploads = [Upload(filename=image.filename, data=_b64decode(image.data, index)) for index, image in enumerate(parsed.images)]  # type: ignore[attr-defined]
-        _check_count(len(uploads), settings)
-        decoded = sum(len(u.data) for u in uploads)
-        if decoded > settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"the images decode to {decoded} bytes; the limit is {settings.max_upload_bytes}", limit_bytes=settings.max_upload_bytes
-            )
-        return uploads, parsed
+        body = await request.body()
+        return await asyncio.to_thread(_read_json, body, json_model, settings)
     if media == "multipart/form-data":
         return await _read_multipart(request, settings), None
     raise ValidationFailed(
@@ -88,12 +83,35 @@ async def read_images(request: Request, settings: Settings, json_model: type[Jso
     )
 
 
-async def _read_json(request: Request, json_model: type[JsonBody]) -> JsonBody:
-    body = await request.body()
+def _read_json(body: bytes, json_model: type[JsonBody], settings: Settings) -> tuple[list[Upload], JsonBody]:
+    """Parse and validate a JSON body, then decode its images (in a worker thread)."""
+    _check_json_shape(body, settings.max_images)
     try:
-        return json_model.model_validate_json(body)
+        parsed = json_model.model_validate_json(body, context={"max_images": settings.max_images})
     except ValidationError as exc:
         raise validation_failed(exc.errors(include_url=False, include_input=False), prefix=("body",)) from None
+    uploads = [Upload(filename=image.filename, data=_b64decode(image.data, index)) for index, image in enumerate(parsed.images)]  # type: ignore[attr-defined]
+    _check_count(len(uploads), settings)
+    decoded = sum(len(u.data) for u in uploads)
+    if decoded > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the images decode to {decoded} bytes; the limit is {settings.max_upload_bytes}", limit_bytes=settings.max_upload_bytes
+        )
+    return uploads, parsed
+
+
+def _check_json_shape(body: bytes, max_images: int) -> None:
+    """Refuse, before parsing, a body with more JSON objects and arrays than any valid request
+    has: the top object, the ``images`` array, one object per image and at most every
+    character of each file name. A body of a million empty items would otherwise become a
+    million Python objects (and as many errors) before the item count is checked."""
+    containers = body.count(b"{") + body.count(b"[")
+    bound = 2 + max_images * (1 + FILENAME_MAX_CHARS)
+    if containers > bound:
+        raise ValidationFailed(
+            f"body: {containers} JSON objects and arrays; a request of at most {max_images} images has at most {bound}",
+            errors=[{"loc": ["body"], "msg": f"more JSON objects and arrays than a request of at most {max_images} images can hold", "type": "too_long"}],
+        )
 
 
 def _b64decode(text: str, index: int) -> bytes:
@@ -115,26 +133,41 @@ def _b64decode(text: str, index: int) -> bytes:
 
 
 async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
-    parser = MultiPartParser(request.headers, request.stream(), max_files=settings.max_images, max_fields=32)
-    # Every part in memory: SpooledTemporaryFile rolls over to disk only above this size,
-    # and no part can be larger than the body, which is already in memory.
-    parser.spool_max_size = settings.max_upload_bytes + 1
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        if exc.message.startswith("Too many files"):
-            raise InvalidRequest(f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request", field="images") from None
-        raise InvalidRequest(f"the multipart body could not be parsed: {exc.message}") from None
-    try:
-        items = form.getlist("images")
-        files = [item for item in items if not isinstance(item, str)]
-        if not items or len(files) != len(items):
-            msg = "Field required" if not items else "Expected a file, got text"
-            raise ValidationFailed(f"body.images: {msg}", errors=[{"loc": ["body", "images"], "msg": msg, "type": "missing" if not items else "value_error"}])
-        _check_count(len(files), settings)
-        return [Upload(filename=f.filename, data=await f.read()) for f in files]
-    finally:
-        await form.close()
+    # The middleware has the whole body in memory already; splitting it into parts is pure
+    # Python work in proportion to its size, so it is done in a worker thread.
+    body = await request.body()
+    return await asyncio.to_thread(_parse_multipart, request.headers, body, settings)
+
+
+def _parse_multipart(headers: Headers, body: bytes, settings: Settings) -> list[Upload]:
+    """The uploads of a multipart body (in a worker thread, on an event loop of its own)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    async def parse() -> list[Upload]:
+        parser = MultiPartParser(headers, chunks(), max_files=settings.max_images, max_fields=32)
+        # Every part in memory: SpooledTemporaryFile rolls over to disk only above this size,
+        # and no part can be larger than the body, which is already in memory.
+        parser.spool_max_size = settings.max_upload_bytes + 1
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            if exc.message.startswith("Too many files"):
+                raise InvalidRequest(f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request", field="images") from None
+            raise InvalidRequest(f"the multipart body could not be parsed: {exc.message}") from None
+        try:
+            items = form.getlist("images")
+            files = [item for item in items if not isinstance(item, str)]
+            if not items or len(files) != len(items):
+                msg = "Field required" if not items else "Expected a file, got text"
+                raise ValidationFailed(f"body.images: {msg}", errors=[{"loc": ["body", "images"], "msg": msg, "type": "missing" if not items else "value_error"}])
+            _check_count(len(files), settings)
+            return [Upload(filename=f.filename, data=f.file.read()) for f in files]
+        finally:
+            await form.close()
+
+    return asyncio.run(parse())
 
 
 def _check_count(count: int, settings: Settings) -> None:
@@ -144,20 +177,19 @@ def _check_count(count: int, settings: Settings) -> None:
         raise InvalidRequest(f"{count} images uploaded; at most {settings.max_images} per request", field="images")
 
 
-def check_pixel_budget(uploads: list[Upload], max_request_pixels: int) -> None:
+def check_pixel_budget(uploads: list[Upload], *, max_image_pixels: int, max_request_pixels: int) -> None:
     """Refuse a request whose images together declare more than ``max_request_pixels``.
 
-    Read from each file's header (Pillow opens lazily), before anything is decoded. A file
-    whose header cannot be read counts nothing here; decoding it names the fault.
+    Read from each file's header, with its format allow-listed and its structure bounded
+    first (``service.vision.imaging.probe_size``), before anything is decoded; runs in the
+    request's worker thread, after its place in the queue. A file whose header cannot be read
+    counts nothing here; decoding it names the fault.
     """
     total = 0
     for upload in uploads:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(upload.data)) as img:
-                    width, height = img.size
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+            width, height = probe_size(upload.data, max_pixels=max_image_pixels)
+        except (InvalidImage, UnsupportedMediaType, EmptyUpload, ImageTooLarge):
             continue
         total += width * height
     if total > max_request_pixels:
@@ -190,9 +222,19 @@ class AbandonableTimer(StageTimer):
 
 
 def _analyse_sync(
-    pipeline: FacePipeline, uploads: list[Upload], options: DetectOptions, timer: AbandonableTimer, *, recognise: bool, poker_face: bool
+    pipeline: FacePipeline,
+    uploads: list[Upload],
+    options: DetectOptions,
+    timer: AbandonableTimer,
+    *,
+    max_request_pixels: int,
+    recognise: bool,
+    poker_face: bool,
 ) -> tuple[list[ImageResult], list[list[bytes]]]:
-    # Each photo is decoded, searched and released in turn inside the pipeline.
+    # The headers first (the request's pixel budget), then each photo is decoded, searched
+    # and released in turn inside the pipeline.
+    with timer.stage("decode"):
+        check_pixel_budget(uploads, max_image_pixels=pipeline.max_image_pixels, max_request_pixels=max_request_pixels)
     results = pipeline.run(
         [u.data for u in uploads], options, timer, recognise=recognise, poker_face=poker_face, names=[u.filename for u in uploads]
     )
@@ -230,8 +272,9 @@ async def analyse(
     recognise: bool,
     poker_face: bool,
 ) -> Analysis:
-    """Queue for a computing slot, then run the pipeline in a worker thread, within the
-    request's deadline (queue wait included) and only while the client still waits.
+    """Queue for a computing slot, then check the request's pixel budget and run the
+    pipeline in a worker thread, within the request's deadline (queue wait included) and only
+    while the client still waits. Nothing here parses the images on the event loop.
 
     Raises:
         QueueFull: the waiting line is full (503).
@@ -247,7 +290,14 @@ async def analyse(
         timer.seconds["queue"] = await state.gate.acquire(deadline - time.perf_counter())
         worker = asyncio.ensure_future(
             asyncio.to_thread(
-                _analyse_sync, pipeline, uploads, options, timer, recognise=recognise, poker_face=poker_face
+                _analyse_sync,
+                pipeline,
+                uploads,
+                options,
+                timer,
+                max_request_pixels=settings.max_request_pixels,
+                recognise=recognise,
+                poker_face=poker_face,
             )
         )
         worker.add_done_callback(_on_worker_done(state.gate, timer))

@@ -1,24 +1,31 @@
-"""ASGI middleware around every request: its ID, the body limit and timeout, HTTP metrics,
-and the access record."""
+"""ASGI middleware around every request: its ID, the API key (from the headers, before the
+body), the body limit and timeout, HTTP metrics, the access record; and CORS whose refusals
+are problem documents."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.api.problems import problem_response
+from service.api.deps import api_key_from_headers, check_api_key
+from service.api.problems import PROBLEM_JSON, problem_body, problem_response
 from service.api.tracing import ACCESS_LOG, REQUEST_ID_HEADER, access_fields, request_id_from, request_id_var
-from service.errors import PayloadTooLarge, PFViTError, RequestTimeout
+from service.errors import PayloadTooLarge, PFViTError, RequestTimeout, Unauthorized
 
 # A JSON body carries images as base64: 4 bytes for every 3, plus the JSON around them.
 # Its limit on the wire is scaled so that the decoded images get the same byte limit as a
 # multipart upload (the decoded bytes are counted again when the images are read).
 _JSON_OVERHEAD_BYTES = 64 * 1024
 _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
+_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="pfvit"'}
 
 
 def json_body_limit(max_upload_bytes: int) -> int:
@@ -30,6 +37,9 @@ class RequestContext:
 
     - ``X-Request-ID``: the client's (when sane) or a new one, echoed on the response and in
       every problem document.
+    - With API keys set, a request to a protected path without a valid key is answered 401
+      from its headers alone: its body is never buffered (the server discards what the
+      client still sends), so keyless clients cannot make the server hold their uploads.
     - The body is read, up to its limit and within ``body_timeout_s``, before the
       application sees it: an oversized upload is refused with 413 whether or not it
       declares a Content-Length, a stalled one with 408, and the application never parses a
@@ -38,8 +48,21 @@ class RequestContext:
     - With ``access_log`` on, one record per request (``service.api.tracing``).
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, access_log: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        access_log: bool,
+        api_keys: Collection[str] = (),
+        protected_paths: Collection[str] = (),
+        protected_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
+        self.api_keys = list(api_keys)
+        self.protected_paths = frozenset(protected_paths)
+        self.protected_prefixes = protected_prefixes
         self.max_body_bytes = max_body_bytes
         self.max_json_body_bytes = json_body_limit(max_body_bytes)
         self.body_timeout_s = body_timeout_s
@@ -66,6 +89,10 @@ class RequestContext:
             await send(message)
 
         try:
+            refused = self._refuse_key(scope)
+            if refused is not None:
+                await problem_response(refused, instance=scope.get("path"), headers=_WWW_AUTHENTICATE)(scope, receive, send_wrapper)
+                return
             try:
                 replay = await asyncio.wait_for(self._buffer_body(scope, receive), timeout=self.body_timeout_s)
             except asyncio.TimeoutError:
@@ -89,6 +116,19 @@ class RequestContext:
                 record.update(access_fields(scope))
                 ACCESS_LOG.log(logging.INFO, "%s %s %d", method, template, status, extra={"access": record})
             request_id_var.reset(token)
+
+    def _refuse_key(self, scope: Scope) -> Unauthorized | None:
+        """The 401 for a protected path without a valid key, decided from the headers alone."""
+        if not self.api_keys:
+            return None
+        path = scope.get("path", "")
+        if path not in self.protected_paths and not path.startswith(self.protected_prefixes or ("\0",)):
+            return None
+        try:
+            check_api_key(api_key_from_headers(scope.get("headers", ())), self.api_keys)
+        except Unauthorized as exc:
+            return exc
+        return None
 
     def _limit_for(self, scope: Scope) -> int:
         for name, value in scope.get("headers", ()):
@@ -139,3 +179,22 @@ class RequestContext:
             return await receive()  # after the body: wait for the client's disconnect
 
         return replay
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight (an origin, method or header not allowed)
+    answered as a ``bad-request`` problem document instead of plain text. It is the outermost
+    middleware, so it names the request ID itself."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        request_id = request_id_from(request_headers.raw)
+        reason = bytes(response.body).decode("utf-8", "replace")
+        metrics.ERRORS.labels(type="bad-request").inc()
+        body = problem_body(slug="bad-request", title="Bad request", status=response.status_code, detail=f"CORS preflight refused: {reason}",
+                            request_id=request_id)
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        headers[REQUEST_ID_HEADER] = request_id
+        return JSONResponse(body, status_code=response.status_code, media_type=PROBLEM_JSON, headers=headers)

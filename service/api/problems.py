@@ -86,13 +86,22 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     return problem_response(failed, instance=request.url.path)
 
 
+# Errors listed in one validation-error document at most; ``error_count`` gives them all.
+MAX_LISTED_ERRORS = 20
+
+
 def validation_failed(raw_errors: Any, prefix: tuple[str | int, ...] = ()) -> ValidationFailed:
-    """One ``validation-error`` problem from pydantic's error list (``{loc, msg, type}`` each)."""
+    """One ``validation-error`` problem from pydantic's error list (``{loc, msg, type}`` each):
+    the first ``MAX_LISTED_ERRORS`` listed, ``error_count`` counting all of them, so that
+    the document stays small whatever the request."""
+    raw = list(raw_errors)
     errors = [
-        {"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")} for e in raw_errors
+        {"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")} for e in raw[:MAX_LISTED_ERRORS]
     ]
-    where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-    return ValidationFailed(where or "the request does not match the API", errors=errors)
+    where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3])
+    if len(raw) > 3:
+        where += f"; and {len(raw) - 3} more"
+    return ValidationFailed(where or "the request does not match the API", errors=errors, error_count=len(raw))
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
 
 from service.vision.mtcnn import MIN_FACE_SIZE_FLOOR
 
@@ -140,11 +141,35 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = Field(None, description="Path of the request.")
     request_id: str | None = Field(None, description="The request's X-Request-ID.")
-    errors: list[dict[str, Any]] | None = Field(None, description="validation-error only: {loc, msg, type} per offending field.")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="validation-error only: {loc, msg, type} per offending field, the first 20 of them."
+    )
+    error_count: int | None = Field(None, description="validation-error only: how many fields were at fault in all.")
     image_index: int | None = Field(None, description="Position of the offending image, when one image is at fault.")
 
 
 # --- JSON input (application/json instead of multipart) -------------------------------------
+
+
+# Longest file name a JSON image may carry.
+FILENAME_MAX_CHARS = 255
+
+
+def _at_most_max_images(images: Any, info: ValidationInfo) -> Any:
+    """``images`` holds at most ``PFVIT_MAX_IMAGES`` items (the ``max_images`` of the
+    validation context), checked before any item is validated: a long list of invalid items
+    is one error, not one per item."""
+    limit = (info.context or {}).get("max_images")
+    if limit is not None and isinstance(images, list) and len(images) > limit:
+        raise PydanticCustomError(
+            "too_long",
+            "List should have at most {max_length} items, not {actual_length}",
+            {"max_length": limit, "actual_length": len(images)},
+        )
+    return images
+
+
+ImageList = Annotated[list["JsonImage"], BeforeValidator(_at_most_max_images)]
 
 
 class JsonImage(BaseModel):
@@ -154,7 +179,7 @@ class JsonImage(BaseModel):
         min_length=1,
         description="The image file's bytes in base64, or a data: URI (data:image/jpeg;base64,...). URLs are not fetched.",
     )
-    filename: str | None = Field(None, max_length=255, description="Echoed in the answer; never logged.")
+    filename: str | None = Field(None, max_length=FILENAME_MAX_CHARS, description="Echoed in the answer; never logged.")
 
 
 class JsonDetectOptions(BaseModel):
@@ -169,12 +194,12 @@ class JsonDetectOptions(BaseModel):
 
 
 class JsonRecognizeRequest(JsonDetectOptions):
-    images: list[JsonImage] = Field(min_length=1, description="One or more images.")
+    images: ImageList = Field(min_length=1, description="One or more images, at most PFVIT_MAX_IMAGES.")
     return_poker_face: bool | None = Field(None, description="Also return each face's poker face as base64 PNG.")
     return_expression_map: bool | None = Field(None, description="Per face, the expression map as base64 PNG.")
     return_aligned_face: bool | None = Field(None, description="Per face, the aligned crop the model saw, as base64 PNG.")
 
 
 class JsonPokerFaceRequest(JsonDetectOptions):
-    images: list[JsonImage] = Field(min_length=1, description="One or more images.")
+    images: ImageList = Field(min_length=1, description="One or more images, at most PFVIT_MAX_IMAGES.")
     return_expression_map: bool | None = Field(None, description="Per face, the expression map as base64 PNG.")

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import struct
 import warnings
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +20,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from service.errors import EmptyUpload, ImageTooLarge, InvalidImage, UnsupportedMediaType
 
-# Formats accepted from clients. MPO is what many cameras write for JPEG files.
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
+# Formats accepted from clients, found by their magic bytes (:func:`sniff_format`); Pillow
+# opens a JPEG that many cameras write with a second picture (MPO) as the first picture.
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
 # Formats Pillow can decode at a reduced scale (JPEG's DCT scaling).
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 
@@ -108,7 +113,8 @@ def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Pic
         width, height = img.size
         if max_side and max(width, height) > max_side and img.format in _DRAFT_FORMATS:
             ratio = max_side / max(width, height)
-            img.draft(img.mode, (math.ceil(width * ratio), math.ceil(height * ratio)))
+            with image_faults(max_pixels):
+                img.draft(img.mode, (math.ceil(width * ratio), math.ceil(height * ratio)))
         drafted = img.size != (width, height)
         # EXIF orientations 5 to 8 turn the photo by 90 degrees: its upright sides swap.
         upright = (height, width) if _exif_orientation(img) in (5, 6, 7, 8) else (width, height)
@@ -142,32 +148,280 @@ def reduce_to_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
 def _exif_orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(0x0112, 1))  # 0x0112: Orientation
-    except (OSError, ValueError, TypeError, SyntaxError):
+    except PILLOW_FAULTS:
         return 1  # unreadable EXIF: exif_transpose leaves the photo as stored too
 
 
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """Open the bytes lazily (header only) and check format and declared size."""
+# What Pillow's openers, decoders and metadata readers raise on hostile bytes. Beyond OSError
+# and ValueError, its plugins let slip struct.error (short reads), NotImplementedError (a
+# variant a plugin does not handle), IndexError, KeyError, TypeError and ZeroDivisionError
+# (nonsense in a header field). Caught only around Pillow calls on untrusted bytes, never
+# around our own code.
+PILLOW_FAULTS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+)
+
+# Per-image bounds on structure, checked before any Pillow plugin parses the bytes: Pillow
+# walks JPEG segments and PNG chunks in Python, so a file of millions of empty ones would
+# hold a thread for seconds. Real files have a few dozen segments; encoders that split PNG
+# image data into small chunks stay far below the chunk bound.
+MAX_JPEG_SEGMENTS = 1024
+MAX_PNG_CHUNKS = 65_536
+
+# Magic bytes of formats Pillow (or a browser) knows but the service does not accept: a 415
+# that names the format, without handing the bytes to the plugin that would parse them.
+_REFUSED_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"DDS ", "DDS"),
+    (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"icns", "ICNS"),
+    (0, b"qoif", "QOI"),
+    (0, b"%PDF", "PDF"),
+    (0, b"\xff\x4f\xff\x51", "JPEG2000"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+    (0, b"\xff\x0a", "JPEGXL"),
+    (0, b"\x00\x00\x00\x0cJXL ", "JPEGXL"),
+    (4, b"ftypheic", "HEIF"),
+    (4, b"ftypheix", "HEIF"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+)
+
+_JPEG_FILL = re.compile(rb"\xff+")
+# A marker inside entropy-coded data: 0xFF followed by neither a stuffed zero, a restart
+# marker nor another fill byte.
+_JPEG_SCAN_END = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+# Huffman-coded sequential frames (baseline, extended): one scan is read as it decodes.
+_SEQUENTIAL_HUFFMAN = frozenset({0xC0, 0xC1})
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Bytes given to the JPEG decoder after the entropy-coded data in place of the end marker.
+_JPEG_TAIL = bytes(8)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def sniff_format(data: bytes) -> str:
+    """The accepted format the bytes open with (``JPEG``, ``PNG``, ``WEBP`` or ``BMP``),
+    from their magic bytes alone.
+
+    Raises:
+        EmptyUpload: no bytes.
+        UnsupportedMediaType: a known image format that the service does not accept.
+        InvalidImage: anything else.
+    """
     if not data:
         raise EmptyUpload("the uploaded file is empty")
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == _PNG_SIGNATURE:
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and len(data) >= 26:
+        return "BMP"
+    for offset, magic, name in _REFUSED_MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            raise UnsupportedMediaType(f"image format {name} is not accepted; send JPEG, PNG, WebP or BMP", format=name)
+    raise InvalidImage("the uploaded bytes are not a recognisable image; send JPEG, PNG, WebP or BMP")
+
+
+@contextmanager
+def image_faults(max_pixels: int) -> Iterator[None]:
+    """The one place where what Pillow raises on untrusted bytes becomes our errors:
+    a decompression bomb is ``ImageTooLarge``, every other fault ``InvalidImage``."""
     try:
         with warnings.catch_warnings():
-            # Our own limit below is the one that applies; Pillow's warning is noise here.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            # Our own limit is the one that applies; Pillow's warnings about odd files are noise.
+            warnings.simplefilter("ignore")
+            yield
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image declares too many pixels (limit {max_pixels})") from exc
     except UnidentifiedImageError as exc:
         raise InvalidImage("the uploaded bytes are not a recognisable image") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidImage(f"image header could not be read: {exc}") from exc
+    except PILLOW_FAULTS as exc:
+        raise InvalidImage(f"image data is truncated or corrupt: {exc}") from exc
+
+
+def _jpeg_for_decoder(data: bytes) -> bytes:
+    """Walk a JPEG's segments (at most ``MAX_JPEG_SEGMENTS``) and return the bytes to decode.
+
+    libjpeg fills a scan that ends early with grey and only warns, and Pillow drops the
+    warning, so a file cut short with an end marker appended decodes "cleanly". For a
+    single-scan Huffman JPEG (nearly every camera and encoder) the decoder is given the scan
+    followed by a few zero bytes instead of the end marker: a complete scan decodes to the
+    same pixels, a scan cut short runs out of data and Pillow reports it truncated.
+    """
+    size = len(data)
+    pos = 2
+    segments = 0
+    scans = 0
+    frame = None
+    while True:
+        if pos >= size:
+            return data  # no end marker: Pillow decides (a cut inside a scan fails there)
+        if data[pos] != 0xFF:
+            nxt = data.find(b"\xff", pos)  # junk between segments, which Pillow skips too
+            if nxt < 0:
+                return data
+            pos = nxt
+        fill_end = _JPEG_FILL.match(data, pos)
+        assert fill_end is not None
+        code_at = fill_end.end()
+        if code_at >= size:
+            return data
+        marker = data[code_at]
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise InvalidImage(f"the JPEG has more than {MAX_JPEG_SEGMENTS} segments; no real photo has that many")
+        if marker == 0xD9:  # end of image
+            if scans == 1 and frame in _SEQUENTIAL_HUFFMAN:
+                return data[:pos] + _JPEG_TAIL
+            return data
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
+            pos = code_at + 1
+            continue
+        if code_at + 3 > size:
+            return data
+        length = int.from_bytes(data[code_at + 1 : code_at + 3], "big")
+        if length < 2:
+            raise InvalidImage(f"the JPEG has a segment of impossible length {length}")
+        end = code_at + 1 + length
+        if marker in _SOF_MARKERS:
+            frame = marker
+        if marker == 0xDA:  # start of scan: skip its entropy-coded data to the next marker
+            scans += 1
+            found = _JPEG_SCAN_END.search(data, end)
+            if found is None:
+                return data
+            pos = found.start()
+            continue
+        pos = end
+
+
+def _png_chunks(data: bytes, *, check_crc: bool) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, start, end)`` of the chunks' data, at most ``MAX_PNG_CHUNKS``, each one's CRC
+    checked if asked."""
+    pos = len(_PNG_SIGNATURE)
+    size = len(data)
+    count = 0
+    while pos + 12 <= size:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        start, end = pos + 8, pos + 8 + length
+        if end + 4 > size:
+            raise InvalidImage(f"the PNG is truncated inside its {kind!r} chunk")
+        count += 1
+        if count > MAX_PNG_CHUNKS:
+            raise InvalidImage(f"the PNG has more than {MAX_PNG_CHUNKS} chunks; no real image has that many")
+        if check_crc and zlib.crc32(memoryview(data)[pos + 4 : end]) != struct.unpack_from(">I", data, end)[0]:
+            raise InvalidImage(f"the PNG's {kind.decode('latin-1')!r} chunk fails its checksum (corrupt data)")
+        yield kind, start, end
+        if kind == b"IEND":
+            return
+        pos = end + 4
+    raise InvalidImage("the PNG is truncated: it ends before its IEND chunk")
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Walk the chunks (a bounded count) before Pillow's opener walks them in Python."""
+    for _ in _png_chunks(data, check_crc=False):
+        pass
+
+
+# Bits per pixel of each PNG colour type (IHDR byte 9), per bit of sample depth.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(ihdr: bytes) -> int:
+    """Bytes the image data inflates to: each row's filter byte plus its packed samples
+    (per Adam7 pass for interlaced files)."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+    bits = depth * _PNG_CHANNELS.get(colour, 0)
+    if not bits:
+        raise InvalidImage(f"the PNG declares an unknown colour type {colour}")
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if interlace == 0:
+        return rows(width, height)
+    return sum(rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0) for x0, y0, dx, dy in _ADAM7)
+
+
+def _check_png_data(data: bytes) -> None:
+    """Every chunk's CRC is right, and the image data is one whole zlib stream of exactly the
+    declared size.
+
+    Pillow stops inflating once it has the rows it needs and leaves rows a short stream
+    never filled black; a corrupt stream whose chunk checksums were recomputed would pass
+    the chunk walk. Inflated here in bounded pieces, nothing kept.
+    """
+    chunks = _png_chunks(data, check_crc=True)
+    inflater = zlib.decompressobj()
+    expected = None
+    total = 0
+    view = memoryview(data)
+    for kind, start, end in chunks:
+        if kind == b"IHDR" and end - start == 13:
+            expected = _png_raw_size(bytes(view[start:end]))
+        elif kind == b"IDAT":
+            if inflater.eof:
+                raise InvalidImage("the PNG has image data after the end of its compressed stream")
+            piece = view[start:end]
+            while piece:
+                try:
+                    out = inflater.decompress(piece, 1 << 20)
+                except zlib.error as exc:
+                    raise InvalidImage(f"the PNG's image data is corrupt: {exc}") from None
+                total += len(out)
+                if expected is not None and total > expected:
+                    raise InvalidImage("the PNG's image data is longer than its declared size")
+                piece = inflater.unconsumed_tail
+    if not inflater.eof or (expected is not None and total != expected):
+        raise InvalidImage("the PNG's image data is truncated or corrupt: it does not hold every row")
+
+
+def _prepare(data: bytes) -> tuple[str, bytes]:
+    """Allow-list the format by magic bytes and bound the file's structure, before any
+    Pillow plugin parses it; returns the format and the bytes to hand to Pillow."""
+    fmt = sniff_format(data)
+    if fmt == "JPEG":
+        return fmt, _jpeg_for_decoder(data)
+    if fmt == "PNG":
+        _check_png_chunks(data)
+    return fmt, data
+
+
+def probe_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` declared by an upload's header, with the format allow-listed and
+    the structure bounded first; nothing is decoded.
+
+    Raises:
+        The errors of :func:`decode_image`, except for faults only decoding finds.
+    """
+    with _open_checked(data, max_pixels) as img:
+        return img.size
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open the bytes lazily (header only) and check format and declared size."""
+    fmt, prepared = _prepare(data)
+    with image_faults(max_pixels):
+        img = Image.open(io.BytesIO(prepared), formats=[fmt])
     try:
-        fmt = (img.format or "").upper()
-        if fmt not in ACCEPTED_FORMATS:
-            raise UnsupportedMediaType(
-                f"image format {fmt or 'unknown'} is not accepted; send JPEG, PNG, WebP or BMP",
-                format=fmt or None,
-            )
         width, height = img.size
         if width <= 0 or height <= 0:
             raise InvalidImage(f"image has an empty canvas ({width}x{height})")
@@ -177,7 +431,9 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
                 width=width,
                 height=height,
             )
-    except Exception:
+        if fmt == "PNG":
+            _check_png_data(prepared)
+    except BaseException:
         img.close()
         raise
     return img
@@ -185,16 +441,10 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
 
 def _load_upright_rgb(img: Image.Image, max_pixels: int) -> Image.Image:
     """The opened image decoded, upright, as an RGB Pillow image (``img`` itself when it is one)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright photo
-            return _to_rgb(img)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image declares too many pixels (limit {max_pixels})") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidImage(f"image data is truncated or corrupt: {exc}") from exc
+    with image_faults(max_pixels):
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright photo
+        return _to_rgb(img)
 
 
 def _as_array(rgb: Image.Image) -> np.ndarray:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.analysis import analyse, b64, check_pixel_budget, face_geometry, model_ref, read_images
+from service.api.analysis import analyse, b64, face_geometry, model_ref, read_images
 from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
 from service.api.openapi import ANALYSIS_ERRORS, POKER_FACE_EXAMPLE, problem_responses
 from service.api.schemas import JsonPokerFaceRequest, PokerFace, PokerFaceImage, PokerFaceResponse
@@ -76,7 +76,6 @@ async def poker_face(
         raise InvalidRequest(f"Accept: image/png returns one picture; upload exactly one image (got {len(uploads)})", field="images")
     with_map = body.return_expression_map if body is not None and body.return_expression_map is not None else return_expression_map
     options = resolve_options(settings, query, body)
-    check_pixel_budget(uploads, settings.max_request_pixels)
     analysis = await analyse(request, state, pipeline, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True)
     if png:
         result = analysis.results[0]

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.analysis import Analysis, analyse, b64, check_pixel_budget, face_geometry, model_ref, read_images
+from service.api.analysis import Analysis, analyse, b64, face_geometry, model_ref, read_images
 from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
 from service.api.openapi import ANALYSIS_ERRORS, RECOGNIZE_EXAMPLE, ok_example, problem_responses
 from service.api.schemas import JsonRecognizeRequest, RecognizedFace, RecognizedImage, RecognizeResponse
@@ -77,7 +77,6 @@ async def recognize(
     with_aligned = _pick(body.return_aligned_face if body is not None else None, return_aligned_face)
     if (with_poker_face or with_map) and not model.has_poker_face:  # decided before anything is decoded or detected
         raise CapabilityMissing(f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and return_expression_map")
-    check_pixel_budget(uploads, settings.max_request_pixels)
     analysis = await analyse(
         request, state, pipeline, uploads, options, route="/v1/recognize", recognise=True, poker_face=with_poker_face or with_map
     )

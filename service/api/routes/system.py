@@ -83,5 +83,5 @@ def _graph_info(spec: GraphSpec, session: InferenceSession | None, requested: st
     response_class=Response,
     responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
 )
-async def prometheus_metrics() -> Response:
+def prometheus_metrics() -> Response:
     return Response(generate_latest(metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)
