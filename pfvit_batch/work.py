@@ -123,15 +123,12 @@ class Recognizer:
             return []
         try:
             return self._run(items)
-        except PFViTError:
+        except PFViTError as exc:
             if len(items) == 1:
-                raise
+                return [[(self._row(items[0], error=f"{exc.title}: {exc.detail}"), b"", b"")]]
         answers = []
         for item in items:
-            try:
-                answers += self._run([item])
-            except PFViTError as exc:
-                answers.append([(self._row(item, error=f"{exc.title}: {exc.detail}"), b"", b"")])
+            answers += self._recognise([item])
         return answers
 
     def _run(self, items: list[dict[str, Any]]) -> list[list[tuple[dict, bytes, bytes]]]:

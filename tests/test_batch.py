@@ -267,3 +267,26 @@ def test_pictures_are_saved_under_pfvit_recognize_names(job, api):
     assert Path(row["expression_map_file"]).read_bytes() == base64.b64decode(face["expression_map_png"])
     video_row = next(r for r in rows if r["frame"] == 3)
     assert Path(video_row["poker_face_file"]).name == "clip.frame000003.face0.poker.png"
+
+
+def test_an_actor_batch_of_one_bad_file_gives_an_error_row_not_a_failure(astronaut_bytes):
+    """The actor alone (no Ray): a refused image, alone or among good ones, is an error row."""
+    import pyarrow as pa
+
+    from pfvit_batch.work import Recognizer, Wanted, _item
+    from service.config import Settings
+    from service.pipeline import DetectOptions
+
+    settings = Settings(providers="cpu", detect_threads=1, intra_op_threads=1, warmup_runs=1, _env_file=None)
+    options = DetectOptions(max_faces=5, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold)
+    actor = Recognizer(settings, options, Wanted())
+    good, bad = _item(0, "a.png", data=astronaut_bytes), _item(1, "b.jpg", data=b"not an image")
+    try:
+        for items, errors in (([bad], [True]), ([good, bad], [False, True]), ([bad, good], [True, False])):
+            out = actor(pa.Table.from_pylist(items)).to_pylist()
+            rows = [json.loads(o["row"]) for o in out]
+            assert [r["error"] is not None for r in rows] == errors, rows
+            assert all(r["error"].startswith("Invalid image") for r in rows if r["error"])
+            assert [r["label"] for r in rows if not r["error"]] == ["happiness"] * (good in items)
+    finally:
+        actor.state.close()
