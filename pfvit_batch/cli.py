@@ -194,14 +194,12 @@ def error_row(source: str, error: str) -> dict[str, Any]:
 # --- the job ---------------------------------------------------------------------------------
 
 
-def job_settings(plan: ActorPlan):
-    """The service's settings (``PFVIT_*``, as read here) with the actors' providers and threads.
+def job_settings(settings, plan: ActorPlan):
+    """The service's ``settings`` (``PFVIT_*``, as read here) with the actors' providers and threads.
 
     One computing slot and no micro-batching wait: an actor runs one batch at a time.
     """
-    from service.config import Settings
-
-    return Settings().model_copy(
+    return settings.model_copy(
         update={"providers": plan.providers, "detect_threads": plan.threads, "intra_op_threads": plan.threads,
                 "max_concurrent_inference": 1, "batch_max_wait_ms": 0.0}  # fmt: skip
     )
@@ -221,13 +219,33 @@ def start_ray(args: argparse.Namespace):
     return ray
 
 
-def run_job(args: argparse.Namespace, sources: list[Source], labels: list[str], emit, stats: dict[str, float]) -> None:
+def detect_options(settings, args: argparse.Namespace):
+    """``--max-faces``, ``--min-face-size`` and ``--threshold`` checked and completed as the
+    query options of ``/v1/recognize`` are.
+
+    Raises:
+        ValueError: an option outside what the service accepts.
+    """
+    from pydantic import ValidationError
+
+    from service.api.deps import resolve_options
+    from service.api.schemas import JsonDetectOptions
+    from service.errors import PFViTError
+
+    try:
+        query = JsonDetectOptions(max_faces=args.max_faces, min_face_size=args.min_face_size, threshold=args.threshold)
+        return resolve_options(settings, query, None)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())) from None
+    except PFViTError as exc:
+        raise ValueError(exc.detail) from None
+
+
+def run_job(args: argparse.Namespace, sources: list[Source], settings, options, emit, stats: dict[str, float]) -> None:
     """Every source through the actors; ``emit(row, seq, first, poker_png, map_png)`` per output row, in input order."""
     from functools import partial
 
     from pfvit_batch.work import Recognizer, Wanted, read_items
-    from service.api.deps import resolve_options
-    from service.api.schemas import JsonDetectOptions
 
     start = time.perf_counter()
     ray = start_ray(args)
@@ -237,9 +255,7 @@ def run_job(args: argparse.Namespace, sources: list[Source], labels: list[str], 
         plan = plan_actors(
             resources.get("CPU", 0.0), resources.get("GPU", 0.0), actors=args.actors, threads=args.threads_per_actor, gpus_per_actor=args.gpus_per_actor
         )
-        settings = job_settings(plan)
-        query = JsonDetectOptions(max_faces=args.max_faces, min_face_size=args.min_face_size, threshold=args.threshold)
-        options = resolve_options(settings, query, None)
+        settings = job_settings(settings, plan)
         wanted = Wanted(poker_face=args.poker_face is not None, expression_map=args.expression_map is not None)
 
         context = ray.data.DataContext.get_current()
@@ -275,8 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     try:
         card = load_card(settings.emotion_model_dir)
+        options = detect_options(settings, args)
     except PFViTError as exc:
         print(f"pfvit-batch: {exc.detail}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"pfvit-batch: {exc}", file=sys.stderr)
         return 2
     if (args.poker_face or args.expression_map) and POKER_FACE_GRAPH not in card.graphs:
         print(f"pfvit-batch: model {card.name!r} ships no poker-face graph; run without --poker-face and --expression-map", file=sys.stderr)
@@ -309,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, why in missing:
             emit(error_row(path, why), None, True, b"", b"")
         if sources:
-            run_job(args, sources, list(card.labels), emit, stats)
+            run_job(args, sources, settings, options, emit, stats)
     except KeyboardInterrupt:
         code = 130
     finally:

@@ -63,6 +63,8 @@ def test_usage_errors(tmp_path):
         ([str(ASTRONAUT), "--output", "-", "--format", "parquet"], "Parquet needs a file"),
         ([str(ASTRONAUT), "--every", "0"], "--every must be at least 1"),
         ([str(ASTRONAUT), "--actors", "0"], "--actors must be at least 1"),
+        ([str(ASTRONAUT), "--max-faces", "0"], "--max-faces: Input should be greater than or equal to 1"),
+        ([str(ASTRONAUT), "--max-faces", "5000"], "max_faces: 5000 is over this service's limit of 100"),
     ):
         proc = subprocess.run([sys.executable, "-m", "pfvit_batch", *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
