@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 help:
 	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
 	@echo "make test             set up $(VENV) with training and test tools and run every test"
-	@echo "make test-tools       install promtool and headless chromium for the tests (Debian, as root; run by make test)"
+	@echo "make test-tools       install promtool, headless chromium and the image tools for the tests (Debian, as root; run by make test)"
 	@echo "make bench            detection vs facenet-pytorch and HTTP throughput on a mixed photo set (docs/benchmarks.md)"
 	@echo "make train-default FER2013=DIR     reproduce the shipped default model (FER2013 photos + rendered faces)"
 	@echo "make evaluate-default FER2013=DIR  re-score the shipped default model's files"
@@ -30,7 +30,7 @@ $(VENV)/.serve-$(RUNTIME): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[cpu,train,client,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,client,ray,dev]'
 	# facenet-pytorch only supplies the MTCNN weights to tools/convert_mtcnn.py and the
 	# reference detector in the benchmark; its own pins (old torch, torchvision, numpy<2) must
 	# never be resolved, hence --no-deps.
@@ -47,7 +47,10 @@ serve: $(VENV)/.serve-$(RUNTIME)
 #   is not on PyPI; Debian's prometheus package ships it.
 # - chromium and chromium-driver run the demo page in a real headless browser
 #   (tests/test_browser.py); Selenium from pip drives them, nothing is downloaded at test time.
-TEST_TOOLS := promtool:prometheus chromium:chromium chromedriver:chromium-driver
+# - debootstrap, buildah and podman build the CPU image from the Dockerfile and run it
+#   (tests/test_image.py): debootstrap makes its Debian base, buildah builds and runs it.
+TEST_TOOLS := promtool:prometheus chromium:chromium chromedriver:chromium-driver \
+	debootstrap:debootstrap buildah:buildah podman:podman
 test-tools:
 	@missing=""; for pair in $(TEST_TOOLS); do \
 		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \

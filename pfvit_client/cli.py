@@ -25,35 +25,11 @@ from typing import IO, Any
 import httpx
 
 from pfvit_client.client import DEFAULT_URL, AsyncPFViTClient, ServiceError, encode_array
+from pfvit_client.inputs import Source, add_sampling_arguments, check_sampling, expected_count, sampling, walk
 from pfvit_client.types import ImageResult
-from pfvit_client.video import estimated_samples, is_video, sample_frames, write_annotated
+from pfvit_client.video import is_video, sample_frames, write_annotated
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BASE_COLUMNS = ["source", "frame", "time_s", "face", "label", "score", "x1", "y1", "x2", "y2"]
-
-
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    name: str  # file-name-safe id: the path below the folder it was found in, "/" -> "__"
-
-
-def walk(paths: list[str]) -> tuple[list[Source], list[tuple[str, str]]]:
-    """Named files as they are, folders walked for images and videos (sorted); plus missing paths."""
-    found: list[Source] = []
-    missing: list[tuple[str, str]] = []
-    for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if child.suffix.lower() in IMAGE_SUFFIXES or is_video(child):
-                    rel = child.relative_to(path).with_suffix("")
-                    found.append(Source(child, f"{path.name}__{'__'.join(rel.parts)}" if path.name else "__".join(rel.parts)))
-        elif path.exists():
-            found.append(Source(path, path.stem))
-        else:
-            missing.append((arg, "no such file or folder"))
-    return found, missing
 
 
 class RowWriter:
@@ -132,21 +108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2, metavar="N", help="requests in flight at once (default 2)")
     p.add_argument("--max-faces", type=int, metavar="N", help="faces per image at most (the service's default otherwise)")
     p.add_argument("--min-face-size", type=int, metavar="PX", help="smallest face side in pixels")
-    sampling = p.add_mutually_exclusive_group()
-    sampling.add_argument("--every", type=int, metavar="N", help="videos: analyse every N-th frame")
-    sampling.add_argument("--fps", type=float, metavar="F", help="videos: analyse about F frames per second (default 1)")
+    add_sampling_arguments(p)
     p.add_argument("--annotate", type=Path, metavar="DIR", help="videos: write a copy with boxes and labels drawn into DIR")
     p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds per request (default 120)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when it is a terminal)")
     args = p.parse_args(argv)
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
-    if args.every is not None and args.every < 1:
-        p.error("--every must be at least 1")
-    if args.fps is not None and args.fps <= 0:
-        p.error("--fps must be positive")
-    if args.every is None and args.fps is None:
-        args.fps = 1.0
+    check_sampling(p, args)
     return args
 
 
@@ -180,7 +149,7 @@ async def run_video(client: AsyncPFViTClient, run: Run, source: Source, options:
     times: dict[int, tuple[int, float]] = {}  # input position -> (frame index, time)
 
     def frames() -> Iterator[bytes]:
-        for position, frame in enumerate(sample_frames(source.path, every=args.every, fps=None if args.every else args.fps)):
+        for position, frame in enumerate(sample_frames(source.path, **sampling(args))):
             times[position] = (frame.index, frame.time_s)
             yield encode_array(frame.image, "JPEG")
 
@@ -223,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (args.poker_face, args.expression_map, args.annotate):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    total: int | None = sum(1 for s in sources if not is_video(s.path))
-    for s in sources:
-        if is_video(s.path):
-            n = estimated_samples(s.path, every=args.every, fps=None if args.every else args.fps)
-            total = None if n is None or total is None else total + n
+    total = expected_count(sources, args)
     stream = open_output(args.csv if args.csv is not None else args.jsonl)
     from tqdm import tqdm
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -35,3 +36,30 @@ def with_exif_orientation(upright: np.ndarray, orientation: int = 6) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def write_rendered_video(path: Path, n_frames: int = 12, fps: int = 4) -> list[tuple[float, float]]:
+    """A short clip of a rendered face changing expression; returns each frame's face centre."""
+    from fractions import Fraction
+
+    import av
+
+    from training.render.dataset import IDENTITY_RANGES, sample_parameters
+    from training.render.face import Scene, prototype_aus, render_scene
+
+    _, identity, _, _, _ = sample_parameters((20261124, 3), IDENTITY_RANGES["test"])
+    emotions = ["happiness", "surprise", "sadness", "anger"]
+    centres = []
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.bit_rate = 2_000_000
+        for i in range(n_frames):
+            centre = (150.0 + 2 * i, 120.0)
+            render = render_scene(identity, prototype_aus(emotions[(i // 3) % len(emotions)]), Scene(), canvas=(320, 240), face_px=110, centre=centre)
+            centres.append(tuple(render.landmarks.mean(axis=0)))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(render.image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return centres

@@ -19,6 +19,7 @@ from PIL import Image
 
 from service.config import DEFAULT_EMOTION_MODEL
 from tests.conftest import ASTRONAUT, REPO
+from tests.images import write_rendered_video
 from tools.loopback import serving
 
 pytestmark = pytest.mark.slow
@@ -128,31 +129,6 @@ def test_cli_walks_a_folder_and_reports_the_corrupt_file(server, tmp_path, astro
     assert abs(sum(float(by_name["again.jpg"][label]) for label in list(rows[0])[-7:]) - 1.0) < 1e-3
     assert sorted(p.name for p in (tmp_path / "poker").iterdir()) == ["photos__astronaut.face0.poker.png", "photos__sub__again.face0.poker.png"]
     assert len(list((tmp_path / "maps").glob("*.map.png"))) == 2
-
-
-def write_rendered_video(path: Path, n_frames: int = 12, fps: int = 4) -> list[tuple[float, float]]:
-    """A short clip of a rendered face changing expression; returns each frame's face centre."""
-    from fractions import Fraction
-
-    from training.render.dataset import IDENTITY_RANGES, sample_parameters
-    from training.render.face import Scene, prototype_aus, render_scene
-
-    _, identity, _, _, _ = sample_parameters((20261124, 3), IDENTITY_RANGES["test"])
-    emotions = ["happiness", "surprise", "sadness", "anger"]
-    centres = []
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        stream.codec_context.bit_rate = 2_000_000
-        for i in range(n_frames):
-            centre = (150.0 + 2 * i, 120.0)
-            render = render_scene(identity, prototype_aus(emotions[(i // 3) % len(emotions)]), Scene(), canvas=(320, 240), face_px=110, centre=centre)
-            centres.append(tuple(render.landmarks.mean(axis=0)))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(render.image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return centres
 
 
 def test_cli_on_a_rendered_video(server, tmp_path):

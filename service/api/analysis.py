@@ -9,7 +9,7 @@ import base64
 import binascii
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,7 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service import metrics
 from service.api.problems import validation_failed
-from service.api.schemas import FILENAME_MAX_CHARS, Box, JsonDetectOptions, ModelRef
+from service.api.schemas import FILENAME_MAX_CHARS, Box, JsonDetectOptions, ModelRef, RecognizedFace
 from service.api.tracing import access_fields
 from service.config import Settings
 from service.errors import (
@@ -355,3 +355,26 @@ def face_geometry(face: Face) -> dict:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def recognized_faces(result: ImageResult, labels: Sequence[str], pngs: Mapping[str, Sequence[bytes]] | None = None) -> list[RecognizedFace]:
+    """One image's faces as ``/v1/recognize`` answers them: geometry, label, probabilities and
+    raw logits, plus per face the PNGs in ``pngs`` (field name -> one PNG per face), in base64.
+
+    ``pfvit-batch`` builds its rows with this function too, so its rows and the API's answers
+    cannot drift apart.
+    """
+    assert result.logits is not None and result.probabilities is not None, "recognition was not run"
+    faces = []
+    for i, face in enumerate(result.faces):
+        probs = result.probabilities[i]
+        faces.append(
+            RecognizedFace(
+                **face_geometry(face),
+                label=labels[int(probs.argmax())],
+                probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
+                logits=[float(v) for v in result.logits[i]],
+                **{key: b64(per_face[i]) for key, per_face in (pngs or {}).items()},
+            )
+        )
+    return faces

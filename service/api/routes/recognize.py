@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.analysis import Analysis, analyse, b64, face_geometry, model_ref, read_images
+from service.api.analysis import Analysis, analyse, model_ref, read_images, recognized_faces
 from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
 from service.api.openapi import ANALYSIS_ERRORS, RECOGNIZE_EXAMPLE, ok_example, problem_responses
-from service.api.schemas import JsonRecognizeRequest, RecognizedFace, RecognizedImage, RecognizeResponse
+from service.api.schemas import JsonRecognizeRequest, RecognizedImage, RecognizeResponse
 from service.errors import CapabilityMissing
 from service.vision.expression_map import expression_map_pngs
 from service.vision.imaging import encode_png
@@ -84,21 +84,9 @@ async def recognize(
     labels = model.labels
     out_images = []
     for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
-        faces = []
-        pngs = analysis.poker_pngs[index]
-        for i, face in enumerate(result.faces):
-            assert result.logits is not None and result.probabilities is not None
-            probs = result.probabilities[i]
-            extras = {key: b64(per_image[index][i]) for key, per_image in extra_pngs.items()}
-            faces.append(
-                RecognizedFace(
-                    **face_geometry(face),
-                    label=labels[int(probs.argmax())],
-                    probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
-                    logits=[float(v) for v in result.logits[i]],
-                    poker_face_png=b64(pngs[i]) if with_poker_face else None,
-                    **extras,
-                )
-            )
+        pngs = {key: per_image[index] for key, per_image in extra_pngs.items()}
+        if with_poker_face:
+            pngs["poker_face_png"] = analysis.poker_pngs[index]
+        faces = recognized_faces(result, labels, pngs)
         out_images.append(RecognizedImage(index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces))
     return RecognizeResponse(model=model_ref(pipeline), labels=labels, images=out_images, timings_ms=analysis.timings_ms)
