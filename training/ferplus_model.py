@@ -97,7 +97,7 @@ class FERPlusModelConfig:
     pretrain_epochs: int = 8
     pretrain_blr: float = 1.5e-3
     mask_ratio: float = 0.75
-    train_epochs: int = 20
+    train_epochs: int = 16
     batch_size: int = 64
     train_blr: float = 4e-3
     d_blr: float = 5e-4
