@@ -38,7 +38,6 @@ import torch
 
 from service.card import load_card, write_card
 from training import served_eval
-from training.checkpoint import load_checkpoint
 from training.cli import parse_config
 from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig, LossWeights, PretrainConfig, TrainConfig
 from training.data import align_dataset
@@ -49,6 +48,7 @@ from training.data.spec import DataSpec
 from training.default_model import InMemoryFaces, previous_timings, render_split
 from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
+from training.recipe import resume_or_skip, stage_seconds
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
 from training.plots import confusion_matrix_png
 
@@ -139,18 +139,6 @@ def align(cfg: FERModelConfig) -> None:
     ])
 
 
-def stage_seconds(folder: Path, spent: float) -> float:
-    """The measured time of a finished stage, kept in its ``seconds.json``: ``spent`` when this
-    run finished it, else what the run that finished it recorded (a rerun that only finds the
-    stage done, or re-scans it, adds nothing). A stage resumed after an interruption counts the
-    finishing run's time only."""
-    record = folder / "seconds.json"
-    if record.is_file():
-        return float(json.loads(record.read_text())["seconds"])
-    folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"seconds": round(spent, 1)}) + "\n")
-    return spent
-
 
 def split_counts(aligned: Path) -> dict[str, dict[str, int]]:
     """Detected / fallback / failed faces per FER2013 split, read by file-name prefix."""
@@ -162,14 +150,6 @@ def split_counts(aligned: Path) -> dict[str, dict[str, int]]:
             per[row["method"]] = per.get(row["method"], 0) + 1
     return counts
 
-
-def _resume_or_skip(run_dir: Path, epochs: int) -> tuple[str, bool]:
-    """``(resume path, finished)`` for a stage whose checkpoints live in ``run_dir``."""
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        return "", False
-    done = int(load_checkpoint(last)["epoch"])
-    return ("", True) if done >= epochs else (str(last), False)
 
 
 def rendered_spec(cfg: FERModelConfig) -> DataSpec:
@@ -216,7 +196,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     common = dict(model="micro", batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, threads=cfg.threads, progress=False,
                   data=str(fer2013_spec(cfg)))
     t0 = time.perf_counter()
-    resume, finished = _resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
+    resume, finished = resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
     if not finished:
         run_pretrain(
             PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size},stem={cfg.stem},greyscale=true",
@@ -228,7 +208,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     print(f"pre-training: {timings['pretrain_s']:.0f} s", flush=True)
 
     t0 = time.perf_counter()
-    resume, finished = _resume_or_skip(out / "train", cfg.train_epochs)
+    resume, finished = resume_or_skip(out / "train", cfg.train_epochs)
     if not finished:
         weights = LossWeights(cls=cfg.cls_weight, poker_sup=cfg.poker_sup_weight, cyc_neutral=cfg.cyc_neutral_weight)
         run_train(
@@ -243,7 +223,7 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     timings["train_s"] = stage_seconds(out / "train", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    resume, finished = _resume_or_skip(out / "editor", cfg.editor_epochs)
+    resume, finished = resume_or_skip(out / "editor", cfg.editor_epochs)
     if not finished:
         editor_cfg = EditorConfig(out_dir=str(out / "editor"), init=str(out / "train" / "last.pt"), epochs=cfg.editor_epochs,
                                   poker_sup=cfg.editor_poker_sup, cyc_neutral=cfg.editor_cyc_neutral, sparsity=cfg.editor_sparsity,

@@ -57,6 +57,7 @@ from training.default_model import InMemoryFaces, previous_timings, render_split
 from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
 from training.ferplus_report import publish_report
+from training.recipe import resume_or_skip, stage_seconds
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,25 +163,6 @@ def rendered_faces(cfg: FERPlusModelConfig, split: str) -> InMemoryFaces:
     return render_split(rendered_spec(cfg), split, cfg.image_size, cfg.render_workers or os.cpu_count() or 1)
 
 
-def stage_seconds(folder: Path, spent: float) -> float:
-    """The measured time of a finished stage, kept in its ``seconds.json``: ``spent`` when this
-    run finished it, else what the run that finished it recorded. A stage resumed after an
-    interruption counts the finishing run's time only."""
-    record = folder / "seconds.json"
-    if record.is_file():
-        return float(json.loads(record.read_text())["seconds"])
-    folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"seconds": round(spent, 1)}) + "\n")
-    return spent
-
-
-def _resume_or_skip(run_dir: Path, epochs: int) -> tuple[str, bool]:
-    """``(resume path, finished)`` for a stage whose checkpoints live in ``run_dir``."""
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        return "", False
-    done = int(load_checkpoint(last)["epoch"])
-    return ("", True) if done >= epochs else (str(last), False)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -293,7 +275,7 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     timings["render_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    resume, finished = _resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
+    resume, finished = resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
     if not finished:
         run_pretrain(
             PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size},stem={cfg.stem},greyscale=true",
@@ -306,14 +288,14 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
 
     joint = JointFaces(train_set, rendered, greyscale=True, rendered_labels=False)
     t0 = time.perf_counter()
-    resume, finished = _resume_or_skip(out / "train", cfg.train_epochs)
+    resume, finished = resume_or_skip(out / "train", cfg.train_epochs)
     if not finished:
         run_train(train_config(cfg, out / "train", resume, separation=True), joint, val_set)
     timings["train_s"] = stage_seconds(out / "train", time.perf_counter() - t0)
     print(f"PF-ViT stage: {timings['train_s']:.0f} s", flush=True)
 
     t0 = time.perf_counter()
-    resume, finished = _resume_or_skip(out / "editor", cfg.editor_epochs)
+    resume, finished = resume_or_skip(out / "editor", cfg.editor_epochs)
     if not finished:
         editor_cfg = EditorConfig(out_dir=str(out / "editor"), init=str(out / "train" / "last.pt"), epochs=cfg.editor_epochs,
                                   poker_sup=cfg.editor_poker_sup, cyc_neutral=cfg.editor_cyc_neutral, sparsity=cfg.editor_sparsity,
@@ -345,7 +327,7 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     metrics = publish(cfg, timings)
     if cfg.ablation:
         t0 = time.perf_counter()
-        resume, finished = _resume_or_skip(out / "ablation", cfg.train_epochs)
+        resume, finished = resume_or_skip(out / "ablation", cfg.train_epochs)
         if not finished:
             run_train(train_config(cfg, out / "ablation", resume, separation=False), joint, val_set)
         timings["ablation_s"] = stage_seconds(out / "ablation", time.perf_counter() - t0)

@@ -139,7 +139,6 @@ def test_fp16_parity_tool_on_a_folder_of_faces(tmp_path: Path, capsys) -> None:
     """tools/fp16_parity.py: the shipped model converted to fp16, over a folder of aligned crops."""
     from PIL import Image
 
-    from tests.conftest import REPO
     from tools.fp16_parity import main
 
     rng = np.random.default_rng(0)

@@ -83,7 +83,7 @@ def test_recipe_at_toy_size(tmp_path: Path) -> None:
 
 def test_a_finished_stage_keeps_the_time_it_took(tmp_path) -> None:
     """A rerun that finds a stage done (or re-scans it) reports the finishing run's time and adds nothing."""
-    from training.fer_model import stage_seconds
+    from training.recipe import stage_seconds
 
     assert stage_seconds(tmp_path / "align", 930.04) == 930.04
     assert stage_seconds(tmp_path / "align", 12.5) == 930.0
