@@ -246,19 +246,37 @@ class LossWeights:
 
 
 @dataclass(frozen=True)
-class TrainConfig(RunConfig):
+class CriticRunConfig(RunConfig):
+    """What a stage with a discriminator D shares: how D learns (the PF-ViT stage; the editor
+    stage when its adversarial weight is on).
+
+    Args:
+        gan: "hinge" or "nonsat" (non-saturating logistic).
+        r1_gamma: R1 penalty weight on real images (0 = off).
+        r1_every: lazy R1, applied every this many discriminator steps (and scaled up to match).
+        d_blr: discriminator base learning rate.
+        d_betas: discriminator Adam betas.
+    """
+
+    gan: Literal["hinge", "nonsat"] = "hinge"
+    r1_gamma: float = 0.0
+    r1_every: int = 4
+    d_blr: float = 2.5e-4
+    d_betas: tuple[float, float] = (0.5, 0.999)
+
+
+@dataclass(frozen=True)
+class TrainConfig(CriticRunConfig):
     """The PF-ViT separation stage (classification + generation + adversarial + cycles).
+
+    D's settings (``gan``, ``r1_gamma``, ``r1_every``, ``d_blr``, ``d_betas``) are
+    :class:`CriticRunConfig`'s.
 
     Args:
         init: MAE pre-training checkpoint whose encoder and generator start this stage (and
             whose architecture is used); empty = random init of ``model``.
         val_data: validation data spec; empty = the ``val`` split of ``data``.
         weights: loss weights.
-        gan: "hinge" or "nonsat" (non-saturating logistic).
-        r1_gamma: R1 penalty weight on real images (0 = off).
-        r1_every: lazy R1, applied every this many steps (and scaled up to match).
-        d_blr: discriminator base learning rate.
-        d_betas: discriminator Adam betas.
         mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
         label_smoothing: for hard labels.
         eval_every: evaluate every this many epochs (0 = only at the end).
@@ -279,11 +297,6 @@ class TrainConfig(RunConfig):
     warmup_epochs: float = 5.0
     epochs: int = 60
     weights: LossWeights = field(default_factory=LossWeights)
-    gan: Literal["hinge", "nonsat"] = "hinge"
-    r1_gamma: float = 0.0
-    r1_every: int = 4
-    d_blr: float = 2.5e-4
-    d_betas: tuple[float, float] = (0.5, 0.999)
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
     eval_every: int = 1

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from training import distributed
 from training.adversarial import Discriminator, PokerFaceObjective, build_discriminator, prepare_batch
 from training.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from training.config import EditorConfig, PFViTConfig, PretrainConfig, RunConfig, TrainConfig
+from training.config import CriticRunConfig, EditorConfig, PFViTConfig, PretrainConfig, RunConfig, TrainConfig
 from training.data.sampling import BalancedSampler
 from training.distributed import DistContext, wrap_ddp
 from training.editing import EditorObjective
@@ -163,6 +163,12 @@ def _adamw(params: list[dict[str, Any]], lr: float, betas: tuple[float, float]) 
     return torch.optim.AdamW(params, lr=lr, betas=betas)
 
 
+def _critic_optimizer(discriminator: torch.nn.Module, cfg: CriticRunConfig, ctx: DistContext) -> torch.optim.AdamW:
+    """D's AdamW at ``d_blr * effective batch / 256`` with ``d_betas``."""
+    scale = cfg.batch_size * ctx.world_size / 256
+    return _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, tuple(cfg.d_betas))
+
+
 # ----------------------------------------------------------------------------- stages
 class Stage(Protocol):
     """What differs between the stages; :func:`run_stage` does the rest."""
@@ -260,7 +266,7 @@ class PFViTStage:
         scale = cfg.batch_size * ctx.world_size / 256
         optimizers = {"main": _adamw(model.optim_groups(cfg.weight_decay), cfg.blr * scale, (0.9, 0.999))}
         if discriminator is not None:
-            optimizers["disc"] = _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, tuple(cfg.d_betas))
+            optimizers["disc"] = _critic_optimizer(discriminator, cfg, ctx)
         schedule = _schedule(cfg, steps_per_epoch)
         schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
         return TrainState(model=model, optimizers=optimizers, schedulers=schedulers, discriminator=discriminator)
@@ -382,7 +388,7 @@ def _restore(state: TrainState, payload: dict[str, Any], ctx: DistContext) -> No
     state.model.load_state_dict(payload["model"])
     if state.discriminator is not None:
         if "discriminator" not in payload:
-            raise ValueError("the checkpoint has no discriminator to resume the PF-ViT stage with")
+            raise ValueError("the checkpoint has no discriminator to resume this stage with")
         state.discriminator.load_state_dict(payload["discriminator"])
     for name in state.optimizers:
         state.optimizers[name].load_state_dict(payload["optimizers"][name])
