@@ -80,7 +80,8 @@ def discriminator_adv_loss(real: torch.Tensor, fake: torch.Tensor, gan: str, rea
 
 
 def critic_loss(critic: nn.Module, real: torch.Tensor, fakes: torch.Tensor, cfg: CriticRunConfig, step: int, autocast=nullcontext,
-                real_weight: torch.Tensor | None = None, fake_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                real_weight: torch.Tensor | None = None,
+                fake_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """D's loss on real images against fakes, in one forward (one DDP forward per backward),
     plus the lazy R1 penalty every ``cfg.r1_every`` discriminator steps.
 

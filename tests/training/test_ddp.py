@@ -1,8 +1,9 @@
-"""Two-process DDP smoke test on CPU (gloo over loopback), bounded in time: the PF-ViT stage,
-then the editor stage on its checkpoint."""
+"""Two-process DDP smoke tests on CPU (gloo over loopback), bounded in time: the PF-ViT stage,
+then the editor stage on its checkpoint; the editor stage with its critic."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.training.conftest import micro_overrides, tiny_faces
+from tests.training.conftest import TINY_LABELS, micro_overrides, tiny_faces
 
 TIMEOUT_S = 120
 
@@ -23,23 +24,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _join_env(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
-    from training import distributed
+
+
+def _shared_init(rank: int, path: Path, labels: list[str], stage: str) -> Path:
+    """Rank 0 writes a fresh micro PF-ViT checkpoint at ``path``; the others wait for it."""
     from training.checkpoint import TrainState, save_checkpoint
-    from training.config import EditorConfig, PFViTConfig, PretrainConfig, TrainConfig
-    from training.engine import run_editor, run_train
+    from training.config import PFViTConfig, PretrainConfig
     from training.model import PFViT
 
-    init = Path(out_dir) / "init.pt"
     if rank == 0:
         torch.manual_seed(0)
-        model = PFViT(PFViTConfig(**micro_overrides()))
-        save_checkpoint(init, TrainState(model), "pretrain", PretrainConfig())
+        save_checkpoint(path, TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=labels))), stage, PretrainConfig())
     else:
-        while not init.exists():
+        while not path.exists():
             time.sleep(0.05)
+    return path
+
+
+def _spawn(worker, tmp_path: Path) -> None:
+    """Run ``worker(rank, 2, port, tmp_path)`` in two processes, within TIMEOUT_S."""
+    ctx = mp.start_processes(worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"DDP smoke test did not finish in {TIMEOUT_S} s")
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _join_env(rank, world, port)
+    from training import distributed
+    from training.config import EditorConfig, TrainConfig
+    from training.engine import run_editor, run_train
+
+    init = _shared_init(rank, Path(out_dir) / "init.pt", [], "pretrain")
     cfg = TrainConfig(out_dir=out_dir, init=str(init), epochs=1, batch_size=2, warmup_epochs=0.5, max_steps_per_epoch=2,
                       threads=1, device="cpu", progress=False, eval_every=0)
     try:
@@ -57,13 +79,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail(f"DDP smoke test did not finish in {TIMEOUT_S} s")
+    _spawn(_worker, tmp_path)
     p0, p1 = torch.load(tmp_path / "params-0.pt"), torch.load(tmp_path / "params-1.pt")
     assert torch.equal(p0, p1)  # gradients were averaged, so both replicas (model and D) took the same steps
     assert (tmp_path / "last.pt").is_file()
@@ -72,3 +88,33 @@ def test_two_process_ddp_on_cpu(tmp_path: Path) -> None:
     e0, e1 = torch.load(tmp_path / "editor-0.pt"), torch.load(tmp_path / "editor-1.pt")
     assert all(torch.equal(e0[k], e1[k]) for k in e0)  # the editor's replicas took the same steps
     assert float(e0["out.weight"].abs().sum()) > 0  # and moved from their zero start
+
+
+def _critic_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _join_env(rank, world, port)
+    from training import distributed
+    from training.config import EditorConfig
+    from training.data.joint import JointFaces
+    from training.engine import run_editor
+
+    init = _shared_init(rank, Path(out_dir) / "init.pt", list(TINY_LABELS), "train")
+    cfg = EditorConfig(out_dir=str(Path(out_dir) / "editor"), init=str(init), epochs=1, batch_size=3, warmup_epochs=0.5,
+                       max_steps_per_epoch=2, threads=1, device="cpu", progress=False, adv=0.5, identity=0.5, d_steps=2, d_width=8,
+                       r1_gamma=1.0, r1_every=2)
+    try:
+        result = run_editor(cfg, JointFaces(tiny_faces(12), tiny_faces(4, seed=1)))
+        parts = [*result.model.editor.parameters(), *result.discriminator.parameters()]
+        torch.save(torch.cat([p.detach().flatten() for p in parts]), Path(out_dir) / f"critic-{rank}.pt")
+    finally:
+        distributed.cleanup()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_adversarial_editor_on_cpu(tmp_path: Path) -> None:
+    """The editor stage with its critic under DDP: editor and critic replicas take the same steps."""
+    _spawn(_critic_worker, tmp_path)
+    p0, p1 = torch.load(tmp_path / "critic-0.pt"), torch.load(tmp_path / "critic-1.pt")
+    assert torch.equal(p0, p1)
+    steps = [json.loads(line) for line in (tmp_path / "editor" / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
+    assert len(steps) == 2 and all({"adv", "d", "identity"} <= set(r) for r in steps)
+    assert "discriminator" in torch.load(tmp_path / "editor" / "last.pt", weights_only=True)
