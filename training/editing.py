@@ -165,6 +165,9 @@ class EditorCritic:
         self.neutral_index = neutral_index
         self.critic = wrap_ddp(discriminator, ctx)
 
+    def train(self) -> None:
+        self.critic.train()
+
     def view(self, images: torch.Tensor) -> torch.Tensor:
         """Model-space images -> what the critic reads, ``[N, C, H, W]``."""
         return self.model.colour(images)[:, : self.model.editor.channels]

@@ -363,7 +363,7 @@ class EditorStage:
         model.eval()
         model.editor.train()
         if self.critic is not None:
-            self.critic.critic.train()
+            self.critic.train()
         totals: dict[str, float] = {}
         bar = tqdm(batches, total=steps, desc=f"editor {state.epoch}", disable=not (self.cfg.progress and ctx.is_main))
         for raw in bar:
