@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from training.config import LossWeights, PFViTConfig, TrainConfig
+from training.config import CriticRunConfig, LossWeights, PFViTConfig, TrainConfig
 from training.distributed import DistContext, wrap_ddp
 from training.model import Encoder, PFViT, init_vit_weights
 
@@ -58,16 +58,57 @@ def build_discriminator(config: PFViTConfig) -> Discriminator:
     return Discriminator(c.image_size, c.disc_patch_size, c.disc_dim, c.disc_depth, c.disc_heads, c.mlp_ratio)
 
 
-def generator_adv_loss(fake_logits: torch.Tensor, gan: str) -> torch.Tensor:
-    """Generator side: hinge uses ``-D(fake)``; non-saturating uses ``softplus(-D(fake))``."""
-    return -fake_logits.mean() if gan == "hinge" else F.softplus(-fake_logits).mean()
+def _item_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values [N, ...]``; with ``weight [N]`` (0/1), the mean over the items where
+    it is 1 of each item's own mean (a patch critic has many logits per item)."""
+    return values.mean() if weight is None else masked_mean(values.reshape(values.shape[0], -1).mean(1), weight)
 
 
-def discriminator_adv_loss(real: torch.Tensor, fake: torch.Tensor, gan: str) -> torch.Tensor:
-    """D side: hinge ``relu(1 - D(real)) + relu(1 + D(fake))``, or the logistic loss."""
+def generator_adv_loss(fake_logits: torch.Tensor, gan: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator side: hinge uses ``-D(fake)``; non-saturating uses ``softplus(-D(fake))``.
+    ``weight [N]`` counts only some items (all when None)."""
+    return -_item_mean(fake_logits, weight) if gan == "hinge" else _item_mean(F.softplus(-fake_logits), weight)
+
+
+def discriminator_adv_loss(real: torch.Tensor, fake: torch.Tensor, gan: str, real_weight: torch.Tensor | None = None,
+                           fake_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """D side: hinge ``relu(1 - D(real)) + relu(1 + D(fake))``, or the logistic loss; the
+    weights ``[N]`` count only some items of each side (all when None)."""
     if gan == "hinge":
-        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    return F.softplus(-real).mean() + F.softplus(fake).mean()
+        return _item_mean(F.relu(1 - real), real_weight) + _item_mean(F.relu(1 + fake), fake_weight)
+    return _item_mean(F.softplus(-real), real_weight) + _item_mean(F.softplus(fake), fake_weight)
+
+
+def critic_loss(critic: nn.Module, real: torch.Tensor, fakes: torch.Tensor, cfg: CriticRunConfig, step: int, autocast=nullcontext,
+                real_weight: torch.Tensor | None = None,
+                fake_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """D's loss on real images against fakes, in one forward (one DDP forward per backward),
+    plus the lazy R1 penalty every ``cfg.r1_every`` discriminator steps.
+
+    Args:
+        critic: D (or its DDP wrapper).
+        real, fakes: D's inputs, ``[N, C, H, W]`` each; detached here.
+        cfg: the GAN formulation and R1 settings.
+        step: the discriminator step (R1 runs when it is a multiple of ``r1_every``).
+        autocast: a context-manager factory for D's forward.
+        real_weight, fake_weight: ``[N]`` 0/1, the items that count on each side (all when None).
+
+    Returns ``(loss, {"d": ..., "r1": ...})`` with the terms detached.
+    """
+    use_r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
+    real = real.detach().requires_grad_(use_r1)
+    # R1 needs a double backward, which only SDPA's math kernel provides.
+    with autocast(), (sdpa_kernel(SDPBackend.MATH) if use_r1 else nullcontext()):
+        logits = critic(torch.cat([real, fakes.detach()])).float()
+    n = real.shape[0]
+    loss = discriminator_adv_loss(logits[:n], logits[n:], cfg.gan, real_weight, fake_weight)
+    terms = {"d": loss.detach()}
+    if use_r1:
+        (grad,) = torch.autograd.grad(logits[:n].sum(), real, create_graph=True)
+        r1 = _item_mean(grad.pow(2).flatten(1).sum(1), real_weight)
+        loss = loss + 0.5 * cfg.r1_gamma * cfg.r1_every * r1  # lazy R1, scaled to match
+        terms["r1"] = r1.detach()
+    return loss, terms
 
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
@@ -170,9 +211,9 @@ class SeparationForward(nn.Module):
         # residue. Left trainable, they teach the recogniser to call generated faces neutral
         # instead, a shortcut that needs no edit at all and, early on, while poker faces still
         # equal their inputs, pulls every prediction towards neutral.
-        z_cycle = _frozen(m.encoder, m.colour(poker))
-        z_cycle_e, z_cycle_p = _frozen(m.separator, z_cycle)
-        cycle_logits = _frozen(m.head, m.pool(z_cycle_e))
+        z_cycle = call_frozen(m.encoder, m.colour(poker))
+        z_cycle_e, z_cycle_p = call_frozen(m.separator, z_cycle)
+        cycle_logits = call_frozen(m.head, m.pool(z_cycle_e))
         return SeparationOutput(z_p, logits, reconstruction, poker, cycle_logits, z_cycle_p)
 
 
@@ -190,7 +231,7 @@ class ClassificationForward(nn.Module):
         return logits  # [N, K]
 
 
-def _frozen(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+def call_frozen(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
     """``module(*args)`` with its parameters detached: a gradient path to the inputs only."""
     return functional_call(module, {name: p.detach() for name, p in module.named_parameters()}, args)
 
@@ -249,8 +290,7 @@ class PokerFaceObjective:
         self.discriminator = discriminator
         self.weights = cfg.weights
         self.gan = cfg.gan
-        self.r1_gamma = cfg.r1_gamma
-        self.r1_every = cfg.r1_every
+        self.critic_settings = cfg
         self.label_smoothing = cfg.label_smoothing
         self.poker_sup_loss = cfg.poker_sup_loss
         self.neutral_index = neutral_index
@@ -272,8 +312,7 @@ class PokerFaceObjective:
 
     def _critic_frozen(self, images: torch.Tensor) -> torch.Tensor:
         """D's logits with D's parameters detached: a gradient path to the images only."""
-        params = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        return functional_call(self.discriminator, params, (images,))
+        return call_frozen(self.discriminator, images)
 
     def generator_loss(self, batch: StageBatch) -> GeneratorLoss:
         """Weighted loss of E, S, G and H on one batch (call inside the step's autocast); without
@@ -303,22 +342,8 @@ class PokerFaceObjective:
         return GeneratorLoss(weighted_total(terms, self.weights), terms, out.logits, fakes)
 
     def discriminator_loss(self, real: torch.Tensor, fakes: torch.Tensor, step: int, autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """D's loss on real faces against the fakes, in one forward (one DDP forward per
-        backward), plus the lazy R1 penalty every ``r1_every`` steps.
+        """D's loss on real faces against the fakes (:func:`critic_loss`).
 
         Returns ``(loss, {"d": ..., "r1": ...})`` with the terms detached.
         """
-        use_r1 = self.r1_gamma > 0 and step % self.r1_every == 0
-        real = real.detach().requires_grad_(use_r1)
-        # R1 needs a double backward, which only SDPA's math kernel provides.
-        with autocast(), (sdpa_kernel(SDPBackend.MATH) if use_r1 else nullcontext()):
-            logits = self.critic(torch.cat([real, fakes])).float()
-        n = real.shape[0]
-        loss = discriminator_adv_loss(logits[:n], logits[n:], self.gan)
-        terms = {"d": loss.detach()}
-        if use_r1:
-            (grad,) = torch.autograd.grad(logits[:n].sum(), real, create_graph=True)
-            r1 = grad.pow(2).flatten(1).sum(1).mean()
-            loss = loss + 0.5 * self.r1_gamma * self.r1_every * r1  # lazy R1, scaled to match
-            terms["r1"] = r1.detach()
-        return loss, terms
+        return critic_loss(self.critic, real, fakes, self.critic_settings, step, autocast)

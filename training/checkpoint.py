@@ -2,7 +2,8 @@
 
 A checkpoint holds the model config as a dict (the file alone rebuilds the model), the stage
 config, the *unwrapped* state dicts of the model (E, S, G, H), of the discriminator (separately,
-under ``"discriminator"``: only resuming the PF-ViT stage needs it), of optimizers and
+under ``"discriminator"``: D of the PF-ViT stage or the editor stage's critic; only resuming
+needs it), of optimizers and
 schedulers, step and epoch, and the RNG states of every rank, so a resumed run takes exactly
 the steps it would have taken.
 """
@@ -28,8 +29,8 @@ class TrainState:
 
     Attributes:
         model: the PF-ViT (E, S, G, H), unwrapped.
-        optimizers, schedulers: by name ("main"; "disc" in the PF-ViT stage).
-        discriminator: D, in the PF-ViT stage only.
+        optimizers, schedulers: by name ("main"; "disc" for the discriminator).
+        discriminator: D of the PF-ViT stage, or the editor stage's critic; None otherwise.
         step: optimizer steps taken so far.
         epoch: epochs completed (while an epoch runs: its index).
     """

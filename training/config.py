@@ -246,19 +246,37 @@ class LossWeights:
 
 
 @dataclass(frozen=True)
-class TrainConfig(RunConfig):
+class CriticRunConfig(RunConfig):
+    """What a stage with a discriminator D shares: how D learns (the PF-ViT stage; the editor
+    stage when its adversarial weight is on).
+
+    Args:
+        gan: "hinge" or "nonsat" (non-saturating logistic).
+        r1_gamma: R1 penalty weight on real images (0 = off).
+        r1_every: lazy R1, applied every this many discriminator steps (and scaled up to match).
+        d_blr: discriminator base learning rate.
+        d_betas: discriminator Adam betas.
+    """
+
+    gan: Literal["hinge", "nonsat"] = "hinge"
+    r1_gamma: float = 0.0
+    r1_every: int = 4
+    d_blr: float = 2.5e-4
+    d_betas: tuple[float, float] = (0.5, 0.999)
+
+
+@dataclass(frozen=True)
+class TrainConfig(CriticRunConfig):
     """The PF-ViT separation stage (classification + generation + adversarial + cycles).
+
+    D's settings (``gan``, ``r1_gamma``, ``r1_every``, ``d_blr``, ``d_betas``) are
+    :class:`CriticRunConfig`'s.
 
     Args:
         init: MAE pre-training checkpoint whose encoder and generator start this stage (and
             whose architecture is used); empty = random init of ``model``.
         val_data: validation data spec; empty = the ``val`` split of ``data``.
         weights: loss weights.
-        gan: "hinge" or "nonsat" (non-saturating logistic).
-        r1_gamma: R1 penalty weight on real images (0 = off).
-        r1_every: lazy R1, applied every this many steps (and scaled up to match).
-        d_blr: discriminator base learning rate.
-        d_betas: discriminator Adam betas.
         mixup_alpha: Beta(alpha, alpha) mixup (0 = off).
         label_smoothing: for hard labels.
         eval_every: evaluate every this many epochs (0 = only at the end).
@@ -279,11 +297,6 @@ class TrainConfig(RunConfig):
     warmup_epochs: float = 5.0
     epochs: int = 60
     weights: LossWeights = field(default_factory=LossWeights)
-    gan: Literal["hinge", "nonsat"] = "hinge"
-    r1_gamma: float = 0.0
-    r1_every: int = 4
-    d_blr: float = 2.5e-4
-    d_betas: tuple[float, float] = (0.5, 0.999)
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
     eval_every: int = 1
@@ -296,10 +309,16 @@ class TrainConfig(RunConfig):
 
 
 @dataclass(frozen=True)
-class EditorConfig(RunConfig):
+class EditorConfig(CriticRunConfig):
     """The editor stage: a finished PF-ViT (``init``, from the PF-ViT stage) gets an
     :class:`~training.model.ExpressionEditor` ("editor" poker mode), and only the editor trains;
     encoder, separator, head and generator stay as they are, so recognition does not move.
+
+    With ``adv`` above 0 a patch critic (:class:`~training.editing.PatchDiscriminator`) learns
+    beside it, on the batches' photographs: real are the photos whose class is neutral, fake the
+    poker faces of the photos of any other class. Its settings (``gan``, ``r1_gamma``,
+    ``r1_every``, ``d_blr``, ``d_betas``) are :class:`CriticRunConfig`'s; their defaults are
+    the PF-ViT stage's, not values chosen for this stage (docs/pfvit.md).
 
     Args:
         init: the PF-ViT stage checkpoint to start from (required).
@@ -313,6 +332,17 @@ class EditorConfig(RunConfig):
         poker_data: data spec of faces with true poker faces (``rendered:n=4800``) mixed into
             ``data`` (photographs); empty when ``data`` itself has them.
         poker_repeat: how many times each ``poker_data`` face appears in one epoch.
+        adv: weight of the editor's adversarial term on the poker faces of expressive
+            photographs (0 = no critic: the stage as it was before it had one).
+        d_steps: critic steps per editor step, on the same batch (the D:G step ratio).
+        d_width: channels of the critic's first convolution (the next two have 2x and 4x).
+        identity: weight of the identity term on photographs: the mean absolute difference
+            between the frozen model's residue z_p of the poker face and that of the input.
+            PF-ViT trains its residue to hold what is not the expression (the paper's cycle
+            residue), so matching it keeps the person, the pose, the face shape and where the
+            eyes are, without pinning any pixel. A low-pass pixel term was the alternative;
+            it was left out because ``sparsity`` already holds the pixels, and a blurred-image
+            match fights the critic exactly where an open mouth must close.
     """
 
     out_dir: str = "runs/editor"
@@ -327,6 +357,16 @@ class EditorConfig(RunConfig):
     poker_sup: float = 5.0
     cyc_neutral: float = 0.05
     sparsity: float = 0.5
+    adv: float = 0.0
+    d_steps: int = 1
+    d_width: int = 32
+    identity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.d_steps < 1 or self.d_width < 1:
+            raise ValueError(f"d_steps and d_width must be positive, got {self.d_steps} and {self.d_width}")
+        if min(self.adv, self.identity) < 0:
+            raise ValueError(f"adv and identity are weights, not below 0: got {self.adv} and {self.identity}")
 
 
 @dataclass(frozen=True)

@@ -10,27 +10,40 @@ The PF-ViT around the editor is finished and frozen; only the editor learns. Thr
   to "neutral" on the poker face: the edit must carry over from drawn faces to people.
 - ``sparsity``: on the same photographs, the mean absolute change. A change spread thin over
   the whole face is the cheapest way to move any classifier, and it is noise, not an edit.
+- ``identity`` (off at weight 0): on the same photographs, the distance of the frozen model's
+  residue z_p of the poker face to that of the input: keep the person.
+- ``adv`` (off at weight 0, computed by :class:`EditorCritic`): a patch critic's verdict on the
+  poker faces of expressive photographs, the critic having learned real neutral photographs
+  against them. The frozen recogniser can be moved by patterns no person shows; the critic
+  asks for what real neutral faces look like.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.adversarial import StageBatch, masked_mean, poker_face_distance
+from training.adversarial import (StageBatch, call_frozen, critic_loss, generator_adv_loss, masked_mean,
+                                  poker_face_distance)
 from training.config import EditorConfig
+from training.distributed import DistContext, wrap_ddp
 from training.model import PFViT
 
-EDITOR_TERMS = ("poker_sup", "cyc_neutral", "sparsity")
+EDITOR_TERMS = ("poker_sup", "cyc_neutral", "sparsity", "identity")
 
 
 @dataclass
 class EditorLoss:
+    """:class:`EditorObjective`'s result: the weighted total, each unweighted term and the
+    poker faces (model space, ``[N, 3, H, W]``) the critic reads."""
+
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
+    poker: torch.Tensor
 
 
 class EditorObjective(nn.Module):
@@ -60,11 +73,116 @@ class EditorObjective(nn.Module):
         terms = {"poker_sup": masked_mean(poker_face_distance(poker, batch.true_poker, "l2"), batch.has_poker)}
         change01 = ((poker - batch.images) * m.pixel_std).abs().flatten(1).mean(1)  # [N]
         terms["sparsity"] = masked_mean(change01, photo)
+        reads_poker = self.neutral_index is not None or self.weights["identity"] > 0
+        logits, residue = self._reading(poker) if reads_poker else (None, None)
         if self.neutral_index is None:
             terms["cyc_neutral"] = poker.sum() * 0.0
         else:
-            logits = m(poker)  # frozen recogniser; the gradient reaches the poker face only
             neutral = torch.full((poker.shape[0],), self.neutral_index, device=poker.device, dtype=torch.long)
             terms["cyc_neutral"] = masked_mean(F.cross_entropy(logits.float(), neutral, reduction="none"), photo)
+        if self.weights["identity"] > 0:  # off, the term is not computed (nor logged)
+            terms["identity"] = masked_mean((residue - z_p).abs().flatten(1).mean(1), photo)
         total = sum(self.weights[name] * value for name, value in terms.items())
-        return EditorLoss(total, terms)
+        return EditorLoss(total, terms, poker)
+
+    def _reading(self, poker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen model's ``(logits [N, K], residue z_p [N, 1 + L, D])`` of the poker faces;
+        the gradient reaches the poker faces only."""
+        m = self.model
+        z_e, z_p = m.separate(m.forward_features(poker))
+        return m.forward_head(z_e)[0], z_p
+
+
+# ----------------------------------------------------------------------------- the critic
+class PatchDiscriminator(nn.Module):
+    """The editor stage's critic: a small convolutional net with one real/fake logit per
+    overlapping patch of the face (a PatchGAN), for any input size.
+
+    Two stride-2 4x4 convolutions, then two 3x3 ones, LeakyReLU between, no normalisation (R1
+    and DDP need none, and batch statistics would let real and fake batches tell themselves
+    apart). A patch critic judges the local texture of lips, lids and brows, not the face's
+    layout, so it cannot ask for a mouth at one place.
+
+    Args:
+        channels: channels read (1 for a grey model: the luma, as the editor reads it).
+        width: channels of the first convolution; the next two have 2x and 4x as many.
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * width, 1, 3, padding=1),
+        )
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W]`` model space -> patch logits ``[N, P]`` (``P = (H/4) * (W/4)``)."""
+        return self.layers(faces).flatten(1)
+
+
+@dataclass(frozen=True)
+class CriticSets:
+    """Which items of a batch the critic reads, each ``[N]`` float 0/1."""
+
+    real: torch.Tensor  # photographs whose class is neutral: their images are the real set
+    fake: torch.Tensor  # photographs of any other class: their poker faces are the fakes
+
+
+def critic_sets(batch: StageBatch, neutral_index: int) -> CriticSets:
+    """Real and fake items of one batch.
+
+    Only photographs count (no true poker face: rendered faces are neither), and only labelled
+    ones. An item's class is its target's largest entry: the label for hard labels, the
+    majority class for FERPlus's votes.
+    """
+    photo = (batch.has_poker < 0.5) & (batch.labelled > 0)
+    neutral = batch.targets.argmax(dim=1) == neutral_index
+    return CriticSets(real=(photo & neutral).float(), fake=(photo & ~neutral).float())
+
+
+class EditorCritic:
+    """The editor stage's adversarial side: the critic's loss and the editor's adversarial term.
+
+    The critic reads faces the way the editor does (the luma alone for a grey model). The
+    editor's term reads its logits through detached parameters (as the PF-ViT stage does), so
+    the gradient reaches the poker faces, never the critic; the critic learns in its own step,
+    through its own DDP wrapper.
+
+    Args:
+        model: the "editor" PF-ViT.
+        discriminator: the critic (:class:`PatchDiscriminator`).
+        cfg: the stage config (GAN formulation, R1).
+        neutral_index: index of "neutral" in the labels.
+        ctx: the process context.
+    """
+
+    def __init__(self, model: PFViT, discriminator: nn.Module, cfg: EditorConfig, neutral_index: int, ctx: DistContext) -> None:
+        self.model = model
+        self.discriminator = discriminator
+        self.cfg = cfg
+        self.neutral_index = neutral_index
+        self.critic = wrap_ddp(discriminator, ctx)
+
+    def train(self) -> None:
+        self.critic.train()
+
+    def view(self, images: torch.Tensor) -> torch.Tensor:
+        """Model-space images -> what the critic reads, ``[N, C, H, W]``."""
+        return self.model.colour(images)[:, : self.model.editor.channels]
+
+    def generator_loss(self, poker: torch.Tensor, sets: CriticSets) -> torch.Tensor:
+        """The editor's adversarial term on the poker faces of the fake set."""
+        return generator_adv_loss(call_frozen(self.discriminator, self.view(poker)).float(), self.cfg.gan, sets.fake)
+
+    def discriminator_loss(self, images: torch.Tensor, poker: torch.Tensor, sets: CriticSets, step: int,
+                           autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic's loss: the batch's images where ``sets.real`` against its poker faces where
+        ``sets.fake`` (detached), with lazy R1 on the real ones (:func:`critic_loss`)."""
+        return critic_loss(self.critic, self.view(images), self.view(poker), self.cfg, step, autocast, sets.real, sets.fake)
+
+
+def build_critic(model: PFViT, cfg: EditorConfig) -> PatchDiscriminator:
+    """The critic for ``model``'s editor: it reads as many channels as the editor changes."""
+    return PatchDiscriminator(model.editor.channels, cfg.d_width)

@@ -25,12 +25,12 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from training import distributed
-from training.adversarial import Discriminator, PokerFaceObjective, build_discriminator, prepare_batch
+from training.adversarial import Discriminator, PokerFaceObjective, StageBatch, build_discriminator, prepare_batch
 from training.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from training.config import EditorConfig, PFViTConfig, PretrainConfig, RunConfig, TrainConfig
+from training.config import CriticRunConfig, EditorConfig, PFViTConfig, PretrainConfig, RunConfig, TrainConfig
 from training.data.sampling import BalancedSampler
 from training.distributed import DistContext, wrap_ddp
-from training.editing import EditorObjective
+from training.editing import CriticSets, EditorCritic, EditorLoss, EditorObjective, build_critic, critic_sets
 from training.evaluate import evaluate
 from training.model import MAEObjective, PFViT, model_config, optim_groups
 
@@ -163,6 +163,12 @@ def _adamw(params: list[dict[str, Any]], lr: float, betas: tuple[float, float]) 
     return torch.optim.AdamW(params, lr=lr, betas=betas)
 
 
+def _critic_optimizer(discriminator: torch.nn.Module, cfg: CriticRunConfig, ctx: DistContext) -> torch.optim.AdamW:
+    """D's AdamW at ``d_blr * effective batch / 256`` with ``d_betas``."""
+    scale = cfg.batch_size * ctx.world_size / 256
+    return _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, tuple(cfg.d_betas))
+
+
 # ----------------------------------------------------------------------------- stages
 class Stage(Protocol):
     """What differs between the stages; :func:`run_stage` does the rest."""
@@ -260,7 +266,7 @@ class PFViTStage:
         scale = cfg.batch_size * ctx.world_size / 256
         optimizers = {"main": _adamw(model.optim_groups(cfg.weight_decay), cfg.blr * scale, (0.9, 0.999))}
         if discriminator is not None:
-            optimizers["disc"] = _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, tuple(cfg.d_betas))
+            optimizers["disc"] = _critic_optimizer(discriminator, cfg, ctx)
         schedule = _schedule(cfg, steps_per_epoch)
         schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
         return TrainState(model=model, optimizers=optimizers, schedulers=schedulers, discriminator=discriminator)
@@ -314,7 +320,9 @@ class PFViTStage:
 class EditorStage:
     """The editor stage: only the :class:`~training.model.ExpressionEditor` of a finished
     PF-ViT trains (:class:`~training.editing.EditorObjective`); every other part is frozen, so
-    recognition is the PF-ViT stage's to the bit."""
+    recognition is the PF-ViT stage's to the bit. With ``cfg.adv`` above 0, a patch critic
+    (:class:`~training.editing.EditorCritic`) learns beside it: per editor step, ``d_steps``
+    critic steps on the same batch."""
 
     name = "editor"
     # Everything of the finished PF-ViT; the editor alone starts fresh (from zero change).
@@ -323,6 +331,7 @@ class EditorStage:
     def __init__(self, cfg: EditorConfig) -> None:
         self.cfg = cfg
         self.objective: torch.nn.Module | None = None
+        self.critic: EditorCritic | None = None
 
     def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
         cfg = self.cfg
@@ -330,38 +339,81 @@ class EditorStage:
             raise ValueError("the editor stage needs poker_mode='editor' (its default --arch)")
         model.requires_grad_(False)
         model.editor.requires_grad_(True)
-        self.objective = wrap_ddp(EditorObjective(model, cfg, neutral_index(model.config.labels)), ctx)
-        return _one_optimizer(model, optim_groups(model.editor, cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.999))
+        neutral = neutral_index(model.config.labels)
+        self.objective = wrap_ddp(EditorObjective(model, cfg, neutral), ctx)
+        state = _one_optimizer(model, optim_groups(model.editor, cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.999))
+        if cfg.adv > 0:
+            self._add_critic(state, neutral, ctx, steps_per_epoch)
+        return state
+
+    def _add_critic(self, state: TrainState, neutral: int | None, ctx: DistContext, steps_per_epoch: int) -> None:
+        """The critic, its optimizer and its schedule (the editor's, in editor steps), in ``state``."""
+        if neutral is None:
+            raise ValueError("the editor's critic learns from neutral photographs: the labels need a 'neutral' class")
+        discriminator = build_critic(state.model, self.cfg).to(ctx.device)
+        self.critic = EditorCritic(state.model, discriminator, self.cfg, neutral, ctx)
+        state.discriminator = discriminator
+        state.optimizers["disc"] = _critic_optimizer(discriminator, self.cfg, ctx)
+        state.schedulers["disc"] = torch.optim.lr_scheduler.LambdaLR(state.optimizers["disc"], _schedule(self.cfg, steps_per_epoch))
 
     def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
                         log: RunLog) -> dict[str, float]:
-        cfg, model = self.cfg, state.model
-        optimizer, scheduler = state.optimizers["main"], state.schedulers["main"]
+        model = state.model
         # Frozen parts stay in evaluation mode (the stem's batch norms keep their statistics).
         model.eval()
         model.editor.train()
+        if self.critic is not None:
+            self.critic.train()
         totals: dict[str, float] = {}
-        bar = tqdm(batches, total=steps, desc=f"editor {state.epoch}", disable=not (cfg.progress and ctx.is_main))
+        bar = tqdm(batches, total=steps, desc=f"editor {state.epoch}", disable=not (self.cfg.progress and ctx.is_main))
         for raw in bar:
-            batch = prepare_batch(raw, model, ctx.device)
-            with autocast_for(ctx.device):
-                loss = self.objective(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.editor.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-            record = {name: float(v.detach()) for name, v in loss.terms.items()}
-            record["total"] = float(loss.total.detach())
-            if not math.isfinite(record["total"]):
-                raise FloatingPointError(f"editor loss is {record['total']} at step {state.step}")
+            record = self._step(state, prepare_batch(raw, model, ctx.device), ctx)
             for name, value in record.items():
                 totals[name] = totals.get(name, 0.0) + value
-            log.write({"stage": "editor", "epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"], **record})
+            log.write({"stage": "editor", "epoch": state.epoch, "step": state.step, "lr": state.optimizers["main"].param_groups[0]["lr"],
+                       **record})
             bar.set_postfix(total=f"{record['total']:.4f}")
         return {k: v / max(1, steps) for k, v in totals.items()}
+
+    def _step(self, state: TrainState, batch: StageBatch, ctx: DistContext) -> dict[str, float]:
+        """One editor step, then the critic's steps; returns the step's log record."""
+        cfg, optimizer = self.cfg, state.optimizers["main"]
+        with autocast_for(ctx.device):
+            loss: EditorLoss = self.objective(batch)
+        total, terms = loss.total, dict(loss.terms)
+        sets = critic_sets(batch, self.critic.neutral_index) if self.critic is not None else None
+        if sets is not None:
+            with autocast_for(ctx.device):
+                terms["adv"] = self.critic.generator_loss(loss.poker, sets)
+            total = total + cfg.adv * terms["adv"]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(state.model.editor.parameters(), cfg.grad_clip)
+        optimizer.step()
+        state.schedulers["main"].step()
+        d_terms = self._critic_steps(state, batch, loss.poker.detach(), sets, ctx) if sets is not None else {}
+        state.step += 1
+        record = {name: float(v.detach()) for name, v in terms.items()}
+        record.update({name: float(v) for name, v in d_terms.items()})
+        record["total"] = float(total.detach())
+        if not math.isfinite(record["total"]):
+            raise FloatingPointError(f"editor loss is {record['total']} at step {state.step}")
+        return record
+
+    def _critic_steps(self, state: TrainState, batch: StageBatch, poker: torch.Tensor, sets: CriticSets,
+                      ctx: DistContext) -> dict[str, torch.Tensor]:
+        """``d_steps`` critic steps on this batch; the terms of the last one."""
+        disc, d_steps = state.optimizers["disc"], self.cfg.d_steps
+        terms: dict[str, torch.Tensor] = {}
+        for k in range(d_steps):
+            loss_d, terms = self.critic.discriminator_loss(batch.images, poker, sets, state.step * d_steps + k,
+                                                           lambda: autocast_for(ctx.device))
+            disc.zero_grad(set_to_none=True)
+            loss_d.backward()
+            disc.step()
+        state.schedulers["disc"].step()
+        return terms
 
 
 # ----------------------------------------------------------------------------- the run skeleton
@@ -382,7 +434,7 @@ def _restore(state: TrainState, payload: dict[str, Any], ctx: DistContext) -> No
     state.model.load_state_dict(payload["model"])
     if state.discriminator is not None:
         if "discriminator" not in payload:
-            raise ValueError("the checkpoint has no discriminator to resume the PF-ViT stage with")
+            raise ValueError("the checkpoint has no discriminator to resume this stage with")
         state.discriminator.load_state_dict(payload["discriminator"])
     for name in state.optimizers:
         state.optimizers[name].load_state_dict(payload["optimizers"][name])

@@ -61,6 +61,22 @@ def test_the_editor_command_needs_its_data_and_a_finished_model() -> None:
         assert "--data and --init" in proc.stderr
 
 
+def test_the_editor_command_takes_its_critic_settings() -> None:
+    from training.cli import parse_config
+    from training.config import EditorConfig
+
+    flags = ("--adv", "--gan", "--r1-gamma", "--r1-every", "--d-blr", "--d-betas", "--d-steps", "--d-width", "--identity")
+    out = _run("pfvit-train-editor", "--help").stdout
+    assert all(flag in out for flag in flags)
+    cfg = parse_config(EditorConfig, "pfvit-train-editor", "", ["--adv", "0.1", "--gan", "nonsat", "--r1-gamma", "2", "--r1-every", "3",
+                                                              "--d-blr", "1e-4", "--d-betas", "0", "0.99", "--d-steps", "2",
+                                                              "--d-width", "16", "--identity", "0.3"])
+    assert (cfg.adv, cfg.gan, cfg.r1_gamma, cfg.r1_every, cfg.d_blr, cfg.d_betas, cfg.d_steps, cfg.d_width, cfg.identity) == (
+        0.1, "nonsat", 2.0, 3, 1e-4, (0.0, 0.99), 2, 16, 0.3)
+    with pytest.raises(ValueError, match="d_steps"):
+        EditorConfig(d_steps=0)
+
+
 def test_a_bad_data_spec_is_a_usage_error_that_lists_the_kinds() -> None:
     proc = subprocess.run([str(BIN / "pfvit-train"), "--data", "imagenet:/x"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=TIMEOUT_S)

@@ -1,9 +1,14 @@
 """The expression editor ("editor" poker mode) and the editor stage: a fresh editor changes
 nothing, a grey model's change is a luma change, the stage trains the editor and nothing else
-and resumes exactly, its terms count the right items, and the export serves its poker faces."""
+and resumes exactly, its terms count the right items, and the export serves its poker faces.
+With its critic on: the critic reads neutral photographs as real and the poker faces of the
+other photographs as fake, travels in the checkpoint apart from the model, and resumes exactly;
+with it off, the stage is the one it was before."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -12,10 +17,12 @@ import torch
 
 from service.card import load_card, verify_files
 from tests.training.conftest import TINY_LABELS, micro_arch, micro_overrides, tiny_faces
-from training.adversarial import prepare_batch
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.adversarial import StageBatch, prepare_batch
+from training.checkpoint import TrainState, load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import EditorConfig, PFViTConfig, TrainConfig
-from training.editing import EditorObjective
+from training.data.joint import JointFaces
+from training.distributed import setup
+from training.editing import EditorCritic, EditorObjective, PatchDiscriminator, critic_sets
 from training.engine import run_editor, run_train
 from training.export import export_checkpoint
 from training.model import PFViT
@@ -112,6 +119,9 @@ def test_the_editor_stage_trains_the_editor_alone(finished_pfvit: Path, tmp_path
     assert payload["stage"] == "editor" and model.config.poker_mode == "editor"
     logs = [line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
     assert len(logs) == 6
+    # Critic and identity term off (their default): no critic, no optimizer of its own, no new terms.
+    assert "discriminator" not in payload and set(payload["optimizers"]) == set(payload["schedulers"]) == {"main"}
+    assert set(json.loads(logs[0])) == {"stage", "epoch", "step", "lr", "poker_sup", "sparsity", "cyc_neutral", "total"}
 
     # Resuming from the first epoch's checkpoint ends where the uninterrupted run ends.
     resumed = _editor_run(tmp_path / "b", finished_pfvit, epochs=2, resume=str(tmp_path / "a" / "checkpoint-0001.pt"))
@@ -121,8 +131,6 @@ def test_the_editor_stage_trains_the_editor_alone(finished_pfvit: Path, tmp_path
 def test_the_editor_stage_starts_from_a_luma_edit_model(tmp_path: Path) -> None:
     """A PF-ViT saved with poker_luma=True ("edit" mode) still gets an editor: the stage's
     architecture turns the generator's luma switch off with the mode."""
-    from training.checkpoint import TrainState, save_checkpoint
-
     model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS), poker_mode="edit", poker_luma=True))
     init = save_checkpoint(tmp_path / "luma.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
     ckpt = _editor_run(tmp_path / "run", init, epochs=1)
@@ -154,3 +162,118 @@ def test_an_editor_model_exports_and_its_poker_graph_skips_the_generator(finishe
     assert any("editor" in n for n in names)
     with pytest.raises(ValueError, match="poker_luma"):
         export_checkpoint(ckpt, tmp_path / "luma", images, poker_luma=True)
+
+
+# ----------------------------------------------------------------------------- the critic
+def _stage_batch(labels: list[int], has_poker: list[bool], labelled: list[bool] | None = None, seed: int = 0) -> StageBatch:
+    """A batch of ``len(labels)`` items of TINY_LABELS' classes, in model space."""
+    n = len(labels)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 32, 32, generator=g)
+    mask = torch.tensor(labelled if labelled is not None else [True] * n).float()
+    targets = torch.nn.functional.one_hot(torch.tensor(labels), len(TINY_LABELS)).float() * mask[:, None]
+    return StageBatch(images, targets, mask, images.clone(), torch.tensor(has_poker).float())
+
+
+def test_the_critic_reads_neutral_photos_as_real_and_expressive_photos_poker_faces_as_fake() -> None:
+    neutral = TINY_LABELS.index("neutral")
+    #          photo:  neutral, happy, neutral, sad, | rendered: neutral, happy | unlabelled photo
+    labels = [neutral, 0, neutral, 1, neutral, 0, 0]
+    has_poker = [False, False, False, False, True, True, False]
+    batch = _stage_batch(labels, has_poker, labelled=[True] * 6 + [False])
+    sets = critic_sets(batch, neutral)
+    assert sets.real.tolist() == [1, 0, 1, 0, 0, 0, 0]
+    assert sets.fake.tolist() == [0, 1, 0, 1, 0, 0, 0]
+    # FERPlus-style vote distributions: the majority class decides.
+    votes = torch.tensor([[0.3, 0.1, 0.6], [0.7, 0.0, 0.3]])
+    soft = StageBatch(batch.images[:2], votes, torch.ones(2), batch.images[:2], torch.zeros(2))
+    assert critic_sets(soft, neutral).real.tolist() == [1, 0] and critic_sets(soft, neutral).fake.tolist() == [0, 1]
+
+    # The critic's loss moves with the real set's images and the fake set's poker faces only.
+    model = _editor_model()
+    torch.manual_seed(1)
+    critic = EditorCritic(model, PatchDiscriminator(3, 8), EditorConfig(r1_gamma=1.0, r1_every=1), neutral, setup("cpu", 2))
+    poker = torch.randn_like(batch.images)
+    loss, terms = critic.discriminator_loss(batch.images, poker, sets, step=0)
+    others = 1 - sets.real - sets.fake  # [N] neither real nor fake
+    for images, pokers in ((batch.images + 3 * others.view(-1, 1, 1, 1), poker),  # outsiders' images
+                           (batch.images + 3 * sets.fake.view(-1, 1, 1, 1), poker),  # the fakes' own images
+                           (batch.images, poker + 3 * (1 - sets.fake).view(-1, 1, 1, 1))):  # others' poker faces
+        again, again_terms = critic.discriminator_loss(images, pokers, sets, step=0)
+        assert float(again.detach()) == pytest.approx(float(loss.detach()), abs=1e-6)
+        assert float(again_terms["r1"]) == pytest.approx(float(terms["r1"]), abs=1e-6)
+    moved_real, _ = critic.discriminator_loss(batch.images + 3 * sets.real.view(-1, 1, 1, 1), poker, sets, step=0)
+    moved_fake, _ = critic.discriminator_loss(batch.images, poker + 3 * sets.fake.view(-1, 1, 1, 1), sets, step=0)
+    for moved in (moved_real, moved_fake):
+        assert abs(float(moved.detach()) - float(loss.detach())) > 1e-4
+    # The editor's term reads the fakes' poker faces, and gives the critic no gradient.
+    poker.requires_grad_(True)
+    adv = critic.generator_loss(poker, sets)
+    adv.backward()
+    assert float(poker.grad[sets.fake == 0].abs().sum()) == 0.0 < float(poker.grad[sets.fake == 1].abs().sum())
+    assert all(p.grad is None for p in critic.discriminator.parameters())
+
+
+def test_the_patch_critic_takes_any_size() -> None:
+    critic = PatchDiscriminator(1, 8)
+    assert critic(torch.randn(2, 1, 48, 48)).shape == (2, 144)
+    assert critic(torch.randn(2, 1, 32, 32)).shape == (2, 64)
+
+
+def test_with_the_critic_and_identity_off_the_loss_is_the_three_terms() -> None:
+    """adv=0 and identity=0 (the defaults): the objective's terms and total are the ones the
+    stage had before either existed, to the bit."""
+    model = _editor_model()
+    _kick(model)
+    model.requires_grad_(False)
+    batch = _stage_batch([2, 0, 1, 2, 0, 1], [True, False, False, True, False, False])
+    cfg = EditorConfig()
+    loss = EditorObjective(model, cfg, TINY_LABELS.index("neutral"))(batch)
+    assert list(loss.terms) == ["poker_sup", "sparsity", "cyc_neutral"]
+    t = loss.terms
+    assert torch.equal(loss.total, 0 + cfg.poker_sup * t["poker_sup"] + cfg.sparsity * t["sparsity"] + cfg.cyc_neutral * t["cyc_neutral"])
+    # The identity term counts photographs only, and a fresh editor keeps the residue exactly.
+    with_identity = EditorObjective(model, replace(cfg, identity=1.0), TINY_LABELS.index("neutral"))
+    assert float(with_identity(batch).terms["identity"]) > 0
+    keep = batch.has_poker > 0
+    rendered = StageBatch(*(t[keep] for t in (batch.images, batch.targets, batch.labelled, batch.true_poker, batch.has_poker)))
+    assert float(with_identity(rendered).terms["identity"]) == 0.0
+    fresh = _editor_model()
+    fresh.requires_grad_(False)
+    assert float(EditorObjective(fresh, replace(cfg, identity=1.0), TINY_LABELS.index("neutral"))(batch).terms["identity"]) == 0.0
+
+
+def _photos_and_rendered() -> JointFaces:
+    """Twelve photographs (a third neutral) and eight rendered faces with true poker faces."""
+    return JointFaces(tiny_faces(12), tiny_faces(8, seed=1))
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
+
+
+def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    init = save_checkpoint(tmp_path / "init.pt", TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))), "train",
+                           TrainConfig())
+    cfg = EditorConfig(out_dir=str(tmp_path / "full"), init=str(init), epochs=2, batch_size=4, max_steps_per_epoch=2, device="cpu",
+                       threads=2, progress=False, save_every=1, adv=0.5, identity=0.5, d_steps=2, d_width=8, r1_gamma=1.0, r1_every=3)
+    result = run_editor(cfg, _photos_and_rendered())
+    payload = load_checkpoint(result.checkpoint)
+    assert not any(k.startswith(("discriminator", "critic", "layers")) for k in payload["model"])
+    assert payload["discriminator"].keys() == result.discriminator.state_dict().keys()
+    assert set(payload["optimizers"]) == set(payload["schedulers"]) == {"main", "disc"}
+    full = _log(tmp_path / "full")
+    assert [r["step"] for r in full] == [1, 2, 3, 4]
+    assert {"poker_sup", "sparsity", "cyc_neutral", "identity", "adv", "d", "total"} <= set(full[0])
+    assert any("r1" in r for r in full)  # lazy R1 ran on some critic steps
+
+    resume = str(tmp_path / "full" / "checkpoint-0001.pt")
+    run_editor(replace(cfg, out_dir=str(tmp_path / "resumed"), resume=resume), _photos_and_rendered())
+    resumed = _log(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [3, 4]
+    for got, want in zip(resumed, full[2:]):
+        for name in ("total", "adv", "identity", "d"):
+            assert got[name] == pytest.approx(want[name], abs=1e-6)
+    again = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert all(torch.equal(payload["discriminator"][k], again["discriminator"][k]) for k in payload["discriminator"])
