@@ -17,8 +17,8 @@ help:
 	@echo "make test             set up $(VENV) with training and test tools and run every test"
 	@echo "make test-tools       install promtool, headless chromium and the image tools for the tests (Debian, as root; run by make test)"
 	@echo "make bench            detection vs facenet-pytorch and HTTP throughput on a mixed photo set (docs/benchmarks.md)"
-	@echo "make train-default FER2013=DIR     reproduce the shipped default model (FER2013 photos + rendered faces)"
-	@echo "make evaluate-default FER2013=DIR  re-score the shipped default model's files"
+	@echo "make train-default FERPLUS=DIR     reproduce the shipped default model (FERPlus, docs/datasets.md)"
+	@echo "make evaluate-default FERPLUS=DIR  re-score the shipped default model's files"
 	@echo "make train-rendered   reproduce the rendered-face demo model (pfvit-micro-rendered)"
 
 $(BIN)/python:
@@ -71,16 +71,16 @@ bench: $(VENV)/.test
 	$(BIN)/python tools/bench_photos.py
 	$(BIN)/python tools/bench_service.py
 
-# FER2013 is Kaggle's (docs/datasets.md): the folder holding fer2013.csv, or its image folders.
-FER2013 ?=
+# FERPlus: microsoft/FERPlus's labels beside FER2013's original images (docs/datasets.md).
+FERPLUS ?=
 
 train-default: $(VENV)/.test
-	@test -n "$(FER2013)" || { echo "usage: make train-default FER2013=/path/to/fer2013 (see docs/datasets.md)"; exit 2; }
-	$(BIN)/python -m training.fer_model --fer2013 "$(FER2013)"
+	@test -n "$(FERPLUS)" || { echo "usage: make train-default FERPLUS=/path/to/ferplus (see docs/datasets.md)"; exit 2; }
+	$(BIN)/python -m training.ferplus_model --ferplus "$(FERPLUS)"
 
 evaluate-default: $(VENV)/.test
-	@test -n "$(FER2013)" || { echo "usage: make evaluate-default FER2013=/path/to/fer2013 (see docs/datasets.md)"; exit 2; }
-	$(BIN)/python -m training.fer_model --fer2013 "$(FER2013)" --evaluate-only
+	@test -n "$(FERPLUS)" || { echo "usage: make evaluate-default FERPLUS=/path/to/ferplus (see docs/datasets.md)"; exit 2; }
+	$(BIN)/python -m training.ferplus_model --ferplus "$(FERPLUS)" --evaluate-only
 
 train-rendered: $(VENV)/.test
 	$(BIN)/python -m training.default_model

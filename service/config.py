@@ -18,7 +18,7 @@ from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLDS, MIN_
 
 # models/ at the repository root, beside this package (the Docker image sets PFVIT_MODELS_DIR).
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_EMOTION_MODEL = "pfvit-micro-fer2013"
+DEFAULT_EMOTION_MODEL = "pfvit-micro-ferplus"
 
 
 class Settings(BaseSettings):

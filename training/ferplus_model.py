@@ -357,8 +357,8 @@ def ablation_scores(cfg: FERPlusModelConfig, test: FERPlus) -> dict[str, Any] | 
     faces, no mirror averaging and no logit adjustment, so only the stage differs."""
     out = Path(cfg.out_dir)
     paths = {"with_separation": out / "train" / "last.pt", "without_separation": out / "ablation" / "last.pt"}
-    if not all(p.is_file() for p in paths.values()):
-        return None
+    if any(resume_or_skip(p.parent, cfg.train_epochs) != ("", True) for p in paths.values()):
+        return None  # a stage not yet run, or not finished: its checkpoint would not be the comparison
     y = np.asarray(test.targets)
     scores: dict[str, Any] = {}
     for name, path in paths.items():

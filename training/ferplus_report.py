@@ -87,7 +87,8 @@ def per_class_table(metrics: dict[str, Any], labels: list[str]) -> str:
 def ablation_text(metrics: dict[str, Any]) -> str:
     ab = metrics.get("ablation")
     if not ab:
-        return "The separation ablation has not been run for this model (`--ablation false`)."
+        return ("No finished separation ablation was found for this model: it runs last in the recipe "
+                "(`--ablation false` skips it), and this report is rewritten when it finishes.")
     rows = ["| PF-ViT stage | test accuracy | test macro recall | validation accuracy (last epoch) |", "|---|---|---|---|"]
     for name, label in (("with_separation", "with separation (S, G, D, cycles)"), ("without_separation", "without (E, S_e, H alone)")):
         r = ab[name]

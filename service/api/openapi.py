@@ -49,8 +49,8 @@ _FACE_GEOMETRY: dict[str, Any] = {
 }
 
 RECOGNIZE_EXAMPLE: dict[str, Any] = {
-    "model": {"name": "pfvit-micro-fer2013", "version": "1.2.0", "provider": "CPUExecutionProvider"},
-    "labels": ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"],
+    "model": {"name": "pfvit-micro-ferplus", "version": "2.0.0", "provider": "CPUExecutionProvider"},
+    "labels": ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"],
     "images": [
         {
             **_IMAGE,
@@ -58,14 +58,14 @@ RECOGNIZE_EXAMPLE: dict[str, Any] = {
                 {
                     **_FACE_GEOMETRY,
                     "label": "happiness",
-                    "probabilities": {"anger": 0.015, "disgust": 0.012, "fear": 0.011, "happiness": 0.904, "sadness": 0.013, "surprise": 0.015, "neutral": 0.03},
-                    "logits": [-0.59, -0.76, -0.91, 3.54, -0.7, -0.57, 0.14],
+                    "probabilities": {"neutral": 0.006, "happiness": 0.746, "surprise": 0.009, "sadness": 0.005, "anger": 0.014, "disgust": 0.096, "fear": 0.023, "contempt": 0.101},
+                    "logits": [0.26, 5.08, 0.72, 0.0, 1.07, 3.03, 1.62, 3.08],
                     "poker_face_png": None,
                 }
             ],
         }
     ],
-    "timings_ms": {"queue": 0.04, "decode": 4.0, "detect": 51.9, "align": 0.9, "infer": 4.1, "total": 61.5},
+    "timings_ms": {"queue": 0.06, "decode": 10.0, "detect": 39.0, "align": 1.2, "infer": 5.9, "total": 57.0},
 }
 
 POKER_FACE_EXAMPLE: dict[str, Any] = {
