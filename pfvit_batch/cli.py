@@ -37,25 +37,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Exit status: 0 every input analysed, 1 some could not be, 2 usage error. "
         "Models and detection defaults come from the PFVIT_* settings, as for the service.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH_DIR_OR_GLOB", help="image or video files, folders to walk for them, or glob patterns")
-    p.add_argument("--output", "-o", default="-", metavar="FILE", help="rows go to FILE ('-': JSON lines on stdout; the default)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH_DIR_OR_GLOB",
+        help="image or video files, folders to walk for them, or glob patterns",
+    )
+    p.add_argument(
+        "--output", "-o", default="-", metavar="FILE", help="rows go to FILE ('-': JSON lines on stdout; the default)"
+    )
     p.add_argument("--format", choices=FORMATS, help="jsonl or parquet (default: from the output's suffix, else jsonl)")
     p.add_argument("--poker-face", type=Path, metavar="DIR", help="save each face's poker face as PNG into DIR")
     p.add_argument("--expression-map", type=Path, metavar="DIR", help="save each face's expression map as PNG into DIR")
-    p.add_argument("--max-faces", type=int, metavar="N", help="faces per image at most (PFVIT_DEFAULT_MAX_FACES otherwise)")
+    p.add_argument(
+        "--max-faces", type=int, metavar="N", help="faces per image at most (PFVIT_DEFAULT_MAX_FACES otherwise)"
+    )
     p.add_argument("--min-face-size", type=int, metavar="PX", help="smallest face side in pixels")
     p.add_argument("--threshold", type=float, metavar="P", help="final detection probability threshold")
     add_sampling_arguments(p)
     ray = p.add_argument_group("Ray")
     ray.add_argument("--address", metavar="ADDR", help="the Ray cluster to run on ('auto': the one this machine belongs to); "
                      "without it a local Ray instance is started and stopped")  # fmt: skip
-    ray.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the local instance (default: all this process may use)")
-    ray.add_argument("--actors", type=int, metavar="N", help="recognition actors (default: from the cluster's CPUs or GPUs)")
-    ray.add_argument("--threads-per-actor", type=int, default=1, metavar="N", help="detector and ONNX Runtime threads of each actor (default 1)")
+    ray.add_argument(
+        "--num-cpus", type=int, metavar="N", help="CPUs of the local instance (default: all this process may use)"
+    )
+    ray.add_argument(
+        "--actors", type=int, metavar="N", help="recognition actors (default: from the cluster's CPUs or GPUs)"
+    )
+    ray.add_argument(
+        "--threads-per-actor",
+        type=int,
+        default=1,
+        metavar="N",
+        help="detector and ONNX Runtime threads of each actor (default 1)",
+    )
     ray.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
                      help="run the actors on CUDA, each reserving G GPUs (e.g. 0.5: two per GPU); default 0: on the CPU")  # fmt: skip
-    ray.add_argument("--batch-size", type=int, default=16, metavar="N", help="photos or frames per actor call (default 16)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when it is a terminal)")
+    ray.add_argument(
+        "--batch-size", type=int, default=16, metavar="N", help="photos or frames per actor call (default 16)"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when it is a terminal)",
+    )
     p.add_argument("--stats-json", type=Path, metavar="FILE", help="write counts and timings (seconds) as JSON to FILE")
     args = p.parse_args(argv)
     check_sampling(p, args)
@@ -188,7 +214,13 @@ class Tally:
 def error_row(source: str, error: str) -> dict[str, Any]:
     from pfvit_batch.work import ROW_FIELDS
 
-    return {**dict.fromkeys(ROW_FIELDS), "source": source, "error": error, "poker_face_file": None, "expression_map_file": None}
+    return {
+        **dict.fromkeys(ROW_FIELDS),
+        "source": source,
+        "error": error,
+        "poker_face_file": None,
+        "expression_map_file": None,
+    }
 
 
 # --- the job ---------------------------------------------------------------------------------
@@ -200,8 +232,13 @@ def job_settings(settings, plan: ActorPlan):
     One computing slot and no micro-batching wait: an actor runs one batch at a time.
     """
     return settings.model_copy(
-        update={"providers": plan.providers, "detect_threads": plan.threads, "intra_op_threads": plan.threads,
-                "max_concurrent_inference": 1, "batch_max_wait_ms": 0.0}  # fmt: skip
+        update={
+            "providers": plan.providers,
+            "detect_threads": plan.threads,
+            "intra_op_threads": plan.threads,
+            "max_concurrent_inference": 1,
+            "batch_max_wait_ms": 0.0,
+        }  # fmt: skip
     )
 
 
@@ -236,7 +273,9 @@ def detect_options(settings, args: argparse.Namespace):
         query = JsonDetectOptions(max_faces=args.max_faces, min_face_size=args.min_face_size, threshold=args.threshold)
         return resolve_options(settings, query, None)
     except ValidationError as exc:
-        raise ValueError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())) from None
+        raise ValueError(
+            "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        ) from None
     except PFViTError as exc:
         raise ValueError(exc.detail) from None
 
@@ -253,7 +292,11 @@ def run_job(args: argparse.Namespace, sources: list[Source], settings, options, 
         stats["ray_start_s"] = time.perf_counter() - start
         resources = ray.cluster_resources()
         plan = plan_actors(
-            resources.get("CPU", 0.0), resources.get("GPU", 0.0), actors=args.actors, threads=args.threads_per_actor, gpus_per_actor=args.gpus_per_actor
+            resources.get("CPU", 0.0),
+            resources.get("GPU", 0.0),
+            actors=args.actors,
+            threads=args.threads_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
         )
         settings = job_settings(settings, plan)
         wanted = Wanted(poker_face=args.poker_face is not None, expression_map=args.expression_map is not None)
@@ -299,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pfvit-batch: {exc}", file=sys.stderr)
         return 2
     if (args.poker_face or args.expression_map) and POKER_FACE_GRAPH not in card.graphs:
-        print(f"pfvit-batch: model {card.name!r} ships no poker-face graph; run without --poker-face and --expression-map", file=sys.stderr)
+        print(
+            f"pfvit-batch: model {card.name!r} ships no poker-face graph; run without --poker-face and --expression-map",
+            file=sys.stderr,
+        )
         return 2
     sources, missing = find_inputs(args.paths)
     for folder in (args.poker_face, args.expression_map):
@@ -310,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     tally = Tally()
     from tqdm import tqdm
 
-    bar = tqdm(total=expected_count(sources, args), unit="img", disable=None if args.progress is None else not args.progress, file=sys.stderr)
+    bar = tqdm(
+        total=expected_count(sources, args),
+        unit="img",
+        disable=None if args.progress is None else not args.progress,
+        file=sys.stderr,
+    )
 
     def emit(row: dict[str, Any], seq: int | None, first: bool, poker: bytes, emap: bytes) -> None:
         stem = None
@@ -335,7 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
         sink.close()
-    stats.update(wall_s=time.perf_counter() - start, images=tally.images, frames=tally.frames, faces=tally.faces, errors=len(tally.failures))
+    stats.update(
+        wall_s=time.perf_counter() - start,
+        images=tally.images,
+        frames=tally.frames,
+        faces=tally.faces,
+        errors=len(tally.failures),
+    )
     if args.stats_json is not None:
         args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     if tally.failures:

@@ -47,7 +47,17 @@ def _item(seq: int, source: str, *, sub: int = 0, frame: int = -1, time_s: float
     ``seq`` is the input file's position, ``sub`` the frame's among its video's samples (0 for
     a photo); ``frame`` is -1 and ``time_s`` NaN for a photo.
     """
-    return {"seq": seq, "sub": sub, "source": source, "frame": frame, "time_s": time_s, "data": data, "height": height, "width": width, "error": error}
+    return {
+        "seq": seq,
+        "sub": sub,
+        "source": source,
+        "frame": frame,
+        "time_s": time_s,
+        "data": data,
+        "height": height,
+        "width": width,
+        "error": error,
+    }
 
 
 def read_items(source: dict[str, Any], *, every: int | None, fps: float | None) -> list[dict[str, Any]]:
@@ -66,7 +76,18 @@ def read_items(source: dict[str, Any], *, every: int | None, fps: float | None) 
     try:
         for sub, frame in enumerate(sample_frames(path, every=every, fps=fps)):
             h, w = frame.image.shape[:2]
-            items.append(_item(seq, path, sub=sub, frame=frame.index, time_s=frame.time_s, data=frame.image.tobytes(), height=h, width=w))
+            items.append(
+                _item(
+                    seq,
+                    path,
+                    sub=sub,
+                    frame=frame.index,
+                    time_s=frame.time_s,
+                    data=frame.image.tobytes(),
+                    height=h,
+                    width=w,
+                )
+            )
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         items.append(_item(seq, path, sub=len(items), error=f"cannot decode the video: {exc}"))
     return items
@@ -140,13 +161,26 @@ class Recognizer:
         images = [_pixels(item) for item in items]
         generate = self.wanted.poker_face or self.wanted.expression_map
         results = self.pipeline.run(
-            images, self.options, StageTimer(), recognise=True, poker_face=generate, names=[Path(i["source"]).name for i in items]
+            images,
+            self.options,
+            StageTimer(),
+            recognise=True,
+            poker_face=generate,
+            names=[Path(i["source"]).name for i in items],
         )
         labels = self.pipeline.model.labels
         answers = []
         for item, result in zip(items, results):
-            pokers = [encode_png(p) for p in result.poker_faces] if self.wanted.poker_face and result.poker_faces is not None else []
-            maps = expression_map_pngs([f.aligned for f in result.faces], result.poker_faces) if self.wanted.expression_map else []
+            pokers = (
+                [encode_png(p) for p in result.poker_faces]
+                if self.wanted.poker_face and result.poker_faces is not None
+                else []
+            )
+            maps = (
+                expression_map_pngs([f.aligned for f in result.faces], result.poker_faces)
+                if self.wanted.expression_map
+                else []
+            )
             rows = []
             for k, face in enumerate(recognized_faces(result, labels)):
                 fields = face.model_dump(include={"box", "score", "landmarks", "label", "probabilities", "logits"})
@@ -159,7 +193,11 @@ class Recognizer:
     def _row(item: dict[str, Any], **fields: Any) -> dict[str, Any]:
         row = dict.fromkeys(ROW_FIELDS)
         video = item["frame"] >= 0
-        row.update(source=item["source"], frame=item["frame"] if video else None, time_s=round(item["time_s"], 4) if video else None)
+        row.update(
+            source=item["source"],
+            frame=item["frame"] if video else None,
+            time_s=round(item["time_s"], 4) if video else None,
+        )
         row.update(fields)
         row["error"] = fields.get("error") or None
         return row

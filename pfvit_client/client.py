@@ -61,7 +61,9 @@ class _Item:
         return len(self.data)
 
 
-def _prepare_all(inputs: Iterable[ImageInput], metas: Iterable[dict[str, Any]] | None) -> Iterator["_Item | ImageResult"]:
+def _prepare_all(
+    inputs: Iterable[ImageInput], metas: Iterable[dict[str, Any]] | None
+) -> Iterator["_Item | ImageResult"]:
     """Every input read lazily, with its caller's metadata (if given) alongside."""
     meta_iter = iter(metas) if metas is not None else None
     return (_prepare(i, v, next(meta_iter) if meta_iter else None) for i, v in enumerate(inputs))
@@ -77,7 +79,9 @@ def _prepare(index: int, value: ImageInput, meta: dict[str, Any] | None = None) 
         try:
             data = encode_array(value)
         except ValueError as exc:
-            return ImageResult(index=index, source=f"array[{index}]", error=Problem(0, "Not an image array", str(exc)), meta=meta)
+            return ImageResult(
+                index=index, source=f"array[{index}]", error=Problem(0, "Not an image array", str(exc)), meta=meta
+            )
         return _Item(index, f"array[{index}]", data, meta)
     if isinstance(value, (bytes, bytearray)):
         return _Item(index, f"bytes[{index}]", bytes(value), meta)
@@ -101,7 +105,9 @@ def _chunks(items: Iterable[_Item | ImageResult], limits: Limits) -> Iterator[li
         cost = item.size + MULTIPART_OVERHEAD_BYTES
         if cost > budget:
             detail = f"{item.size} bytes; the service takes at most {limits.max_upload_bytes} bytes per request"
-            yield ImageResult(index=item.index, source=item.source, error=Problem(413, "Upload too large", detail), meta=item.meta)
+            yield ImageResult(
+                index=item.index, source=item.source, error=Problem(413, "Upload too large", detail), meta=item.meta
+            )
             continue
         if chunk and (len(chunk) >= limits.max_images or used + cost > budget):
             yield chunk
@@ -215,10 +221,17 @@ def _after(chunk: list[_Item], response: httpx.Response) -> _Step:
     if bad is not None and 0 <= bad < len(chunk):
         culprit = chunk[bad]
         # The service names the image with its position in the request; say it with the file's name.
-        detail = problem.detail.split("): ", 1)[1] if problem.detail.startswith(f"image {bad} (") and "): " in problem.detail else problem.detail
+        detail = (
+            problem.detail.split("): ", 1)[1]
+            if problem.detail.startswith(f"image {bad} (") and "): " in problem.detail
+            else problem.detail
+        )
         error = Problem(problem.status, problem.title, detail, problem.type)
         rest = chunk[:bad] + chunk[bad + 1 :]
-        return _Step([ImageResult(index=culprit.index, source=culprit.source, error=error, meta=culprit.meta)], [rest] if rest else [])
+        return _Step(
+            [ImageResult(index=culprit.index, source=culprit.source, error=error, meta=culprit.meta)],
+            [rest] if rest else [],
+        )
     if len(chunk) > 1:  # refused as a whole without naming an image: send them one by one
         return _Step([], [[item] for item in chunk])
     item = chunk[0]
@@ -245,7 +258,15 @@ class _Base:
         self._limits: Limits | None = None
 
     @staticmethod
-    def _params(max_faces: int | None, min_face_size: int | None, threshold: float | None, aligned: bool, poker_face: bool, expression_map: bool, aligned_face: bool) -> dict[str, str]:
+    def _params(
+        max_faces: int | None,
+        min_face_size: int | None,
+        threshold: float | None,
+        aligned: bool,
+        poker_face: bool,
+        expression_map: bool,
+        aligned_face: bool,
+    ) -> dict[str, str]:
         params = {
             "max_faces": max_faces,
             "min_face_size": min_face_size,
@@ -259,10 +280,15 @@ class _Base:
 
     @staticmethod
     def _files(chunk: list[_Item]) -> list[tuple[str, tuple[str, bytes, str]]]:
-        return [("images", (Path(item.source).name or f"image{item.index}", item.data, "application/octet-stream")) for item in chunk]
+        return [
+            ("images", (Path(item.source).name or f"image{item.index}", item.data, "application/octet-stream"))
+            for item in chunk
+        ]
 
     def _give_up(self, response: httpx.Response) -> ServiceError:
-        return ServiceError(f"{self.url} kept answering {response.status_code} after {self.max_retries} retries: {_problem(response)}")
+        return ServiceError(
+            f"{self.url} kept answering {response.status_code} after {self.max_retries} retries: {_problem(response)}"
+        )
 
 
 class PFViTClient(_Base):
@@ -275,7 +301,9 @@ class PFViTClient(_Base):
 
     def __init__(self, url: str = DEFAULT_URL, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self._http = httpx.Client(base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
+        )
 
     def __enter__(self) -> "PFViTClient":
         return self
@@ -344,7 +372,9 @@ class AsyncPFViTClient(_Base):
     def __init__(self, url: str = DEFAULT_URL, *, concurrency: int = 2, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.concurrency = max(1, concurrency)
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
+        )
 
     async def __aenter__(self) -> "AsyncPFViTClient":
         return self
@@ -425,4 +455,3 @@ class AsyncPFViTClient(_Base):
         if isinstance(inputs, (str, os.PathLike, np.ndarray, bytes)):
             inputs = [inputs]
         return sorted([r async for r in self.iter_recognize(inputs, **options)], key=lambda r: r.index)
-

@@ -32,7 +32,9 @@ def walk(paths: list[str]) -> tuple[list[Source], list[tuple[str, str]]]:
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
                 if child.suffix.lower() in IMAGE_SUFFIXES or is_video(child):
                     rel = child.relative_to(path).with_suffix("")
-                    found.append(Source(child, f"{path.name}__{'__'.join(rel.parts)}" if path.name else "__".join(rel.parts)))
+                    found.append(
+                        Source(child, f"{path.name}__{'__'.join(rel.parts)}" if path.name else "__".join(rel.parts))
+                    )
         elif path.exists():
             found.append(Source(path, path.stem))
         else:
@@ -44,7 +46,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """``--every N`` or ``--fps F`` (one of them; about one frame a second when neither is given)."""
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--every", type=int, metavar="N", help="videos: analyse every N-th frame")
-    sampling.add_argument("--fps", type=float, metavar="F", help="videos: analyse about F frames per second (default 1)")
+    sampling.add_argument(
+        "--fps", type=float, metavar="F", help="videos: analyse about F frames per second (default 1)"
+    )
 
 
 def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -36,7 +36,9 @@ def settings_help() -> str:
         head = f"  PFVIT_{name.upper()} (default: {default})"
         lines.append(head)
         if field.description:
-            lines.extend(textwrap.wrap(field.description, width=96, initial_indent="      ", subsequent_indent="      "))
+            lines.extend(
+                textwrap.wrap(field.description, width=96, initial_indent="      ", subsequent_indent="      ")
+            )
     return "\n".join(lines)
 
 
@@ -51,8 +53,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help=f"interface to listen on (PFVIT_HOST; default {Settings.model_fields['host'].default})")
-    parser.add_argument("--port", type=_port, help=f"port (PFVIT_PORT; default {Settings.model_fields['port'].default})")
+    parser.add_argument(
+        "--host", help=f"interface to listen on (PFVIT_HOST; default {Settings.model_fields['host'].default})"
+    )
+    parser.add_argument(
+        "--port", type=_port, help=f"port (PFVIT_PORT; default {Settings.model_fields['port'].default})"
+    )
     return parser.parse_args(argv)
 
 

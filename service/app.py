@@ -49,7 +49,12 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(settings: Settings | None = None, *, state: ServiceState | None = None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    state: ServiceState | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
     """Build the app.
 
     Args:
@@ -108,7 +113,9 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     secured_paths: set[str] = set()
     docs_paths: set[str] = set()
     if settings.api_keys:
-        secured_paths = {"/v1/recognize", "/v1/poker-face", "/v1/models", "/v1/limits"} | ({"/metrics"} if settings.metrics_require_key else set())
+        secured_paths = {"/v1/recognize", "/v1/poker-face", "/v1/models", "/v1/limits"} | (
+            {"/metrics"} if settings.metrics_require_key else set()
+        )
         if settings.docs_require_key:
             docs_paths = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 

@@ -70,13 +70,17 @@ class Settings(BaseSettings):
         "", description="TensorRT: folder where built engines are kept across restarts (empty: rebuilt at every start)."
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime threads per session; 0 lets it decide. The detector's sessions take 1 while "
-        "detect_threads is above 1."
+        0,
+        ge=0,
+        description="ONNX Runtime threads per session; 0 lets it decide. The detector's sessions take 1 while "
+        "detect_threads is above 1.",
     )
     warmup_runs: int = Field(2, ge=0, le=100)
     max_inference_batch: int = Field(64, ge=1, le=4096, description="Faces per ONNX Runtime call at most.")
     max_concurrent_inference: int = Field(
-        0, ge=0, le=64,
+        0,
+        ge=0,
+        le=64,
         description="Requests computing at once; others queue. 0: two when the sessions run on the CPU (their detections "
         "share the detector's threads; docs/benchmarks.md has the measurements), four on CUDA.",
     )
@@ -127,7 +131,9 @@ class Settings(BaseSettings):
 
     # --- bounded work, queue and connections
     max_request_pixels: int = Field(
-        64_000_000, ge=1024, description="Pixels of all images of one request together, read from their headers (413 above)."
+        64_000_000,
+        ge=1024,
+        description="Pixels of all images of one request together, read from their headers (413 above).",
     )
     request_timeout_s: float = Field(
         30.0, gt=0.0, le=3600.0, description="Deadline of one analysis request, queue wait included (504 after it)."
@@ -135,11 +141,18 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         8, ge=0, le=10_000, description="Requests waiting for a computing slot at most; beyond it 503 with Retry-After."
     )
-    retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After sent with 503 answers (queue full, not ready).")
-    header_timeout_s: float = Field(
-        10.0, gt=0.0, le=600.0, description="Time a connection has to send a request's headers; closed after it (slowloris)."
+    retry_after_s: int = Field(
+        2, ge=1, le=3600, description="Retry-After sent with 503 answers (queue full, not ready)."
     )
-    body_timeout_s: float = Field(30.0, gt=0.0, description="Time a client has to send the request body (408 after it).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=600.0,
+        description="Time a connection has to send a request's headers; closed after it (slowloris).",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, description="Time a client has to send the request body (408 after it)."
+    )
     keep_alive_timeout_s: int = Field(5, ge=1, le=600, description="Idle keep-alive connections are closed after this.")
     max_connections: int = Field(
         256, ge=1, description="Concurrent connections (and requests) the server takes; more get 503 from the server."
@@ -174,9 +187,12 @@ class Settings(BaseSettings):
         "the API's description is public (it is in the source), and a browser cannot send a key with a page load.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any); empty: no CORS headers."
+        default_factory=list,
+        description="Comma-separated origins allowed by CORS ('*' for any); empty: no CORS headers.",
     )
-    log_format: Literal["text", "json"] = Field("text", description="'json': one JSON line per request and per log record.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON line per request and per log record."
+    )
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

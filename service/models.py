@@ -49,7 +49,12 @@ class EmotionModel:
     """
 
     def __init__(
-        self, card: ModelCard, sessions: dict, max_batch: int = 64, batch_wait_s: float | None = None, device_id: int = 0
+        self,
+        card: ModelCard,
+        sessions: dict,
+        max_batch: int = 64,
+        batch_wait_s: float | None = None,
+        device_id: int = 0,
     ) -> None:
         """``batch_wait_s``: None runs each call on its own; a number batches concurrent calls
         of each graph (``service.batching.MicroBatcher``), waiting at most that long.
@@ -68,7 +73,9 @@ class EmotionModel:
         self.batchers: dict[str, MicroBatcher] = {}
         if batch_wait_s is not None:
             self.batchers = {
-                name: MicroBatcher(partial(self._run_graph, name), name=name, max_faces=max_batch, max_wait_s=batch_wait_s)
+                name: MicroBatcher(
+                    partial(self._run_graph, name), name=name, max_faces=max_batch, max_wait_s=batch_wait_s
+                )
                 for name in self.sessions
             }
 
@@ -114,7 +121,11 @@ class EmotionModel:
         """Load graphs whose checksums were already verified (``verify_files``' answer)."""
         sessions = {
             name: create_session(
-                path, providers=providers, intra_op_threads=intra_op_threads, cpu_arena=cpu_arena, required=required_provider,
+                path,
+                providers=providers,
+                intra_op_threads=intra_op_threads,
+                cpu_arena=cpu_arena,
+                required=required_provider,
                 provider_options=provider_options,
             )
             for name, path in paths.items()
@@ -138,7 +149,9 @@ class EmotionModel:
             shape = inputs[0].shape  # dynamic axes come back as names (str) or None
             fits = lambda dim, want: dim == want or dim is None or isinstance(dim, str)  # noqa: E731
             if len(shape) != 4 or not (fits(shape[1], 3) and fits(shape[2], h) and fits(shape[3], w)):
-                raise ModelLoadError(f"{name}: session input shape {shape} does not match the card's [batch, 3, {h}, {w}]")
+                raise ModelLoadError(
+                    f"{name}: session input shape {shape} does not match the card's [batch, 3, {h}, {w}]"
+                )
             outputs = {o.name: o for o in session.get_outputs()}
             for spec in graph.outputs:
                 if spec.name not in outputs:
@@ -198,7 +211,9 @@ class EmotionModel:
         batcher = self.batchers.get(graph)
         if batcher is not None:
             return batcher(x)  # shares a call with concurrent requests, in chunks of max_batch
-        parts = [self._run_graph(graph, x[start : start + self.max_batch]) for start in range(0, x.shape[0], self.max_batch)]
+        parts = [
+            self._run_graph(graph, x[start : start + self.max_batch]) for start in range(0, x.shape[0], self.max_batch)
+        ]
         return np.concatenate(parts, axis=0)
 
     @contextmanager
@@ -248,7 +263,10 @@ class EmotionModel:
         """
         h, w = self.input_hw
         x = self._prepare(np.full((1, h, w, 3), 128, np.uint8))
-        expected = {RECOGNITION_GRAPH: {"logits": (1, len(self.card.labels))}, POKER_FACE_GRAPH: {"poker_face": (1, 3, h, w)}}
+        expected = {
+            RECOGNITION_GRAPH: {"logits": (1, len(self.card.labels))},
+            POKER_FACE_GRAPH: {"poker_face": (1, 3, h, w)},
+        }
         for _ in range(max(1, runs)):
             for name, session in self.sessions.items():
                 try:

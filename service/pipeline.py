@@ -79,7 +79,14 @@ class FacePipeline:
             are reduced first, JPEGs while decoding (``service.vision.imaging.decode_picture``).
     """
 
-    def __init__(self, detector: MTCNN, model: EmotionModel, *, max_image_pixels: int = 40_000_000, detect_max_side: int | None = None) -> None:
+    def __init__(
+        self,
+        detector: MTCNN,
+        model: EmotionModel,
+        *,
+        max_image_pixels: int = 40_000_000,
+        detect_max_side: int | None = None,
+    ) -> None:
         self.detector = detector
         self.model = model
         self.max_image_pixels = max_image_pixels
@@ -132,7 +139,11 @@ class FacePipeline:
             return self._infer(found, timer, recognise=recognise, poker_face=poker_face)
 
     def _find_all(
-        self, images: Sequence[bytes | np.ndarray], options: DetectOptions, timer: StageTimer, names: Sequence[str | None] | None
+        self,
+        images: Sequence[bytes | np.ndarray],
+        options: DetectOptions,
+        timer: StageTimer,
+        names: Sequence[str | None] | None,
     ) -> list[tuple[int, int, list[Face]]]:
         """Width, height and faces of every image, decoding and releasing one at a time."""
         found: list[tuple[int, int, list[Face]]] = []  # width, height, faces per image
@@ -152,7 +163,9 @@ class FacePipeline:
             del picture  # release the pixels before the next photo is decoded
         return found
 
-    def _infer(self, found: list[tuple[int, int, list[Face]]], timer: StageTimer, *, recognise: bool, poker_face: bool) -> list[ImageResult]:
+    def _infer(
+        self, found: list[tuple[int, int, list[Face]]], timer: StageTimer, *, recognise: bool, poker_face: bool
+    ) -> list[ImageResult]:
         """All faces of the request through each graph asked for, in one batch."""
         crops = [f.aligned for _, _, faces in found for f in faces]
         batch = np.stack(crops) if crops else np.zeros((0, *self.model.input_hw, 3), np.uint8)  # (F, H, W, 3)

@@ -23,7 +23,15 @@ log = logging.getLogger(__name__)
 # The exception types ONNX Runtime raises for a file it cannot load or run (corrupt, wrong graph, ...).
 ORT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError) + tuple(
     getattr(_ort_state, name)
-    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "NotImplemented")
+    for name in (
+        "Fail",
+        "InvalidArgument",
+        "NoSuchFile",
+        "NoModel",
+        "InvalidProtobuf",
+        "InvalidGraph",
+        "NotImplemented",
+    )
     if hasattr(_ort_state, name)
 )
 

@@ -64,10 +64,24 @@ class HeaderDeadlineProtocol(H11Protocol):
         """uvicorn's answer to bytes that are not HTTP, as a problem document like every other
         error (the application never saw the request, so this is the one place to do it)."""
         body = json.dumps(
-            problem_body(slug="bad-request", title="Bad request", status=400, detail=f"malformed HTTP: {msg}", request_id=uuid.uuid4().hex)
+            problem_body(
+                slug="bad-request",
+                title="Bad request",
+                status=400,
+                detail=f"malformed HTTP: {msg}",
+                request_id=uuid.uuid4().hex,
+            )
         ).encode()
-        headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event))
         self.transport.close()
 

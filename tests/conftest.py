@@ -46,7 +46,14 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(models_dir: Path):
     from service.config import Settings
 
-    return Settings(models_dir=models_dir, emotion_model="stub-emotion", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None)
+    return Settings(
+        models_dir=models_dir,
+        emotion_model="stub-emotion",
+        providers="cpu",
+        intra_op_threads=1,
+        warmup_runs=1,
+        _env_file=None,
+    )
 
 
 @pytest.fixture

@@ -69,7 +69,11 @@ def test_recognize_astronaut_matches_reference(client, astronaut_bytes, astronau
 
 def test_recognize_aligned_upload_skips_detection(client, astronaut_rgb):
     crop = resize_rgb(astronaut_rgb[60:180, 170:280], (112, 112))
-    resp = client.post("/v1/recognize", params={"aligned": "true", "return_poker_face": "true"}, files=upload(("c.png", encode(crop, "PNG"), "image/png")))
+    resp = client.post(
+        "/v1/recognize",
+        params={"aligned": "true", "return_poker_face": "true"},
+        files=upload(("c.png", encode(crop, "PNG"), "image/png")),
+    )
     assert resp.status_code == 200, resp.text
     (face,) = resp.json()["images"][0]["faces"]
     assert face["score"] is None and face["landmarks"] is None
@@ -83,13 +87,22 @@ def test_recognize_aligned_upload_skips_detection(client, astronaut_rgb):
 def test_several_images_one_batch(client, astronaut_bytes, astronaut_rgb):
     blank = encode(np.full((200, 300, 3), 200, np.uint8), "JPEG")
     before = _batch_count(client)
-    resp = client.post("/v1/recognize", files=upload(("a.png", astronaut_bytes, "image/png"), ("blank.jpg", blank, "image/jpeg"), ("flip.png", encode(astronaut_rgb[:, ::-1].copy(), "PNG"), "image/png")))
+    resp = client.post(
+        "/v1/recognize",
+        files=upload(
+            ("a.png", astronaut_bytes, "image/png"),
+            ("blank.jpg", blank, "image/jpeg"),
+            ("flip.png", encode(astronaut_rgb[:, ::-1].copy(), "PNG"), "image/png"),
+        ),
+    )
     assert resp.status_code == 200, resp.text
     images = resp.json()["images"]
     assert [len(i["faces"]) for i in images] == [1, 0, 1]  # no face: 200 with an empty list
     assert [i["index"] for i in images] == [0, 1, 2]
     mirrored_x1 = 512 - images[2]["faces"][0]["box"]["x2"]
-    assert abs(mirrored_x1 - images[0]["faces"][0]["box"]["x1"]) < 5  # the cascade is not exactly mirror-symmetric (measured 4.1 px)
+    assert (
+        abs(mirrored_x1 - images[0]["faces"][0]["box"]["x1"]) < 5
+    )  # the cascade is not exactly mirror-symmetric (measured 4.1 px)
     assert _batch_count(client) == before + 1  # both faces went through the model in one call
 
 
@@ -107,9 +120,13 @@ def test_exif_rotated_upload_finds_the_same_face(client, astronaut_rgb):
 
 
 def test_options_are_honoured(client, astronaut_bytes):
-    too_big_min = client.post("/v1/recognize", params={"min_face_size": 120}, files=upload(("a.png", astronaut_bytes, "image/png")))
+    too_big_min = client.post(
+        "/v1/recognize", params={"min_face_size": 120}, files=upload(("a.png", astronaut_bytes, "image/png"))
+    )
     assert too_big_min.status_code == 200 and too_big_min.json()["images"][0]["faces"] == []
-    strict = client.post("/v1/recognize", params={"threshold": 0.9999999}, files=upload(("a.png", astronaut_bytes, "image/png")))
+    strict = client.post(
+        "/v1/recognize", params={"threshold": 0.9999999}, files=upload(("a.png", astronaut_bytes, "image/png"))
+    )
     assert strict.status_code == 200 and strict.json()["images"][0]["faces"] == []
 
 
@@ -118,23 +135,41 @@ def test_poker_face_json_and_png(client, astronaut_bytes):
     assert resp.status_code == 200, resp.text
     (face,) = resp.json()["images"][0]["faces"]
     assert png_face(face["poker_face_png"]).shape == (112, 112, 3)
-    png = client.post("/v1/poker-face", headers={"Accept": "image/png"}, files=upload(("a.png", astronaut_bytes, "image/png")))
+    png = client.post(
+        "/v1/poker-face", headers={"Accept": "image/png"}, files=upload(("a.png", astronaut_bytes, "image/png"))
+    )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB")), png_face(face["poker_face_png"]))
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB")), png_face(face["poker_face_png"])
+    )
 
 
 def test_poker_face_png_needs_one_image_with_a_face(client, astronaut_bytes):
     blank = encode(np.full((120, 120, 3), 30, np.uint8), "PNG")
-    assert_problem(client.post("/v1/poker-face", headers={"Accept": "image/png"}, files=upload(("b.png", blank, "image/png"))), 422, "no-face-found")
+    assert_problem(
+        client.post("/v1/poker-face", headers={"Accept": "image/png"}, files=upload(("b.png", blank, "image/png"))),
+        422,
+        "no-face-found",
+    )
     two = upload(("a.png", astronaut_bytes, "image/png"), ("b.png", blank, "image/png"))
     assert_problem(client.post("/v1/poker-face", headers={"Accept": "image/png"}, files=two), 400, "invalid-request")
-    assert_problem(client.post("/v1/poker-face", headers={"Accept": "text/html"}, files=upload(("a.png", astronaut_bytes, "image/png"))), 406, "not-acceptable")
+    assert_problem(
+        client.post(
+            "/v1/poker-face", headers={"Accept": "text/html"}, files=upload(("a.png", astronaut_bytes, "image/png"))
+        ),
+        406,
+        "not-acceptable",
+    )
 
 
 BAD_UPLOADS = {
     "empty-file": (upload(("e.png", b"", "image/png")), 400, "empty-upload"),
     "not-an-image": (upload(("x.jpg", b"<html>hello</html>" * 20, "image/jpeg")), 422, "invalid-image"),
-    "gif": (upload(("x.gif", encode(np.zeros((16, 16, 3), np.uint8), "GIF"), "image/gif")), 415, "unsupported-media-type"),
+    "gif": (
+        upload(("x.gif", encode(np.zeros((16, 16, 3), np.uint8), "GIF"), "image/gif")),
+        415,
+        "unsupported-media-type",
+    ),
     "bomb": (upload(("bomb.png", png_bomb(), "image/png")), 413, "image-too-large"),
 }
 
@@ -149,7 +184,10 @@ def test_bad_uploads_get_problem_documents(client, astronaut_bytes, case):
 
 def test_truncated_jpeg(client, astronaut_rgb, astronaut_bytes):
     data = encode(astronaut_rgb, "JPEG", quality=90)
-    resp = client.post("/v1/recognize", files=upload(("ok.png", astronaut_bytes, "image/png"), ("cut.jpg", data[: len(data) // 3], "image/jpeg")))
+    resp = client.post(
+        "/v1/recognize",
+        files=upload(("ok.png", astronaut_bytes, "image/png"), ("cut.jpg", data[: len(data) // 3], "image/jpeg")),
+    )
     assert_problem(resp, 422, "invalid-image")
     assert resp.json()["image_index"] == 1 and "cut.jpg" in resp.json()["detail"]
     assert_still_serving(client, astronaut_bytes)
@@ -221,7 +259,10 @@ def test_models_health_and_metrics(client):
     assert by_name["stub-emotion"]["graphs"]["recognition"]["providers"] == ["CPUExecutionProvider"]
     assert set(by_name["mtcnn"]["graphs"]) == {"pnet", "rnet", "onet"}
     text = client.get("/metrics").text
-    assert 'pfvit_model_info{kind="emotion",model="stub-emotion",provider="CPUExecutionProvider",version="0.0.1-test"} 1.0' in text
+    assert (
+        'pfvit_model_info{kind="emotion",model="stub-emotion",provider="CPUExecutionProvider",version="0.0.1-test"} 1.0'
+        in text
+    )
     # pfvit_ready is one gauge per process, and other tests start apps of their own in this one:
     # test_readiness and test_e2e check it where a single app owns it.
 

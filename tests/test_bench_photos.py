@@ -11,12 +11,19 @@ import pytest
 from tools import bench_photos
 
 
-@pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None, reason="facenet-pytorch is not installed (make test installs it)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("facenet_pytorch") is None,
+    reason="facenet-pytorch is not installed (make test installs it)",
+)
 def test_detection_bench_finds_every_face_facenet_finds(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_photos.main(["--detection-only", "--runs", "1", "--also-detect-threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "every face facenet-pytorch finds is found by us: yes" in out
-    rows = [line.split("|") for line in out.splitlines() if line.startswith("| astronaut") or line.startswith("| no face") or " rendered faces " in line]
+    rows = [
+        line.split("|")
+        for line in out.splitlines()
+        if line.startswith("| astronaut") or line.startswith("| no face") or " rendered faces " in line
+    ]
     assert len(rows) == 6
     for row in rows:  # facenet's faces found: by us, and by the one-thread column
         facenet, _ours, found = (int(v) for v in row[5].split("/"))

@@ -52,7 +52,9 @@ def default_client():
 
 
 def test_a_smiling_face_reads_as_happiness(default_client):
-    resp = default_client.post("/v1/recognize", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")})
+    resp = default_client.post(
+        "/v1/recognize", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")}
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["model"]["name"] == DEFAULT_EMOTION_MODEL
@@ -68,14 +70,20 @@ def test_the_poker_face_really_changes_a_real_face(default_client):
     from service.vision.mtcnn import MTCNN
 
     resp = default_client.post(
-        "/v1/poker-face", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")}, headers={"Accept": "image/png"}
+        "/v1/poker-face",
+        files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")},
+        headers={"Accept": "image/png"},
     )
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
     poker = np.asarray(Image.open(BytesIO(resp.content)).convert("RGB")).astype(np.int16)
     settings = Settings(_env_file=None)
-    pipeline = FacePipeline(MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=1),
-                            EmotionModel.from_dir(MODEL_DIR, providers=["CPUExecutionProvider"], intra_op_threads=1))
-    options = DetectOptions(max_faces=1, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold)
+    pipeline = FacePipeline(
+        MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=1),
+        EmotionModel.from_dir(MODEL_DIR, providers=["CPUExecutionProvider"], intra_op_threads=1),
+    )
+    options = DetectOptions(
+        max_faces=1, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold
+    )
     (face,) = pipeline.find_faces(np.asarray(Image.open(ASTRONAUT).convert("RGB")), options, StageTimer())
     assert poker.shape == face.aligned.shape
     change = float(np.abs(poker - face.aligned).mean())

@@ -125,7 +125,10 @@ def test_client_that_hangs_up_stops_its_work(one_slot_server, slow_images, astro
 def test_json_log_has_one_line_per_request_without_file_names(one_slot_server, astronaut_bytes):
     url, log_path = one_slot_server
     resp = httpx.post(
-        url + "/v1/recognize", files={"images": ("secret-name.png", astronaut_bytes, "image/png")}, headers={"X-Request-ID": "log-check-1"}, timeout=60
+        url + "/v1/recognize",
+        files={"images": ("secret-name.png", astronaut_bytes, "image/png")},
+        headers={"X-Request-ID": "log-check-1"},
+        timeout=60,
     )
     assert resp.status_code == 200 and resp.headers["x-request-id"] == "log-check-1"
     time.sleep(0.3)
@@ -261,14 +264,20 @@ def _broken_models(settings, tmp_path: Path, fault: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "fault, words, workers", [("unreadable-graph", "recognition.onnx", "1"), ("label-count", "labels", "1"), ("label-count", "labels", "2")]
+    "fault, words, workers",
+    [("unreadable-graph", "recognition.onnx", "1"), ("label-count", "labels", "1"), ("label-count", "labels", "2")],
 )
 def test_model_fault_found_while_loading_exits_non_zero(settings, tmp_path, fault, words, workers):
     """Found by a session or by warm-up, after the port is bound; with several workers, by any
     one of them, which stops them all."""
     models = _broken_models(settings, tmp_path, fault)
-    env = {"PFVIT_MODELS_DIR": str(models), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_WARMUP_RUNS": "1",
-           "PFVIT_WORKERS": workers}
+    env = {
+        "PFVIT_MODELS_DIR": str(models),
+        "PFVIT_EMOTION_MODEL": "stub-emotion",
+        "PFVIT_PROVIDERS": "cpu",
+        "PFVIT_WARMUP_RUNS": "1",
+        "PFVIT_WORKERS": workers,
+    }
     proc, _ = start_server(env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=60)

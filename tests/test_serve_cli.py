@@ -32,8 +32,14 @@ def test_help_lists_every_setting():
 
 def test_an_invalid_setting_is_one_clear_line(tmp_path):
     env = {**os.environ, "PFVIT_MAX_QUEUE": "-3", "PFVIT_LOG_FORMAT": "xml"}
-    result = subprocess.run([sys.executable, "-m", "service"], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "service"], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path
+    )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("pfvit: invalid setting:") and "PFVIT_MAX_QUEUE='-3'" in line and "PFVIT_LOG_FORMAT='xml'" in line
+    assert (
+        line.startswith("pfvit: invalid setting:")
+        and "PFVIT_MAX_QUEUE='-3'" in line
+        and "PFVIT_LOG_FORMAT='xml'" in line
+    )
     assert "Traceback" not in result.stderr

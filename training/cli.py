@@ -35,7 +35,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
     group = parser.add_argument_group(prefix.rstrip("_") or cls.__name__, docs)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         if dataclasses.is_dataclass(hint):
             add_dataclass_arguments(parser, hint, prefix=f"{prefix}{f.name}_")
             continue
@@ -44,12 +48,25 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
         if hint is bool:
             group.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction, default=default)
         elif typing.get_origin(hint) is tuple:
-            group.add_argument(flag, dest=prefix + f.name, type=typing.get_args(hint)[0], nargs=len(typing.get_args(hint)), default=default, metavar="V")
+            group.add_argument(
+                flag,
+                dest=prefix + f.name,
+                type=typing.get_args(hint)[0],
+                nargs=len(typing.get_args(hint)),
+                default=default,
+                metavar="V",
+            )
         elif typing.get_origin(hint) is typing.Literal:
             group.add_argument(flag, dest=prefix + f.name, choices=typing.get_args(hint), default=default)
         else:
-            group.add_argument(flag, dest=prefix + f.name, type=hint, default=default, required=required,
-                               help="(required)" if required else "")
+            group.add_argument(
+                flag,
+                dest=prefix + f.name,
+                type=hint,
+                default=default,
+                required=required,
+                help="(required)" if required else "",
+            )
 
 
 def dataclass_from_args(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -66,15 +83,22 @@ def dataclass_from_args(cls: type, values: dict[str, Any], prefix: str = "") -> 
     return cls(**kwargs)
 
 
-def parse_config(cls: type, prog: str, description: str, argv: Sequence[str] | None,
-                 extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Any:
+def parse_config(
+    cls: type,
+    prog: str,
+    description: str,
+    argv: Sequence[str] | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> Any:
     """Fill ``cls`` from ``argv``; data specs are checked here, so a bad one is a usage error.
 
     Args:
         extra: adds flags that are not fields of ``cls``; their values come back as
             ``(config, {name: value})`` instead of the config alone.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_dataclass_arguments(parser, cls)
     if extra is not None:
         extra(parser)
@@ -206,10 +230,21 @@ def export_main(argv: Sequence[str] | None = None) -> None:
         # No data named: fall back to reproducible uniform noise, and say so.
         print("pfvit-export: no --data given; checking parity on random images", file=sys.stderr)
         images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
-    result = export_checkpoint(cfg.checkpoint, cfg.out_dir, images, name=cfg.name, version=cfg.version, license=cfg.license,
-                               description=cfg.description, metrics_path=cfg.metrics or None, opset=cfg.opset, poker_face=cfg.poker_face,
-                               fp16=cfg.fp16, mirror_average=cfg.mirror_average,
-                               poker_luma=cfg.poker_luma)
+    result = export_checkpoint(
+        cfg.checkpoint,
+        cfg.out_dir,
+        images,
+        name=cfg.name,
+        version=cfg.version,
+        license=cfg.license,
+        description=cfg.description,
+        metrics_path=cfg.metrics or None,
+        opset=cfg.opset,
+        poker_face=cfg.poker_face,
+        fp16=cfg.fp16,
+        mirror_average=cfg.mirror_average,
+        poker_luma=cfg.poker_luma,
+    )
     print(json.dumps(result))
 
 

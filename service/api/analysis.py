@@ -42,7 +42,7 @@ from service.vision.imaging import encode_png, probe_size
 
 JsonBody = TypeVar("JsonBody", bound=JsonDetectOptions)
 
-_MEDIA_TYPES_HINT = "send the images as multipart/form-data (field 'images') or as application/json ({\"images\": [{\"data\": \"<base64>\"}]})"
+_MEDIA_TYPES_HINT = 'send the images as multipart/form-data (field \'images\') or as application/json ({"images": [{"data": "<base64>"}]})'
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ class Analysis:
 # --- reading the images ---------------------------------------------------------------------
 
 
-async def read_images(request: Request, settings: Settings, json_model: type[JsonBody]) -> tuple[list[Upload], JsonBody | None]:
+async def read_images(
+    request: Request, settings: Settings, json_model: type[JsonBody]
+) -> tuple[list[Upload], JsonBody | None]:
     """The request's images, from a multipart form or a base64 JSON body, within the limits.
 
     Returns the uploads and, for a JSON body, the parsed body (its options).
@@ -90,12 +92,15 @@ def _read_json(body: bytes, json_model: type[JsonBody], settings: Settings) -> t
         parsed = json_model.model_validate_json(body, context={"max_images": settings.max_images})
     except ValidationError as exc:
         raise validation_failed(exc.errors(include_url=False, include_input=False), prefix=("body",)) from None
-    uploads = [Upload(filename=image.filename, data=_b64decode(image.data, index)) for index, image in enumerate(parsed.images)]  # type: ignore[attr-defined]
+    uploads = [
+        Upload(filename=image.filename, data=_b64decode(image.data, index)) for index, image in enumerate(parsed.images)
+    ]  # type: ignore[attr-defined]
     _check_count(len(uploads), settings)
     decoded = sum(len(u.data) for u in uploads)
     if decoded > settings.max_upload_bytes:
         raise PayloadTooLarge(
-            f"the images decode to {decoded} bytes; the limit is {settings.max_upload_bytes}", limit_bytes=settings.max_upload_bytes
+            f"the images decode to {decoded} bytes; the limit is {settings.max_upload_bytes}",
+            limit_bytes=settings.max_upload_bytes,
         )
     return uploads, parsed
 
@@ -110,7 +115,13 @@ def _check_json_shape(body: bytes, max_images: int) -> None:
     if containers > bound:
         raise ValidationFailed(
             f"body: {containers} JSON objects and arrays; a request of at most {max_images} images has at most {bound}",
-            errors=[{"loc": ["body"], "msg": f"more JSON objects and arrays than a request of at most {max_images} images can hold", "type": "too_long"}],
+            errors=[
+                {
+                    "loc": ["body"],
+                    "msg": f"more JSON objects and arrays than a request of at most {max_images} images can hold",
+                    "type": "too_long",
+                }
+            ],
         )
 
 
@@ -118,7 +129,9 @@ def _b64decode(text: str, index: int) -> bytes:
     loc = ["body", "images", index, "data"]
 
     def invalid(msg: str) -> ValidationFailed:
-        return ValidationFailed(f"body.images.{index}.data: {msg}", errors=[{"loc": loc, "msg": msg, "type": "value_error"}])
+        return ValidationFailed(
+            f"body.images.{index}.data: {msg}", errors=[{"loc": loc, "msg": msg, "type": "value_error"}]
+        )
 
     if text.startswith("data:"):
         header, comma, text = text.partition(",")
@@ -154,14 +167,20 @@ def _parse_multipart(headers: Headers, body: bytes, settings: Settings) -> list[
             form = await parser.parse()
         except MultiPartException as exc:
             if exc.message.startswith("Too many files"):
-                raise InvalidRequest(f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request", field="images") from None
+                raise InvalidRequest(
+                    f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request",
+                    field="images",
+                ) from None
             raise InvalidRequest(f"the multipart body could not be parsed: {exc.message}") from None
         try:
             items = form.getlist("images")
             files = [item for item in items if not isinstance(item, str)]
             if not items or len(files) != len(items):
                 msg = "Field required" if not items else "Expected a file, got text"
-                raise ValidationFailed(f"body.images: {msg}", errors=[{"loc": ["body", "images"], "msg": msg, "type": "missing" if not items else "value_error"}])
+                raise ValidationFailed(
+                    f"body.images: {msg}",
+                    errors=[{"loc": ["body", "images"], "msg": msg, "type": "missing" if not items else "value_error"}],
+                )
             _check_count(len(files), settings)
             return [Upload(filename=f.filename, data=f.file.read()) for f in files]
         finally:
@@ -236,7 +255,12 @@ def _analyse_sync(
     with timer.stage("decode"):
         check_pixel_budget(uploads, max_image_pixels=pipeline.max_image_pixels, max_request_pixels=max_request_pixels)
     results = pipeline.run(
-        [u.data for u in uploads], options, timer, recognise=recognise, poker_face=poker_face, names=[u.filename for u in uploads]
+        [u.data for u in uploads],
+        options,
+        timer,
+        recognise=recognise,
+        poker_face=poker_face,
+        names=[u.filename for u in uploads],
     )
     pngs: list[list[bytes]] = [[] for _ in results]
     if poker_face:
@@ -306,7 +330,9 @@ async def analyse(
     work = asyncio.ensure_future(admitted())
     gone = asyncio.ensure_future(_client_gone(request))
     try:
-        done, _ = await asyncio.wait({work, gone}, timeout=max(0.0, deadline - time.perf_counter()), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {work, gone}, timeout=max(0.0, deadline - time.perf_counter()), return_when=asyncio.FIRST_COMPLETED
+        )
     except asyncio.CancelledError:
         # The server gave up on this request (shutdown past its grace period): stop the work
         # too, or the process would wait for it to finish before it can exit.
@@ -331,7 +357,11 @@ async def analyse(
     timings_ms = timer.as_ms()
     model = pipeline.model
     access_fields(request.scope).update(
-        images=len(results), faces=faces, timings_ms=timings_ms, model=f"{model.card.name}/{model.card.version}", provider=model.provider
+        images=len(results),
+        faces=faces,
+        timings_ms=timings_ms,
+        model=f"{model.card.name}/{model.card.version}",
+        provider=model.provider,
     )
     return Analysis(results=results, uploads=uploads, timings_ms=timings_ms, poker_pngs=pngs)
 
@@ -349,7 +379,9 @@ def face_geometry(face: Face) -> dict:
     return {
         "box": Box(x1=round(x1, 2), y1=round(y1, 2), x2=round(x2, 2), y2=round(y2, 2)),
         "score": None if face.score is None else round(face.score, 6),
-        "landmarks": None if face.landmarks is None else [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
+        "landmarks": None
+        if face.landmarks is None
+        else [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
     }
 
 
@@ -357,7 +389,9 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def recognized_faces(result: ImageResult, labels: Sequence[str], pngs: Mapping[str, Sequence[bytes]] | None = None) -> list[RecognizedFace]:
+def recognized_faces(
+    result: ImageResult, labels: Sequence[str], pngs: Mapping[str, Sequence[bytes]] | None = None
+) -> list[RecognizedFace]:
     """One image's faces as ``/v1/recognize`` answers them: geometry, label, probabilities and
     raw logits, plus per face the PNGs in ``pngs`` (field name -> one PNG per face), in base64.
 

@@ -39,8 +39,12 @@ PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
 
 # --- access ----------------------------------------------------------------------------------
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer <one of PFVIT_API_KEYS>")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <one of PFVIT_API_KEYS>")
+_bearer = HTTPBearer(
+    auto_error=False, scheme_name="bearer", description="Authorization: Bearer <one of PFVIT_API_KEYS>"
+)
+_api_key = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <one of PFVIT_API_KEYS>"
+)
 
 
 def check_api_key(given: str | None, keys: list[str]) -> None:
@@ -89,10 +93,18 @@ def require_api_key(
 
 
 def query_options(
-    max_faces: Annotated[int | None, Query(ge=1, description="Most faces returned per image (highest scores first).")] = None,
-    min_face_size: Annotated[int | None, Query(ge=MIN_FACE_SIZE_FLOOR, le=4096, description="Smallest face side searched for, in pixels.")] = None,
-    threshold: Annotated[float | None, Query(gt=0.0, lt=1.0, description="Final detection probability threshold.")] = None,
-    aligned: Annotated[bool | None, Query(description="The upload is already an aligned face crop: skip detection.")] = None,
+    max_faces: Annotated[
+        int | None, Query(ge=1, description="Most faces returned per image (highest scores first).")
+    ] = None,
+    min_face_size: Annotated[
+        int | None, Query(ge=MIN_FACE_SIZE_FLOOR, le=4096, description="Smallest face side searched for, in pixels.")
+    ] = None,
+    threshold: Annotated[
+        float | None, Query(gt=0.0, lt=1.0, description="Final detection probability threshold.")
+    ] = None,
+    aligned: Annotated[
+        bool | None, Query(description="The upload is already an aligned face crop: skip detection.")
+    ] = None,
 ) -> JsonDetectOptions:
     return JsonDetectOptions(max_faces=max_faces, min_face_size=min_face_size, threshold=threshold, aligned=aligned)
 
@@ -113,7 +125,13 @@ def resolve_options(settings: Settings, query: JsonDetectOptions, body: JsonDete
         limit = settings.max_faces_limit
         raise ValidationFailed(
             f"{where}.max_faces: {max_faces} is over this service's limit of {limit}",
-            errors=[{"loc": [where, "max_faces"], "msg": f"Input should be less than or equal to {limit}", "type": "less_than_equal"}],
+            errors=[
+                {
+                    "loc": [where, "max_faces"],
+                    "msg": f"Input should be less than or equal to {limit}",
+                    "type": "less_than_equal",
+                }
+            ],
         )
     min_face_size, _ = pick("min_face_size")
     threshold, _ = pick("threshold")

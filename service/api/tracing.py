@@ -68,7 +68,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"), default=str)
 
 
-
 def configure_logging(level: str, log_format: str) -> dict[str, Any] | None:
     """Set up the root logger; returns the log config to hand uvicorn (None: leave its own)."""
     handler = logging.StreamHandler()

@@ -23,7 +23,9 @@ from service.vision.mtcnn import PNET_CELL
 class Detector(Protocol):
     """What :func:`find_faces` needs: ``service.vision.mtcnn.MTCNN`` or a test double."""
 
-    def detect(self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None) -> Sequence: ...
+    def detect(
+        self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None
+    ) -> Sequence: ...
 
     def refine(self, image: np.ndarray, box: Sequence[float]) -> object | None:
         """The final stage alone on one box of a full-resolution photo (``MTCNN.refine``)."""
@@ -111,7 +113,11 @@ def find_faces(
             corners = picture.to_full(np.asarray(det.box, dtype=np.float64).reshape(2, 2))
             full_landmarks = picture.to_full(landmarks)
             crop, box, full_landmarks = _align(detector, picture, landmarks, full_landmarks, corners.ravel(), size)
-            faces.append(AlignedFace(box=tuple(float(v) for v in box), score=float(det.score), landmarks=full_landmarks, aligned=crop))
+            faces.append(
+                AlignedFace(
+                    box=tuple(float(v) for v in box), score=float(det.score), landmarks=full_landmarks, aligned=crop
+                )
+            )
     return faces
 
 

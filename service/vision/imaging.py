@@ -122,7 +122,9 @@ def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Pic
     size = side_size(rgb.width, rgb.height, max_side)
     if size is None and not drafted:
         return Picture.from_array(_as_array(rgb))
-    full: Callable[[], np.ndarray] = (lambda: decode_image(data, max_pixels=max_pixels)) if drafted else (lambda: _as_array(rgb))
+    full: Callable[[], np.ndarray] = (
+        (lambda: decode_image(data, max_pixels=max_pixels)) if drafted else (lambda: _as_array(rgb))
+    )
     reduced = rgb if size is None else rgb.resize(size, Image.Resampling.BOX)
     return Picture(pixels=_as_array(reduced), width=upright[0], height=upright[1], _full=full)
 
@@ -358,7 +360,10 @@ def _png_raw_size(ihdr: bytes) -> int:
 
     if interlace == 0:
         return rows(width, height)
-    return sum(rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0) for x0, y0, dx, dy in _ADAM7)
+    return sum(
+        rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0)
+        for x0, y0, dx, dy in _ADAM7
+    )
 
 
 def _check_png_data(data: bytes) -> None:

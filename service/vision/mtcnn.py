@@ -126,7 +126,9 @@ def as_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
 
 
-def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]], pool: Executor | None = None) -> Iterator[np.ndarray]:
+def pyramid_levels(
+    image: Image.Image, sizes: Sequence[tuple[int, int]], pool: Executor | None = None
+) -> Iterator[np.ndarray]:
     """Area-resize the image to each pyramid level, largest first; yields ``(lh, lw, 3) uint8``.
 
     Pillow's box filter averages each output pixel's footprint with exact fractional
@@ -444,7 +446,9 @@ class MTCNN:
         self._count = threading.Lock()
         self._worker = threading.local()  # .alone: this thread is one of the pool's
         self._pool = (
-            ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn", initializer=self._mark_worker) if self.threads > 1 else None
+            ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn", initializer=self._mark_worker)
+            if self.threads > 1
+            else None
         )
 
     def _mark_worker(self) -> None:
@@ -579,7 +583,11 @@ class MTCNN:
         if not len(boxes):
             return None
         b = boxes[0]
-        return FaceDetection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(scores[0]), landmarks=points[0].astype(np.float64))
+        return FaceDetection(
+            box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            score=float(scores[0]),
+            landmarks=points[0].astype(np.float64),
+        )
 
     # The three stages; each takes and returns float32 boxes in image pixels.
 
@@ -614,7 +622,9 @@ class MTCNN:
         reg, prob = self.pnet.run(None, {self._pnet_input: normalise_pixels(level[row0:row1])[None]})[:2]
         return reg[0, :, :cells], prob[0, 1, :cells]
 
-    def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
+    def _classify(
+        self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int
+    ) -> list[np.ndarray]:
         """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most
         ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call, in calls of
         equal size, as many for each thread that shares them (no thread is left with a short last

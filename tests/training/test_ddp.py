@@ -24,8 +24,15 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     from training import distributed
     from training.checkpoint import TrainState, save_checkpoint
     from training.config import EditorConfig, PFViTConfig, PretrainConfig, TrainConfig
@@ -40,16 +47,39 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     else:
         while not init.exists():
             time.sleep(0.05)
-    cfg = TrainConfig(out_dir=out_dir, init=str(init), epochs=1, batch_size=2, warmup_epochs=0.5, max_steps_per_epoch=2,
-                      threads=1, device="cpu", progress=False, eval_every=0)
+    cfg = TrainConfig(
+        out_dir=out_dir,
+        init=str(init),
+        epochs=1,
+        batch_size=2,
+        warmup_epochs=0.5,
+        max_steps_per_epoch=2,
+        threads=1,
+        device="cpu",
+        progress=False,
+        eval_every=0,
+    )
     try:
         result = run_train(cfg, tiny_faces(8))
-        flat = torch.cat([p.detach().flatten() for p in [*result.model.parameters(), *result.discriminator.parameters()]])
+        flat = torch.cat(
+            [p.detach().flatten() for p in [*result.model.parameters(), *result.discriminator.parameters()]]
+        )
         torch.save(flat, Path(out_dir) / f"params-{rank}.pt")
         # The editor stage on the finished model: only the editor trains, and under DDP too.
-        editor = run_editor(EditorConfig(out_dir=str(Path(out_dir) / "editor"), init=str(Path(out_dir) / "last.pt"),
-                                         epochs=1, batch_size=2, warmup_epochs=0.5, max_steps_per_epoch=2, threads=1, device="cpu",
-                                         progress=False), tiny_faces(8))
+        editor = run_editor(
+            EditorConfig(
+                out_dir=str(Path(out_dir) / "editor"),
+                init=str(Path(out_dir) / "last.pt"),
+                epochs=1,
+                batch_size=2,
+                warmup_epochs=0.5,
+                max_steps_per_epoch=2,
+                threads=1,
+                device="cpu",
+                progress=False,
+            ),
+            tiny_faces(8),
+        )
         torch.save(editor.model.editor.state_dict(), Path(out_dir) / f"editor-{rank}.pt")
     finally:
         distributed.cleanup()

@@ -51,7 +51,9 @@ def test_a_grey_models_editor_changes_the_luma_alone() -> None:
     with torch.no_grad():
         change = model.poker_face(model.normalise(images01)) - images01
     assert float(change.abs().mean()) > 1e-3
-    assert torch.allclose(change[:, 0], change[:, 1], atol=1e-5) and torch.allclose(change[:, 0], change[:, 2], atol=1e-5)
+    assert torch.allclose(change[:, 0], change[:, 1], atol=1e-5) and torch.allclose(
+        change[:, 0], change[:, 2], atol=1e-5
+    )
     assert _editor_model(greyscale=False).editor.channels == 3
 
 
@@ -88,15 +90,37 @@ def test_the_terms_count_the_right_items() -> None:
 def finished_pfvit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A PF-ViT stage checkpoint (two steps) for the editor stage to start from."""
     out = tmp_path_factory.mktemp("pfvit")
-    result = run_train(TrainConfig(out_dir=str(out), arch=micro_arch(), epochs=1, batch_size=4, max_steps_per_epoch=2,
-                                   eval_every=0, device="cpu", threads=2, progress=False), tiny_faces(16))
+    result = run_train(
+        TrainConfig(
+            out_dir=str(out),
+            arch=micro_arch(),
+            epochs=1,
+            batch_size=4,
+            max_steps_per_epoch=2,
+            eval_every=0,
+            device="cpu",
+            threads=2,
+            progress=False,
+        ),
+        tiny_faces(16),
+    )
     return Path(result.checkpoint)
 
 
 def _editor_run(out: Path, init: Path, epochs: int, resume: str = "") -> Path:
     data = tiny_faces(16)
-    cfg = EditorConfig(out_dir=str(out), init=str(init), epochs=epochs, batch_size=4, max_steps_per_epoch=3, device="cpu",
-                       threads=2, progress=False, resume=resume, save_every=1)
+    cfg = EditorConfig(
+        out_dir=str(out),
+        init=str(init),
+        epochs=epochs,
+        batch_size=4,
+        max_steps_per_epoch=3,
+        device="cpu",
+        threads=2,
+        progress=False,
+        resume=resume,
+        save_every=1,
+    )
     return Path(run_editor(cfg, data).checkpoint)
 
 
@@ -135,8 +159,17 @@ def test_the_editor_stage_needs_a_finished_model(tmp_path: Path, finished_pfvit:
         run_editor(EditorConfig(out_dir=str(tmp_path), device="cpu"), tiny_faces(4))
     # An architecture without the editor has nothing for the stage to train.
     with pytest.raises(ValueError, match="poker_mode='editor'"):
-        run_editor(EditorConfig(out_dir=str(tmp_path), init=str(finished_pfvit), arch="poker_mode=edit", device="cpu", threads=2,
-                                progress=False), tiny_faces(4))
+        run_editor(
+            EditorConfig(
+                out_dir=str(tmp_path),
+                init=str(finished_pfvit),
+                arch="poker_mode=edit",
+                device="cpu",
+                threads=2,
+                progress=False,
+            ),
+            tiny_faces(4),
+        )
 
 
 def test_an_editor_model_exports_and_its_poker_graph_skips_the_generator(finished_pfvit: Path, tmp_path: Path) -> None:

@@ -32,7 +32,13 @@ from training.data.transforms import FaceTransform
 FER2013_LABELS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
 # The image-folder form's class folders, in the same order.
 FER2013_FOLDERS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-FER2013_USAGE = {"train": "Training", "val": "PublicTest", "valid": "PublicTest", "validation": "PublicTest", "test": "PrivateTest"}
+FER2013_USAGE = {
+    "train": "Training",
+    "val": "PublicTest",
+    "valid": "PublicTest",
+    "validation": "PublicTest",
+    "test": "PrivateTest",
+}
 FER2013_SIDE_PX = 48
 _FILE_NAME = re.compile(r"^(Training|PublicTest|PrivateTest)_(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
@@ -73,7 +79,7 @@ def read_csv(csv_path: Path, usage: str) -> tuple[np.ndarray, list[int]]:
                 continue
             pixels = np.array(row["pixels"].split(), dtype=np.uint8)
             if pixels.size != FER2013_SIDE_PX * FER2013_SIDE_PX:
-                raise ValueError(f"{csv_path}:{line}: {pixels.size} pixels, expected {FER2013_SIDE_PX ** 2}")
+                raise ValueError(f"{csv_path}:{line}: {pixels.size} pixels, expected {FER2013_SIDE_PX**2}")
             label = int(row["emotion"])
             if not 0 <= label < len(FER2013_LABELS):
                 raise ValueError(f"{csv_path}:{line}: emotion {label} out of range")
@@ -129,7 +135,9 @@ class FER2013(FaceDataset):
             if cache:
                 self._faces = [read_image(p) for p in self.paths]
         if not self.targets:
-            raise ValueError(f"no FER2013 {usage} faces under {root} (expected fer2013.csv or <class>/{usage}_<n>.jpg|png)")
+            raise ValueError(
+                f"no FER2013 {usage} faces under {root} (expected fer2013.csv or <class>/{usage}_<n>.jpg|png)"
+            )
 
     def load_face(self, index: int) -> np.ndarray:
         if self._faces is not None:

@@ -42,7 +42,10 @@ def wants_png(accept: str | None) -> bool:
     responses={
         200: {
             "description": "JSON, or with `Accept: image/png` the PNG of the largest face (or of its expression map)",
-            "content": {"application/json": {"example": POKER_FACE_EXAMPLE}, "image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                "application/json": {"example": POKER_FACE_EXAMPLE},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            },
         },
         **problem_responses(*ANALYSIS_ERRORS, 406, 501),
     },
@@ -64,7 +67,10 @@ async def poker_face(
     query: QueryOptionsDep,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     return_expression_map: Annotated[
-        bool, Query(description="Add each face's expression map; with Accept: image/png, answer the largest face's map instead of its poker face.")
+        bool,
+        Query(
+            description="Add each face's expression map; with Accept: image/png, answer the largest face's map instead of its poker face."
+        ),
     ] = False,
 ) -> Response | PokerFaceResponse:
     model = pipeline.model
@@ -73,10 +79,18 @@ async def poker_face(
     png = wants_png(accept)
     uploads, body = await read_images(request, settings, JsonPokerFaceRequest)
     if png and len(uploads) != 1:
-        raise InvalidRequest(f"Accept: image/png returns one picture; upload exactly one image (got {len(uploads)})", field="images")
-    with_map = body.return_expression_map if body is not None and body.return_expression_map is not None else return_expression_map
+        raise InvalidRequest(
+            f"Accept: image/png returns one picture; upload exactly one image (got {len(uploads)})", field="images"
+        )
+    with_map = (
+        body.return_expression_map
+        if body is not None and body.return_expression_map is not None
+        else return_expression_map
+    )
     options = resolve_options(settings, query, body)
-    analysis = await analyse(request, state, pipeline, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True)
+    analysis = await analyse(
+        request, state, pipeline, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True
+    )
     if png:
         result = analysis.results[0]
         if not result.faces:
@@ -85,13 +99,17 @@ async def poker_face(
         headers = {"X-Model": f"{model.card.name}/{model.card.version}"}
         if with_map:
             assert result.poker_faces is not None
-            body_png = await run_in_threadpool(expression_map_png, result.faces[largest].aligned, result.poker_faces[largest])
+            body_png = await run_in_threadpool(
+                expression_map_png, result.faces[largest].aligned, result.poker_faces[largest]
+            )
         else:
             body_png = analysis.poker_pngs[0][largest]
         return Response(body_png, media_type="image/png", headers=headers)
     maps = None
     if with_map:
-        maps = await run_in_threadpool(lambda: [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results])
+        maps = await run_in_threadpool(
+            lambda: [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results]
+        )
     out_images = [
         PokerFaceImage(
             index=index,

@@ -27,7 +27,9 @@ def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, li
     start = time.perf_counter()
     out: dict[str, list[list[bytes]]] = {}
     if maps:
-        out["expression_map_png"] = [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results]
+        out["expression_map_png"] = [
+            expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results
+        ]
     if aligned:
         out["aligned_face_png"] = [[encode_png(f.aligned) for f in r.faces] for r in analysis.results]
     if out:
@@ -65,9 +67,14 @@ async def recognize(
     query: QueryOptionsDep,
     return_poker_face: Annotated[bool, Query(description="Also return each face's poker face as base64 PNG.")] = False,
     return_expression_map: Annotated[
-        bool, Query(description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face.")
+        bool,
+        Query(
+            description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face."
+        ),
     ] = False,
-    return_aligned_face: Annotated[bool, Query(description="Per face, the aligned crop the model saw, as PNG.")] = False,
+    return_aligned_face: Annotated[
+        bool, Query(description="Per face, the aligned crop the model saw, as PNG.")
+    ] = False,
 ) -> RecognizeResponse:
     model = pipeline.model
     uploads, body = await read_images(request, settings, JsonRecognizeRequest)
@@ -76,9 +83,18 @@ async def recognize(
     with_map = _pick(body.return_expression_map if body is not None else None, return_expression_map)
     with_aligned = _pick(body.return_aligned_face if body is not None else None, return_aligned_face)
     if (with_poker_face or with_map) and not model.has_poker_face:  # decided before anything is decoded or detected
-        raise CapabilityMissing(f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and return_expression_map")
+        raise CapabilityMissing(
+            f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and return_expression_map"
+        )
     analysis = await analyse(
-        request, state, pipeline, uploads, options, route="/v1/recognize", recognise=True, poker_face=with_poker_face or with_map
+        request,
+        state,
+        pipeline,
+        uploads,
+        options,
+        route="/v1/recognize",
+        recognise=True,
+        poker_face=with_poker_face or with_map,
     )
     extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=with_map, aligned=with_aligned)
     labels = model.labels
@@ -88,5 +104,11 @@ async def recognize(
         if with_poker_face:
             pngs["poker_face_png"] = analysis.poker_pngs[index]
         faces = recognized_faces(result, labels, pngs)
-        out_images.append(RecognizedImage(index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces))
-    return RecognizeResponse(model=model_ref(pipeline), labels=labels, images=out_images, timings_ms=analysis.timings_ms)
+        out_images.append(
+            RecognizedImage(
+                index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces
+            )
+        )
+    return RecognizeResponse(
+        model=model_ref(pipeline), labels=labels, images=out_images, timings_ms=analysis.timings_ms
+    )
