@@ -33,7 +33,9 @@ FORMATS = ("jsonl", "parquet")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="pfvit-batch",
-        description="Emotions of every face in photos, folders and videos, with the service's models running in Ray actors.",
+        description=(
+            "Emotions of every face in photos, folders and videos, with the service's models running in Ray actors."
+        ),
         epilog="Exit status: 0 every input analysed, 1 some could not be, 2 usage error. "
         "Models and detection defaults come from the PFVIT_* settings, as for the service.",
     )
@@ -56,8 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, metavar="P", help="final detection probability threshold")
     add_sampling_arguments(p)
     ray = p.add_argument_group("Ray")
-    ray.add_argument("--address", metavar="ADDR", help="the Ray cluster to run on ('auto': the one this machine belongs to); "
-                     "without it a local Ray instance is started and stopped")  # fmt: skip
+    ray.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Ray cluster to run on ('auto': the one this machine belongs to); "
+        "without it a local Ray instance is started and stopped",
+    )
     ray.add_argument(
         "--num-cpus", type=int, metavar="N", help="CPUs of the local instance (default: all this process may use)"
     )
@@ -71,8 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="detector and ONNX Runtime threads of each actor (default 1)",
     )
-    ray.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
-                     help="run the actors on CUDA, each reserving G GPUs (e.g. 0.5: two per GPU); default 0: on the CPU")  # fmt: skip
+    ray.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="run the actors on CUDA, each reserving G GPUs (e.g. 0.5: two per GPU); default 0: on the CPU",
+    )
     ray.add_argument(
         "--batch-size", type=int, default=16, metavar="N", help="photos or frames per actor call (default 16)"
     )
@@ -343,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if (args.poker_face or args.expression_map) and POKER_FACE_GRAPH not in card.graphs:
         print(
-            f"pfvit-batch: model {card.name!r} ships no poker-face graph; run without --poker-face and --expression-map",
+            f"pfvit-batch: model {card.name!r} ships no poker-face graph; run without --poker-face and "
+            "--expression-map",
             file=sys.stderr,
         )
         return 2

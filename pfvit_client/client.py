@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,7 +27,7 @@ from pfvit_client.types import Box, Face, ImageResult, Limits, ModelRef, Problem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # An input is a file path, an (H, W, 3) uint8 RGB array, or encoded image bytes.
-ImageInput = Union[str, os.PathLike, np.ndarray, bytes]
+ImageInput = str | os.PathLike[str] | np.ndarray | bytes
 
 MULTIPART_OVERHEAD_BYTES = 512  # per file part: boundary and headers, generously
 RETRY_STATUSES = (503,)
@@ -61,9 +61,7 @@ class _Item:
         return len(self.data)
 
 
-def _prepare_all(
-    inputs: Iterable[ImageInput], metas: Iterable[dict[str, Any]] | None
-) -> Iterator["_Item | ImageResult"]:
+def _prepare_all(inputs: Iterable[ImageInput], metas: Iterable[dict[str, Any]] | None) -> Iterator[_Item | ImageResult]:
     """Every input read lazily, with its caller's metadata (if given) alongside."""
     meta_iter = iter(metas) if metas is not None else None
     return (_prepare(i, v, next(meta_iter) if meta_iter else None) for i, v in enumerate(inputs))
@@ -305,7 +303,7 @@ class PFViTClient(_Base):
             base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
         )
 
-    def __enter__(self) -> "PFViTClient":
+    def __enter__(self) -> PFViTClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -376,7 +374,7 @@ class AsyncPFViTClient(_Base):
             base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
         )
 
-    async def __aenter__(self) -> "AsyncPFViTClient":
+    async def __aenter__(self) -> AsyncPFViTClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

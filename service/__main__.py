@@ -158,7 +158,8 @@ def _serve_workers(settings: Settings, overrides: dict, log_config: dict | None)
 
     The workers read their settings from the environment, so the command-line overrides go
     there; they share their metrics through a fresh folder (``PROMETHEUS_MULTIPROC_DIR``),
-    removed at exit, where a worker that dies has its live gauges cleared by the supervisor. A model fault in any worker stops them all and exits with status 2.
+    removed at exit, where a worker that dies has its live gauges cleared by the supervisor. A
+    model fault in any worker stops them all and exits with status 2.
     """
     from service.app import WORKER_FATAL_FILE_ENV
     from service.server import WorkerSupervisor

@@ -81,8 +81,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="Requests computing at once; others queue. 0: two when the sessions run on the CPU (their detections "
-        "share the detector's threads; docs/benchmarks.md has the measurements), four on CUDA.",
+        description="Requests computing at once; others queue. 0: two when the sessions run on the CPU (their "
+        "detections share the detector's threads; docs/benchmarks.md has the measurements), four on CUDA.",
     )
 
     detect_threads: int = Field(
@@ -183,8 +183,9 @@ class Settings(BaseSettings):
     metrics_require_key: bool = Field(False, description="When API keys are set, /metrics needs one too.")
     docs_require_key: bool = Field(
         False,
-        description="When API keys are set, /docs, /redoc, /openapi.json and the docs' files need one too. Off by default: "
-        "the API's description is public (it is in the source), and a browser cannot send a key with a page load.",
+        description="When API keys are set, /docs, /redoc, /openapi.json and the docs' files need one too. "
+        "Off by default: the API's description is public (it is in the source), and a browser cannot send a key "
+        "with a page load.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -64,7 +64,8 @@ HTTP_IN_FLIGHT = Gauge(
 )
 WORKER_REQUESTS = Gauge(
     "pfvit_worker_http_requests",
-    "HTTP requests answered by this worker process since it started (several workers: one series per worker, label pid).",
+    "HTTP requests answered by this worker process since it started (several workers: one series per worker, "
+    "label pid).",
     registry=REGISTRY,
     multiprocess_mode="liveall",
 )

@@ -89,7 +89,7 @@ class EmotionModel:
         max_batch: int = 64,
         batch_wait_s: float | None = None,
         cpu_arena: bool = False,
-    ) -> "EmotionModel":
+    ) -> EmotionModel:
         """Read the card, verify every checksum, and load the graphs."""
         card = load_card(model_dir)
         if card.kind != "emotion":
@@ -117,7 +117,7 @@ class EmotionModel:
         cpu_arena: bool = False,
         required_provider: str | None = None,
         provider_options: ProviderOptions | None = None,
-    ) -> "EmotionModel":
+    ) -> EmotionModel:
         """Load graphs whose checksums were already verified (``verify_files``' answer)."""
         sessions = {
             name: create_session(
@@ -278,6 +278,7 @@ class EmotionModel:
                     got = tuple(np.shape(by_name[output]))
                     if got != shape:
                         raise ModelLoadError(
-                            f"{self.card.name}: the {name} graph answers {output} of shape {list(got)}, the card implies "
+                            f"{self.card.name}: the {name} graph answers {output} of shape {list(got)}, the "
+                            "card implies "
                             f"{list(shape)} ({len(self.card.labels)} labels, {h}x{w} input)"
                         )

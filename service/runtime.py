@@ -56,7 +56,7 @@ class ProviderOptions:
     trt_engine_cache_dir: str = ""
 
     @classmethod
-    def from_settings(cls, settings) -> "ProviderOptions":
+    def from_settings(cls, settings) -> ProviderOptions:
         return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
     def for_provider(self, provider: str) -> dict[str, str]:

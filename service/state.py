@@ -112,7 +112,8 @@ class ServiceState:
         self.provider_options = ProviderOptions.from_settings(settings)
         if settings.providers.strip().lower() == "auto" and self.providers[0] == CPU:
             log.info(
-                "PFVIT_PROVIDERS=auto: this ONNX Runtime build offers no CUDA provider (the gpu extra has it); running on the CPU"
+                "PFVIT_PROVIDERS=auto: this ONNX Runtime build offers no CUDA provider (the gpu extra has "
+                "it); running on the CPU"
             )
         self.detector_card: ModelCard | None = None
         self.emotion_card: ModelCard | None = None

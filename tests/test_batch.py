@@ -131,7 +131,7 @@ def photo_set(folder: Path) -> dict[str, np.ndarray | None]:
     add("mirrored.png", ImageOps.mirror(astronaut), "PNG")
     add("grey.png", ImageOps.grayscale(astronaut), "PNG")
     canvas = Image.new("RGB", (1200, 800), (200, 190, 170))
-    for k, (x, y, side) in enumerate([(20, 40, 300), (400, 300, 200), (800, 100, 380)]):
+    for x, y, side in [(20, 40, 300), (400, 300, 200), (800, 100, 380)]:
         canvas.paste(astronaut.resize((side, side)), (x, y))
     add("group.jpg", canvas, "JPEG", quality=92)
     for k in range(52):
@@ -170,9 +170,28 @@ def job(tmp_path_factory):
     write_rendered_video(clip)
     out = root / "faces.parquet"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFVIT_")}
-    cmd = [sys.executable, "-m", "pfvit_batch", str(photos), str(clip), "--every", str(EVERY), "--num-cpus", "2", "--batch-size", "8",
-           "--output", str(out), "--poker-face", str(root / "poker"), "--expression-map", str(root / "maps"),
-           "--stats-json", str(root / "stats.json"), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pfvit_batch",
+        str(photos),
+        str(clip),
+        "--every",
+        str(EVERY),
+        "--num-cpus",
+        "2",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--poker-face",
+        str(root / "poker"),
+        "--expression-map",
+        str(root / "maps"),
+        "--stats-json",
+        str(root / "stats.json"),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=BATCH_TIMEOUT_S)
     return {
         "root": root,

@@ -195,10 +195,11 @@ def test_cli_on_a_rendered_video(server, tmp_path):
     with av.open(str(annotated)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 12
+
     # The box colour is drawn on every frame (held between samples), never on the source.
-    box_pixels = lambda img: int(
-        ((img[..., 0] > 200) & (img[..., 1] > 150) & (img[..., 1] < 230) & (img[..., 2] < 80)).sum()
-    )  # noqa: E731
+    def box_pixels(img: np.ndarray) -> int:
+        return int(((img[..., 0] > 200) & (img[..., 1] > 150) & (img[..., 1] < 230) & (img[..., 2] < 80)).sum())
+
     assert all(box_pixels(f) > 100 for f in frames)
 
     proc = run_cli(str(clip), "--url", server, "--fps", "2", "--jsonl", str(out))

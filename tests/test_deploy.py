@@ -416,7 +416,11 @@ def _documented_labels() -> dict[str, set[str]]:
 
 
 def test_metric_name_extraction():
-    expr = 'histogram_quantile(0.95, sum by (le, stage) (rate(pfvit_stage_duration_seconds_bucket{route=~"/v1/.+"}[$__rate_interval]))) / on() group_left max(pfvit_ready) or vector(0)'
+    expr = (
+        "histogram_quantile(0.95, sum by (le, stage) "
+        '(rate(pfvit_stage_duration_seconds_bucket{route=~"/v1/.+"}[$__rate_interval]))) '
+        "/ on() group_left max(pfvit_ready) or vector(0)"
+    )
     assert _metric_names(expr) == {"pfvit_stage_duration_seconds_bucket", "pfvit_ready"}
     assert _grouping_labels(expr) == {"le", "stage"}
 

@@ -254,7 +254,7 @@ def test_openapi_tells_the_truth(client, settings):
         "prometheus_metrics",
     }
     assert "HTTPValidationError" not in spec["components"]["schemas"]
-    for (path, method), op in ops.items():
+    for (path, _method), op in ops.items():
         for status, response in op["responses"].items():
             if int(status) >= 400 and path != "/readyz":
                 content = response["content"]

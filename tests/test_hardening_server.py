@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from service.card import sha256_file
+from tests.conftest import stub_server_env
 from tests.images import encode
 from tests.prometheus_text import sample_value
-from tests.conftest import stub_server_env
 from tools.loopback import serving, start_server, stop_server, wait_until_ready
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,11 @@ def _multipart(files: list[tuple[str, bytes]], boundary: str) -> bytes:
     parts = []
     for name, data in files:
         parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            (
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
             + data
             + b"\r\n"
         )

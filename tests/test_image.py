@@ -47,8 +47,11 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 MAX_IMAGE_BYTES = 600 * 1024 * 1024
 REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])  # the fixture's face, as in the other tests
 TOOLS = {"debootstrap": "debootstrap", "buildah": "buildah", "podman": "podman"}
-REGISTRY_DOWN = re.compile(r"Failed getting release file|Couldn't download|Temporary failure resolving|Could not resolve|"
-                           r"Network is unreachable|Connection refused|Connection timed out|Failed to fetch", re.I)  # fmt: skip
+REGISTRY_DOWN = re.compile(
+    r"Failed getting release file|Couldn't download|Temporary failure resolving|Could not resolve|"
+    r"Network is unreachable|Connection refused|Connection timed out|Failed to fetch",
+    re.I,
+)
 
 
 def sh(cmd: list[str], timeout_s: float, **kwargs) -> subprocess.CompletedProcess:
@@ -123,8 +126,16 @@ def make_base(workdir: Path) -> None:
     for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
         marker.unlink()
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    changes = ["--change", f"LABEL {BASE_LABEL}", "--change", "ENV LANG=C.UTF-8",
-               "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--change", 'CMD ["python3"]']  # fmt: skip
+    changes = [
+        "--change",
+        f"LABEL {BASE_LABEL}",
+        "--change",
+        "ENV LANG=C.UTF-8",
+        "--change",
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--change",
+        'CMD ["python3"]',
+    ]
     proc = subprocess.run(
         ["podman", *STORAGE, "import", *changes, "-", BASE_IMAGE],
         stdin=tar.stdout,
@@ -201,8 +212,11 @@ def image(tmp_path_factory) -> Iterator[dict]:
         ],  # fmt: skip
         1200,
     )
-    if build.returncode and re.search(r"Could not find a version|No matching distribution|Failed to establish a new connection|"
-                                      r"Max retries exceeded|Temporary failure in name resolution", build.stdout + build.stderr):  # fmt: skip
+    if build.returncode and re.search(
+        r"Could not find a version|No matching distribution|Failed to establish a new connection|"
+        r"Max retries exceeded|Temporary failure in name resolution",
+        build.stdout + build.stderr,
+    ):
         pytest.skip(
             f"the image's pip install cannot reach the package registry: {(build.stdout + build.stderr)[-400:]}"
         )
@@ -276,7 +290,8 @@ def stop(proc: subprocess.Popen) -> None:
 def test_the_cpu_image_serves_read_only_and_has_no_torch(image, container, tmp_path, record_property):
     record_property("image_bytes", image["size"])
     print(
-        f"\nCPU image: {image['size'] / 1e6:.0f} MB; base {image['timings']['base_s']:.0f} s, build {image['timings']['build_s']:.0f} s"
+        f"\nCPU image: {image['size'] / 1e6:.0f} MB; base {image['timings']['base_s']:.0f} s, build "
+        f"{image['timings']['build_s']:.0f} s"
     )
     assert image["size"] < MAX_IMAGE_BYTES
     root = container["root"]

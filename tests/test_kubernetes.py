@@ -354,7 +354,7 @@ def test_pods_run_locked_down(rendered) -> None:
 
 @needs_kubectl
 def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_the_cpu(rendered) -> None:
-    from service.runtime import CUDA, resolve_providers, required_provider
+    from service.runtime import CUDA, required_provider, resolve_providers
 
     objects = rendered["overlays/gpu"]
     spec = _one(objects, "Deployment")["spec"]["template"]["spec"]

@@ -13,8 +13,8 @@ from service.card import load_card, sha256_file, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
 from service.models import EmotionModel, softmax
 from service.runtime import CPU, resolve_providers
-from tools.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
 from tests.conftest import DEFAULT_MODEL_DIR
+from tools.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
 
 
 def test_softmax_is_stable_and_normalised():
@@ -158,7 +158,6 @@ def test_iobinding_answers_bit_for_bit_what_session_run_answers(batch_wait_s):
     """The emotion graphs run through IOBinding (one copy each way on a GPU); on the CPU their
     rows are exactly those of a plain ``session.run``, with or without the micro-batcher."""
     from service.vision.align import to_uint8_images
-    from tests.conftest import REPO
 
     model = EmotionModel.from_dir(
         DEFAULT_MODEL_DIR, providers=[CPU], intra_op_threads=1, batch_wait_s=batch_wait_s, max_batch=4

@@ -58,7 +58,8 @@ def percentile(values: list[float], q: float) -> float:
 def device_line(device: str) -> str:
     """The device, its driver and the library versions, for the table's heading."""
     parts = [
-        f"ONNX Runtime {ort.__version__} ({', '.join(p for p in ort.get_available_providers() if p != 'AzureExecutionProvider')})"
+        f"ONNX Runtime {ort.__version__} "
+        f"({', '.join(p for p in ort.get_available_providers() if p != 'AzureExecutionProvider')})"
     ]
     try:
         import torch
@@ -80,7 +81,8 @@ def device_line(device: str) -> str:
     else:
         parts.insert(
             0,
-            f"CPU {platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, no GPU used",
+            f"CPU {platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} "
+            "cores, no GPU used",
         )
     return "; ".join(parts)
 

@@ -7,8 +7,8 @@ over HTTP, in one run.
     python tools/bench_photos.py --detection-only --variant PNET_BAND_PIXELS=1000000000   # vs P-Net unbanded
     python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
     python tools/bench_photos.py --detection-only --compare-models /tmp/mtcnn-before      # other detector graphs
-    python tools/bench_photos.py --detection-only --also-detect-threads 1                        # vs one detector thread
-    python tools/bench_photos.py --http-only --clients 4                                          # one checkout's server alone
+    python tools/bench_photos.py --detection-only --also-detect-threads 1  # vs one detector thread
+    python tools/bench_photos.py --http-only --clients 4                   # one checkout's server alone
 
 The set is built from what the repository holds: the public-domain astronaut photo at 512 px
 (the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
@@ -322,7 +322,8 @@ def _detection_table(
     extra = "".join(f" {label}: ms / facenet's found |" for _, label in columns)
     extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if compare else ""
     print(
-        f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}"
+        "| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found "
+        f"by us |{extra}"
     )
     print("|---|---|---|---|---|" + "---|" * (len(columns) + 2 * bool(compare)))
     ref_ms: list[float] = []
@@ -452,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help=f"also time detection with one of the detector's constants changed ({', '.join(VARIANT_SETTINGS)}); repeatable",
+        help=(
+            "also time detection with one of the detector's constants changed "
+            f"({', '.join(VARIANT_SETTINGS)}); repeatable"
+        ),
     )
     ap.add_argument(
         "--server-env",
@@ -465,7 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--http-only",
         action="store_true",
-        help="skip detection alone (and with it facenet-pytorch): the HTTP part only, e.g. to compare two checkouts' servers",
+        help=(
+            "skip detection alone (and with it facenet-pytorch): the HTTP part only, e.g. to compare two "
+            "checkouts' servers"
+        ),
     )
     ap.add_argument(
         "--clients",
@@ -480,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="N",
-        help="also time our cascade with N detector threads (N=1: sessions with --threads threads), interleaved; repeatable",
+        help=(
+            "also time our cascade with N detector threads (N=1: sessions with --threads threads), "
+            "interleaved; repeatable"
+        ),
     )
     ap.add_argument(
         "--also-beside-facenet",
@@ -498,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         "--compare-models",
         type=Path,
         metavar="DIR",
-        help="also time our cascade with the detector graphs of DIR (a models/mtcnn folder, card included), interleaved",
+        help=(
+            "also time our cascade with the detector graphs of DIR (a models/mtcnn folder, card included), interleaved"
+        ),
     )
     args = ap.parse_args(argv)
     if args.quick:
@@ -510,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             limits=args.blas_threads, user_api="blas"
         )  # the service keeps 1 (service.runtime.single_threaded_blas)
     print(
-        f"set: {len(photos)} images; cores here: {os.cpu_count()}; numpy BLAS threads: {args.blas_threads or 'library default'}"
+        f"set: {len(photos)} images; cores here: {os.cpu_count()}; numpy BLAS threads: "
+        f"{args.blas_threads or 'library default'}"
     )
     if args.sweep:
         print("\n## Detector threads and concurrency (HTTP, 4 clients)")
@@ -552,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"facenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
     for clients, rate in rates.items():
         print(
-            f"whole requests over HTTP, {clients} client(s): {rate:.2f} images/s = {rate / facenet_rate:.2f}x facenet-pytorch detection alone"
+            f"whole requests over HTTP, {clients} client(s): {rate:.2f} images/s = {rate / facenet_rate:.2f}x "
+            "facenet-pytorch detection alone"
         )
     return 0
 

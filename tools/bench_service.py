@@ -84,7 +84,8 @@ def main() -> int:
         idle_rss, _ = rss_mib(proc.pid)
         print(f"model: {model['name']} {model['version']}; providers: {model['graphs']['recognition']['providers']}")
         print(
-            f"image: {args.image.name} ({len(data)} bytes); cores here: {os.cpu_count()}; server RSS idle: {idle_rss:.0f} MiB"
+            f"image: {args.image.name} ({len(data)} bytes); cores here: {os.cpu_count()}; server RSS idle: "
+            f"{idle_rss:.0f} MiB"
         )
         with httpx.Client(timeout=120) as warm:
             for _ in range(3):
@@ -126,7 +127,8 @@ def main() -> int:
             rss, peak = rss_mib(proc.pid)
             print(
                 # images/s counts answered photos only: a 503 from the full queue is fast and no photo.
-                f"| {concurrency} | {len(latencies)} | {(len(latencies) - errors) / wall:.1f} | {1000 * statistics.median(latencies):.0f} | "
+                f"| {concurrency} | {len(latencies)} | {(len(latencies) - errors) / wall:.1f} | "
+                f"{1000 * statistics.median(latencies):.0f} | "
                 f"{1000 * percentile(latencies, 95):.0f} | {errors} | {rss:.0f} ({peak:.0f}) |"
             )
     finally:

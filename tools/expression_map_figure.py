@@ -83,7 +83,8 @@ def main() -> None:
     masses_a = np.array(masses)
     print(
         f"model {args.model}, {args.faces} rendered faces (seed {args.seed}): {empty} empty maps; "
-        f"non-empty maps put {masses_a.mean():.3f} of their mass (min {masses_a.min():.3f}, median {np.median(masses_a):.3f}) "
+        f"non-empty maps put {masses_a.mean():.3f} of their mass (min {masses_a.min():.3f}, median "
+        f"{np.median(masses_a):.3f}) "
         f"inside the true expression region, which covers {np.mean(areas):.3f} of the face"
     )
 

@@ -152,7 +152,7 @@ def seeds() -> list[Seed]:
             "png-rgba-interlaced", encode(rgba, "PNG", interlace=1) if _can_interlace() else encode(rgba, "PNG"), True
         ),
         Seed("png-palette", encode(palette, "PNG", transparency=0), True),
-        Seed("png-grey16", encode(Image.fromarray((np.asarray(grey, np.uint16) * 257)), "PNG"), True),
+        Seed("png-grey16", encode(Image.fromarray(np.asarray(grey, np.uint16) * 257), "PNG"), True),
         Seed("webp-lossy", encode(pic, "WEBP", quality=70), True),
         Seed("webp-lossless", encode(rgba, "WEBP", lossless=True), True),
         Seed("bmp-rgb", encode(odd, "BMP"), True),

@@ -95,11 +95,11 @@ class MemoryWatch:
     """The server's resident memory growth over a block: its peak during the block minus its
     resident memory at the start."""
 
-    def __init__(self, probe: Probe, sampler: "Sampler") -> None:
+    def __init__(self, probe: Probe, sampler: Sampler) -> None:
         self.probe, self.sampler = probe, sampler
         self.before: float | None = None
 
-    def __enter__(self) -> "MemoryWatch":
+    def __enter__(self) -> MemoryWatch:
         if self.probe.pid is not None:
             Path(f"/proc/{self.probe.pid}/clear_refs").write_text("5")  # reset the kernel's peak (VmHWM) to now
             self.before = _status_kib(self.probe.pid, "VmRSS") / 1024
@@ -147,7 +147,7 @@ class Sampler:
                 if self._stop.wait(0.02):
                     break
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -234,7 +234,11 @@ _BOUNDARY = "pfvit-probe-boundary"
 
 
 def _multipart_body(name: str, data: bytes) -> bytes:
-    head = f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    head = (
+        f"--{_BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     return head.encode() + data + f"\r\n--{_BOUNDARY}--\r\n".encode()
 
 

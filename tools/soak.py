@@ -10,10 +10,10 @@ Without ``--url`` it starts ``python -m service`` on a free loopback port (extra
 stops it at the end. The server's RSS is read from its own
 ``process_resident_memory_bytes`` on /metrics, so ``--url`` works for any service the tool
 can reach. Each client sends, in turn: a multipart photo to /v1/recognize, the same photo as
-base64 JSON, a poker face as JSON and as PNG, a broken upload (which must be a 4xx once admitted; 503 while the queue is full), and a
-liveness probe. The report says how many answers each status got, p50/p99 per route, how
-many took longer than the deadline, and RSS at the start, at 20 % of the run (minute 2 of
-10), in the middle and at the end.
+base64 JSON, a poker face as JSON and as PNG, a broken upload (which must be a 4xx once
+admitted; 503 while the queue is full), and a liveness probe. The report says how many
+answers each status got, p50/p99 per route, how many took longer than the deadline, and RSS
+at the start, at 20 % of the run (minute 2 of 10), in the middle and at the end.
 """
 
 from __future__ import annotations

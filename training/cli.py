@@ -17,8 +17,9 @@ import dataclasses
 import json
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 DATA_FIELDS = ("data", "val_data", "poker_data")  # config fields that hold data specs, checked at parse time
 

@@ -42,7 +42,10 @@ from service.vision.imaging import encode_png, probe_size
 
 JsonBody = TypeVar("JsonBody", bound=JsonDetectOptions)
 
-_MEDIA_TYPES_HINT = 'send the images as multipart/form-data (field \'images\') or as application/json ({"images": [{"data": "<base64>"}]})'
+_MEDIA_TYPES_HINT = (
+    "send the images as multipart/form-data (field 'images') "
+    'or as application/json ({"images": [{"data": "<base64>"}]})'
+)
 
 
 @dataclass(frozen=True)

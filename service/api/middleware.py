@@ -167,10 +167,9 @@ class RequestContext:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                chunks_done = message
 
-                async def disconnected() -> Message:
-                    return chunks_done
+                async def disconnected(message: Message = message) -> Message:
+                    return message
 
                 return disconnected
             body = message.get("body", b"")

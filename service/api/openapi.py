@@ -52,7 +52,8 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
         "the request body did not arrive within 30 s",
     ),
     413: (
-        "Upload too large (payload-too-large), or an image or the whole request over its pixel budget (image-too-large)",
+        "Upload too large (payload-too-large), or an image or the whole request over its pixel budget "
+        "(image-too-large)",
         "image-too-large",
         "Image has too many pixels",
         "image is 30000x30000 = 900000000 pixels; the limit is 40000000",
@@ -64,7 +65,8 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
         "image format GIF is not accepted; send JPEG, PNG, WebP or BMP",
     ),
     422: (
-        "Not an image or truncated (invalid-image); a missing field or an invalid option (validation-error); no face where a PNG must be returned (no-face-found)",
+        "Not an image or truncated (invalid-image); a missing field or an invalid option (validation-error); "
+        "no face where a PNG must be returned (no-face-found)",
         "invalid-image",
         "Invalid image",
         "image data is truncated or corrupt",
@@ -237,7 +239,8 @@ def _analysis_body(json_model: type[BaseModel], settings: Settings, components: 
                 "items": {"type": "string", "format": "binary"},
                 "minItems": 1,
                 "maxItems": settings.max_images,
-                "description": "One or more images (JPEG, PNG, WebP or BMP; EXIF orientation is honoured). Repeat the field for several.",
+                "description": "One or more images (JPEG, PNG, WebP or BMP; EXIF orientation is honoured). "
+                "Repeat the field for several.",
             }
         },
     }

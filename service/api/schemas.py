@@ -27,7 +27,9 @@ class FaceBase(BaseModel):
     box: Box = Field(description="Face box in the uploaded image's pixels (the whole image for aligned uploads).")
     score: float | None = Field(description="Detection probability; null for aligned uploads.")
     landmarks: list[list[float]] | None = Field(
-        description="Five (x, y) points: left eye, right eye, nose tip, left and right mouth corner; null for aligned uploads."
+        description=(
+            "Five (x, y) points: left eye, right eye, nose tip, left and right mouth corner; null for aligned uploads."
+        )
     )
 
 
@@ -38,7 +40,10 @@ class RecognizedFace(FaceBase):
     poker_face_png: str | None = Field(None, description="Base64 PNG of the generated poker face, when asked for.")
     expression_map_png: str | None = Field(
         None,
-        description="Base64 PNG of the expression map (|aligned face - poker face|, smoothed, normalised per face) over the aligned face, when asked for.",
+        description=(
+            "Base64 PNG of the expression map (|aligned face - poker face|, smoothed, normalised per "
+            "face) over the aligned face, when asked for."
+        ),
     )
     aligned_face_png: str | None = Field(
         None, description="Base64 PNG of the aligned face the model saw, when asked for."
@@ -198,7 +203,9 @@ class JsonImage(BaseModel):
 
     data: str = Field(
         min_length=1,
-        description="The image file's bytes in base64, or a data: URI (data:image/jpeg;base64,...). URLs are not fetched.",
+        description=(
+            "The image file's bytes in base64, or a data: URI (data:image/jpeg;base64,...). URLs are not fetched."
+        ),
     )
     filename: str | None = Field(None, max_length=FILENAME_MAX_CHARS, description="Echoed in the answer; never logged.")
 

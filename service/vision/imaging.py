@@ -64,7 +64,7 @@ class Picture:
     _full: np.ndarray | Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_array(cls, image: np.ndarray, *, max_side: int | None = None) -> "Picture":
+    def from_array(cls, image: np.ndarray, *, max_side: int | None = None) -> Picture:
         """Wrap decoded ``(H, W, 3) uint8`` RGB pixels, reduced to ``max_side`` if longer."""
         height, width = image.shape[:2]
         return cls(pixels=reduce_to_side(image, max_side), width=width, height=height, _full=image)

@@ -500,7 +500,7 @@ class MTCNN:
         intra_op_threads: int = 0,
         threads: int = 1,
         **kwargs: Any,
-    ) -> "MTCNN":
+    ) -> MTCNN:
         """Load ``model_dir/card.json``, verify every graph's sha256, and create the sessions.
 
         ``threads`` as in the constructor; ``intra_op_threads`` is each session's ONNX Runtime

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training.data.synthetic import SyntheticFaces  # noqa: E402  (after the skip: it imports torch)
+from training.data.synthetic import SyntheticFaces
 
 IMAGE_SIZE = 32
 TINY_LABELS = ("happiness", "sadness", "neutral")

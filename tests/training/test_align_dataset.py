@@ -15,9 +15,9 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from service.vision.align import align_face  # noqa: E402
-from service.vision.imaging import decode_image, encode_png, resize_rgb  # noqa: E402
-from training.data import align_dataset  # noqa: E402
+from service.vision.align import align_face
+from service.vision.imaging import decode_image, encode_png, resize_rgb
+from training.data import align_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 MTCNN_DIR = REPO / "models" / "mtcnn"

@@ -10,12 +10,12 @@ import onnxruntime as ort
 import torch
 
 from service.card import load_card, verify_files
+from tests.conftest import DEFAULT_MODEL_DIR
 from tests.training.conftest import TINY_LABELS, micro_overrides, tiny_faces
 from training.checkpoint import TrainState, save_checkpoint
 from training.config import PFViTConfig, TrainConfig
 from training.export import export_checkpoint
 from training.model import PFViT
-from tests.conftest import DEFAULT_MODEL_DIR
 
 
 def test_export_parity_and_card(tmp_path: Path) -> None:
@@ -180,7 +180,6 @@ def test_fp16_parity_tool_on_a_folder_of_faces(tmp_path: Path, capsys) -> None:
     """tools/fp16_parity.py: the shipped model converted to fp16, over a folder of aligned crops."""
     from PIL import Image
 
-    from tests.conftest import REPO
     from tools.fp16_parity import main
 
     rng = np.random.default_rng(0)

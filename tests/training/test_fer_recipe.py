@@ -13,10 +13,10 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from service.card import load_card  # noqa: E402
-from service.vision.imaging import encode_png  # noqa: E402
-from training import fer_model  # noqa: E402
-from training.data.fer2013 import FER2013_FOLDERS  # noqa: E402
+from service.card import load_card
+from service.vision.imaging import encode_png
+from training import fer_model
+from training.data.fer2013 import FER2013_FOLDERS
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"

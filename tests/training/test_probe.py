@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tools import probe_classifier  # noqa: E402
+from tools import probe_classifier
 
 
 def test_probe_reports_each_epoch(capsys: pytest.CaptureFixture[str]) -> None:

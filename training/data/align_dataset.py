@@ -32,9 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 import numpy as np
+from tqdm import tqdm
 
 from service.errors import PFViTError
 from service.vision.align import align_face
@@ -182,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--fallback",
         choices=("none", "mean"),
         default="none",
-        help="photos without a detected face: skip them (none) or align them with the mean landmarks of the detected faces (mean)",
+        help=(
+            "photos without a detected face: skip them (none) or align them with the mean landmarks of the "
+            "detected faces (mean)"
+        ),
     )
     add("--max-pixels", type=int, default=40_000_000, help="skip images with more pixels (default 40M)")
     add("--overwrite", action="store_true", help="redo images already listed in OUTPUT_DIR/landmarks.csv")
@@ -301,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = summary["counts"]["*"]
     print(
         f"{counts.get(DETECTED, 0)} detected, {counts.get(FALLBACK, 0)} aligned with the fixed fallback, "
-        f"{sum(v for k, v in counts.items() if k not in (DETECTED, FALLBACK))} without a usable face, of {len(relative)} images "
+        f"{sum(v for k, v in counts.items() if k not in (DETECTED, FALLBACK))} without a usable face, of "
+        f"{len(relative)} images "
         f"(per image: {table}; counts: {output_dir / 'summary.json'})",
         file=sys.stderr,
     )

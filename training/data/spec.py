@@ -96,7 +96,8 @@ class DataSpec:
         unknown = set(keys) - set(kind.options)
         if unknown:
             raise ValueError(
-                f"data kind {self.kind!r} has no option {sorted(unknown)}; its options: {', '.join(kind.options) or 'none'}"
+                f"data kind {self.kind!r} has no option {sorted(unknown)}; its options: "
+                f"{', '.join(kind.options) or 'none'}"
             )
         self.typed_options()  # a value of the wrong type fails here, not when the data loads
         return self

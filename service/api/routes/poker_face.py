@@ -53,7 +53,8 @@ def wants_png(accept: str | None) -> bool:
     description=(
         "Returns the generated poker face of each detected face as base64 PNG in JSON. With `Accept: image/png` "
         "and a single upload, the body is the PNG of the largest face alone (422 if there is none). With "
-        "`return_expression_map=true` each face also carries its expression map (where the face differs from its poker face, "
+        "`return_expression_map=true` each face also carries its expression map (where the face differs from "
+        "its poker face, "
         "over the aligned face); with `Accept: image/png` the body is then the expression map of the largest face. "
         "Takes the same inputs as `/v1/recognize` (multipart or base64 JSON).\n\n"
         "```\ncurl -F images=@face.jpg -H 'Accept: image/png' -o poker.png http://127.0.0.1:8000/v1/poker-face\n```"
@@ -69,7 +70,10 @@ async def poker_face(
     return_expression_map: Annotated[
         bool,
         Query(
-            description="Add each face's expression map; with Accept: image/png, answer the largest face's map instead of its poker face."
+            description=(
+                "Add each face's expression map; with Accept: image/png, answer the largest face's "
+                "map instead of its poker face."
+            )
         ),
     ] = False,
 ) -> Response | PokerFaceResponse:

@@ -51,8 +51,10 @@ def _pick(body_value: bool | None, query_value: bool) -> bool:
     summary="Recognise the emotion of every face",
     description=(
         "Detects faces (MTCNN), aligns each to the model's 5-point template and classifies its emotion with PF-ViT. "
-        "All faces of the request go through the model in one batch. An image without a face gives an empty `faces` list.\n\n"
-        "Send the images as `multipart/form-data` (field `images`, repeated), or as `application/json` with base64 data "
+        "All faces of the request go through the model in one batch. An image without a face gives an empty "
+        "`faces` list.\n\n"
+        "Send the images as `multipart/form-data` (field `images`, repeated), or as `application/json` with "
+        "base64 data "
         "(options may then also be given in the body, where they win over the query).\n\n"
         "```\ncurl -F images=@face.jpg 'http://127.0.0.1:8000/v1/recognize?max_faces=5'\n"
         "curl -H 'Content-Type: application/json' -d '{\"images\": [{\"data\": \"'$(base64 -w0 face.jpg)'\"}]}' "
@@ -84,7 +86,8 @@ async def recognize(
     with_aligned = _pick(body.return_aligned_face if body is not None else None, return_aligned_face)
     if (with_poker_face or with_map) and not model.has_poker_face:  # decided before anything is decoded or detected
         raise CapabilityMissing(
-            f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and return_expression_map"
+            f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and "
+            "return_expression_map"
         )
     analysis = await analyse(
         request,
