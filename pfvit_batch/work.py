@@ -16,12 +16,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from pfvit_client.video import sample_frames
+
+if TYPE_CHECKING:
+    from service.config import Settings
+    from service.pipeline import DetectOptions
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -110,7 +114,7 @@ class Recognizer:
         wanted: the pictures to return besides the rows.
     """
 
-    def __init__(self, settings, options, wanted: Wanted) -> None:
+    def __init__(self, settings: Settings, options: DetectOptions, wanted: Wanted) -> None:
         from service.state import ServiceState
 
         logging.getLogger("service").setLevel(logging.WARNING)
@@ -134,7 +138,7 @@ class Recognizer:
 
     # --- one batch through the service's pipeline -----------------------------------------
 
-    def _recognise(self, items: list[dict[str, Any]]) -> list[list[tuple[dict, bytes, bytes]]]:
+    def _recognise(self, items: list[dict[str, Any]]) -> list[list[tuple[dict[str, Any], bytes, bytes]]]:
         """Rows of every item: the whole batch in one pipeline run (its faces in one batch per
         graph, as one request's are); when one image is refused, each image alone, so that
         only the bad one becomes an error row."""
@@ -152,7 +156,7 @@ class Recognizer:
             answers += self._recognise([item])
         return answers
 
-    def _run(self, items: list[dict[str, Any]]) -> list[list[tuple[dict, bytes, bytes]]]:
+    def _run(self, items: list[dict[str, Any]]) -> list[list[tuple[dict[str, Any], bytes, bytes]]]:
         from service.api.analysis import recognized_faces
         from service.pipeline import StageTimer
         from service.vision.expression_map import expression_map_pngs
@@ -207,5 +211,5 @@ def _pixels(item: dict[str, Any]) -> bytes | np.ndarray:
     """A photo's file bytes as they are (decoded by the pipeline, like an upload); a frame's
     pixels as the ``(H, W, 3) uint8`` RGB array they were decoded to."""
     if not item["height"]:
-        return item["data"]
+        return bytes(item["data"])
     return np.frombuffer(item["data"], np.uint8).reshape(item["height"], item["width"], 3)

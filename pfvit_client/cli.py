@@ -39,7 +39,7 @@ class RowWriter:
         self.stream = stream
         self.kind = kind
         self.labels: list[str] | None = None
-        self._csv: csv.DictWriter | None = None
+        self._csv: csv.DictWriter[str] | None = None
 
     def write(self, result: ImageResult, source: str, frame: int | None = None, time_s: float | None = None) -> None:
         base = {"source": source, "frame": frame, "time_s": None if time_s is None else round(time_s, 4)}

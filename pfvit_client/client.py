@@ -299,6 +299,8 @@ class PFViTClient(_Base):
 
     def __init__(self, url: str = DEFAULT_URL, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
+        if not (self._transport is None or isinstance(self._transport, httpx.BaseTransport)):
+            raise TypeError("PFViTClient needs a synchronous httpx transport (httpx.BaseTransport)")
         self._http = httpx.Client(
             base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
         )
@@ -320,7 +322,8 @@ class PFViTClient(_Base):
     def models(self) -> dict[str, Any]:
         response = self._http.get("/v1/models")
         response.raise_for_status()
-        return response.json()
+        models: dict[str, Any] = response.json()
+        return models
 
     def _post(self, chunk: list[_Item], params: dict[str, str]) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
@@ -370,6 +373,8 @@ class AsyncPFViTClient(_Base):
     def __init__(self, url: str = DEFAULT_URL, *, concurrency: int = 2, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.concurrency = max(1, concurrency)
+        if not (self._transport is None or isinstance(self._transport, httpx.AsyncBaseTransport)):
+            raise TypeError("AsyncPFViTClient needs an asynchronous httpx transport (httpx.AsyncBaseTransport)")
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
         )
@@ -391,7 +396,8 @@ class AsyncPFViTClient(_Base):
     async def models(self) -> dict[str, Any]:
         response = await self._http.get("/v1/models")
         response.raise_for_status()
-        return response.json()
+        models: dict[str, Any] = response.json()
+        return models
 
     async def _post(self, chunk: list[_Item], params: dict[str, str]) -> httpx.Response:
         for attempt in range(self.max_retries + 1):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from pfvit_client.video import estimated_samples, is_video
 
@@ -61,7 +62,14 @@ def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         args.fps = 1.0
 
 
-def sampling(args: argparse.Namespace) -> dict[str, int | float | None]:
+class Sampling(TypedDict):
+    """``sample_frames``' keyword arguments."""
+
+    every: int | None
+    fps: float | None
+
+
+def sampling(args: argparse.Namespace) -> Sampling:
     """``sample_frames``' keyword arguments for the checked ``args``."""
     return {"every": args.every, "fps": None if args.every else args.fps}
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pfvit_client.types import ImageResult
+
+if TYPE_CHECKING:
+    import av
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv"}
 
@@ -28,7 +32,7 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
 
 
-def _frame_time(frame, index: int, rate: float) -> float:
+def _frame_time(frame: av.VideoFrame, index: int, rate: float) -> float:
     return float(frame.time) if frame.time is not None else index / rate
 
 

@@ -8,8 +8,9 @@ import shutil
 import sys
 import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -125,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _uvicorn_config(app, settings: Settings, log_config: dict | None, **kwargs) -> ServiceConfig:
+def _uvicorn_config(
+    app: Callable[..., Any] | str, settings: Settings, log_config: dict[str, Any] | None, **kwargs: Any
+) -> ServiceConfig:
     return ServiceConfig(
         app,
         host=settings.host,
@@ -152,7 +155,7 @@ def _uvicorn_config(app, settings: Settings, log_config: dict | None, **kwargs) 
     )
 
 
-def _serve_workers(settings: Settings, overrides: dict, log_config: dict | None) -> int:
+def _serve_workers(settings: Settings, overrides: dict[str, Any], log_config: dict[str, Any] | None) -> int:
     """``PFVIT_WORKERS`` > 1: uvicorn's supervisor runs that many processes on one socket,
     each building its app (and loading its own models) with ``service.app:worker_app``.
 

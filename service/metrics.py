@@ -14,6 +14,7 @@ values combine (``multiprocess_mode``); the per-worker gauges carry a ``pid`` la
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -197,7 +198,7 @@ class WorkersMemoryCollector:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         # Live workers: those with live-gauge files (a worker's are removed when it exits).
         pids = {
             int(f.stem.rsplit("_", 1)[1])

@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_ca
 from service.errors import CapabilityMissing, ModelLoadError
 from service.runtime import ORT_ERRORS, ProviderOptions, create_session, device_of, primary_provider
 from service.vision.align import normalise, to_uint8_images
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,12 @@ GRAPH_OUTPUTS = {RECOGNITION_GRAPH: "logits", POKER_FACE_GRAPH: "poker_face"}
 class RecognitionOutput:
     logits: np.ndarray  # (B, K) float32, in the card's label order
     probabilities: np.ndarray  # (B, K) float32, softmax of logits
+
+
+def _rgb(values: list[float]) -> tuple[float, float, float]:
+    """A card's per-channel mean or std (the card checks that there are three)."""
+    r, g, b = values
+    return float(r), float(g), float(b)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -51,7 +61,7 @@ class EmotionModel:
     def __init__(
         self,
         card: ModelCard,
-        sessions: dict,
+        sessions: dict[str, InferenceSession],
         max_batch: int = 64,
         batch_wait_s: float | None = None,
         device_id: int = 0,
@@ -66,8 +76,8 @@ class EmotionModel:
         self.max_batch = max_batch
         assert card.input is not None  # validated by the card
         self.input_hw: tuple[int, int] = (int(card.input.size[0]), int(card.input.size[1]))
-        self._mean = tuple(card.input.mean)
-        self._std = tuple(card.input.std)
+        self._mean = _rgb(card.input.mean)
+        self._std = _rgb(card.input.std)
         self._bgr = card.input.colour_order == "BGR"
         self._check_contract()
         self.batchers: dict[str, MicroBatcher] = {}
@@ -147,7 +157,10 @@ class EmotionModel:
             if len(inputs) != 1 or inputs[0].name != graph.inputs[0].name:
                 raise ModelLoadError(f"{name}: session inputs {[i.name for i in inputs]} do not match the card")
             shape = inputs[0].shape  # dynamic axes come back as names (str) or None
-            fits = lambda dim, want: dim == want or dim is None or isinstance(dim, str)  # noqa: E731
+
+            def fits(dim: int | str | None, want: int) -> bool:
+                return dim == want or dim is None or isinstance(dim, str)
+
             if len(shape) != 4 or not (fits(shape[1], 3) and fits(shape[2], h) and fits(shape[3], w)):
                 raise ModelLoadError(
                     f"{name}: session input shape {shape} does not match the card's [batch, 3, {h}, {w}]"
@@ -263,7 +276,7 @@ class EmotionModel:
         """
         h, w = self.input_hw
         x = self._prepare(np.full((1, h, w, 3), 128, np.uint8))
-        expected = {
+        expected: dict[str, dict[str, tuple[int, ...]]] = {
             RECOGNITION_GRAPH: {"logits": (1, len(self.card.labels))},
             POKER_FACE_GRAPH: {"poker_face": (1, 3, h, w)},
         }

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import h11
 import uvicorn
@@ -35,7 +37,7 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     _header_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, config: uvicorn.Config, *args, **kwargs) -> None:
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.header_timeout_s: float = getattr(config, "header_timeout_s", 10.0)
 
@@ -98,7 +100,7 @@ class ServiceConfig(uvicorn.Config):
     A plain attribute of the config, not of a protocol class made on the fly, because uvicorn
     pickles its config into every worker process."""
 
-    def __init__(self, app, *, header_timeout_s: float, **kwargs) -> None:
+    def __init__(self, app: Callable[..., Any] | str, *, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
 
@@ -116,7 +118,7 @@ class WorkerSupervisor(Multiprocess):
     def restart_all(self) -> None:
         self._clear_replaced(super().restart_all)
 
-    def _clear_replaced(self, step) -> None:
+    def _clear_replaced(self, step: Callable[[], None]) -> None:
         before = [process.pid for process in self.processes]
         step()
         alive = {process.pid for process in self.processes}

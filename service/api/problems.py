@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
 from service.api.tracing import REQUEST_ID_HEADER, request_id_var
+from service.config import Settings
 from service.errors import PFViTError, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def problem_response(
 
 
 def _retry_after(request: Request) -> int:
-    return request.app.state.settings.retry_after_s
+    settings: Settings = request.app.state.settings
+    return settings.retry_after_s
 
 
 async def _on_pfvit_error(request: Request, exc: PFViTError) -> JSONResponse:

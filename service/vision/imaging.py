@@ -394,7 +394,7 @@ def _check_png_data(data: bytes) -> None:
                 total += len(out)
                 if expected is not None and total > expected:
                     raise InvalidImage("the PNG's image data is longer than its declared size")
-                piece = inflater.unconsumed_tail
+                piece = memoryview(inflater.unconsumed_tail)
     if not inflater.eof or (expected is not None and total != expected):
         raise InvalidImage("the PNG's image data is truncated or corrupt: it does not hold every row")
 
@@ -418,7 +418,8 @@ def probe_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
         The errors of :func:`decode_image`, except for faults only decoding finds.
     """
     with _open_checked(data, max_pixels) as img:
-        return img.size
+        width, height = img.size
+        return width, height
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:

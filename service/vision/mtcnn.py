@@ -470,7 +470,7 @@ class MTCNN:
         in one of them, where a detection runs whole (:meth:`detect`)."""
         return None if getattr(self._worker, "alone", False) else self._pool
 
-    def _map(self, fn: Callable[[Any], Any], items: list) -> list:
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         """``[fn(item) for item in items]``, spread over the detector's threads; in order, errors raised."""
         started = [self._start(fn, item) for item in items]
         return [result() for result in started]
@@ -605,7 +605,10 @@ class MTCNN:
             return generate_boxes(reg, prob, scales[k], self.thresholds[0], first_row=row0 // 2)  # (n, 9)
 
         started = [
-            [self._start(candidates, level, k, band) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
+            [
+                self._start(candidates, level, k, band)
+                for band in pnet_bands(level.shape[0], level.shape[1], PNET_BAND_PIXELS)
+            ]
             for k, level in enumerate(pyramid_levels(picture, sizes, self._shared_pool()))
         ]
         per_level: list[np.ndarray] = []
