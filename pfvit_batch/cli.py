@@ -19,13 +19,20 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pfvit_batch.plan import READ_CPUS, ActorPlan, plan_actors
 from pfvit_client.inputs import Source, add_sampling_arguments, check_sampling, expected_count, sampling, walk
 from pfvit_client.video import is_video
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from service.config import Settings
+    from service.pipeline import DetectOptions
 
 FORMATS = ("jsonl", "parquet")
 
@@ -130,7 +137,7 @@ def find_inputs(paths: list[str]) -> tuple[list[Source], list[tuple[str, str]]]:
 # --- output ----------------------------------------------------------------------------------
 
 
-def parquet_schema(labels: list[str]):
+def parquet_schema(labels: list[str]) -> pa.Schema:
     """One column per row field; ``box`` and ``probabilities`` as structs (a field per label)."""
     import pyarrow as pa
 
@@ -237,7 +244,7 @@ def error_row(source: str, error: str) -> dict[str, Any]:
 # --- the job ---------------------------------------------------------------------------------
 
 
-def job_settings(settings, plan: ActorPlan):
+def job_settings(settings: Settings, plan: ActorPlan) -> Settings:
     """The service's ``settings`` (``PFVIT_*``, as read here) with the actors' providers and threads.
 
     One computing slot and no micro-batching wait: an actor runs one batch at a time.
@@ -253,7 +260,7 @@ def job_settings(settings, plan: ActorPlan):
     )
 
 
-def start_ray(args: argparse.Namespace):
+def start_ray(args: argparse.Namespace) -> Any:
     """Connect to ``--address``, or start a local instance. Ray's usage reporting stays off: a
     batch job never calls out of the machine it was started on."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -267,7 +274,7 @@ def start_ray(args: argparse.Namespace):
     return ray
 
 
-def detect_options(settings, args: argparse.Namespace):
+def detect_options(settings: Settings, args: argparse.Namespace) -> DetectOptions:
     """``--max-faces``, ``--min-face-size`` and ``--threshold`` checked and completed as the
     query options of ``/v1/recognize`` are.
 
@@ -276,13 +283,14 @@ def detect_options(settings, args: argparse.Namespace):
     """
     from pydantic import ValidationError
 
-    from service.api.deps import resolve_options
+    from service.api.options import GivenOptions, resolve_options
     from service.api.schemas import JsonDetectOptions
     from service.errors import PFViTError
 
     try:
-        query = JsonDetectOptions(max_faces=args.max_faces, min_face_size=args.min_face_size, threshold=args.threshold)
-        return resolve_options(settings, query, None)
+        # Checked against the bounds of the JSON body's schema, as the service checks them.
+        given = JsonDetectOptions(max_faces=args.max_faces, min_face_size=args.min_face_size, threshold=args.threshold)
+        return resolve_options(settings, GivenOptions.from_body(given)).detect
     except ValidationError as exc:
         raise ValueError(
             "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
@@ -291,7 +299,14 @@ def detect_options(settings, args: argparse.Namespace):
         raise ValueError(exc.detail) from None
 
 
-def run_job(args: argparse.Namespace, sources: list[Source], settings, options, emit, stats: dict[str, float]) -> None:
+def run_job(
+    args: argparse.Namespace,
+    sources: list[Source],
+    settings: Settings,
+    options: DetectOptions,
+    emit: Callable[[dict[str, Any], int | None, bool, bytes, bytes], None],
+    stats: dict[str, float],
+) -> None:
     """Every source through the actors; ``emit(row, seq, first, poker_png, map_png)`` per output row, in input order."""
     from functools import partial
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
+from service.errors import InternalError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class MicroBatcher:
         job.done.wait()
         if job.error is not None:
             raise job.error
-        assert job.result is not None
+        if job.result is None:
+            raise InternalError(f"the {self.name} batcher finished a job without its result")
         return job.result
 
     def close(self) -> None:

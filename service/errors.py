@@ -8,6 +8,8 @@ framework, so the pure preprocessing code (shared with ``training/``) raises the
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PFViTError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -17,7 +19,7 @@ class PFViTError(Exception):
     title: str = "Internal error"
     retry_after: bool = False  # answered with a Retry-After header (the service is busy or starting)
 
-    def __init__(self, detail: str, **extra: object) -> None:
+    def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra  # extra members for the problem document (e.g. the offending field)
@@ -165,6 +167,11 @@ class CapabilityMissing(PFViTError):
     status = 501
     slug = "capability-missing"
     title = "Not supported by the loaded model"
+
+
+class InternalError(PFViTError):
+    """A broken invariant of the service's own code (a bug), raised where ``assert`` would
+    vanish under ``python -O``; answered as a 500 problem."""
 
 
 # --- control flow inside the service (never rendered) ---------------------------------------

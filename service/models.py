@@ -74,7 +74,8 @@ class EmotionModel:
         self._devices = {name: device_of(session) for name, session in sessions.items()}
         self._device_id = device_id
         self.max_batch = max_batch
-        assert card.input is not None  # validated by the card
+        if card.input is None:  # an emotion card always has one (ModelCard's validation)
+            raise ModelLoadError(f"{card.name}: the card has no input section")
         self.input_hw: tuple[int, int] = (int(card.input.size[0]), int(card.input.size[1]))
         self._mean = _rgb(card.input.mean)
         self._std = _rgb(card.input.std)

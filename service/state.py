@@ -22,7 +22,7 @@ import numpy as np
 from service import metrics
 from service.card import ModelCard, load_card, verify_files
 from service.config import Settings
-from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
+from service.errors import DeadlineExceeded, InternalError, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
 from service.runtime import (
@@ -188,7 +188,8 @@ class ServiceState:
         try:
             if self._verified is None:
                 self.preflight()
-            assert self._verified is not None and self.emotion_card is not None
+            if self._verified is None or self.emotion_card is None:
+                raise InternalError("load: the preflight left no verified model files")
             single_threaded_blas()
             threads = self.detect_threads
             session = functools.partial(

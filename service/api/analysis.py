@@ -9,10 +9,10 @@ import base64
 import binascii
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -20,8 +20,9 @@ from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service import metrics
+from service.api.options import GivenOptions
 from service.api.problems import validation_failed
-from service.api.schemas import FILENAME_MAX_CHARS, Box, JsonDetectOptions, ModelRef, RecognizedFace
+from service.api.schemas import FILENAME_MAX_CHARS, Box, JsonImagesRequest, ModelRef, RecognizedFace
 from service.api.tracing import access_fields
 from service.config import Settings
 from service.errors import (
@@ -29,6 +30,7 @@ from service.errors import (
     DeadlineExceeded,
     EmptyUpload,
     ImageTooLarge,
+    InternalError,
     InvalidImage,
     InvalidRequest,
     PayloadTooLarge,
@@ -39,8 +41,6 @@ from service.errors import (
 from service.pipeline import DetectOptions, Face, FacePipeline, ImageResult, StageTimer
 from service.state import AdmissionGate, ServiceState
 from service.vision.imaging import encode_png, probe_size
-
-JsonBody = TypeVar("JsonBody", bound=JsonDetectOptions)
 
 _MEDIA_TYPES_HINT = (
     "send the images as multipart/form-data (field 'images') "
@@ -66,11 +66,11 @@ class Analysis:
 
 
 async def read_images(
-    request: Request, settings: Settings, json_model: type[JsonBody]
-) -> tuple[list[Upload], JsonBody | None]:
+    request: Request, settings: Settings, json_model: type[JsonImagesRequest]
+) -> tuple[list[Upload], GivenOptions | None]:
     """The request's images, from a multipart form or a base64 JSON body, within the limits.
 
-    Returns the uploads and, for a JSON body, the parsed body (its options).
+    Returns the uploads and, for a JSON body, the options it gives.
     Multipart parts are kept in memory (the body is already in memory, within its limit), so
     no face ever touches the disk and a read-only root file system works. A JSON body is
     parsed and its base64 decoded in a worker thread: up to its limit that is tens of
@@ -88,7 +88,9 @@ async def read_images(
     )
 
 
-def _read_json(body: bytes, json_model: type[JsonBody], settings: Settings) -> tuple[list[Upload], JsonBody]:
+def _read_json(
+    body: bytes, json_model: type[JsonImagesRequest], settings: Settings
+) -> tuple[list[Upload], GivenOptions]:
     """Parse and validate a JSON body, then decode its images (in a worker thread)."""
     _check_json_shape(body, settings.max_images)
     try:
@@ -97,7 +99,7 @@ def _read_json(body: bytes, json_model: type[JsonBody], settings: Settings) -> t
         raise validation_failed(exc.errors(include_url=False, include_input=False), prefix=("body",)) from None
     uploads = [
         Upload(filename=image.filename, data=_b64decode(image.data, index)) for index, image in enumerate(parsed.images)
-    ]  # type: ignore[attr-defined]
+    ]
     _check_count(len(uploads), settings)
     decoded = sum(len(u.data) for u in uploads)
     if decoded > settings.max_upload_bytes:
@@ -105,7 +107,7 @@ def _read_json(body: bytes, json_model: type[JsonBody], settings: Settings) -> t
             f"the images decode to {decoded} bytes; the limit is {settings.max_upload_bytes}",
             limit_bytes=settings.max_upload_bytes,
         )
-    return uploads, parsed
+    return uploads, GivenOptions.from_body(parsed)
 
 
 def _check_json_shape(body: bytes, max_images: int) -> None:
@@ -158,7 +160,7 @@ async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
 def _parse_multipart(headers: Headers, body: bytes, settings: Settings) -> list[Upload]:
     """The uploads of a multipart body (in a worker thread, on an event loop of its own)."""
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         yield body
 
     async def parse() -> list[Upload]:
@@ -279,8 +281,8 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-def _on_worker_done(gate: AdmissionGate, timer: AbandonableTimer):
-    def done(task: asyncio.Future) -> None:
+def _on_worker_done(gate: AdmissionGate, timer: AbandonableTimer) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
         gate.release()  # only now: the thread has really stopped using the CPU
         if not task.cancelled() and isinstance(task.exception(), WorkAbandoned):
             metrics.ABANDONED.labels(reason=timer.reason).inc()
@@ -377,7 +379,7 @@ def model_ref(pipeline: FacePipeline) -> ModelRef:
     return ModelRef(name=card.name, version=card.version, provider=pipeline.model.provider)
 
 
-def face_geometry(face: Face) -> dict:
+def face_geometry(face: Face) -> dict[str, Any]:
     x1, y1, x2, y2 = face.box
     return {
         "box": Box(x1=round(x1, 2), y1=round(y1, 2), x2=round(x2, 2), y2=round(y2, 2)),
@@ -401,7 +403,14 @@ def recognized_faces(
     ``pfvit-batch`` builds its rows with this function too, so its rows and the API's answers
     cannot drift apart.
     """
-    assert result.logits is not None and result.probabilities is not None, "recognition was not run"
+    if result.logits is None or result.probabilities is None:
+        raise InternalError("recognized_faces: recognition was not run on this image")
+    pngs = pngs or {}
+
+    def png(key: str, i: int) -> str | None:
+        per_face = pngs.get(key)
+        return None if per_face is None else b64(per_face[i])
+
     faces = []
     for i, face in enumerate(result.faces):
         probs = result.probabilities[i]
@@ -411,7 +420,9 @@ def recognized_faces(
                 label=labels[int(probs.argmax())],
                 probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
                 logits=[float(v) for v in result.logits[i]],
-                **{key: b64(per_face[i]) for key, per_face in (pngs or {}).items()},
+                poker_face_png=png("poker_face_png", i),
+                expression_map_png=png("expression_map_png", i),
+                aligned_face_png=png("aligned_face_png", i),
             )
         )
     return faces

@@ -110,7 +110,7 @@ class ModelInfo(BaseModel):
     version: str
     kind: str
     labels: list[str]
-    card: dict
+    card: dict[str, Any]
     graphs: dict[str, GraphInfo]
 
 
@@ -211,7 +211,8 @@ class JsonImage(BaseModel):
 
 
 class JsonDetectOptions(BaseModel):
-    """Detection options in a JSON body; each one given here wins over the same query parameter."""
+    """Detection options in a JSON body; each one given here wins over the same query parameter
+    (``service.api.options``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -220,11 +221,16 @@ class JsonDetectOptions(BaseModel):
         None, ge=MIN_FACE_SIZE_FLOOR, le=4096, description="Smallest face side searched for, in pixels."
     )
     threshold: float | None = Field(None, gt=0.0, lt=1.0, description="Final detection probability threshold.")
-    aligned: bool | None = Field(None, description="The images are already aligned face crops: skip detection.")
+    aligned: bool | None = Field(None, description="The images are already aligned face crops, square: skip detection.")
 
 
-class JsonRecognizeRequest(JsonDetectOptions):
+class JsonImagesRequest(JsonDetectOptions):
+    """A JSON body of an analysis route: its images and options."""
+
     images: ImageList = Field(min_length=1, description="One or more images, at most PFVIT_MAX_IMAGES.")
+
+
+class JsonRecognizeRequest(JsonImagesRequest):
     return_poker_face: bool | None = Field(None, description="Also return each face's poker face as base64 PNG.")
     return_expression_map: bool | None = Field(None, description="Per face, the expression map as base64 PNG.")
     return_aligned_face: bool | None = Field(
@@ -232,6 +238,5 @@ class JsonRecognizeRequest(JsonDetectOptions):
     )
 
 
-class JsonPokerFaceRequest(JsonDetectOptions):
-    images: ImageList = Field(min_length=1, description="One or more images, at most PFVIT_MAX_IMAGES.")
+class JsonPokerFaceRequest(JsonImagesRequest):
     return_expression_map: bool | None = Field(None, description="Per face, the expression map as base64 PNG.")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from service.errors import EmptyUpload, ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.errors import EmptyUpload, ImageTooLarge, InternalError, InvalidImage, UnsupportedMediaType
 
 # Formats accepted from clients, found by their magic bytes (:func:`sniff_format`); Pillow
 # opens a JPEG that many cameras write with a second picture (MPO) as the first picture.
@@ -280,7 +280,8 @@ def _jpeg_for_decoder(data: bytes) -> bytes:
                 return data
             pos = nxt
         fill_end = _JPEG_FILL.match(data, pos)
-        assert fill_end is not None
+        if fill_end is None:  # data[pos] is 0xFF here, so the run has at least that byte
+            raise InternalError("JPEG walk: no marker fill where one must be")
         code_at = fill_end.end()
         if code_at >= size:
             return data

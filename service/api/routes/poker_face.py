@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import mimeparse
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.analysis import analyse, b64, face_geometry, model_ref, read_images
-from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
+from service.api.deps import PipelineDep, SettingsDep, StateDep
 from service.api.openapi import ANALYSIS_ERRORS, POKER_FACE_EXAMPLE, problem_responses
+from service.api.options import DetectQueryDep, GivenOptions, resolve_options
 from service.api.schemas import JsonPokerFaceRequest, PokerFace, PokerFaceImage, PokerFaceResponse
-from service.errors import CapabilityMissing, InvalidRequest, NoFaceFound, NotAcceptable
+from service.errors import CapabilityMissing, InternalError, InvalidRequest, NoFaceFound, NotAcceptable
 from service.vision.expression_map import expression_map_png, expression_map_pngs
 
 router = APIRouter(prefix="/v1", tags=["poker faces"])
@@ -33,7 +35,23 @@ def wants_png(accept: str | None) -> bool:
         best = ""
     if not best:
         raise NotAcceptable(f"cannot answer with {accept[:100]!r}; ask for application/json or image/png")
-    return best == "image/png"
+    return bool(best == "image/png")
+
+
+def poker_face_query(
+    detect: DetectQueryDep,
+    return_expression_map: Annotated[
+        bool,
+        Query(
+            description=(
+                "Add each face's expression map; with Accept: image/png, answer the largest face's "
+                "map instead of its poker face."
+            )
+        ),
+    ] = False,
+) -> GivenOptions:
+    """The options of ``/v1/poker-face``'s query."""
+    return dataclasses.replace(detect, return_expression_map=return_expression_map)
 
 
 @router.post(
@@ -65,17 +83,8 @@ async def poker_face(
     pipeline: PipelineDep,
     state: StateDep,
     settings: SettingsDep,
-    query: QueryOptionsDep,
+    query: Annotated[GivenOptions, Depends(poker_face_query)],
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
-    return_expression_map: Annotated[
-        bool,
-        Query(
-            description=(
-                "Add each face's expression map; with Accept: image/png, answer the largest face's "
-                "map instead of its poker face."
-            )
-        ),
-    ] = False,
 ) -> Response | PokerFaceResponse:
     model = pipeline.model
     if not model.has_poker_face:  # refuse before reading, decoding and detecting anything
@@ -86,14 +95,10 @@ async def poker_face(
         raise InvalidRequest(
             f"Accept: image/png returns one picture; upload exactly one image (got {len(uploads)})", field="images"
         )
-    with_map = (
-        body.return_expression_map
-        if body is not None and body.return_expression_map is not None
-        else return_expression_map
-    )
     options = resolve_options(settings, query, body)
+    with_map = options.expression_map
     analysis = await analyse(
-        request, state, pipeline, uploads, options, route="/v1/poker-face", recognise=False, poker_face=True
+        request, state, pipeline, uploads, options.detect, route="/v1/poker-face", recognise=False, poker_face=True
     )
     if png:
         result = analysis.results[0]
@@ -102,7 +107,8 @@ async def poker_face(
         largest = max(range(len(result.faces)), key=lambda i: result.faces[i].area)
         headers = {"X-Model": f"{model.card.name}/{model.card.version}"}
         if with_map:
-            assert result.poker_faces is not None
+            if result.poker_faces is None:
+                raise InternalError("/v1/poker-face: the pipeline returned no poker faces")
             body_png = await run_in_threadpool(
                 expression_map_png, result.faces[largest].aligned, result.poker_faces[largest]
             )

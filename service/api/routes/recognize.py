@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.api.analysis import Analysis, analyse, model_ref, read_images, recognized_faces
-from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
+from service.api.deps import PipelineDep, SettingsDep, StateDep
 from service.api.openapi import ANALYSIS_ERRORS, RECOGNIZE_EXAMPLE, ok_example, problem_responses
+from service.api.options import DetectQueryDep, GivenOptions, resolve_options
 from service.api.schemas import JsonRecognizeRequest, RecognizedImage, RecognizeResponse
 from service.errors import CapabilityMissing
 from service.vision.expression_map import expression_map_pngs
@@ -39,9 +41,26 @@ def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, li
     return out
 
 
-def _pick(body_value: bool | None, query_value: bool) -> bool:
-    """An option given in a JSON body wins over the same query parameter."""
-    return body_value if body_value is not None else query_value
+def recognize_query(
+    detect: DetectQueryDep,
+    return_poker_face: Annotated[bool, Query(description="Also return each face's poker face as base64 PNG.")] = False,
+    return_expression_map: Annotated[
+        bool,
+        Query(
+            description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face."
+        ),
+    ] = False,
+    return_aligned_face: Annotated[
+        bool, Query(description="Per face, the aligned crop the model saw, as PNG.")
+    ] = False,
+) -> GivenOptions:
+    """The options of ``/v1/recognize``'s query."""
+    return dataclasses.replace(
+        detect,
+        return_poker_face=return_poker_face,
+        return_expression_map=return_expression_map,
+        return_aligned_face=return_aligned_face,
+    )
 
 
 @router.post(
@@ -66,24 +85,12 @@ async def recognize(
     pipeline: PipelineDep,
     state: StateDep,
     settings: SettingsDep,
-    query: QueryOptionsDep,
-    return_poker_face: Annotated[bool, Query(description="Also return each face's poker face as base64 PNG.")] = False,
-    return_expression_map: Annotated[
-        bool,
-        Query(
-            description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face."
-        ),
-    ] = False,
-    return_aligned_face: Annotated[
-        bool, Query(description="Per face, the aligned crop the model saw, as PNG.")
-    ] = False,
+    query: Annotated[GivenOptions, Depends(recognize_query)],
 ) -> RecognizeResponse:
     model = pipeline.model
     uploads, body = await read_images(request, settings, JsonRecognizeRequest)
     options = resolve_options(settings, query, body)
-    with_poker_face = _pick(body.return_poker_face if body is not None else None, return_poker_face)
-    with_map = _pick(body.return_expression_map if body is not None else None, return_expression_map)
-    with_aligned = _pick(body.return_aligned_face if body is not None else None, return_aligned_face)
+    with_poker_face, with_map = options.poker_face, options.expression_map
     if (with_poker_face or with_map) and not model.has_poker_face:  # decided before anything is decoded or detected
         raise CapabilityMissing(
             f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and "
@@ -94,12 +101,12 @@ async def recognize(
         state,
         pipeline,
         uploads,
-        options,
+        options.detect,
         route="/v1/recognize",
         recognise=True,
         poker_face=with_poker_face or with_map,
     )
-    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=with_map, aligned=with_aligned)
+    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=with_map, aligned=options.aligned_face)
     labels = model.labels
     out_images = []
     for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
