@@ -56,6 +56,7 @@ def sample_frames(path: str | Path, *, every: int | None = None, fps: float | No
         stream = container.streams.video[0]
         rate = float(stream.average_rate or 25)
         next_time = 0.0
+        step_s = 1.0 / fps if fps is not None else 0.0
         for index, frame in enumerate(container.decode(stream)):
             t = _frame_time(frame, index, rate)
             if every is not None:
@@ -63,7 +64,7 @@ def sample_frames(path: str | Path, *, every: int | None = None, fps: float | No
             else:
                 keep = t + 1e-6 >= next_time
                 if keep:
-                    next_time += 1.0 / fps  # type: ignore[operator]
+                    next_time += step_s
             if keep:
                 yield Frame(index, t, frame.to_ndarray(format="rgb24"))
 

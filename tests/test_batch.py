@@ -150,7 +150,7 @@ def photo_set(folder: Path) -> dict[str, np.ndarray | None]:
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-        expected[name] = data  # type: ignore[assignment]
+        expected[name] = data
     (folder / "broken.jpg").write_bytes(files["quality/95.jpg"][:2500])  # truncated
     (folder / "garbage.png").write_bytes(os.urandom(4096))
     (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2048))

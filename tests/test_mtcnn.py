@@ -419,7 +419,7 @@ def test_a_detection_beside_another_takes_one_thread_whole(detector: MTCNN, crow
     assert pool is not None
     submitted: list[str] = []
     submit = pool.submit
-    pool.submit = lambda fn, *args: submitted.append(getattr(fn, "__name__", "?")) or submit(fn, *args)  # type: ignore[method-assign]
+    pool.submit = lambda fn, *args: submitted.append(getattr(fn, "__name__", "?")) or submit(fn, *args)
     try:
         other_started, other_may_end = threading.Event(), threading.Event()
 

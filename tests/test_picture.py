@@ -140,7 +140,7 @@ def test_small_faces_are_cut_from_full_resolution(detector: MTCNN, astronaut_rgb
         calls.append(1)
         return original_full()
 
-    picture.full = counting_full  # type: ignore[method-assign]
+    picture.full = counting_full
     bounded = find_faces(detector, picture, size=48, min_face_size=40, threshold=None, max_faces=5)
     assert len(full_faces) == 1 and calls
     assert_same_faces(bounded, full_faces)
@@ -165,7 +165,7 @@ def test_pipeline_bounds_the_detector_input(detector: MTCNN, big_astronaut: np.n
 
             return nullcontext()
 
-    pipeline = FacePipeline(Recording(), NoModel(), detect_max_side=800)  # type: ignore[arg-type]
+    pipeline = FacePipeline(Recording(), NoModel(), detect_max_side=800)
     data = encode(big_astronaut, "JPEG", quality=90)
     results = pipeline.run(
         [data],

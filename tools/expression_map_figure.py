@@ -55,7 +55,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "expression-maps.png")
     args = p.parse_args()
 
-    from training.render.dataset import EMOTIONS, IDENTITY_RANGES, render_sample
+    from training.render.dataset import IDENTITY_RANGES, render_sample
+    from training.render.facs import EMOTIONS
 
     model = EmotionModel.from_dir(REPO / "models" / args.model, providers=["CPUExecutionProvider"], intra_op_threads=1)
     size = model.input_hw[0]

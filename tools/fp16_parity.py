@@ -24,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -64,7 +65,7 @@ def _folder_batches(folder: Path, size: tuple[int, int], batch: int, limit: int)
         raise SystemExit(f"fp16_parity: no image files under {folder}")
     for start in range(0, len(files), batch):
         crops = [
-            np.asarray(Image.open(p).convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+            np.asarray(Image.open(p).convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR))
             for p in files[start : start + batch]
         ]
         yield np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
@@ -83,10 +84,10 @@ def _dataset_batches(spec: str, split: str, size: tuple[int, int], batch: int, l
 
 def measure(
     fp32_dir: Path, fp16_dir: Path, batches01: Iterator[np.ndarray], providers: list[str], threads: int = 0
-) -> dict:
+) -> dict[str, Any]:
     normalise, _ = _normaliser(fp32_dir)
     pair = GraphPair(fp32_dir, fp16_dir, providers=providers, threads=threads)
-    report = compare_graphs(pair, (normalise(b) for b in batches01))
+    report: dict[str, Any] = compare_graphs(pair, (normalise(b) for b in batches01))
     report["provider"] = providers[0]
     report["bars"] = {
         "argmax_agreement_min": FP16_ARGMAX_AGREEMENT,

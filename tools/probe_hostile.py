@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -249,7 +250,7 @@ def _post_raw(
     Python work does not pace the upload or the /healthz timings taken beside it."""
     parts = urlsplit(url)
     start = time.perf_counter()
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout_s)
     try:
         conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
@@ -297,12 +298,12 @@ def check_stall(probe: Probe) -> None:
 
 def check_amplification(probe: Probe) -> None:
     body = b'{"images": [' + b",".join([b"{}"] * 1_000_000) + b"]}"
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
 
     def post() -> None:
         parts = urlsplit(probe.url)
         start = time.perf_counter()
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=120)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=120)
         try:
             conn.request(
                 "POST", "/v1/recognize", body=body, headers={**probe.headers, "Content-Type": "application/json"}
@@ -320,7 +321,7 @@ def check_amplification(probe: Probe) -> None:
         thread.start()
         thread.join()
     growth = memory.growth_mib
-    status, size, seconds = result["status"], int(result["size"]), float(result["seconds"])  # type: ignore[arg-type]
+    status, size, seconds = result["status"], int(result["size"]), float(result["seconds"])
     ok = isinstance(status, int) and 400 <= status < 500 and size < 64 * 1024 and seconds < 1.0
     probe.add(
         f"amplification: 1,000,000 empty items ({len(body) / 2**20:.1f} MiB body)",

@@ -135,11 +135,8 @@ async def soak(url: str, *, clients: int, duration_s: float, deadline_s: float, 
 
     everything = [v for vals in latencies.values() for v in vals]
     mib = {k: (None if v is None else round(v / 2**20, 1)) for k, v in rss.items()}
-    growth = (
-        None
-        if rss.get("end") is None or rss.get("minute_2_of_10") is None
-        else round((rss["end"] - rss["minute_2_of_10"]) / 2**20, 1)
-    )  # type: ignore[operator]
+    end, minute_2 = rss.get("end"), rss.get("minute_2_of_10")
+    growth = None if end is None or minute_2 is None else round((end - minute_2) / 2**20, 1)
     server_errors = sum(n for s, n in statuses.items() if s.isdigit() and int(s) >= 500 and s not in ("503", "504"))
     return {
         "clients": clients,

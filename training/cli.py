@@ -135,7 +135,7 @@ def pretrain_main(argv: Sequence[str] | None = None) -> None:
     from training.data import build_data
     from training.engine import input_size, run_pretrain
 
-    cfg = parse_config(PretrainConfig, "pfvit-pretrain", pretrain_main.__doc__, argv)
+    cfg = parse_config(PretrainConfig, "pfvit-pretrain", pretrain_main.__doc__ or "", argv)
     if not cfg.data:
         raise SystemExit("pfvit-pretrain: --data is required (a data spec such as rafdb:/data/RAF-DB)")
     dataset = build_data(cfg.data, "train", input_size(cfg), augment=True)
@@ -153,7 +153,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     from training.data import build_data
     from training.engine import input_size, run_train
 
-    cfg = parse_config(TrainConfig, "pfvit-train", train_main.__doc__, argv)
+    cfg = parse_config(TrainConfig, "pfvit-train", train_main.__doc__ or "", argv)
     if not cfg.data:
         raise SystemExit("pfvit-train: --data is required (a data spec such as rafdb:/data/RAF-DB)")
     size = input_size(cfg)
@@ -175,7 +175,7 @@ def editor_main(argv: Sequence[str] | None = None) -> None:
     from training.data.joint import JointFaces
     from training.engine import resolve_model_config, run_editor
 
-    cfg = parse_config(EditorConfig, "pfvit-train-editor", editor_main.__doc__, argv)
+    cfg = parse_config(EditorConfig, "pfvit-train-editor", editor_main.__doc__ or "", argv)
     if not cfg.data or not cfg.init:
         raise SystemExit("pfvit-train-editor: --data and --init (a PF-ViT stage checkpoint) are required")
     config = resolve_model_config(cfg, [])
@@ -200,7 +200,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     from training.distributed import setup
     from training.evaluate import evaluate
 
-    cfg = parse_config(EvalConfig, "pfvit-evaluate", evaluate_main.__doc__, argv)
+    cfg = parse_config(EvalConfig, "pfvit-evaluate", evaluate_main.__doc__ or "", argv)
     ctx = setup(cfg.device, cfg.threads)
     model, _ = model_from_checkpoint(cfg.checkpoint)
     dataset = build_data(cfg.data, cfg.split, model.config.image_size, augment=False)
@@ -222,7 +222,7 @@ def export_main(argv: Sequence[str] | None = None) -> None:
     from training.data import build_data
     from training.export import export_checkpoint
 
-    cfg = parse_config(ExportConfig, "pfvit-export", export_main.__doc__, argv)
+    cfg = parse_config(ExportConfig, "pfvit-export", export_main.__doc__ or "", argv)
     size = int(load_checkpoint(cfg.checkpoint)["model_config"]["image_size"])
     if cfg.data:
         dataset = build_data(cfg.data, "val", size, augment=False)

@@ -41,7 +41,7 @@ from training.evaluate import classification_metrics, confusion_matrix
 from training.export import export_checkpoint
 from training.fidelity import psnr, ssim
 from training.plots import confusion_matrix_png, image_grid_png
-from training.render.dataset import EMOTIONS
+from training.render.facs import EMOTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -288,7 +288,7 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     timings["render_s"] = time.perf_counter() - t0
     print(f"rendered {len(train)}/{len(val)}/{len(test)} faces in {timings['render_s']:.0f} s", flush=True)
 
-    common = dict(
+    common: dict[str, Any] = dict(
         model="micro",
         batch_size=cfg.batch_size,
         seed=cfg.seed,

@@ -236,7 +236,7 @@ def export_checkpoint(
         )
         if poker_face:
             _export(PokerFaceGraph(model).eval(), example, out / POKER_FACE_FILE, ["poker_face"], opset)
-    parity = check_parity(model, out, sample_images01, poker_face, mirror_average)
+    parity: dict[str, Any] = dict(check_parity(model, out, sample_images01, poker_face, mirror_average))
     precision = "fp32"
     if fp16:
         parity["fp16"] = _convert_and_check_fp16(out, model.normalise(sample_images01.float()).numpy(), poker_face)

@@ -132,11 +132,11 @@ class GraphPair:
 
     def logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x``: ``(N, 3, H, W)`` float32, normalised. Returns fp32 and fp16 logits, ``(N, K)``."""
-        return tuple(self.sessions[p]["recognition"].run(["logits"], {"image": x})[0] for p in ("fp32", "fp16"))  # type: ignore[return-value]
+        return tuple(self.sessions[p]["recognition"].run(["logits"], {"image": x})[0] for p in ("fp32", "fp16"))
 
     def poker_faces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """fp32 and fp16 poker faces of ``x``, ``(N, 3, H, W)`` RGB in [0, 1]."""
-        return tuple(self.sessions[p]["poker_face"].run(["poker_face"], {"image": x})[0] for p in ("fp32", "fp16"))  # type: ignore[return-value]
+        return tuple(self.sessions[p]["poker_face"].run(["poker_face"], {"image": x})[0] for p in ("fp32", "fp16"))
 
 
 class ParityMeter:

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from service.vision.align import to_uint8_images
 
 
-def _font() -> ImageFont.ImageFont:
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 

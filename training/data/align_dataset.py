@@ -85,7 +85,7 @@ def choose_face(detections: Sequence[AlignedFace], keep: str) -> AlignedFace | N
     if not detections:
         return None
     if keep == "confident":
-        return max(detections, key=lambda d: d.score)
+        return max(detections, key=lambda d: d.score or 0.0)
     return max(detections, key=lambda d: (d.area, d.score))
 
 

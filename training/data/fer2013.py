@@ -52,7 +52,7 @@ def usage_of(split: str) -> str:
 
 def scan_folder(root: Path, usage: str) -> list[tuple[Path, int]]:
     """``(path, class index)`` of every original image of one usage below ``root``, sorted."""
-    items = []
+    numbered: list[tuple[int, str, Path, int]] = []
     for path in root.rglob("*"):
         match = _FILE_NAME.match(path.name)
         if not match or match.group(1) != usage or not path.is_file():
@@ -60,10 +60,10 @@ def scan_folder(root: Path, usage: str) -> list[tuple[Path, int]]:
         folder = path.parent.name.lower()
         if folder not in FER2013_FOLDERS:
             raise ValueError(f"{path}: class folder {path.parent.name!r} is not one of {FER2013_FOLDERS}")
-        items.append((path, FER2013_FOLDERS.index(folder)))
+        numbered.append((int(match.group(2)), path.as_posix(), path, FER2013_FOLDERS.index(folder)))
     # Numeric order of <n>, so the order (and a seeded shuffle of it) is the same on any file system.
-    items.sort(key=lambda item: (int(_FILE_NAME.match(item[0].name).group(2)), item[0].as_posix()))
-    return items
+    numbered.sort(key=lambda item: item[:2])
+    return [(path, label) for _, _, path, label in numbered]
 
 
 def read_csv(csv_path: Path, usage: str) -> tuple[np.ndarray, list[int]]:

@@ -42,12 +42,12 @@ from training.render.raster import PIXEL_MAX, Canvas, Window, WindowKey, clip01,
 
 CX = FACE_MIDLINE_X
 # Fixed colours, float32 RGB in [0, 1].
-LASH_RGB = np.float32([0.07, 0.05, 0.05])
-EYE_WHITE_RGB = np.float32([0.93, 0.92, 0.9])
-GLINT_RGB = np.float32([1.0, 1.0, 1.0])
-TEETH_RGB = np.float32([0.93, 0.91, 0.85])
-MOUTH_INSIDE_RGB = np.float32([0.28, 0.07, 0.08])
-BLUSH_TINT = np.float32([1.0, 0.6, 0.55])  # x skin
+LASH_RGB = np.array([0.07, 0.05, 0.05], np.float32)
+EYE_WHITE_RGB = np.array([0.93, 0.92, 0.9], np.float32)
+GLINT_RGB = np.array([1.0, 1.0, 1.0], np.float32)
+TEETH_RGB = np.array([0.93, 0.91, 0.85], np.float32)
+MOUTH_INSIDE_RGB = np.array([0.28, 0.07, 0.08], np.float32)
+BLUSH_TINT = np.array([1.0, 0.6, 0.55], np.float32)  # x skin
 # Skin multipliers for shadows and lines.
 SHADOW_TONE = 0.55  # soft shadows, lid lines, chin crease
 WRINKLE_TONE = 0.6  # forehead and glabella lines

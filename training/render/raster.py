@@ -12,6 +12,7 @@ would silently promote every float32 array it touches to float64.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -149,6 +150,8 @@ def stroke(
         for (ax, ay), (bx, by) in zip(line[:-1], line[1:]):
             ds = segment_distance(win.x, win.y, ax, ay, bx, by)
             d = ds if d is None else np.minimum(d, ds)
+    if d is None:  # no segment at all
+        return
     a = _line_coverage(cv, d, width)
     a *= alpha
     cv.paint(win, a, colour)
@@ -156,7 +159,7 @@ def stroke(
 
 def curves(
     cv: Canvas,
-    parabolas: list[tuple[tuple[float, float], ...]],
+    parabolas: Sequence[tuple[tuple[float, float], ...]],
     width: float,
     colour: Colour,
     alpha: float,
@@ -188,6 +191,8 @@ def curves(
         lo, hi = min(x0, x2), max(x0, x2)
         dc = np.maximum(dc, np.maximum(lo - x, x - hi))
         d = dc if d is None else np.minimum(d, dc)
+    if d is None:  # no parabola at all
+        return
     a = _line_coverage(cv, d, width)
     if alpha_x is not None:
         ca, oa, hw, cx = alpha_x
