@@ -69,6 +69,12 @@ class UnsupportedMediaType(PFViTError):
     title = "Unsupported image format"
 
 
+class UnsupportedBodyType(UnsupportedMediaType):
+    """A request body that is neither multipart, JSON nor an image (same problem type)."""
+
+    title = "Unsupported request body type"
+
+
 class ImageTooLarge(PFViTError):
     """Too many pixels (declared or decoded), including decompression bombs."""
 

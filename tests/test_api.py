@@ -33,6 +33,7 @@ def assert_problem(resp, status: int, slug: str | None = None):
     assert body["status"] == status and body["title"] and body["detail"] and body["type"].startswith("https://")
     if slug:
         assert body["type"].endswith("/" + slug), body
+    return body
 
 
 def assert_still_serving(client, astronaut_bytes):
@@ -201,11 +202,10 @@ def test_bomb_is_small(client):
     "kwargs",
     [
         {},  # no body at all
-        {"data": {"images": "not a file"}},
+        {"files": {"images": (None, b"not a file")}},  # a text field of that name
         {"files": [("image", ("a.png", b"x", "image/png"))]},  # misnamed field
-        {"content": b"raw bytes", "headers": {"Content-Type": "application/octet-stream"}},
     ],
-    ids=["no-body", "text-field", "misnamed-field", "raw-body"],
+    ids=["no-body", "text-field", "misnamed-field"],
 )
 @pytest.mark.parametrize("route", ["/v1/recognize", "/v1/poker-face"])
 def test_missing_or_misnamed_field(client, astronaut_bytes, route, kwargs):
@@ -239,8 +239,46 @@ def test_invalid_options(client, astronaut_bytes, route, params):
 
 def test_too_many_images(client, settings):
     tiny = encode(np.zeros((8, 8, 3), np.uint8), "PNG")
-    files = upload(*[(f"{i}.png", tiny, "image/png") for i in range(settings.max_images + 1)])
-    assert_problem(client.post("/v1/recognize", files=files), 400, "invalid-request")
+    for count in (settings.max_images + 1, 10 * settings.max_images):
+        files = upload(*[(f"{i}.png", tiny, "image/png") for i in range(count)])
+        problem = assert_problem(client.post("/v1/recognize", files=files), 400, "invalid-request")
+        assert problem["detail"] == f"{count} images uploaded; at most {settings.max_images} per request"
+        assert problem["field"] == "images"
+    # Text fields beside the files are not images.
+    files = upload(*[(f"{i}.png", tiny, "image/png") for i in range(settings.max_images)])
+    resp = client.post("/v1/recognize", files=files, data={"note": "filename=x.png"})
+    assert resp.status_code == 200 and len(resp.json()["images"]) == settings.max_images
+
+
+@pytest.mark.parametrize("media", ["image/png", "image/jpeg", "application/octet-stream"])
+@pytest.mark.parametrize("route", ["/v1/recognize", "/v1/poker-face"])
+def test_one_raw_image_body_is_one_upload(client, astronaut_bytes, route, media):
+    """The body itself as the image (its type from its bytes, as for an upload); options in the query."""
+    raw = client.post(route, params={"max_faces": 1}, content=astronaut_bytes, headers={"Content-Type": media})
+    assert raw.status_code == 200, raw.text
+    form = client.post(route, params={"max_faces": 1}, files=upload(("a.png", astronaut_bytes, "image/png")))
+    raw_images, form_images = raw.json()["images"], form.json()["images"]
+    assert [len(i["faces"]) for i in raw_images] == [len(i["faces"]) for i in form_images] == [1]
+    assert raw_images[0]["filename"] is None
+    assert raw_images[0]["faces"][0]["box"] == form_images[0]["faces"][0]["box"]
+
+
+def test_a_raw_body_meets_the_uploads_checks(client, astronaut_bytes):
+    headers = {"Content-Type": "image/jpeg"}
+    assert_problem(client.post("/v1/recognize", content=b"raw bytes", headers=headers), 422, "invalid-image")
+    assert_problem(client.post("/v1/recognize", content=b"", headers=headers), 400, "empty-upload")
+    gif = encode(np.zeros((8, 8, 3), np.uint8), "GIF")
+    assert_problem(client.post("/v1/recognize", content=gif, headers={"Content-Type": "image/gif"}), 415)
+    assert_still_serving(client, astronaut_bytes)
+
+
+@pytest.mark.parametrize("media", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
+def test_another_body_type_is_a_415_that_names_the_forms(client, astronaut_bytes, media):
+    resp = client.post("/v1/recognize", content=astronaut_bytes, headers={"Content-Type": media})
+    problem = assert_problem(resp, 415, "unsupported-media-type")
+    assert media in problem["detail"]
+    for form in ("multipart/form-data", "application/json", "image/jpeg"):
+        assert form in problem["detail"]
 
 
 def test_unknown_route_and_method(client):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ from service.errors import (
     InvalidImage,
     InvalidRequest,
     PayloadTooLarge,
+    UnsupportedBodyType,
     UnsupportedMediaType,
     ValidationFailed,
     WorkAbandoned,
@@ -43,9 +45,16 @@ from service.state import AdmissionGate, ServiceState
 from service.vision.imaging import encode_png, probe_size
 
 _MEDIA_TYPES_HINT = (
-    "send the images as multipart/form-data (field 'images') "
-    'or as application/json ({"images": [{"data": "<base64>"}]})'
+    "send the images as multipart/form-data (field 'images'), "
+    'as application/json ({"images": [{"data": "<base64>"}]}), '
+    "or one image as the body itself (Content-Type image/jpeg, image/png, image/webp or image/bmp)"
 )
+
+# A body of one of these types is one image, read as an upload is (format by magic bytes).
+_RAW_IMAGE_TYPES = ("application/octet-stream",)
+
+# A multipart part's headers that name a file (RFC 7578: ``filename``, or RFC 5987's ``filename*``).
+_FILENAME_PARAM = re.compile(rb"filename\*?\s*=", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,9 @@ async def read_images(
 ) -> tuple[list[Upload], GivenOptions | None]:
     """The request's images, from a multipart form or a base64 JSON body, within the limits.
 
-    Returns the uploads and, for a JSON body, the options it gives.
+    Returns the uploads and, for a JSON body, the options it gives. A body whose
+    Content-Type is an image type (or application/octet-stream) is one image, with the query's
+    options; any other type is a 415 that names the three forms.
     Multipart parts are kept in memory (the body is already in memory, within its limit), so
     no face ever touches the disk and a read-only root file system works. A JSON body is
     parsed and its base64 decoded in a worker thread: up to its limit that is tens of
@@ -82,10 +93,14 @@ async def read_images(
         return await asyncio.to_thread(_read_json, body, json_model, settings)
     if media == "multipart/form-data":
         return await _read_multipart(request, settings), None
-    raise ValidationFailed(
-        f"body.images: Field required; {_MEDIA_TYPES_HINT}",
-        errors=[{"loc": ["body", "images"], "msg": f"Field required; {_MEDIA_TYPES_HINT}", "type": "missing"}],
-    )
+    if media.startswith("image/") or media in _RAW_IMAGE_TYPES:
+        return [Upload(filename=None, data=await request.body())], None
+    if not media:
+        raise ValidationFailed(
+            f"body.images: Field required; {_MEDIA_TYPES_HINT}",
+            errors=[{"loc": ["body", "images"], "msg": f"Field required; {_MEDIA_TYPES_HINT}", "type": "missing"}],
+        )
+    raise UnsupportedBodyType(f"a request body of type {media[:100]!r} is not read; {_MEDIA_TYPES_HINT}")
 
 
 def _read_json(
@@ -163,7 +178,15 @@ def _parse_multipart(headers: Headers, body: bytes, settings: Settings) -> list[
     async def chunks() -> AsyncGenerator[bytes, None]:
         yield body
 
+    files = _file_parts(body, headers.get("content-type", ""))
+    if files > settings.max_images:
+        raise InvalidRequest(
+            f"{files} images uploaded; at most {settings.max_images} per request",
+            field="images",
+        )
+
     async def parse() -> list[Upload]:
+        # Starlette's own bound on file parts stays, behind the count above.
         parser = MultiPartParser(headers, chunks(), max_files=settings.max_images, max_fields=32)
         # Every part in memory: SpooledTemporaryFile rolls over to disk only above this size,
         # and no part can be larger than the body, which is already in memory.
@@ -171,11 +194,6 @@ def _parse_multipart(headers: Headers, body: bytes, settings: Settings) -> list[
         try:
             form = await parser.parse()
         except MultiPartException as exc:
-            if exc.message.startswith("Too many files"):
-                raise InvalidRequest(
-                    f"more than {settings.max_images} images uploaded; at most {settings.max_images} per request",
-                    field="images",
-                ) from None
             raise InvalidRequest(f"the multipart body could not be parsed: {exc.message}") from None
         try:
             items = form.getlist("images")
@@ -192,6 +210,35 @@ def _parse_multipart(headers: Headers, body: bytes, settings: Settings) -> list[
             await form.close()
 
     return asyncio.run(parse())
+
+
+def _file_parts(body: bytes, content_type: str) -> int:
+    """How many parts of a multipart body carry a file (their headers name a ``filename``).
+
+    Counted on the bytes, before any part is built: a part's headers follow its delimiter
+    line, which the part's content cannot hold (RFC 2046), so the count is exact for a
+    well-formed body; a malformed one is left to the parser to refuse. 0 without a boundary.
+    """
+    _, _, params = content_type.partition(";")
+    boundary = ""
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        return 0
+    delimiter = b"--" + boundary.encode("latin-1") + b"\r\n"
+    count = 0
+    pos = body.find(delimiter)
+    while pos >= 0 and (pos == 0 or body[pos - 2 : pos] == b"\r\n"):
+        start = pos + len(delimiter)
+        end = body.find(b"\r\n\r\n", start)
+        if end < 0:
+            break
+        count += _FILENAME_PARAM.search(body, start, end) is not None
+        pos = body.find(b"\r\n" + delimiter, end)
+        pos = pos + 2 if pos >= 0 else -1
+    return count
 
 
 def _check_count(count: int, settings: Settings) -> None:

@@ -2,7 +2,8 @@
 
 FastAPI writes most of it from the routes; this module adds what the routes cannot say by
 themselves: every error as a ``Problem`` (``application/problem+json``), both request
-forms of the analysis routes (multipart with file pickers, or base64 JSON), the bounds that
+forms of the analysis routes (multipart with file pickers, base64 JSON, or one image as the
+body), the bounds that
 are settings (images per request, ``max_faces``), and the security scheme where API keys
 apply.
 """
@@ -59,7 +60,7 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
         "image is 30000x30000 = 900000000 pixels; the limit is 40000000",
     ),
     415: (
-        "Image format not accepted",
+        "Image format not accepted, or a request body that is not multipart, JSON or an image",
         "unsupported-media-type",
         "Unsupported image format",
         "image format GIF is not accepted; send JPEG, PNG, WebP or BMP",
@@ -248,6 +249,9 @@ def _analysis_body(json_model: type[BaseModel], settings: Settings, components: 
         "required": True,
         "content": {
             "multipart/form-data": {"schema": multipart},
+            # One image as the body itself; its format is read from its bytes, as an upload's is.
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {
                 "schema": {"$ref": _REF.format(model=name)},
                 "example": {

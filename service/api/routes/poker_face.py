@@ -74,7 +74,7 @@ def poker_face_query(
         "`return_expression_map=true` each face also carries its expression map (where the face differs from "
         "its poker face, "
         "over the aligned face); with `Accept: image/png` the body is then the expression map of the largest face. "
-        "Takes the same inputs as `/v1/recognize` (multipart or base64 JSON).\n\n"
+        "Takes the same inputs as `/v1/recognize` (multipart, base64 JSON, or one image as the body).\n\n"
         "```\ncurl -F images=@face.jpg -H 'Accept: image/png' -o poker.png http://127.0.0.1:8000/v1/poker-face\n```"
     ),
 )

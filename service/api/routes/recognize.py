@@ -74,10 +74,12 @@ def recognize_query(
         "`faces` list.\n\n"
         "Send the images as `multipart/form-data` (field `images`, repeated), or as `application/json` with "
         "base64 data "
-        "(options may then also be given in the body, where they win over the query).\n\n"
+        "(options may then also be given in the body, where they win over the query), or one image as the body "
+        "itself with its image type as Content-Type (options in the query).\n\n"
         "```\ncurl -F images=@face.jpg 'http://127.0.0.1:8000/v1/recognize?max_faces=5'\n"
         "curl -H 'Content-Type: application/json' -d '{\"images\": [{\"data\": \"'$(base64 -w0 face.jpg)'\"}]}' "
-        "http://127.0.0.1:8000/v1/recognize\n```"
+        "http://127.0.0.1:8000/v1/recognize\n"
+        "curl -H 'Content-Type: image/jpeg' --data-binary @face.jpg http://127.0.0.1:8000/v1/recognize\n```"
     ),
 )
 async def recognize(
