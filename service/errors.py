@@ -61,6 +61,14 @@ class InvalidImage(PFViTError):
     title = "Invalid image"
 
 
+class NotSquareCrop(InvalidImage):
+    """``aligned=true`` on an image that is not square: an aligned crop is square, and
+    stretching another shape to the model's input would distort the face it holds."""
+
+    slug = "not-square"
+    title = "Aligned crop is not square"
+
+
 class UnsupportedMediaType(PFViTError):
     """A real image, but in a format the service does not accept (e.g. GIF, TIFF)."""
 

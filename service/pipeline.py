@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.errors import PFViTError
+from service.errors import NotSquareCrop, PFViTError
 from service.models import EmotionModel
 from service.vision.faces import AlignedFace, find_faces
 from service.vision.imaging import Picture, decode_picture, resize_rgb
@@ -112,11 +112,23 @@ class FacePipeline:
         )
 
     def picture(self, image: bytes | np.ndarray, options: DetectOptions) -> Picture:
-        """Decode uploaded bytes (or wrap decoded pixels) at the size detection needs."""
+        """Decode uploaded bytes (or wrap decoded pixels) at the size detection needs.
+
+        Raises:
+            NotSquareCrop: ``options.aligned`` and the image is not square (stretching it to
+                the model's square input would distort the face).
+        """
         max_side = None if options.aligned else self.detect_max_side
         if isinstance(image, np.ndarray):
-            return Picture.from_array(image, max_side=max_side)
-        return decode_picture(image, max_pixels=self.max_image_pixels, max_side=max_side)
+            picture = Picture.from_array(image, max_side=max_side)
+        else:
+            picture = decode_picture(image, max_pixels=self.max_image_pixels, max_side=max_side)
+        if options.aligned and picture.width != picture.height:
+            raise NotSquareCrop(
+                f"aligned=true takes a square aligned face crop; this image is {picture.width}x{picture.height}. "
+                "Crop it square, or send it without aligned=true to have its faces found"
+            )
+        return picture
 
     def run(
         self,

@@ -85,6 +85,22 @@ def test_recognize_aligned_upload_skips_detection(client, astronaut_rgb):
     assert "detect" not in resp.json()["timings_ms"]
 
 
+@pytest.mark.parametrize("size", [(112, 120), (300, 200)])
+def test_an_aligned_upload_that_is_not_square_is_refused_not_stretched(client, astronaut_rgb, astronaut_bytes, size):
+    w, h = size
+    crop = resize_rgb(astronaut_rgb[60:180, 170:280], (w, h))
+    side = min(w, h)
+    square = encode(crop[:side, :side], "PNG")
+    files = upload(("square.png", square, "image/png"), ("c.png", encode(crop, "PNG"), "image/png"))
+    resp = client.post("/v1/recognize", params={"aligned": "true"}, files=files)
+    problem = assert_problem(resp, 422, "not-square")
+    assert problem["image_index"] == 1
+    assert f"{w}x{h}" in problem["detail"] and "square" in problem["detail"]
+    # Without aligned=true the same image is searched for faces, as any photo is.
+    assert client.post("/v1/recognize", files=files[1:]).status_code == 200
+    assert_still_serving(client, astronaut_bytes)
+
+
 def test_several_images_one_batch(client, astronaut_bytes, astronaut_rgb):
     blank = encode(np.full((200, 300, 3), 200, np.uint8), "JPEG")
     before = _batch_count(client)

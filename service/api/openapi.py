@@ -67,7 +67,8 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
     ),
     422: (
         "Not an image or truncated (invalid-image); a missing field or an invalid option (validation-error); "
-        "no face where a PNG must be returned (no-face-found)",
+        "no face where a PNG must be returned (no-face-found); aligned=true on an image that is not square "
+        "(not-square)",
         "invalid-image",
         "Invalid image",
         "image data is truncated or corrupt",
