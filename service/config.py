@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLDS, MIN_FACE_SIZE_FLOOR
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     max_faces_limit: int = Field(100, ge=1, le=1000, description="Largest max_faces a client may ask for.")
 
     # --- detection defaults (clients may override per request); the detector's own by default
-    default_max_faces: int = Field(20, ge=1)
+    default_max_faces: int = Field(20, ge=1, description="At most PFVIT_MAX_FACES_LIMIT.")
     default_min_face_size: int = Field(DEFAULT_MIN_FACE_SIZE, ge=MIN_FACE_SIZE_FLOOR, description="Pixels.")
     default_detection_threshold: float = Field(
         DEFAULT_THRESHOLDS[2], gt=0.0, lt=1.0, description="Final (O-Net) face probability."
@@ -201,6 +201,15 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("default_max_faces")
+    @classmethod
+    def _default_within_limit(cls, value: int, info: ValidationInfo) -> int:
+        # max_faces_limit is declared first, so it is validated (and in info.data) by now.
+        limit = info.data.get("max_faces_limit")
+        if limit is not None and value > limit:
+            raise ValueError(f"must be at most PFVIT_MAX_FACES_LIMIT ({limit}), the most any request may ask for")
+        return value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
