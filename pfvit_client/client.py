@@ -32,6 +32,12 @@ ImageInput = str | os.PathLike[str] | np.ndarray | bytes
 MULTIPART_OVERHEAD_BYTES = 512  # per file part: boundary and headers, generously
 RETRY_STATUSES = (503,)
 # Answers about the request as a whole, never about one image: no input would fare better alone.
+# Problem types about the service or the request as a whole (its key, route, Accept header or
+# options): no image on its own would fare better, so the client stops with ServiceError.
+SERVICE_LEVEL_TYPES = frozenset(
+    {"unauthorized", "not-found", "method-not-allowed", "not-acceptable", "capability-missing", "validation-error"}
+)
+# The same for an answer without a problem type of ours (a proxy's, say): by its status.
 SERVICE_LEVEL_STATUSES = (401, 403, 404, 405, 406)
 
 
@@ -210,21 +216,21 @@ def _after(chunk: list[_Item], response: httpx.Response) -> _Step:
     if response.status_code == 200:
         return _Step(_results(chunk, response.json()), [])
     problem = _problem(response)
-    if response.status_code in SERVICE_LEVEL_STATUSES:
+    if problem.slug in SERVICE_LEVEL_TYPES or (not problem.slug and response.status_code in SERVICE_LEVEL_STATUSES):
         raise ServiceError(f"{response.request.url} answered {response.status_code}: {problem}")
     try:
-        bad = int(response.json().get("image_index"))
-    except (ValueError, TypeError, AttributeError):
+        body = response.json()
+        bad = int(body["image_index"])
+    except (ValueError, TypeError, KeyError):
         bad = None
     if bad is not None and 0 <= bad < len(chunk):
         culprit = chunk[bad]
-        # The service names the image with its position in the request; say it with the file's name.
-        detail = (
-            problem.detail.split("): ", 1)[1]
-            if problem.detail.startswith(f"image {bad} (") and "): " in problem.detail
-            else problem.detail
+        # The detail names the image by its position in this request; the result names it by
+        # its source already, so it carries what is wrong with it alone.
+        detail = body.get("image_detail")
+        error = Problem(
+            problem.status, problem.title, detail if isinstance(detail, str) else problem.detail, problem.type
         )
-        error = Problem(problem.status, problem.title, detail, problem.type)
         rest = chunk[:bad] + chunk[bad + 1 :]
         return _Step(
             [ImageResult(index=culprit.index, source=culprit.source, error=error, meta=culprit.meta)],

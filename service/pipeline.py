@@ -166,8 +166,9 @@ class FacePipeline:
                 except PFViTError as exc:
                     # Name the culprit: with several uploads the client must know which one.
                     name = names[index] if names is not None else None
-                    exc.detail = f"image {index} ({name or 'unnamed'}): {exc.detail}"
                     exc.extra.setdefault("image_index", index)
+                    exc.extra.setdefault("image_detail", exc.detail)
+                    exc.detail = f"image {index} ({name or 'unnamed'}): {exc.detail}"
                     raise
             faces = self.find_faces(picture, options, timer)
             metrics.FACES_PER_IMAGE.observe(len(faces))

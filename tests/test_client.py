@@ -282,3 +282,40 @@ def test_client_stops_on_answers_about_the_service_itself():
     with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(ServiceError, match="404"):
             client.recognize([b"a", b"b"])
+
+
+def test_client_acts_on_the_problem_type_not_its_prose():
+    """What the client does with a refusal follows the problem's type and members, whatever the
+    wording of its detail."""
+    base = "https://pfvit.dev/problems/"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/limits":
+            return httpx.Response(200, json={"max_images": 4, "max_upload_bytes": 60_000})
+        if request.url.params.get("max_faces") == "3":
+            return httpx.Response(
+                422, json={"type": base + "validation-error", "title": "Invalid", "status": 422, "detail": "anything"}
+            )
+        if b"BAD" in request.content:
+            problem = {
+                "type": base + "invalid-image",
+                "title": "Invalid image",
+                "status": 422,
+                "detail": "worded any way at all, naming position 1",
+                "image_index": 1,
+                "image_detail": "image data is truncated or corrupt",
+            }
+            return httpx.Response(422, json=problem)
+        images = [{"index": i, "filename": "x", "width": 4, "height": 4, "faces": []} for i in range(2)]
+        return httpx.Response(200, json={"model": {"name": "m", "version": "1", "provider": "CPU"}, "labels": ["a"],
+                                         "timings_ms": {}, "images": images})  # fmt: skip
+
+    from pfvit_client import ServiceError
+
+    with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
+        good, bad, after = client.recognize([b"a" * 10, b"BAD", b"c" * 10])
+        assert good.ok and after.ok and not bad.ok
+        assert bad.error.slug == "invalid-image" and bad.error.detail == "image data is truncated or corrupt"
+        # An invalid option is about the request, not one image: sending the images alone cannot help.
+        with pytest.raises(ServiceError, match="422"):
+            client.recognize([b"a", b"b"], max_faces=3)

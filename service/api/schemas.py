@@ -172,6 +172,9 @@ class Problem(BaseModel):
     )
     error_count: int | None = Field(None, description="validation-error only: how many fields were at fault in all.")
     image_index: int | None = Field(None, description="Position of the offending image, when one image is at fault.")
+    image_detail: str | None = Field(
+        None, description="With image_index: what is wrong with that image, without naming it (detail names it)."
+    )
 
 
 # --- JSON input (application/json instead of multipart) -------------------------------------
