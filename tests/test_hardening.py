@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.app import create_app, keyed_routers
 from tests.conftest import wait_ready
 from tests.images import encode
 from tests.prometheus_text import sample_value
@@ -100,6 +100,24 @@ def test_api_key_bearer_or_header(guarded, astronaut_bytes):
         and "401" in spec["paths"]["/v1/recognize"]["post"]["responses"]
     )
     assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+@pytest.mark.parametrize("metrics_key", [False, True])
+def test_key_protected_paths_come_from_the_routers(settings, metrics_key):
+    """The routes the OpenAPI document marks as needing a key are those the middleware refuses
+    without one before any route runs, and no other: both read the keyed routers."""
+    keyed = settings.model_copy(update={"api_keys": ["key-one"], "metrics_require_key": metrics_key})
+    with TestClient(create_app(keyed)) as c:
+        spec = c.get("/openapi.json").json()
+        marked = {path for path, ops in spec["paths"].items() if any(op.get("security") for op in ops.values())}
+        assert marked == {"/v1/recognize", "/v1/poker-face", "/v1/models", "/v1/limits"} | (
+            {"/metrics"} if metrics_key else set()
+        )
+        for path, operations in spec["paths"].items():
+            for method in operations:
+                keyless = c.request(method.upper(), path)
+                assert (keyless.status_code == 401) == (path in marked), (method, path, keyless.status_code)
+    assert keyed_routers(settings) == ()  # no keys, nothing to protect
 
 
 def test_the_key_is_checked_before_the_body(guarded):
