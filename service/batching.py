@@ -100,6 +100,11 @@ class MicroBatcher:
             raise InternalError(f"the {self.name} batcher finished a job without its result")
         return job.result
 
+    def queued(self) -> int:
+        """Jobs waiting for their batch to start."""
+        with self._cond:
+            return len(self._queue)
+
     def close(self) -> None:
         """Stop the batching thread once the jobs already queued are done."""
         with self._cond:

@@ -109,6 +109,7 @@ def test_client_that_hangs_up_stops_its_work(one_slot_server, slow_images, astro
     url, _ = one_slot_server
     host, port = url.removeprefix("http://").split(":")
     before = _metric(url, "pfvit_requests_abandoned_total", reason="disconnect")
+    images_before = _metric(url, "pfvit_faces_per_image_count")
     boundary = uuid.uuid4().hex
     body = _multipart(slow_images, boundary)
     head = (
@@ -117,8 +118,8 @@ def test_client_that_hangs_up_stops_its_work(one_slot_server, slow_images, astro
     ).encode()
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(head + body)
-        _wait_for(lambda: _metric(url, "pfvit_http_requests_in_flight") >= 2)  # it and this scrape
-        time.sleep(0.2)  # let it get into detection
+        # Hang up once it is in its stages: its first image is through detection.
+        _wait_for(lambda: _metric(url, "pfvit_faces_per_image_count") > images_before)
     # The work stops at its next stage instead of computing all sixteen images for nobody.
     _wait_for(lambda: _metric(url, "pfvit_requests_abandoned_total", reason="disconnect") == before + 1)
     start = time.perf_counter()
@@ -135,7 +136,8 @@ def test_json_log_has_one_line_per_request_without_file_names(one_slot_server, a
         timeout=60,
     )
     assert resp.status_code == 200 and resp.headers["x-request-id"] == "log-check-1"
-    time.sleep(0.3)
+    # The access record is written as the response completes: wait for it, not for a while.
+    _wait_for(lambda: '"log-check-1"' in log_path.read_text())
     text = log_path.read_text()
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert len(records) == len(text.splitlines())  # every line is JSON
@@ -230,10 +232,11 @@ def test_shutdown_has_a_bound(settings, astronaut_rgb):
         # 128 distinct photos: about ten seconds of work on one slot, far past the grace period.
         photos = [encode(np.roll(astronaut_rgb, i * 3, axis=0).copy(), "JPEG", quality=80) for i in range(128)]
         files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
+        images_before = _metric(url, "pfvit_faces_per_image_count")
         client = threading.Thread(target=lambda: _post_quietly(url, files), daemon=True)
         client.start()
-        _wait_for(lambda: _metric(url, "pfvit_http_requests_in_flight") >= 2)
-        time.sleep(0.3)
+        # Terminate once the request is in its stages: its first image is through detection.
+        _wait_for(lambda: _metric(url, "pfvit_faces_per_image_count") > images_before, timeout_s=60)
         start = time.perf_counter()
         proc.terminate()
         proc.wait(timeout=30)
