@@ -35,13 +35,12 @@ from service.vision.mtcnn import (
     session_threads,
     square_boxes,
 )
+from tools.detector_fidelity import FACENET_BOX, FACENET_LANDMARKS, FACENET_SCORE
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "mtcnn"
 
 # facenet_pytorch.MTCNN() (2.6.0, defaults) on tests/fixtures/astronaut.png.
-REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
-REF_SCORE = 0.99999
-REF_LANDMARKS = np.array([[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]])
+REF_BOX, REF_SCORE, REF_LANDMARKS = FACENET_BOX, FACENET_SCORE, FACENET_LANDMARKS
 # Our pyramid is a chained box filter where facenet resizes each level from the full image, so
 # P-Net sees slightly different pixels and the refined boxes move by up to ~2 px (measured
 # 2.0 px on the box, 1.6 px on the landmarks of this 90 px face); the crops fed to R-Net and

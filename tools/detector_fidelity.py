@@ -3,10 +3,11 @@ the aligned face and to the shipped model's answer.
 
     python tools/detector_fidelity.py
 
-facenet-pytorch's box and landmarks are the ones ``tests/test_mtcnn.py`` recorded (2.6.0,
-default settings, 0.1 px). Prints the largest box and landmark differences, the boxes' IoU, how
-far each pixel of the aligned crop (the shipped model's input size) samples the photo apart
-under the two sets of landmarks, and the model's label and probabilities on both crops.
+facenet-pytorch's box and landmarks were recorded once (2.6.0, default settings, 0.1 px);
+``tests/test_mtcnn.py`` checks the detector against the same values. Prints the largest box
+and landmark differences, the boxes' IoU, how far each pixel of the aligned crop (the shipped
+model's input size) samples the photo apart under the two sets of landmarks, and the model's
+label and probabilities on both crops.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from service.models import EmotionModel  # noqa: E402
 from service.vision.align import align_face, estimate_similarity, template_landmarks  # noqa: E402
 from service.vision.imaging import decode_image  # noqa: E402
 from service.vision.mtcnn import MTCNN  # noqa: E402
-from tests.test_mtcnn import REF_BOX, REF_LANDMARKS  # noqa: E402
+
+# facenet_pytorch.MTCNN() (2.6.0, defaults) on tests/fixtures/astronaut.png.
+FACENET_BOX = np.array([181.1, 62.2, 267.7, 172.1])  # x1, y1, x2, y2
+FACENET_SCORE = 0.99999
+FACENET_LANDMARKS = np.array([[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]])
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,18 +56,18 @@ def main() -> int:
     image = decode_image((REPO / "tests" / "fixtures" / "astronaut.png").read_bytes(), max_pixels=10**8)
     (face,) = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=1).detect(image)
     box, landmarks = np.asarray(face.box, np.float64), np.asarray(face.landmarks, np.float64)
-    box_diff = np.abs(box - REF_BOX)
-    landmark_dist = np.linalg.norm(landmarks - REF_LANDMARKS, axis=1)
+    box_diff = np.abs(box - FACENET_BOX)
+    landmark_dist = np.linalg.norm(landmarks - FACENET_LANDMARKS, axis=1)
     print(f"box: largest difference {box_diff.max():.2f} px (x1, y1, x2, y2: {np.round(box_diff, 2).tolist()})")
     print(f"landmarks: largest distance {landmark_dist.max():.2f} px, mean {landmark_dist.mean():.2f} px")
-    print(f"box IoU with facenet-pytorch's: {_iou(box, REF_BOX):.3f}")
+    print(f"box IoU with facenet-pytorch's: {_iou(box, FACENET_BOX):.3f}")
 
     settings = Settings(_env_file=None)
     model = EmotionModel.from_dir(settings.emotion_model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1)
     size = model.input_hw[0]
     ours, _ = align_face(image, landmarks, size)
-    theirs, _ = align_face(image, REF_LANDMARKS, size)
-    shift = _sampling_shift(landmarks, REF_LANDMARKS, size)
+    theirs, _ = align_face(image, FACENET_LANDMARKS, size)
+    shift = _sampling_shift(landmarks, FACENET_LANDMARKS, size)
     print(
         f"aligned {size} px crop: the two alignments sample the photo {shift.max():.2f} px apart at most, "
         f"{shift.mean():.2f} px on average; mean |pixel difference| "
