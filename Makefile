@@ -10,11 +10,12 @@ VENV := .venv-gpu
 endif
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast test-tools bench train-default evaluate-default train-rendered clean help
+.PHONY: serve test test-fast test-tools lint bench train-default evaluate-default train-rendered clean help
 
 help:
 	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
 	@echo "make test             set up $(VENV) with training and test tools and run every test"
+	@echo "make lint             ruff (lint and format check) and mypy, as configured in pyproject.toml"
 	@echo "make test-tools       install promtool, headless chromium and the image tools for the tests (Debian, as root; run by make test)"
 	@echo "make bench            detection vs facenet-pytorch and HTTP throughput on a mixed photo set (docs/benchmarks.md)"
 	@echo "make train-default FERPLUS=DIR     reproduce the shipped default model (FERPlus, docs/datasets.md)"
@@ -66,6 +67,13 @@ test: $(VENV)/.test test-tools
 
 test-fast: $(VENV)/.test test-tools
 	$(BIN)/python -m pytest -m "not slow"
+
+# The lint, format and type gate (settings in pyproject.toml; the tools are pinned in the dev
+# extra). `ruff format` fixes what the format check finds.
+lint: $(VENV)/.test
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m mypy
 
 bench: $(VENV)/.test
 	$(BIN)/python tools/bench_photos.py

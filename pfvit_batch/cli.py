@@ -19,13 +19,20 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pfvit_batch.plan import READ_CPUS, ActorPlan, plan_actors
 from pfvit_client.inputs import Source, add_sampling_arguments, check_sampling, expected_count, sampling, walk
 from pfvit_client.video import is_video
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from service.config import Settings
+    from service.pipeline import DetectOptions
 
 FORMATS = ("jsonl", "parquet")
 
@@ -33,29 +40,66 @@ FORMATS = ("jsonl", "parquet")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="pfvit-batch",
-        description="Emotions of every face in photos, folders and videos, with the service's models running in Ray actors.",
+        description=(
+            "Emotions of every face in photos, folders and videos, with the service's models running in Ray actors."
+        ),
         epilog="Exit status: 0 every input analysed, 1 some could not be, 2 usage error. "
         "Models and detection defaults come from the PFVIT_* settings, as for the service.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH_DIR_OR_GLOB", help="image or video files, folders to walk for them, or glob patterns")
-    p.add_argument("--output", "-o", default="-", metavar="FILE", help="rows go to FILE ('-': JSON lines on stdout; the default)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH_DIR_OR_GLOB",
+        help="image or video files, folders to walk for them, or glob patterns",
+    )
+    p.add_argument(
+        "--output", "-o", default="-", metavar="FILE", help="rows go to FILE ('-': JSON lines on stdout; the default)"
+    )
     p.add_argument("--format", choices=FORMATS, help="jsonl or parquet (default: from the output's suffix, else jsonl)")
     p.add_argument("--poker-face", type=Path, metavar="DIR", help="save each face's poker face as PNG into DIR")
     p.add_argument("--expression-map", type=Path, metavar="DIR", help="save each face's expression map as PNG into DIR")
-    p.add_argument("--max-faces", type=int, metavar="N", help="faces per image at most (PFVIT_DEFAULT_MAX_FACES otherwise)")
+    p.add_argument(
+        "--max-faces", type=int, metavar="N", help="faces per image at most (PFVIT_DEFAULT_MAX_FACES otherwise)"
+    )
     p.add_argument("--min-face-size", type=int, metavar="PX", help="smallest face side in pixels")
     p.add_argument("--threshold", type=float, metavar="P", help="final detection probability threshold")
     add_sampling_arguments(p)
     ray = p.add_argument_group("Ray")
-    ray.add_argument("--address", metavar="ADDR", help="the Ray cluster to run on ('auto': the one this machine belongs to); "
-                     "without it a local Ray instance is started and stopped")  # fmt: skip
-    ray.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the local instance (default: all this process may use)")
-    ray.add_argument("--actors", type=int, metavar="N", help="recognition actors (default: from the cluster's CPUs or GPUs)")
-    ray.add_argument("--threads-per-actor", type=int, default=1, metavar="N", help="detector and ONNX Runtime threads of each actor (default 1)")
-    ray.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G",
-                     help="run the actors on CUDA, each reserving G GPUs (e.g. 0.5: two per GPU); default 0: on the CPU")  # fmt: skip
-    ray.add_argument("--batch-size", type=int, default=16, metavar="N", help="photos or frames per actor call (default 16)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when it is a terminal)")
+    ray.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the Ray cluster to run on ('auto': the one this machine belongs to); "
+        "without it a local Ray instance is started and stopped",
+    )
+    ray.add_argument(
+        "--num-cpus", type=int, metavar="N", help="CPUs of the local instance (default: all this process may use)"
+    )
+    ray.add_argument(
+        "--actors", type=int, metavar="N", help="recognition actors (default: from the cluster's CPUs or GPUs)"
+    )
+    ray.add_argument(
+        "--threads-per-actor",
+        type=int,
+        default=1,
+        metavar="N",
+        help="detector and ONNX Runtime threads of each actor (default 1)",
+    )
+    ray.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="run the actors on CUDA, each reserving G GPUs (e.g. 0.5: two per GPU); default 0: on the CPU",
+    )
+    ray.add_argument(
+        "--batch-size", type=int, default=16, metavar="N", help="photos or frames per actor call (default 16)"
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when it is a terminal)",
+    )
     p.add_argument("--stats-json", type=Path, metavar="FILE", help="write counts and timings (seconds) as JSON to FILE")
     args = p.parse_args(argv)
     check_sampling(p, args)
@@ -93,7 +137,7 @@ def find_inputs(paths: list[str]) -> tuple[list[Source], list[tuple[str, str]]]:
 # --- output ----------------------------------------------------------------------------------
 
 
-def parquet_schema(labels: list[str]):
+def parquet_schema(labels: list[str]) -> pa.Schema:
     """One column per row field; ``box`` and ``probabilities`` as structs (a field per label)."""
     import pyarrow as pa
 
@@ -188,24 +232,35 @@ class Tally:
 def error_row(source: str, error: str) -> dict[str, Any]:
     from pfvit_batch.work import ROW_FIELDS
 
-    return {**dict.fromkeys(ROW_FIELDS), "source": source, "error": error, "poker_face_file": None, "expression_map_file": None}
+    return {
+        **dict.fromkeys(ROW_FIELDS),
+        "source": source,
+        "error": error,
+        "poker_face_file": None,
+        "expression_map_file": None,
+    }
 
 
 # --- the job ---------------------------------------------------------------------------------
 
 
-def job_settings(settings, plan: ActorPlan):
+def job_settings(settings: Settings, plan: ActorPlan) -> Settings:
     """The service's ``settings`` (``PFVIT_*``, as read here) with the actors' providers and threads.
 
     One computing slot and no micro-batching wait: an actor runs one batch at a time.
     """
     return settings.model_copy(
-        update={"providers": plan.providers, "detect_threads": plan.threads, "intra_op_threads": plan.threads,
-                "max_concurrent_inference": 1, "batch_max_wait_ms": 0.0}  # fmt: skip
+        update={
+            "providers": plan.providers,
+            "detect_threads": plan.threads,
+            "intra_op_threads": plan.threads,
+            "max_concurrent_inference": 1,
+            "batch_max_wait_ms": 0.0,
+        }  # fmt: skip
     )
 
 
-def start_ray(args: argparse.Namespace):
+def start_ray(args: argparse.Namespace) -> Any:
     """Connect to ``--address``, or start a local instance. Ray's usage reporting stays off: a
     batch job never calls out of the machine it was started on."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -219,7 +274,7 @@ def start_ray(args: argparse.Namespace):
     return ray
 
 
-def detect_options(settings, args: argparse.Namespace):
+def detect_options(settings: Settings, args: argparse.Namespace) -> DetectOptions:
     """``--max-faces``, ``--min-face-size`` and ``--threshold`` checked and completed as the
     query options of ``/v1/recognize`` are.
 
@@ -228,20 +283,30 @@ def detect_options(settings, args: argparse.Namespace):
     """
     from pydantic import ValidationError
 
-    from service.api.deps import resolve_options
+    from service.api.options import GivenOptions, resolve_options
     from service.api.schemas import JsonDetectOptions
     from service.errors import PFViTError
 
     try:
-        query = JsonDetectOptions(max_faces=args.max_faces, min_face_size=args.min_face_size, threshold=args.threshold)
-        return resolve_options(settings, query, None)
+        # Checked against the bounds of the JSON body's schema, as the service checks them.
+        given = JsonDetectOptions(max_faces=args.max_faces, min_face_size=args.min_face_size, threshold=args.threshold)
+        return resolve_options(settings, GivenOptions.from_body(given)).detect
     except ValidationError as exc:
-        raise ValueError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())) from None
+        raise ValueError(
+            "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        ) from None
     except PFViTError as exc:
         raise ValueError(exc.detail) from None
 
 
-def run_job(args: argparse.Namespace, sources: list[Source], settings, options, emit, stats: dict[str, float]) -> None:
+def run_job(
+    args: argparse.Namespace,
+    sources: list[Source],
+    settings: Settings,
+    options: DetectOptions,
+    emit: Callable[[dict[str, Any], int | None, bool, bytes, bytes], None],
+    stats: dict[str, float],
+) -> None:
     """Every source through the actors; ``emit(row, seq, first, poker_png, map_png)`` per output row, in input order."""
     from functools import partial
 
@@ -253,7 +318,11 @@ def run_job(args: argparse.Namespace, sources: list[Source], settings, options, 
         stats["ray_start_s"] = time.perf_counter() - start
         resources = ray.cluster_resources()
         plan = plan_actors(
-            resources.get("CPU", 0.0), resources.get("GPU", 0.0), actors=args.actors, threads=args.threads_per_actor, gpus_per_actor=args.gpus_per_actor
+            resources.get("CPU", 0.0),
+            resources.get("GPU", 0.0),
+            actors=args.actors,
+            threads=args.threads_per_actor,
+            gpus_per_actor=args.gpus_per_actor,
         )
         settings = job_settings(settings, plan)
         wanted = Wanted(poker_face=args.poker_face is not None, expression_map=args.expression_map is not None)
@@ -299,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pfvit-batch: {exc}", file=sys.stderr)
         return 2
     if (args.poker_face or args.expression_map) and POKER_FACE_GRAPH not in card.graphs:
-        print(f"pfvit-batch: model {card.name!r} ships no poker-face graph; run without --poker-face and --expression-map", file=sys.stderr)
+        print(
+            f"pfvit-batch: model {card.name!r} ships no poker-face graph; run without --poker-face and "
+            "--expression-map",
+            file=sys.stderr,
+        )
         return 2
     sources, missing = find_inputs(args.paths)
     for folder in (args.poker_face, args.expression_map):
@@ -310,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     tally = Tally()
     from tqdm import tqdm
 
-    bar = tqdm(total=expected_count(sources, args), unit="img", disable=None if args.progress is None else not args.progress, file=sys.stderr)
+    bar = tqdm(
+        total=expected_count(sources, args),
+        unit="img",
+        disable=None if args.progress is None else not args.progress,
+        file=sys.stderr,
+    )
 
     def emit(row: dict[str, Any], seq: int | None, first: bool, poker: bytes, emap: bytes) -> None:
         stem = None
@@ -335,7 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bar.close()
         sink.close()
-    stats.update(wall_s=time.perf_counter() - start, images=tally.images, frames=tally.frames, faces=tally.faces, errors=len(tally.failures))
+    stats.update(
+        wall_s=time.perf_counter() - start,
+        images=tally.images,
+        frames=tally.frames,
+        faces=tally.faces,
+        errors=len(tally.failures),
+    )
     if args.stats_json is not None:
         args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     if tally.failures:

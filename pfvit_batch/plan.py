@@ -36,7 +36,9 @@ def spare_cpus(cpus: float) -> float:
     return max(1.0, cpus / 10.0)
 
 
-def plan_actors(cpus: float, gpus: float = 0.0, *, actors: int | None = None, threads: int = 1, gpus_per_actor: float = 0.0) -> ActorPlan:
+def plan_actors(
+    cpus: float, gpus: float = 0.0, *, actors: int | None = None, threads: int = 1, gpus_per_actor: float = 0.0
+) -> ActorPlan:
     """The actor pool for a cluster of ``cpus`` logical CPUs and ``gpus`` GPUs.
 
     On the CPU: one actor per ``threads`` CPUs (each runs its images one at a time, on

@@ -16,12 +16,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from pfvit_client.video import sample_frames
+
+if TYPE_CHECKING:
+    from service.config import Settings
+    from service.pipeline import DetectOptions
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -47,7 +51,17 @@ def _item(seq: int, source: str, *, sub: int = 0, frame: int = -1, time_s: float
     ``seq`` is the input file's position, ``sub`` the frame's among its video's samples (0 for
     a photo); ``frame`` is -1 and ``time_s`` NaN for a photo.
     """
-    return {"seq": seq, "sub": sub, "source": source, "frame": frame, "time_s": time_s, "data": data, "height": height, "width": width, "error": error}
+    return {
+        "seq": seq,
+        "sub": sub,
+        "source": source,
+        "frame": frame,
+        "time_s": time_s,
+        "data": data,
+        "height": height,
+        "width": width,
+        "error": error,
+    }
 
 
 def read_items(source: dict[str, Any], *, every: int | None, fps: float | None) -> list[dict[str, Any]]:
@@ -66,7 +80,18 @@ def read_items(source: dict[str, Any], *, every: int | None, fps: float | None) 
     try:
         for sub, frame in enumerate(sample_frames(path, every=every, fps=fps)):
             h, w = frame.image.shape[:2]
-            items.append(_item(seq, path, sub=sub, frame=frame.index, time_s=frame.time_s, data=frame.image.tobytes(), height=h, width=w))
+            items.append(
+                _item(
+                    seq,
+                    path,
+                    sub=sub,
+                    frame=frame.index,
+                    time_s=frame.time_s,
+                    data=frame.image.tobytes(),
+                    height=h,
+                    width=w,
+                )
+            )
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         items.append(_item(seq, path, sub=len(items), error=f"cannot decode the video: {exc}"))
     return items
@@ -89,7 +114,7 @@ class Recognizer:
         wanted: the pictures to return besides the rows.
     """
 
-    def __init__(self, settings, options, wanted: Wanted) -> None:
+    def __init__(self, settings: Settings, options: DetectOptions, wanted: Wanted) -> None:
         from service.state import ServiceState
 
         logging.getLogger("service").setLevel(logging.WARNING)
@@ -113,7 +138,7 @@ class Recognizer:
 
     # --- one batch through the service's pipeline -----------------------------------------
 
-    def _recognise(self, items: list[dict[str, Any]]) -> list[list[tuple[dict, bytes, bytes]]]:
+    def _recognise(self, items: list[dict[str, Any]]) -> list[list[tuple[dict[str, Any], bytes, bytes]]]:
         """Rows of every item: the whole batch in one pipeline run (its faces in one batch per
         graph, as one request's are); when one image is refused, each image alone, so that
         only the bad one becomes an error row."""
@@ -131,7 +156,7 @@ class Recognizer:
             answers += self._recognise([item])
         return answers
 
-    def _run(self, items: list[dict[str, Any]]) -> list[list[tuple[dict, bytes, bytes]]]:
+    def _run(self, items: list[dict[str, Any]]) -> list[list[tuple[dict[str, Any], bytes, bytes]]]:
         from service.api.analysis import recognized_faces
         from service.pipeline import StageTimer
         from service.vision.expression_map import expression_map_pngs
@@ -140,13 +165,26 @@ class Recognizer:
         images = [_pixels(item) for item in items]
         generate = self.wanted.poker_face or self.wanted.expression_map
         results = self.pipeline.run(
-            images, self.options, StageTimer(), recognise=True, poker_face=generate, names=[Path(i["source"]).name for i in items]
+            images,
+            self.options,
+            StageTimer(),
+            recognise=True,
+            poker_face=generate,
+            names=[Path(i["source"]).name for i in items],
         )
         labels = self.pipeline.model.labels
         answers = []
         for item, result in zip(items, results):
-            pokers = [encode_png(p) for p in result.poker_faces] if self.wanted.poker_face and result.poker_faces is not None else []
-            maps = expression_map_pngs([f.aligned for f in result.faces], result.poker_faces) if self.wanted.expression_map else []
+            pokers = (
+                [encode_png(p) for p in result.poker_faces]
+                if self.wanted.poker_face and result.poker_faces is not None
+                else []
+            )
+            maps = (
+                expression_map_pngs([f.aligned for f in result.faces], result.poker_faces)
+                if self.wanted.expression_map
+                else []
+            )
             rows = []
             for k, face in enumerate(recognized_faces(result, labels)):
                 fields = face.model_dump(include={"box", "score", "landmarks", "label", "probabilities", "logits"})
@@ -159,7 +197,11 @@ class Recognizer:
     def _row(item: dict[str, Any], **fields: Any) -> dict[str, Any]:
         row = dict.fromkeys(ROW_FIELDS)
         video = item["frame"] >= 0
-        row.update(source=item["source"], frame=item["frame"] if video else None, time_s=round(item["time_s"], 4) if video else None)
+        row.update(
+            source=item["source"],
+            frame=item["frame"] if video else None,
+            time_s=round(item["time_s"], 4) if video else None,
+        )
         row.update(fields)
         row["error"] = fields.get("error") or None
         return row
@@ -169,5 +211,5 @@ def _pixels(item: dict[str, Any]) -> bytes | np.ndarray:
     """A photo's file bytes as they are (decoded by the pipeline, like an upload); a frame's
     pixels as the ``(H, W, 3) uint8`` RGB array they were decoded to."""
     if not item["height"]:
-        return item["data"]
+        return bytes(item["data"])
     return np.frombuffer(item["data"], np.uint8).reshape(item["height"], item["width"], 3)

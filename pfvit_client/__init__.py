@@ -12,4 +12,14 @@ own code or torch, so it installs anywhere:
 from pfvit_client.client import AsyncPFViTClient, PFViTClient, ServiceError
 from pfvit_client.types import Box, Face, ImageResult, Limits, ModelRef, Problem
 
-__all__ = ["AsyncPFViTClient", "Box", "Face", "ImageResult", "Limits", "ModelRef", "PFViTClient", "Problem", "ServiceError"]
+__all__ = [
+    "AsyncPFViTClient",
+    "Box",
+    "Face",
+    "ImageResult",
+    "Limits",
+    "ModelRef",
+    "PFViTClient",
+    "Problem",
+    "ServiceError",
+]

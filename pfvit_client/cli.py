@@ -39,16 +39,40 @@ class RowWriter:
         self.stream = stream
         self.kind = kind
         self.labels: list[str] | None = None
-        self._csv: csv.DictWriter | None = None
+        self._csv: csv.DictWriter[str] | None = None
 
     def write(self, result: ImageResult, source: str, frame: int | None = None, time_s: float | None = None) -> None:
         base = {"source": source, "frame": frame, "time_s": None if time_s is None else round(time_s, 4)}
         rows: list[dict[str, Any]] = []
         for k, face in enumerate(result.faces):
             b = face.box
-            rows.append({**base, "face": k, "label": face.label, "score": face.score, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "probabilities": face.probabilities})
+            rows.append(
+                {
+                    **base,
+                    "face": k,
+                    "label": face.label,
+                    "score": face.score,
+                    "x1": b.x1,
+                    "y1": b.y1,
+                    "x2": b.x2,
+                    "y2": b.y2,
+                    "probabilities": face.probabilities,
+                }
+            )
         if not rows:
-            rows.append({**base, "face": None, "label": None, "score": None, "x1": None, "y1": None, "x2": None, "y2": None, "probabilities": {}})
+            rows.append(
+                {
+                    **base,
+                    "face": None,
+                    "label": None,
+                    "score": None,
+                    "x1": None,
+                    "y1": None,
+                    "x2": None,
+                    "y2": None,
+                    "probabilities": {},
+                }
+            )
         for row in rows:
             if self.kind == "jsonl":
                 self.stream.write(json.dumps(row) + "\n")
@@ -58,7 +82,12 @@ class RowWriter:
                 self._csv = csv.DictWriter(self.stream, fieldnames=BASE_COLUMNS + self.labels, extrasaction="ignore")
                 self._csv.writeheader()
             probs = row.pop("probabilities")
-            self._csv.writerow({**{k: "" if v is None else v for k, v in row.items()}, **{label: probs.get(label, "") for label in self.labels or []}})
+            self._csv.writerow(
+                {
+                    **{k: "" if v is None else v for k, v in row.items()},
+                    **{label: probs.get(label, "") for label in self.labels or []},
+                }
+            )
         self.stream.flush()
 
 
@@ -74,11 +103,16 @@ class Run:
 
     def save_pictures(self, result: ImageResult, stem: str) -> None:
         for k, face in enumerate(result.faces):
-            for folder, data, kind in ((self.args.poker_face, face.poker_face_png, "poker"), (self.args.expression_map, face.expression_map_png, "map")):
+            for folder, data, kind in (
+                (self.args.poker_face, face.poker_face_png, "poker"),
+                (self.args.expression_map, face.expression_map_png, "map"),
+            ):
                 if folder is not None and data is not None:
                     (folder / f"{stem}.face{k}.{kind}.png").write_bytes(data)
 
-    def take(self, result: ImageResult, source: str, stem: str, frame: int | None = None, time_s: float | None = None) -> None:
+    def take(
+        self, result: ImageResult, source: str, stem: str, frame: int | None = None, time_s: float | None = None
+    ) -> None:
         self.advance(1)
         if not result.ok:
             self.failures.append((source if frame is None else f"{source} frame {frame}", str(result.error)))
@@ -101,17 +135,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("paths", nargs="+", metavar="PATH_OR_DIR", help="image or video files, or folders to walk for them")
     p.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--jsonl", metavar="FILE", help="write one JSON object per face to FILE ('-': stdout; the default)")
-    out.add_argument("--csv", metavar="FILE", help="write one CSV row per face to FILE ('-': stdout), a column per label")
+    out.add_argument(
+        "--jsonl", metavar="FILE", help="write one JSON object per face to FILE ('-': stdout; the default)"
+    )
+    out.add_argument(
+        "--csv", metavar="FILE", help="write one CSV row per face to FILE ('-': stdout), a column per label"
+    )
     p.add_argument("--poker-face", type=Path, metavar="DIR", help="save each face's poker face as PNG into DIR")
     p.add_argument("--expression-map", type=Path, metavar="DIR", help="save each face's expression map as PNG into DIR")
     p.add_argument("--concurrency", type=int, default=2, metavar="N", help="requests in flight at once (default 2)")
-    p.add_argument("--max-faces", type=int, metavar="N", help="faces per image at most (the service's default otherwise)")
+    p.add_argument(
+        "--max-faces", type=int, metavar="N", help="faces per image at most (the service's default otherwise)"
+    )
     p.add_argument("--min-face-size", type=int, metavar="PX", help="smallest face side in pixels")
     add_sampling_arguments(p)
-    p.add_argument("--annotate", type=Path, metavar="DIR", help="videos: write a copy with boxes and labels drawn into DIR")
+    p.add_argument(
+        "--annotate", type=Path, metavar="DIR", help="videos: write a copy with boxes and labels drawn into DIR"
+    )
     p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds per request (default 120)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when it is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when it is a terminal)",
+    )
     args = p.parse_args(argv)
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
@@ -159,7 +206,10 @@ async def run_video(client: AsyncPFViTClient, run: Run, source: Source, options:
         run.take(result, str(source.path), f"{source.name}.frame{index:06d}", frame=index, time_s=time_s)
         if result.ok and args.annotate is not None:
             # Only boxes and labels are drawn: keep no pictures for the whole video.
-            faces = tuple(dataclasses.replace(f, poker_face_png=None, expression_map_png=None, aligned_face_png=None) for f in result.faces)
+            faces = tuple(
+                dataclasses.replace(f, poker_face_png=None, expression_map_png=None, aligned_face_png=None)
+                for f in result.faces
+            )
             per_frame[index] = dataclasses.replace(result, faces=faces)
     if args.annotate is not None:
         write_annotated(source.path, args.annotate / f"{source.name}.annotated.mp4", per_frame)
@@ -197,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="img", disable=None if args.progress is None else not args.progress, file=sys.stderr)
-    run = Run(args=args, writer=RowWriter(stream, "csv" if args.csv is not None else "jsonl"), advance=bar.update, failures=list(missing))
+    run = Run(
+        args=args,
+        writer=RowWriter(stream, "csv" if args.csv is not None else "jsonl"),
+        advance=bar.update,
+        failures=list(missing),
+    )
     code = 0
     try:
         asyncio.run(run_all(args, sources, run))
@@ -221,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
         return code or 1
     print(summary, file=sys.stderr)
     return code
-
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,11 +27,17 @@ from pfvit_client.types import Box, Face, ImageResult, Limits, ModelRef, Problem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # An input is a file path, an (H, W, 3) uint8 RGB array, or encoded image bytes.
-ImageInput = Union[str, os.PathLike, np.ndarray, bytes]
+ImageInput = str | os.PathLike[str] | np.ndarray | bytes
 
 MULTIPART_OVERHEAD_BYTES = 512  # per file part: boundary and headers, generously
 RETRY_STATUSES = (503,)
 # Answers about the request as a whole, never about one image: no input would fare better alone.
+# Problem types about the service or the request as a whole (its key, route, Accept header or
+# options): no image on its own would fare better, so the client stops with ServiceError.
+SERVICE_LEVEL_TYPES = frozenset(
+    {"unauthorized", "not-found", "method-not-allowed", "not-acceptable", "capability-missing", "validation-error"}
+)
+# The same for an answer without a problem type of ours (a proxy's, say): by its status.
 SERVICE_LEVEL_STATUSES = (401, 403, 404, 405, 406)
 
 
@@ -61,7 +67,7 @@ class _Item:
         return len(self.data)
 
 
-def _prepare_all(inputs: Iterable[ImageInput], metas: Iterable[dict[str, Any]] | None) -> Iterator["_Item | ImageResult"]:
+def _prepare_all(inputs: Iterable[ImageInput], metas: Iterable[dict[str, Any]] | None) -> Iterator[_Item | ImageResult]:
     """Every input read lazily, with its caller's metadata (if given) alongside."""
     meta_iter = iter(metas) if metas is not None else None
     return (_prepare(i, v, next(meta_iter) if meta_iter else None) for i, v in enumerate(inputs))
@@ -77,7 +83,9 @@ def _prepare(index: int, value: ImageInput, meta: dict[str, Any] | None = None) 
         try:
             data = encode_array(value)
         except ValueError as exc:
-            return ImageResult(index=index, source=f"array[{index}]", error=Problem(0, "Not an image array", str(exc)), meta=meta)
+            return ImageResult(
+                index=index, source=f"array[{index}]", error=Problem(0, "Not an image array", str(exc)), meta=meta
+            )
         return _Item(index, f"array[{index}]", data, meta)
     if isinstance(value, (bytes, bytearray)):
         return _Item(index, f"bytes[{index}]", bytes(value), meta)
@@ -101,7 +109,9 @@ def _chunks(items: Iterable[_Item | ImageResult], limits: Limits) -> Iterator[li
         cost = item.size + MULTIPART_OVERHEAD_BYTES
         if cost > budget:
             detail = f"{item.size} bytes; the service takes at most {limits.max_upload_bytes} bytes per request"
-            yield ImageResult(index=item.index, source=item.source, error=Problem(413, "Upload too large", detail), meta=item.meta)
+            yield ImageResult(
+                index=item.index, source=item.source, error=Problem(413, "Upload too large", detail), meta=item.meta
+            )
             continue
         if chunk and (len(chunk) >= limits.max_images or used + cost > budget):
             yield chunk
@@ -206,19 +216,26 @@ def _after(chunk: list[_Item], response: httpx.Response) -> _Step:
     if response.status_code == 200:
         return _Step(_results(chunk, response.json()), [])
     problem = _problem(response)
-    if response.status_code in SERVICE_LEVEL_STATUSES:
+    if problem.slug in SERVICE_LEVEL_TYPES or (not problem.slug and response.status_code in SERVICE_LEVEL_STATUSES):
         raise ServiceError(f"{response.request.url} answered {response.status_code}: {problem}")
     try:
-        bad = int(response.json().get("image_index"))
-    except (ValueError, TypeError, AttributeError):
+        body = response.json()
+        bad = int(body["image_index"])
+    except (ValueError, TypeError, KeyError):
         bad = None
     if bad is not None and 0 <= bad < len(chunk):
         culprit = chunk[bad]
-        # The service names the image with its position in the request; say it with the file's name.
-        detail = problem.detail.split("): ", 1)[1] if problem.detail.startswith(f"image {bad} (") and "): " in problem.detail else problem.detail
-        error = Problem(problem.status, problem.title, detail, problem.type)
+        # The detail names the image by its position in this request; the result names it by
+        # its source already, so it carries what is wrong with it alone.
+        detail = body.get("image_detail")
+        error = Problem(
+            problem.status, problem.title, detail if isinstance(detail, str) else problem.detail, problem.type
+        )
         rest = chunk[:bad] + chunk[bad + 1 :]
-        return _Step([ImageResult(index=culprit.index, source=culprit.source, error=error, meta=culprit.meta)], [rest] if rest else [])
+        return _Step(
+            [ImageResult(index=culprit.index, source=culprit.source, error=error, meta=culprit.meta)],
+            [rest] if rest else [],
+        )
     if len(chunk) > 1:  # refused as a whole without naming an image: send them one by one
         return _Step([], [[item] for item in chunk])
     item = chunk[0]
@@ -245,7 +262,15 @@ class _Base:
         self._limits: Limits | None = None
 
     @staticmethod
-    def _params(max_faces: int | None, min_face_size: int | None, threshold: float | None, aligned: bool, poker_face: bool, expression_map: bool, aligned_face: bool) -> dict[str, str]:
+    def _params(
+        max_faces: int | None,
+        min_face_size: int | None,
+        threshold: float | None,
+        aligned: bool,
+        poker_face: bool,
+        expression_map: bool,
+        aligned_face: bool,
+    ) -> dict[str, str]:
         params = {
             "max_faces": max_faces,
             "min_face_size": min_face_size,
@@ -259,10 +284,15 @@ class _Base:
 
     @staticmethod
     def _files(chunk: list[_Item]) -> list[tuple[str, tuple[str, bytes, str]]]:
-        return [("images", (Path(item.source).name or f"image{item.index}", item.data, "application/octet-stream")) for item in chunk]
+        return [
+            ("images", (Path(item.source).name or f"image{item.index}", item.data, "application/octet-stream"))
+            for item in chunk
+        ]
 
     def _give_up(self, response: httpx.Response) -> ServiceError:
-        return ServiceError(f"{self.url} kept answering {response.status_code} after {self.max_retries} retries: {_problem(response)}")
+        return ServiceError(
+            f"{self.url} kept answering {response.status_code} after {self.max_retries} retries: {_problem(response)}"
+        )
 
 
 class PFViTClient(_Base):
@@ -275,9 +305,13 @@ class PFViTClient(_Base):
 
     def __init__(self, url: str = DEFAULT_URL, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self._http = httpx.Client(base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport)
+        if not (self._transport is None or isinstance(self._transport, httpx.BaseTransport)):
+            raise TypeError("PFViTClient needs a synchronous httpx transport (httpx.BaseTransport)")
+        self._http = httpx.Client(
+            base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
+        )
 
-    def __enter__(self) -> "PFViTClient":
+    def __enter__(self) -> PFViTClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -294,7 +328,8 @@ class PFViTClient(_Base):
     def models(self) -> dict[str, Any]:
         response = self._http.get("/v1/models")
         response.raise_for_status()
-        return response.json()
+        models: dict[str, Any] = response.json()
+        return models
 
     def _post(self, chunk: list[_Item], params: dict[str, str]) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
@@ -344,9 +379,13 @@ class AsyncPFViTClient(_Base):
     def __init__(self, url: str = DEFAULT_URL, *, concurrency: int = 2, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.concurrency = max(1, concurrency)
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport)
+        if not (self._transport is None or isinstance(self._transport, httpx.AsyncBaseTransport)):
+            raise TypeError("AsyncPFViTClient needs an asynchronous httpx transport (httpx.AsyncBaseTransport)")
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=self.timeout_s, headers=self.headers, transport=self._transport
+        )
 
-    async def __aenter__(self) -> "AsyncPFViTClient":
+    async def __aenter__(self) -> AsyncPFViTClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -363,7 +402,8 @@ class AsyncPFViTClient(_Base):
     async def models(self) -> dict[str, Any]:
         response = await self._http.get("/v1/models")
         response.raise_for_status()
-        return response.json()
+        models: dict[str, Any] = response.json()
+        return models
 
     async def _post(self, chunk: list[_Item], params: dict[str, str]) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
@@ -425,4 +465,3 @@ class AsyncPFViTClient(_Base):
         if isinstance(inputs, (str, os.PathLike, np.ndarray, bytes)):
             inputs = [inputs]
         return sorted([r async for r in self.iter_recognize(inputs, **options)], key=lambda r: r.index)
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from pfvit_client.video import estimated_samples, is_video
 
@@ -32,7 +33,9 @@ def walk(paths: list[str]) -> tuple[list[Source], list[tuple[str, str]]]:
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
                 if child.suffix.lower() in IMAGE_SUFFIXES or is_video(child):
                     rel = child.relative_to(path).with_suffix("")
-                    found.append(Source(child, f"{path.name}__{'__'.join(rel.parts)}" if path.name else "__".join(rel.parts)))
+                    found.append(
+                        Source(child, f"{path.name}__{'__'.join(rel.parts)}" if path.name else "__".join(rel.parts))
+                    )
         elif path.exists():
             found.append(Source(path, path.stem))
         else:
@@ -44,7 +47,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """``--every N`` or ``--fps F`` (one of them; about one frame a second when neither is given)."""
     sampling = parser.add_mutually_exclusive_group()
     sampling.add_argument("--every", type=int, metavar="N", help="videos: analyse every N-th frame")
-    sampling.add_argument("--fps", type=float, metavar="F", help="videos: analyse about F frames per second (default 1)")
+    sampling.add_argument(
+        "--fps", type=float, metavar="F", help="videos: analyse about F frames per second (default 1)"
+    )
 
 
 def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -57,7 +62,14 @@ def check_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         args.fps = 1.0
 
 
-def sampling(args: argparse.Namespace) -> dict[str, int | float | None]:
+class Sampling(TypedDict):
+    """``sample_frames``' keyword arguments."""
+
+    every: int | None
+    fps: float | None
+
+
+def sampling(args: argparse.Namespace) -> Sampling:
     """``sample_frames``' keyword arguments for the checked ``args``."""
     return {"every": args.every, "fps": None if args.every else args.fps}
 

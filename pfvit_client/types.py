@@ -49,6 +49,11 @@ class Problem:
     detail: str
     type: str = "about:blank"
 
+    @property
+    def slug(self) -> str:
+        """The problem type's last segment (``invalid-image``); empty for ``about:blank``."""
+        return "" if self.type == "about:blank" else self.type.rstrip("/").rsplit("/", 1)[-1]
+
     def __str__(self) -> str:
         return f"{self.title}: {self.detail}" if self.detail else self.title
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pfvit_client.types import ImageResult
+
+if TYPE_CHECKING:
+    import av
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv"}
 
@@ -28,7 +32,7 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
 
 
-def _frame_time(frame, index: int, rate: float) -> float:
+def _frame_time(frame: av.VideoFrame, index: int, rate: float) -> float:
     return float(frame.time) if frame.time is not None else index / rate
 
 
@@ -52,6 +56,7 @@ def sample_frames(path: str | Path, *, every: int | None = None, fps: float | No
         stream = container.streams.video[0]
         rate = float(stream.average_rate or 25)
         next_time = 0.0
+        step_s = 1.0 / fps if fps is not None else 0.0
         for index, frame in enumerate(container.decode(stream)):
             t = _frame_time(frame, index, rate)
             if every is not None:
@@ -59,7 +64,7 @@ def sample_frames(path: str | Path, *, every: int | None = None, fps: float | No
             else:
                 keep = t + 1e-6 >= next_time
                 if keep:
-                    next_time += 1.0 / fps  # type: ignore[operator]
+                    next_time += step_s
             if keep:
                 yield Frame(index, t, frame.to_ndarray(format="rgb24"))
 

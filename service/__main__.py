@@ -8,8 +8,9 @@ import shutil
 import sys
 import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -36,7 +37,9 @@ def settings_help() -> str:
         head = f"  PFVIT_{name.upper()} (default: {default})"
         lines.append(head)
         if field.description:
-            lines.extend(textwrap.wrap(field.description, width=96, initial_indent="      ", subsequent_indent="      "))
+            lines.extend(
+                textwrap.wrap(field.description, width=96, initial_indent="      ", subsequent_indent="      ")
+            )
     return "\n".join(lines)
 
 
@@ -51,8 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", help=f"interface to listen on (PFVIT_HOST; default {Settings.model_fields['host'].default})")
-    parser.add_argument("--port", type=_port, help=f"port (PFVIT_PORT; default {Settings.model_fields['port'].default})")
+    parser.add_argument(
+        "--host", help=f"interface to listen on (PFVIT_HOST; default {Settings.model_fields['host'].default})"
+    )
+    parser.add_argument(
+        "--port", type=_port, help=f"port (PFVIT_PORT; default {Settings.model_fields['port'].default})"
+    )
     return parser.parse_args(argv)
 
 
@@ -119,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _uvicorn_config(app, settings: Settings, log_config: dict | None, **kwargs) -> ServiceConfig:
+def _uvicorn_config(
+    app: Callable[..., Any] | str, settings: Settings, log_config: dict[str, Any] | None, **kwargs: Any
+) -> ServiceConfig:
     return ServiceConfig(
         app,
         host=settings.host,
@@ -146,13 +155,14 @@ def _uvicorn_config(app, settings: Settings, log_config: dict | None, **kwargs) 
     )
 
 
-def _serve_workers(settings: Settings, overrides: dict, log_config: dict | None) -> int:
+def _serve_workers(settings: Settings, overrides: dict[str, Any], log_config: dict[str, Any] | None) -> int:
     """``PFVIT_WORKERS`` > 1: uvicorn's supervisor runs that many processes on one socket,
     each building its app (and loading its own models) with ``service.app:worker_app``.
 
     The workers read their settings from the environment, so the command-line overrides go
     there; they share their metrics through a fresh folder (``PROMETHEUS_MULTIPROC_DIR``),
-    removed at exit, where a worker that dies has its live gauges cleared by the supervisor. A model fault in any worker stops them all and exits with status 2.
+    removed at exit, where a worker that dies has its live gauges cleared by the supervisor. A
+    model fault in any worker stops them all and exits with status 2.
     """
     from service.app import WORKER_FATAL_FILE_ENV
     from service.server import WorkerSupervisor

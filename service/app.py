@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from starlette.routing import Route
 
 from service import __version__, metrics
 from service.api.deps import require_api_key
@@ -49,7 +50,32 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(settings: Settings | None = None, *, state: ServiceState | None = None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+# Every API router, in the order they are routed. Liveness and readiness (system.router) are
+# never behind a key: orchestrators probe them.
+ROUTERS: tuple[APIRouter, ...] = (
+    recognize.router,
+    poker_face.router,
+    system.models_router,
+    limits.router,
+    system.router,
+    system.metrics_router,
+)
+
+
+def keyed_routers(settings: Settings) -> tuple[APIRouter, ...]:
+    """The routers whose routes need one of ``PFVIT_API_KEYS`` (none when no key is set)."""
+    if not settings.api_keys:
+        return ()
+    keyed = (recognize.router, poker_face.router, system.models_router, limits.router)
+    return (*keyed, system.metrics_router) if settings.metrics_require_key else keyed
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    state: ServiceState | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
     """Build the app.
 
     Args:
@@ -95,22 +121,19 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
         redirect_slashes=False,
     )
     app.state.settings = settings
+    # What the framework routed before any router of ours: the OpenAPI document and the docs
+    # pages (their files are the /docs-assets mount).
+    docs_routes = {route.path for route in app.routes if isinstance(route, Route)}
     install_problem_handlers(app)
 
-    secured: list[Any] = [Depends(require_api_key)] if settings.api_keys else []
-    app.include_router(recognize.router, dependencies=secured)
-    app.include_router(poker_face.router, dependencies=secured)
-    app.include_router(system.models_router, dependencies=secured)
-    app.include_router(limits.router, dependencies=secured)
-    app.include_router(system.router)  # liveness and readiness: always open, for orchestrators
-    app.include_router(system.metrics_router, dependencies=secured if settings.metrics_require_key else [])
+    keyed = keyed_routers(settings)
+    secured: list[Any] = [Depends(require_api_key)]
+    for router in ROUTERS:
+        app.include_router(router, dependencies=secured if router in keyed else [])
     install_demo_page(app, settings)
-    secured_paths: set[str] = set()
-    docs_paths: set[str] = set()
-    if settings.api_keys:
-        secured_paths = {"/v1/recognize", "/v1/poker-face", "/v1/models", "/v1/limits"} | ({"/metrics"} if settings.metrics_require_key else set())
-        if settings.docs_require_key:
-            docs_paths = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    # The middleware checks the key of these before reading a body; the OpenAPI document marks them.
+    secured_paths = {route.path for router in keyed for route in router.routes if isinstance(route, APIRoute)}
+    docs_paths = docs_routes if settings.api_keys and settings.docs_require_key else set()
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

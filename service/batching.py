@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
+from service.errors import InternalError
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,14 @@ class MicroBatcher:
         job.done.wait()
         if job.error is not None:
             raise job.error
-        assert job.result is not None
+        if job.result is None:
+            raise InternalError(f"the {self.name} batcher finished a job without its result")
         return job.result
+
+    def queued(self) -> int:
+        """Jobs waiting for their batch to start."""
+        with self._cond:
+            return len(self._queue)
 
     def close(self) -> None:
         """Stop the batching thread once the jobs already queued are done."""

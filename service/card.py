@@ -93,7 +93,7 @@ class ModelCard:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         try:
             graphs = {
                 gname: GraphSpec(
@@ -131,7 +131,9 @@ class ModelCard:
             raise ModelLoadError(f"card {self.name!r} names no graph")
         for gname, graph in self.graphs.items():
             if graph.precision not in PRECISIONS:
-                raise ModelLoadError(f"card {self.name!r}: graph {gname!r} has precision {graph.precision!r}, not one of {PRECISIONS}")
+                raise ModelLoadError(
+                    f"card {self.name!r}: graph {gname!r} has precision {graph.precision!r}, not one of {PRECISIONS}"
+                )
         if self.kind == "emotion":
             if RECOGNITION_GRAPH not in self.graphs:
                 raise ModelLoadError(f"emotion card {self.name!r} has no {RECOGNITION_GRAPH!r} graph")
@@ -176,9 +178,7 @@ def verify_files(card: ModelCard, model_dir: str | Path) -> dict[str, Path]:
             raise ModelLoadError(f"model {card.name!r}: graph {gname!r} file {path} is missing")
         actual = sha256_file(path)
         if actual != graph.sha256:
-            raise ModelLoadError(
-                f"model {card.name!r}: {path.name} has sha256 {actual}, card says {graph.sha256}"
-            )
+            raise ModelLoadError(f"model {card.name!r}: {path.name} has sha256 {actual}, card says {graph.sha256}")
         paths[gname] = path
     return paths
 

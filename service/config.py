@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, DEFAULT_THRESHOLDS, MIN_FACE_SIZE_FLOOR
@@ -70,15 +70,19 @@ class Settings(BaseSettings):
         "", description="TensorRT: folder where built engines are kept across restarts (empty: rebuilt at every start)."
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime threads per session; 0 lets it decide. The detector's sessions take 1 while "
-        "detect_threads is above 1."
+        0,
+        ge=0,
+        description="ONNX Runtime threads per session; 0 lets it decide. The detector's sessions take 1 while "
+        "detect_threads is above 1.",
     )
     warmup_runs: int = Field(2, ge=0, le=100)
     max_inference_batch: int = Field(64, ge=1, le=4096, description="Faces per ONNX Runtime call at most.")
     max_concurrent_inference: int = Field(
-        0, ge=0, le=64,
-        description="Requests computing at once; others queue. 0: two when the sessions run on the CPU (their detections "
-        "share the detector's threads; docs/benchmarks.md has the measurements), four on CUDA.",
+        0,
+        ge=0,
+        le=64,
+        description="Requests computing at once; others queue. 0: two when the sessions run on the CPU (their "
+        "detections share the detector's threads; docs/benchmarks.md has the measurements), four on CUDA.",
     )
 
     detect_threads: int = Field(
@@ -97,7 +101,7 @@ class Settings(BaseSettings):
     max_faces_limit: int = Field(100, ge=1, le=1000, description="Largest max_faces a client may ask for.")
 
     # --- detection defaults (clients may override per request); the detector's own by default
-    default_max_faces: int = Field(20, ge=1)
+    default_max_faces: int = Field(20, ge=1, description="At most PFVIT_MAX_FACES_LIMIT.")
     default_min_face_size: int = Field(DEFAULT_MIN_FACE_SIZE, ge=MIN_FACE_SIZE_FLOOR, description="Pixels.")
     default_detection_threshold: float = Field(
         DEFAULT_THRESHOLDS[2], gt=0.0, lt=1.0, description="Final (O-Net) face probability."
@@ -127,7 +131,9 @@ class Settings(BaseSettings):
 
     # --- bounded work, queue and connections
     max_request_pixels: int = Field(
-        64_000_000, ge=1024, description="Pixels of all images of one request together, read from their headers (413 above)."
+        64_000_000,
+        ge=1024,
+        description="Pixels of all images of one request together, read from their headers (413 above).",
     )
     request_timeout_s: float = Field(
         30.0, gt=0.0, le=3600.0, description="Deadline of one analysis request, queue wait included (504 after it)."
@@ -135,11 +141,18 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         8, ge=0, le=10_000, description="Requests waiting for a computing slot at most; beyond it 503 with Retry-After."
     )
-    retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After sent with 503 answers (queue full, not ready).")
-    header_timeout_s: float = Field(
-        10.0, gt=0.0, le=600.0, description="Time a connection has to send a request's headers; closed after it (slowloris)."
+    retry_after_s: int = Field(
+        2, ge=1, le=3600, description="Retry-After sent with 503 answers (queue full, not ready)."
     )
-    body_timeout_s: float = Field(30.0, gt=0.0, description="Time a client has to send the request body (408 after it).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=600.0,
+        description="Time a connection has to send a request's headers; closed after it (slowloris).",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, description="Time a client has to send the request body (408 after it)."
+    )
     keep_alive_timeout_s: int = Field(5, ge=1, le=600, description="Idle keep-alive connections are closed after this.")
     max_connections: int = Field(
         256, ge=1, description="Concurrent connections (and requests) the server takes; more get 503 from the server."
@@ -170,13 +183,17 @@ class Settings(BaseSettings):
     metrics_require_key: bool = Field(False, description="When API keys are set, /metrics needs one too.")
     docs_require_key: bool = Field(
         False,
-        description="When API keys are set, /docs, /redoc, /openapi.json and the docs' files need one too. Off by default: "
-        "the API's description is public (it is in the source), and a browser cannot send a key with a page load.",
+        description="When API keys are set, /docs, /redoc, /openapi.json and the docs' files need one too. "
+        "Off by default: the API's description is public (it is in the source), and a browser cannot send a key "
+        "with a page load.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any); empty: no CORS headers."
+        default_factory=list,
+        description="Comma-separated origins allowed by CORS ('*' for any); empty: no CORS headers.",
     )
-    log_format: Literal["text", "json"] = Field("text", description="'json': one JSON line per request and per log record.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON line per request and per log record."
+    )
 
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
@@ -184,6 +201,15 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("default_max_faces")
+    @classmethod
+    def _default_within_limit(cls, value: int, info: ValidationInfo) -> int:
+        # max_faces_limit is declared first, so it is validated (and in info.data) by now.
+        limit = info.data.get("max_faces_limit")
+        if limit is not None and value > limit:
+            raise ValueError(f"must be at most PFVIT_MAX_FACES_LIMIT ({limit}), the most any request may ask for")
+        return value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -8,6 +8,8 @@ framework, so the pure preprocessing code (shared with ``training/``) raises the
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PFViTError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -17,7 +19,7 @@ class PFViTError(Exception):
     title: str = "Internal error"
     retry_after: bool = False  # answered with a Retry-After header (the service is busy or starting)
 
-    def __init__(self, detail: str, **extra: object) -> None:
+    def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra  # extra members for the problem document (e.g. the offending field)
@@ -59,12 +61,26 @@ class InvalidImage(PFViTError):
     title = "Invalid image"
 
 
+class NotSquareCrop(InvalidImage):
+    """``aligned=true`` on an image that is not square: an aligned crop is square, and
+    stretching another shape to the model's input would distort the face it holds."""
+
+    slug = "not-square"
+    title = "Aligned crop is not square"
+
+
 class UnsupportedMediaType(PFViTError):
     """A real image, but in a format the service does not accept (e.g. GIF, TIFF)."""
 
     status = 415
     slug = "unsupported-media-type"
     title = "Unsupported image format"
+
+
+class UnsupportedBodyType(UnsupportedMediaType):
+    """A request body that is neither multipart, JSON nor an image (same problem type)."""
+
+    title = "Unsupported request body type"
 
 
 class ImageTooLarge(PFViTError):
@@ -165,6 +181,11 @@ class CapabilityMissing(PFViTError):
     status = 501
     slug = "capability-missing"
     title = "Not supported by the loaded model"
+
+
+class InternalError(PFViTError):
+    """A broken invariant of the service's own code (a bug), raised where ``assert`` would
+    vanish under ``python -O``; answered as a 500 problem."""
 
 
 # --- control flow inside the service (never rendered) ---------------------------------------

@@ -14,6 +14,7 @@ values combine (``multiprocess_mode``); the per-worker gauges carry a ``pid`` la
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -39,6 +40,7 @@ ABANDON_REASONS = ("deadline", "disconnect", "shutdown")
 def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
+
 # Latency buckets from 1 ms to 30 s: a tiny face crop on GPU up to a large batch on CPU.
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -63,7 +65,8 @@ HTTP_IN_FLIGHT = Gauge(
 )
 WORKER_REQUESTS = Gauge(
     "pfvit_worker_http_requests",
-    "HTTP requests answered by this worker process since it started (several workers: one series per worker, label pid).",
+    "HTTP requests answered by this worker process since it started (several workers: one series per worker, "
+    "label pid).",
     registry=REGISTRY,
     multiprocess_mode="liveall",
 )
@@ -195,9 +198,13 @@ class WorkersMemoryCollector:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         # Live workers: those with live-gauge files (a worker's are removed when it exits).
-        pids = {int(f.stem.rsplit("_", 1)[1]) for f in self.path.glob("gauge_live*_*.db") if f.stem.rsplit("_", 1)[1].isdigit()}
+        pids = {
+            int(f.stem.rsplit("_", 1)[1])
+            for f in self.path.glob("gauge_live*_*.db")
+            if f.stem.rsplit("_", 1)[1].isdigit()
+        }
         page = os.sysconf("SC_PAGE_SIZE")
         total = 0
         for pid in pids:
@@ -205,7 +212,9 @@ class WorkersMemoryCollector:
                 total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
             except (OSError, IndexError, ValueError):  # gone, or not Linux
                 continue
-        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of all worker processes together, bytes.", value=total)
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes", "Resident memory of all worker processes together, bytes.", value=total
+        )
 
 
 def scrape_registry() -> CollectorRegistry:

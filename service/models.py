@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_ca
 from service.errors import CapabilityMissing, ModelLoadError
 from service.runtime import ORT_ERRORS, ProviderOptions, create_session, device_of, primary_provider
 from service.vision.align import normalise, to_uint8_images
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,12 @@ GRAPH_OUTPUTS = {RECOGNITION_GRAPH: "logits", POKER_FACE_GRAPH: "poker_face"}
 class RecognitionOutput:
     logits: np.ndarray  # (B, K) float32, in the card's label order
     probabilities: np.ndarray  # (B, K) float32, softmax of logits
+
+
+def _rgb(values: list[float]) -> tuple[float, float, float]:
+    """A card's per-channel mean or std (the card checks that there are three)."""
+    r, g, b = values
+    return float(r), float(g), float(b)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -49,7 +59,12 @@ class EmotionModel:
     """
 
     def __init__(
-        self, card: ModelCard, sessions: dict, max_batch: int = 64, batch_wait_s: float | None = None, device_id: int = 0
+        self,
+        card: ModelCard,
+        sessions: dict[str, InferenceSession],
+        max_batch: int = 64,
+        batch_wait_s: float | None = None,
+        device_id: int = 0,
     ) -> None:
         """``batch_wait_s``: None runs each call on its own; a number batches concurrent calls
         of each graph (``service.batching.MicroBatcher``), waiting at most that long.
@@ -59,16 +74,19 @@ class EmotionModel:
         self._devices = {name: device_of(session) for name, session in sessions.items()}
         self._device_id = device_id
         self.max_batch = max_batch
-        assert card.input is not None  # validated by the card
+        if card.input is None:  # an emotion card always has one (ModelCard's validation)
+            raise ModelLoadError(f"{card.name}: the card has no input section")
         self.input_hw: tuple[int, int] = (int(card.input.size[0]), int(card.input.size[1]))
-        self._mean = tuple(card.input.mean)
-        self._std = tuple(card.input.std)
+        self._mean = _rgb(card.input.mean)
+        self._std = _rgb(card.input.std)
         self._bgr = card.input.colour_order == "BGR"
         self._check_contract()
         self.batchers: dict[str, MicroBatcher] = {}
         if batch_wait_s is not None:
             self.batchers = {
-                name: MicroBatcher(partial(self._run_graph, name), name=name, max_faces=max_batch, max_wait_s=batch_wait_s)
+                name: MicroBatcher(
+                    partial(self._run_graph, name), name=name, max_faces=max_batch, max_wait_s=batch_wait_s
+                )
                 for name in self.sessions
             }
 
@@ -82,7 +100,7 @@ class EmotionModel:
         max_batch: int = 64,
         batch_wait_s: float | None = None,
         cpu_arena: bool = False,
-    ) -> "EmotionModel":
+    ) -> EmotionModel:
         """Read the card, verify every checksum, and load the graphs."""
         card = load_card(model_dir)
         if card.kind != "emotion":
@@ -110,11 +128,15 @@ class EmotionModel:
         cpu_arena: bool = False,
         required_provider: str | None = None,
         provider_options: ProviderOptions | None = None,
-    ) -> "EmotionModel":
+    ) -> EmotionModel:
         """Load graphs whose checksums were already verified (``verify_files``' answer)."""
         sessions = {
             name: create_session(
-                path, providers=providers, intra_op_threads=intra_op_threads, cpu_arena=cpu_arena, required=required_provider,
+                path,
+                providers=providers,
+                intra_op_threads=intra_op_threads,
+                cpu_arena=cpu_arena,
+                required=required_provider,
                 provider_options=provider_options,
             )
             for name, path in paths.items()
@@ -136,9 +158,14 @@ class EmotionModel:
             if len(inputs) != 1 or inputs[0].name != graph.inputs[0].name:
                 raise ModelLoadError(f"{name}: session inputs {[i.name for i in inputs]} do not match the card")
             shape = inputs[0].shape  # dynamic axes come back as names (str) or None
-            fits = lambda dim, want: dim == want or dim is None or isinstance(dim, str)  # noqa: E731
+
+            def fits(dim: int | str | None, want: int) -> bool:
+                return dim == want or dim is None or isinstance(dim, str)
+
             if len(shape) != 4 or not (fits(shape[1], 3) and fits(shape[2], h) and fits(shape[3], w)):
-                raise ModelLoadError(f"{name}: session input shape {shape} does not match the card's [batch, 3, {h}, {w}]")
+                raise ModelLoadError(
+                    f"{name}: session input shape {shape} does not match the card's [batch, 3, {h}, {w}]"
+                )
             outputs = {o.name: o for o in session.get_outputs()}
             for spec in graph.outputs:
                 if spec.name not in outputs:
@@ -198,7 +225,9 @@ class EmotionModel:
         batcher = self.batchers.get(graph)
         if batcher is not None:
             return batcher(x)  # shares a call with concurrent requests, in chunks of max_batch
-        parts = [self._run_graph(graph, x[start : start + self.max_batch]) for start in range(0, x.shape[0], self.max_batch)]
+        parts = [
+            self._run_graph(graph, x[start : start + self.max_batch]) for start in range(0, x.shape[0], self.max_batch)
+        ]
         return np.concatenate(parts, axis=0)
 
     @contextmanager
@@ -248,7 +277,10 @@ class EmotionModel:
         """
         h, w = self.input_hw
         x = self._prepare(np.full((1, h, w, 3), 128, np.uint8))
-        expected = {RECOGNITION_GRAPH: {"logits": (1, len(self.card.labels))}, POKER_FACE_GRAPH: {"poker_face": (1, 3, h, w)}}
+        expected: dict[str, dict[str, tuple[int, ...]]] = {
+            RECOGNITION_GRAPH: {"logits": (1, len(self.card.labels))},
+            POKER_FACE_GRAPH: {"poker_face": (1, 3, h, w)},
+        }
         for _ in range(max(1, runs)):
             for name, session in self.sessions.items():
                 try:
@@ -260,6 +292,7 @@ class EmotionModel:
                     got = tuple(np.shape(by_name[output]))
                     if got != shape:
                         raise ModelLoadError(
-                            f"{self.card.name}: the {name} graph answers {output} of shape {list(got)}, the card implies "
+                            f"{self.card.name}: the {name} graph answers {output} of shape {list(got)}, the "
+                            "card implies "
                             f"{list(shape)} ({len(self.card.labels)} labels, {h}x{w} input)"
                         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.errors import PFViTError
+from service.errors import NotSquareCrop, PFViTError
 from service.models import EmotionModel
 from service.vision.faces import AlignedFace, find_faces
 from service.vision.imaging import Picture, decode_picture, resize_rgb
@@ -79,7 +79,14 @@ class FacePipeline:
             are reduced first, JPEGs while decoding (``service.vision.imaging.decode_picture``).
     """
 
-    def __init__(self, detector: MTCNN, model: EmotionModel, *, max_image_pixels: int = 40_000_000, detect_max_side: int | None = None) -> None:
+    def __init__(
+        self,
+        detector: MTCNN,
+        model: EmotionModel,
+        *,
+        max_image_pixels: int = 40_000_000,
+        detect_max_side: int | None = None,
+    ) -> None:
         self.detector = detector
         self.model = model
         self.max_image_pixels = max_image_pixels
@@ -105,11 +112,23 @@ class FacePipeline:
         )
 
     def picture(self, image: bytes | np.ndarray, options: DetectOptions) -> Picture:
-        """Decode uploaded bytes (or wrap decoded pixels) at the size detection needs."""
+        """Decode uploaded bytes (or wrap decoded pixels) at the size detection needs.
+
+        Raises:
+            NotSquareCrop: ``options.aligned`` and the image is not square (stretching it to
+                the model's square input would distort the face).
+        """
         max_side = None if options.aligned else self.detect_max_side
         if isinstance(image, np.ndarray):
-            return Picture.from_array(image, max_side=max_side)
-        return decode_picture(image, max_pixels=self.max_image_pixels, max_side=max_side)
+            picture = Picture.from_array(image, max_side=max_side)
+        else:
+            picture = decode_picture(image, max_pixels=self.max_image_pixels, max_side=max_side)
+        if options.aligned and picture.width != picture.height:
+            raise NotSquareCrop(
+                f"aligned=true takes a square aligned face crop; this image is {picture.width}x{picture.height}. "
+                "Crop it square, or send it without aligned=true to have its faces found"
+            )
+        return picture
 
     def run(
         self,
@@ -132,7 +151,11 @@ class FacePipeline:
             return self._infer(found, timer, recognise=recognise, poker_face=poker_face)
 
     def _find_all(
-        self, images: Sequence[bytes | np.ndarray], options: DetectOptions, timer: StageTimer, names: Sequence[str | None] | None
+        self,
+        images: Sequence[bytes | np.ndarray],
+        options: DetectOptions,
+        timer: StageTimer,
+        names: Sequence[str | None] | None,
     ) -> list[tuple[int, int, list[Face]]]:
         """Width, height and faces of every image, decoding and releasing one at a time."""
         found: list[tuple[int, int, list[Face]]] = []  # width, height, faces per image
@@ -143,8 +166,9 @@ class FacePipeline:
                 except PFViTError as exc:
                     # Name the culprit: with several uploads the client must know which one.
                     name = names[index] if names is not None else None
-                    exc.detail = f"image {index} ({name or 'unnamed'}): {exc.detail}"
                     exc.extra.setdefault("image_index", index)
+                    exc.extra.setdefault("image_detail", exc.detail)
+                    exc.detail = f"image {index} ({name or 'unnamed'}): {exc.detail}"
                     raise
             faces = self.find_faces(picture, options, timer)
             metrics.FACES_PER_IMAGE.observe(len(faces))
@@ -152,7 +176,9 @@ class FacePipeline:
             del picture  # release the pixels before the next photo is decoded
         return found
 
-    def _infer(self, found: list[tuple[int, int, list[Face]]], timer: StageTimer, *, recognise: bool, poker_face: bool) -> list[ImageResult]:
+    def _infer(
+        self, found: list[tuple[int, int, list[Face]]], timer: StageTimer, *, recognise: bool, poker_face: bool
+    ) -> list[ImageResult]:
         """All faces of the request through each graph asked for, in one batch."""
         crops = [f.aligned for _, _, faces in found for f in faces]
         batch = np.stack(crops) if crops else np.zeros((0, *self.model.input_hw, 3), np.uint8)  # (F, H, W, 3)

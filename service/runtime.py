@@ -12,18 +12,30 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from service.errors import ModelLoadError
 
+if TYPE_CHECKING:
+    from service.config import Settings
+
 log = logging.getLogger(__name__)
 
 # The exception types ONNX Runtime raises for a file it cannot load or run (corrupt, wrong graph, ...).
 ORT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError) + tuple(
     getattr(_ort_state, name)
-    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "NotImplemented")
+    for name in (
+        "Fail",
+        "InvalidArgument",
+        "NoSuchFile",
+        "NoModel",
+        "InvalidProtobuf",
+        "InvalidGraph",
+        "NotImplemented",
+    )
     if hasattr(_ort_state, name)
 )
 
@@ -48,7 +60,7 @@ class ProviderOptions:
     trt_engine_cache_dir: str = ""
 
     @classmethod
-    def from_settings(cls, settings) -> "ProviderOptions":
+    def from_settings(cls, settings: Settings) -> ProviderOptions:
         return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
     def for_provider(self, provider: str) -> dict[str, str]:
@@ -185,7 +197,7 @@ def create_session(
 
 def primary_provider(session: ort.InferenceSession) -> str:
     """The execution provider that runs the session's nodes first (what we report)."""
-    return session.get_providers()[0]
+    return str(session.get_providers()[0])
 
 
 # Where the kernel shows this process its cgroups; module attributes so that tests can point

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import h11
 import uvicorn
@@ -35,7 +37,7 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     _header_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, config: uvicorn.Config, *args, **kwargs) -> None:
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.header_timeout_s: float = getattr(config, "header_timeout_s", 10.0)
 
@@ -64,10 +66,24 @@ class HeaderDeadlineProtocol(H11Protocol):
         """uvicorn's answer to bytes that are not HTTP, as a problem document like every other
         error (the application never saw the request, so this is the one place to do it)."""
         body = json.dumps(
-            problem_body(slug="bad-request", title="Bad request", status=400, detail=f"malformed HTTP: {msg}", request_id=uuid.uuid4().hex)
+            problem_body(
+                slug="bad-request",
+                title="Bad request",
+                status=400,
+                detail=f"malformed HTTP: {msg}",
+                request_id=uuid.uuid4().hex,
+            )
         ).encode()
-        headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event))
         self.transport.close()
 
@@ -84,7 +100,7 @@ class ServiceConfig(uvicorn.Config):
     A plain attribute of the config, not of a protocol class made on the fly, because uvicorn
     pickles its config into every worker process."""
 
-    def __init__(self, app, *, header_timeout_s: float, **kwargs) -> None:
+    def __init__(self, app: Callable[..., Any] | str, *, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
 
@@ -102,7 +118,7 @@ class WorkerSupervisor(Multiprocess):
     def restart_all(self) -> None:
         self._clear_replaced(super().restart_all)
 
-    def _clear_replaced(self, step) -> None:
+    def _clear_replaced(self, step: Callable[[], None]) -> None:
         before = [process.pid for process in self.processes]
         step()
         alive = {process.pid for process in self.processes}

@@ -42,14 +42,14 @@ def drain_on_sigterm(drain_s: float, on_drain: Callable[[], None]) -> Callable[[
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # signal handlers belong to the main thread: not a served process
     server_handler = signal.getsignal(signal.SIGTERM)
-    if not isinstance(getattr(server_handler, "__self__", None), uvicorn.Server):
+    if not callable(server_handler) or not isinstance(getattr(server_handler, "__self__", None), uvicorn.Server):
         return lambda: None
     loop = asyncio.get_running_loop()
     draining = False
 
     def pass_on(sig: int, frame: FrameType | None) -> None:
         log.info("shutting down: closing the listener; accepted requests finish first")
-        server_handler(sig, frame)  # type: ignore[operator]
+        server_handler(sig, frame)
 
     def handle_sigterm(sig: int, frame: FrameType | None) -> None:
         nonlocal draining

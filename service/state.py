@@ -22,7 +22,7 @@ import numpy as np
 from service import metrics
 from service.card import ModelCard, load_card, verify_files
 from service.config import Settings
-from service.errors import DeadlineExceeded, ModelLoadError, ModelNotReady, QueueFull
+from service.errors import DeadlineExceeded, InternalError, ModelLoadError, ModelNotReady, QueueFull
 from service.models import EmotionModel
 from service.pipeline import FacePipeline
 from service.runtime import (
@@ -111,7 +111,10 @@ class ServiceState:
         self.required_provider = required_provider(settings.providers, self.providers)
         self.provider_options = ProviderOptions.from_settings(settings)
         if settings.providers.strip().lower() == "auto" and self.providers[0] == CPU:
-            log.info("PFVIT_PROVIDERS=auto: this ONNX Runtime build offers no CUDA provider (the gpu extra has it); running on the CPU")
+            log.info(
+                "PFVIT_PROVIDERS=auto: this ONNX Runtime build offers no CUDA provider (the gpu extra has "
+                "it); running on the CPU"
+            )
         self.detector_card: ModelCard | None = None
         self.emotion_card: ModelCard | None = None
         self.pipeline: FacePipeline | None = None
@@ -160,7 +163,9 @@ class ServiceState:
         if not (s.emotion_model_dir / "card.json").is_file():
             raise ModelLoadError(_MISSING_EMOTION_MODEL.format(path=s.emotion_model_dir))
         if not (s.detector_model_dir / "card.json").is_file():
-            raise ModelLoadError(f"no face-detector model at {s.detector_model_dir} (expected the MTCNN card and ONNX files)")
+            raise ModelLoadError(
+                f"no face-detector model at {s.detector_model_dir} (expected the MTCNN card and ONNX files)"
+            )
         emotion_card = load_card(s.emotion_model_dir)
         if emotion_card.kind != "emotion":
             raise ModelLoadError(f"{s.emotion_model_dir} holds a {emotion_card.kind!r} model, not an emotion model")
@@ -170,7 +175,10 @@ class ServiceState:
         missing = [g for g in MTCNN_GRAPHS if g not in detector_card.graphs]
         if missing:
             raise ModelLoadError(f"detector card {detector_card.name!r} lacks graphs {missing}")
-        verified = {"emotion": verify_files(emotion_card, s.emotion_model_dir), "detector": verify_files(detector_card, s.detector_model_dir)}
+        verified = {
+            "emotion": verify_files(emotion_card, s.emotion_model_dir),
+            "detector": verify_files(detector_card, s.detector_model_dir),
+        }
         self.emotion_card, self.detector_card, self._verified = emotion_card, detector_card, verified
 
     def load(self) -> None:
@@ -180,7 +188,8 @@ class ServiceState:
         try:
             if self._verified is None:
                 self.preflight()
-            assert self._verified is not None and self.emotion_card is not None
+            if self._verified is None or self.emotion_card is None:
+                raise InternalError("load: the preflight left no verified model files")
             single_threaded_blas()
             threads = self.detect_threads
             session = functools.partial(
@@ -212,11 +221,17 @@ class ServiceState:
             self.load_error = exc.detail
             log.error("model loading failed: %s", exc.detail)
             raise
-        self.pipeline = FacePipeline(detector, model, max_image_pixels=s.max_image_pixels, detect_max_side=s.detect_max_side)
+        self.pipeline = FacePipeline(
+            detector, model, max_image_pixels=s.max_image_pixels, detect_max_side=s.detect_max_side
+        )
         for card, provider in ((model.card, model.provider), (self.detector_card, _detector_provider(detector))):
             if card is not None:
-                metrics.MODEL_INFO.labels(model=card.name, version=card.version, kind=card.kind, provider=provider).set(1)
-                metrics.PROVIDER_FALLBACK.labels(model=card.name, requested=self.providers[0]).set(int(provider != self.providers[0]))
+                metrics.MODEL_INFO.labels(model=card.name, version=card.version, kind=card.kind, provider=provider).set(
+                    1
+                )
+                metrics.PROVIDER_FALLBACK.labels(model=card.name, requested=self.providers[0]).set(
+                    int(provider != self.providers[0])
+                )
         metrics.CPU_CORES.set(self.cpu.cores)
         self._ready.set()
         if not self.draining:

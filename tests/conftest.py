@@ -46,7 +46,14 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(models_dir: Path):
     from service.config import Settings
 
-    return Settings(models_dir=models_dir, emotion_model="stub-emotion", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None)
+    return Settings(
+        models_dir=models_dir,
+        emotion_model="stub-emotion",
+        providers="cpu",
+        intra_op_threads=1,
+        warmup_runs=1,
+        _env_file=None,
+    )
 
 
 @pytest.fixture
@@ -98,3 +105,14 @@ def metrics_text(client, astronaut_bytes: bytes) -> str:
     assert client.post("/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
     assert client.post("/v1/poker-face", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
     return client.get("/metrics").text
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Whole benchmarks (``@pytest.mark.bench``) run only when a ``-m`` expression names them:
+    the default suite, and ``-m "not slow"``, keep to their smoke tests."""
+    if "bench" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a whole benchmark: select it with -m bench")
+    for item in items:
+        if "bench" in item.keywords:
+            item.add_marker(skip)

@@ -56,7 +56,14 @@ def write_rendered_video(path: Path, n_frames: int = 12, fps: int = 4) -> list[t
         stream.codec_context.bit_rate = 2_000_000
         for i in range(n_frames):
             centre = (150.0 + 2 * i, 120.0)
-            render = render_scene(identity, prototype_aus(emotions[(i // 3) % len(emotions)]), Scene(), canvas=(320, 240), face_px=110, centre=centre)
+            render = render_scene(
+                identity,
+                prototype_aus(emotions[(i // 3) % len(emotions)]),
+                Scene(),
+                canvas=(320, 240),
+                face_px=110,
+                centre=centre,
+            )
             centres.append(tuple(render.landmarks.mean(axis=0)))
             for packet in stream.encode(av.VideoFrame.from_ndarray(render.image, format="rgb24")):
                 container.mux(packet)

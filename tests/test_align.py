@@ -29,7 +29,9 @@ def test_template_scales_linearly():
         template_landmarks(0)
 
 
-@pytest.mark.parametrize("angle,scale,tx,ty", [(0, 1, 0, 0), (17, 0.6, 30, -12), (-80, 2.5, -100, 40), (179, 1.3, 5, 5)])
+@pytest.mark.parametrize(
+    "angle,scale,tx,ty", [(0, 1, 0, 0), (17, 0.6, 30, -12), (-80, 2.5, -100, 40), (179, 1.3, 5, 5)]
+)
 def test_estimate_similarity_recovers_exact_transform(angle, scale, tx, ty):
     src = np.random.default_rng(0).uniform(0, 200, size=(5, 2))
     m = similarity(angle, scale, tx, ty)
@@ -72,7 +74,9 @@ def test_warp_reads_views_and_whole_arrays_alike():
         assert not view.flags.c_contiguous
         copy = np.ascontiguousarray(view)
         for border in (0, 200):
-            np.testing.assert_array_equal(warp_affine(view, tilt, (64, 48), border), warp_affine(copy, tilt, (64, 48), border))
+            np.testing.assert_array_equal(
+                warp_affine(view, tilt, (64, 48), border), warp_affine(copy, tilt, (64, 48), border)
+            )
     out = warp_affine(img, tilt, (64, 48), border_value=200)
     assert out.shape == (48, 64, 3) and (out == 200).all(axis=2).any()  # some pixels fall outside
 
@@ -109,7 +113,9 @@ def test_normalise_and_back():
     x = normalise(faces, mean, std)
     assert x.shape == (2, 3, 8, 8) and x.dtype == np.float32
     assert np.allclose(x[1, 2, 3, 4], (faces[1, 3, 4, 2] / 255.0 - mean[2]) / std[2], atol=1e-6)
-    back = to_uint8_images(x * np.array(std, np.float32).reshape(1, 3, 1, 1) + np.array(mean, np.float32).reshape(1, 3, 1, 1))
+    back = to_uint8_images(
+        x * np.array(std, np.float32).reshape(1, 3, 1, 1) + np.array(mean, np.float32).reshape(1, 3, 1, 1)
+    )
     assert np.array_equal(back, faces)
     with pytest.raises(ValueError):
         normalise(np.zeros((2, 8, 8)), mean, std)

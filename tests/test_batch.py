@@ -66,7 +66,9 @@ def test_usage_errors(tmp_path):
         ([str(ASTRONAUT), "--max-faces", "0"], "--max-faces: Input should be greater than or equal to 1"),
         ([str(ASTRONAUT), "--max-faces", "5000"], "max_faces: 5000 is over this service's limit of 100"),
     ):
-        proc = subprocess.run([sys.executable, "-m", "pfvit_batch", *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pfvit_batch", *argv], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert parse_args([str(ASTRONAUT), "-o", str(tmp_path / "x.parquet")]).format == "parquet"
 
@@ -107,9 +109,18 @@ def photo_set(folder: Path) -> dict[str, np.ndarray | None]:
         files[name] = buf.getvalue()
 
     for angle in range(-20, 21, 5):
-        add(f"turned/{angle:+03d}.png", astronaut.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(40, 40, 40)), "PNG")
+        add(
+            f"turned/{angle:+03d}.png",
+            astronaut.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(40, 40, 40)),
+            "PNG",
+        )
     for scale in (0.5, 0.7, 0.9, 1.3, 1.7, 2.6):
-        add(f"scaled/{scale}.jpg", astronaut.resize((round(512 * scale),) * 2, Image.Resampling.LANCZOS), "JPEG", quality=90)
+        add(
+            f"scaled/{scale}.jpg",
+            astronaut.resize((round(512 * scale),) * 2, Image.Resampling.LANCZOS),
+            "JPEG",
+            quality=90,
+        )
     for k, (left, top) in enumerate([(0, 0), (60, 0), (100, 20), (120, 30), (0, 40), (150, 10)]):
         add(f"cropped/{k}.webp", astronaut.crop((left, top, left + 340, top + 300)), "WEBP", quality=90)
     for k, factor in enumerate((0.5, 0.7, 1.3, 1.6)):
@@ -120,19 +131,26 @@ def photo_set(folder: Path) -> dict[str, np.ndarray | None]:
     add("mirrored.png", ImageOps.mirror(astronaut), "PNG")
     add("grey.png", ImageOps.grayscale(astronaut), "PNG")
     canvas = Image.new("RGB", (1200, 800), (200, 190, 170))
-    for k, (x, y, side) in enumerate([(20, 40, 300), (400, 300, 200), (800, 100, 380)]):
+    for x, y, side in [(20, 40, 300), (400, 300, 200), (800, 100, 380)]:
         canvas.paste(astronaut.resize((side, side)), (x, y))
     add("group.jpg", canvas, "JPEG", quality=92)
     for k in range(52):
         _, identity, _, _, _ = sample_parameters((20261203, k), IDENTITY_RANGES["test"])
-        render = render_scene(identity, prototype_aus(EMOTIONS[k % len(EMOTIONS)]), Scene(), canvas=(256, 256), face_px=96 + k % 5 * 16, centre=(128.0, 130.0))
+        render = render_scene(
+            identity,
+            prototype_aus(EMOTIONS[k % len(EMOTIONS)]),
+            Scene(),
+            canvas=(256, 256),
+            face_px=96 + k % 5 * 16,
+            centre=(128.0, 130.0),
+        )
         add(f"rendered/{k:02d}.png", Image.fromarray(render.image), "PNG")
     add("blank.png", Image.new("RGB", (200, 150), (120, 120, 120)), "PNG")
     expected: dict[str, np.ndarray | None] = {}
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-        expected[name] = data  # type: ignore[assignment]
+        expected[name] = data
     (folder / "broken.jpg").write_bytes(files["quality/95.jpg"][:2500])  # truncated
     (folder / "garbage.png").write_bytes(os.urandom(4096))
     (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2048))
@@ -152,11 +170,37 @@ def job(tmp_path_factory):
     write_rendered_video(clip)
     out = root / "faces.parquet"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PFVIT_")}
-    cmd = [sys.executable, "-m", "pfvit_batch", str(photos), str(clip), "--every", str(EVERY), "--num-cpus", "2", "--batch-size", "8",
-           "--output", str(out), "--poker-face", str(root / "poker"), "--expression-map", str(root / "maps"),
-           "--stats-json", str(root / "stats.json"), "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pfvit_batch",
+        str(photos),
+        str(clip),
+        "--every",
+        str(EVERY),
+        "--num-cpus",
+        "2",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--poker-face",
+        str(root / "poker"),
+        "--expression-map",
+        str(root / "maps"),
+        "--stats-json",
+        str(root / "stats.json"),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=BATCH_TIMEOUT_S)
-    return {"root": root, "photos": photos, "clip": clip, "expected": expected, "proc": proc, "rows": pq.read_table(out).to_pylist()}
+    return {
+        "root": root,
+        "photos": photos,
+        "clip": clip,
+        "expected": expected,
+        "proc": proc,
+        "rows": pq.read_table(out).to_pylist(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +241,12 @@ def assert_rows_match(rows: list[dict], answer: dict, where: str) -> None:
         assert np.allclose(np.array(row["landmarks"]), np.array(face["landmarks"]), rtol=0, atol=BOX_TOL_PX), where
         assert abs(row["score"] - face["score"]) <= PROB_TOL, where
         labels = list(face["probabilities"])
-        assert np.allclose([row["probabilities"][label] for label in labels], [face["probabilities"][label] for label in labels], rtol=0, atol=PROB_TOL), where
+        assert np.allclose(
+            [row["probabilities"][label] for label in labels],
+            [face["probabilities"][label] for label in labels],
+            rtol=0,
+            atol=PROB_TOL,
+        ), where
         assert np.allclose(row["logits"], face["logits"], rtol=0, atol=PROB_TOL), where
 
 
@@ -260,7 +309,8 @@ def test_pictures_are_saved_under_pfvit_recognize_names(job, api):
     assert Path(row["poker_face_file"]).name == "photos__astronaut.face0.poker.png"
     assert Path(row["expression_map_file"]).name == "photos__astronaut.face0.map.png"
     answer = api.post(
-        "/v1/recognize?return_poker_face=true&return_expression_map=true", files={"images": ("a.png", ASTRONAUT.read_bytes(), "image/png")}
+        "/v1/recognize?return_poker_face=true&return_expression_map=true",
+        files={"images": ("a.png", ASTRONAUT.read_bytes(), "image/png")},
     ).json()
     import base64
 
@@ -280,7 +330,9 @@ def test_an_actor_batch_of_one_bad_file_gives_an_error_row_not_a_failure(astrona
     from service.pipeline import DetectOptions
 
     settings = Settings(providers="cpu", detect_threads=1, intra_op_threads=1, warmup_runs=1, _env_file=None)
-    options = DetectOptions(max_faces=5, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold)
+    options = DetectOptions(
+        max_faces=5, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold
+    )
     actor = Recognizer(settings, options, Wanted())
     good, bad = _item(0, "a.png", data=astronaut_bytes), _item(1, "b.jpg", data=b"not an image")
     try:

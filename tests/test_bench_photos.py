@@ -1,6 +1,10 @@
 """tools/bench_photos.py runs end to end on its photo set: its detection part finds every face
 facenet-pytorch finds, with the service's detector threads and with one; its HTTP part alone
-serves the set."""
+serves the set.
+
+The whole detection benchmark is behind the ``bench`` marker (``pytest -m bench``); the default
+suite keeps the short HTTP run and the failure path as its smoke test.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,33 @@ import importlib.util
 
 import pytest
 
+from tests.markdown_tables import table_with
 from tools import bench_photos
 
+FOUND = "faces: facenet / ours / facenet's found by us"
 
-@pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None, reason="facenet-pytorch is not installed (make test installs it)")
+
+@pytest.mark.bench
+@pytest.mark.skipif(
+    importlib.util.find_spec("facenet_pytorch") is None,
+    reason="facenet-pytorch is not installed (make test installs it)",
+)
 def test_detection_bench_finds_every_face_facenet_finds(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_photos.main(["--detection-only", "--runs", "1", "--also-detect-threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "every face facenet-pytorch finds is found by us: yes" in out
-    rows = [line.split("|") for line in out.splitlines() if line.startswith("| astronaut") or line.startswith("| no face") or " rendered faces " in line]
+    rows = table_with(out, FOUND)
     assert len(rows) == 6
+    (one_thread,) = [name for name in rows[0] if name.endswith(": ms / facenet's found")]
     for row in rows:  # facenet's faces found: by us, and by the one-thread column
-        facenet, _ours, found = (int(v) for v in row[5].split("/"))
-        assert found == facenet
-        assert int(row[6].split("/")[1]) == facenet
+        facenet, _ours, found = (int(v) for v in row[FOUND].split("/"))
+        assert found == facenet, row
+        assert int(row[one_thread].split("/")[1]) == facenet, row
 
 
 def test_http_only_serves_the_set_without_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    """The HTTP part alone: a real server on loopback answers every photo of the set."""
+    """The HTTP part alone, one client, one round: a real server on loopback answers every
+    photo of the set (the smoke test of the benchmark)."""
     assert bench_photos.main(["--http-only", "--clients", "1", "--rounds", "1", "--max-seconds", "60"]) == 0
     out = capsys.readouterr().out
     assert "6 requests in" in out and ", 0 errors," in out

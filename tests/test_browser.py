@@ -42,7 +42,14 @@ def chromium_paths() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def server():
-    with serving({"PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1", "PFVIT_WARMUP_RUNS": "1", "PFVIT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT_BYTES)}) as url:
+    with serving(
+        {
+            "PFVIT_PROVIDERS": "cpu",
+            "PFVIT_INTRA_OP_THREADS": "1",
+            "PFVIT_WARMUP_RUNS": "1",
+            "PFVIT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT_BYTES),
+        }
+    ) as url:
         yield url
 
 
@@ -54,7 +61,14 @@ def browser():
     binary, driver_path = chromium_paths()
     options = Options()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000", "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(WAIT_S)
@@ -74,7 +88,11 @@ def open_page(browser, server: str, width: int = 1280, height: int = 1000) -> No
 
 def wait_for_faces(browser) -> None:
     def loaded(d) -> bool:
-        return bool(d.execute_script("const i = document.querySelector('img.poker-face'); return !!(i && i.complete && i.naturalWidth > 0);"))
+        return bool(
+            d.execute_script(
+                "const i = document.querySelector('img.poker-face'); return !!(i && i.complete && i.naturalWidth > 0);"
+            )
+        )
 
     WebDriverWait(browser, WAIT_S).until(loaded)
 
@@ -91,7 +109,10 @@ def test_upload_shows_box_label_poker_face_and_expression_map(browser, server):
     boxes = browser.find_elements(By.CSS_SELECTOR, ".photo-frame .face-box")
     assert len(boxes) == 1
     # The box sits where the detector put it: the fixture face is at x 181-268, y 62-172 of 512 px.
-    style = {k: float(browser.execute_script(f"return parseFloat(arguments[0].style.{k})", boxes[0])) for k in ("left", "top", "width", "height")}
+    style = {
+        k: float(browser.execute_script(f"return parseFloat(arguments[0].style.{k})", boxes[0]))
+        for k in ("left", "top", "width", "height")
+    }
     assert abs(style["left"] - 100 * 181.1 / 512) < 1.0 and abs(style["top"] - 100 * 62.2 / 512) < 1.0
     assert abs(style["width"] - 100 * (267.7 - 181.1) / 512) < 1.0
     label = boxes[0].find_element(By.CSS_SELECTOR, ".face-label").text
@@ -116,7 +137,9 @@ def test_phone_viewport_has_no_sideways_scroll(browser, server):
     browser.find_element(By.ID, "photos").send_keys(str(ASTRONAUT))
     browser.find_element(By.ID, "analyse").click()
     wait_for_faces(browser)
-    overflow = browser.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    overflow = browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
     assert overflow <= 0, f"the page is {overflow} px wider than a phone screen"
     photo_width = browser.execute_script("return document.querySelector('img.photo').getBoundingClientRect().width")
     assert photo_width <= 390
@@ -167,7 +190,10 @@ def test_errors_are_readable(browser, server, tmp_path):
     gif = tmp_path / "moving.gif"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(gif, format="GIF")
     text = submit_and_read_error(browser, gif)
-    assert "moving.gif: That file is not an image format the service reads" in text and "image format GIF is not accepted" in text
+    assert (
+        "moving.gif: That file is not an image format the service reads" in text
+        and "image format GIF is not accepted" in text
+    )
     assert "image 0 (" not in text  # the service's position prefix, meaningless for one photo
 
     open_page(browser, server)

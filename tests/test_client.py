@@ -36,7 +36,14 @@ CLI_TIMEOUT_S = 180
 
 @pytest.fixture(scope="module")
 def server():
-    with serving({"PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1", "PFVIT_WARMUP_RUNS": "1", "PFVIT_MAX_IMAGES": str(MAX_IMAGES)}) as url:
+    with serving(
+        {
+            "PFVIT_PROVIDERS": "cpu",
+            "PFVIT_INTRA_OP_THREADS": "1",
+            "PFVIT_WARMUP_RUNS": "1",
+            "PFVIT_MAX_IMAGES": str(MAX_IMAGES),
+        }
+    ) as url:
         yield url
 
 
@@ -52,7 +59,12 @@ def png_shape(data: bytes) -> tuple[int, ...]:
 def test_client_reads_the_limits_and_gives_typed_results(server, astronaut_rgb):
     with PFViTClient(server) as client:
         assert client.limits().max_images == MAX_IMAGES
-        results = client.recognize([ASTRONAUT, astronaut_rgb, ASTRONAUT.read_bytes(), astronaut_rgb], poker_face=True, expression_map=True, aligned_face=True)
+        results = client.recognize(
+            [ASTRONAUT, astronaut_rgb, ASTRONAUT.read_bytes(), astronaut_rgb],
+            poker_face=True,
+            expression_map=True,
+            aligned_face=True,
+        )
     assert [r.index for r in results] == [0, 1, 2, 3]  # 4 inputs in 2 requests, in input order
     assert [r.source for r in results] == [str(ASTRONAUT), "array[1]", "bytes[2]", "array[3]"]
     for result in results:
@@ -66,7 +78,15 @@ def test_client_reads_the_limits_and_gives_typed_results(server, astronaut_rgb):
 
 
 def test_async_client_carries_on_past_a_bad_input(server, astronaut_rgb):
-    inputs = [ASTRONAUT, b"this is not a picture", astronaut_rgb, ASTRONAUT, Path("/no/such/file.png"), astronaut_rgb, ASTRONAUT]
+    inputs = [
+        ASTRONAUT,
+        b"this is not a picture",
+        astronaut_rgb,
+        ASTRONAUT,
+        Path("/no/such/file.png"),
+        astronaut_rgb,
+        ASTRONAUT,
+    ]
 
     async def go() -> list[ImageResult]:
         async with AsyncPFViTClient(server, concurrency=2) as client:
@@ -82,15 +102,21 @@ def test_async_client_carries_on_past_a_bad_input(server, astronaut_rgb):
 
 def test_client_retries_503_after_the_time_the_service_asks():
     calls: list[float] = []
-    body = {"model": {"name": "m", "version": "1", "provider": "CPUExecutionProvider"}, "labels": ["a"], "timings_ms": {},
-            "images": [{"index": 0, "filename": "x", "width": 4, "height": 4, "faces": []}]}
+    body = {
+        "model": {"name": "m", "version": "1", "provider": "CPUExecutionProvider"},
+        "labels": ["a"],
+        "timings_ms": {},
+        "images": [{"index": 0, "filename": "x", "width": 4, "height": 4, "faces": []}],
+    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/limits":
             return httpx.Response(404)
         calls.append(time.monotonic())
         if len(calls) < 3:
-            return httpx.Response(503, headers={"Retry-After": "0.3"}, json={"title": "Models are not loaded yet", "status": 503})
+            return httpx.Response(
+                503, headers={"Retry-After": "0.3"}, json={"title": "Models are not loaded yet", "status": 503}
+            )
         return httpx.Response(200, json=body)
 
     with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
@@ -103,7 +129,11 @@ def test_client_retries_503_after_the_time_the_service_asks():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pfvit_client", *args, "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+        [sys.executable, "-m", "pfvit_client", *args, "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
     )
 
 
@@ -116,8 +146,19 @@ def test_cli_walks_a_folder_and_reports_the_corrupt_file(server, tmp_path, astro
     (photos / "broken.jpg").write_bytes(ASTRONAUT.read_bytes()[:3000])  # truncated
     (photos / "notes.txt").write_text("not a photo: never sent")
     out = tmp_path / "faces.csv"
-    proc = run_cli(str(photos), "--url", server, "--csv", str(out), "--poker-face", str(tmp_path / "poker"),
-                   "--expression-map", str(tmp_path / "maps"), "--concurrency", "2")
+    proc = run_cli(
+        str(photos),
+        "--url",
+        server,
+        "--csv",
+        str(out),
+        "--poker-face",
+        str(tmp_path / "poker"),
+        "--expression-map",
+        str(tmp_path / "maps"),
+        "--concurrency",
+        "2",
+    )
     assert proc.returncode == 1, proc.stderr  # one input failed
     assert "3 image(s) and 0 video frame(s) analysed, 2 face(s); 1 input(s) could not be analysed" in proc.stderr
     assert "broken.jpg: Invalid image" in proc.stderr and "notes.txt" not in proc.stderr
@@ -127,7 +168,10 @@ def test_cli_walks_a_folder_and_reports_the_corrupt_file(server, tmp_path, astro
     assert by_name["blank.webp"]["face"] == "" and by_name["astronaut.png"]["label"] == "happiness"
     assert list(rows[0])[-7:] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
     assert abs(sum(float(by_name["again.jpg"][label]) for label in list(rows[0])[-7:]) - 1.0) < 1e-3
-    assert sorted(p.name for p in (tmp_path / "poker").iterdir()) == ["photos__astronaut.face0.poker.png", "photos__sub__again.face0.poker.png"]
+    assert sorted(p.name for p in (tmp_path / "poker").iterdir()) == [
+        "photos__astronaut.face0.poker.png",
+        "photos__sub__again.face0.poker.png",
+    ]
     assert len(list((tmp_path / "maps").glob("*.map.png"))) == 2
 
 
@@ -135,7 +179,9 @@ def test_cli_on_a_rendered_video(server, tmp_path):
     clip = tmp_path / "clip.mp4"
     centres = write_rendered_video(clip)
     out = tmp_path / "clip.jsonl"
-    proc = run_cli(str(clip), "--url", server, "--every", "3", "--jsonl", str(out), "--annotate", str(tmp_path / "annotated"))
+    proc = run_cli(
+        str(clip), "--url", server, "--every", "3", "--jsonl", str(out), "--annotate", str(tmp_path / "annotated")
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["frame"] for r in rows] == [0, 3, 6, 9]  # one face per sampled frame
@@ -149,8 +195,11 @@ def test_cli_on_a_rendered_video(server, tmp_path):
     with av.open(str(annotated)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 12
+
     # The box colour is drawn on every frame (held between samples), never on the source.
-    box_pixels = lambda img: int(((img[..., 0] > 200) & (img[..., 1] > 150) & (img[..., 1] < 230) & (img[..., 2] < 80)).sum())  # noqa: E731
+    def box_pixels(img: np.ndarray) -> int:
+        return int(((img[..., 0] > 200) & (img[..., 1] > 150) & (img[..., 1] < 230) & (img[..., 2] < 80)).sum())
+
     assert all(box_pixels(f) > 100 for f in frames)
 
     proc = run_cli(str(clip), "--url", server, "--fps", "2", "--jsonl", str(out))
@@ -161,7 +210,10 @@ def test_cli_on_a_rendered_video(server, tmp_path):
 def test_cli_reports_an_unreachable_service_and_missing_paths(tmp_path):
     proc = run_cli(str(ASTRONAUT), str(tmp_path / "missing.png"), "--url", "http://127.0.0.1:9", "--timeout", "5")
     assert proc.returncode == 1
-    assert "cannot reach the service at http://127.0.0.1:9" in proc.stderr and "missing.png: no such file or folder" in proc.stderr
+    assert (
+        "cannot reach the service at http://127.0.0.1:9" in proc.stderr
+        and "missing.png: no such file or folder" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
     usage = run_cli(str(ASTRONAUT), "--every", "0")
     assert usage.returncode == 2 and "--every must be at least 1" in usage.stderr
@@ -184,13 +236,19 @@ def test_console_script_is_declared():
         import tomli as tomllib
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["pfvit-recognize"] == "pfvit_client.cli:main"
-    assert {"httpx", "av", "tqdm"} <= {r.split(">")[0].split("=")[0] for r in project["optional-dependencies"]["client"]}
+    assert {"httpx", "av", "tqdm"} <= {
+        r.split(">")[0].split("=")[0] for r in project["optional-dependencies"]["client"]
+    }
 
 
 def test_client_splits_what_the_service_refuses_as_a_whole():
     """Chunks fit the advertised limits; a chunk refused without naming an image goes again one by one."""
     sizes: list[int] = []
-    body = {"model": {"name": "m", "version": "1", "provider": "CPUExecutionProvider"}, "labels": ["a"], "timings_ms": {}}
+    body = {
+        "model": {"name": "m", "version": "1", "provider": "CPUExecutionProvider"},
+        "labels": ["a"],
+        "timings_ms": {},
+    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/limits":
@@ -201,7 +259,9 @@ def test_client_splits_what_the_service_refuses_as_a_whole():
             return httpx.Response(400, json={"title": "Refused", "status": 400, "detail": "something about the batch"})
         if b"BAD" in request.content:
             return httpx.Response(415, json={"title": "Unsupported image format", "status": 415, "detail": "GIF"})
-        return httpx.Response(200, json={**body, "images": [{"index": 0, "filename": "x", "width": 4, "height": 4, "faces": []}]})
+        return httpx.Response(
+            200, json={**body, "images": [{"index": 0, "filename": "x", "width": 4, "height": 4, "faces": []}]}
+        )
 
     inputs = [b"a" * 1000, b"BAD" + b"b" * 1000, b"c" * 1000, b"d" * 10_000, b"e" * 1000]
     with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
@@ -222,3 +282,40 @@ def test_client_stops_on_answers_about_the_service_itself():
     with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(ServiceError, match="404"):
             client.recognize([b"a", b"b"])
+
+
+def test_client_acts_on_the_problem_type_not_its_prose():
+    """What the client does with a refusal follows the problem's type and members, whatever the
+    wording of its detail."""
+    base = "https://pfvit.dev/problems/"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/limits":
+            return httpx.Response(200, json={"max_images": 4, "max_upload_bytes": 60_000})
+        if request.url.params.get("max_faces") == "3":
+            return httpx.Response(
+                422, json={"type": base + "validation-error", "title": "Invalid", "status": 422, "detail": "anything"}
+            )
+        if b"BAD" in request.content:
+            problem = {
+                "type": base + "invalid-image",
+                "title": "Invalid image",
+                "status": 422,
+                "detail": "worded any way at all, naming position 1",
+                "image_index": 1,
+                "image_detail": "image data is truncated or corrupt",
+            }
+            return httpx.Response(422, json=problem)
+        images = [{"index": i, "filename": "x", "width": 4, "height": 4, "faces": []} for i in range(2)]
+        return httpx.Response(200, json={"model": {"name": "m", "version": "1", "provider": "CPU"}, "labels": ["a"],
+                                         "timings_ms": {}, "images": images})  # fmt: skip
+
+    from pfvit_client import ServiceError
+
+    with PFViTClient("http://service.test", transport=httpx.MockTransport(handler)) as client:
+        good, bad, after = client.recognize([b"a" * 10, b"BAD", b"c" * 10])
+        assert good.ok and after.ok and not bad.ok
+        assert bad.error.slug == "invalid-image" and bad.error.detail == "image data is truncated or corrupt"
+        # An invalid option is about the request, not one image: sending the images alone cannot help.
+        with pytest.raises(ServiceError, match="422"):
+            client.recognize([b"a", b"b"], max_faces=3)

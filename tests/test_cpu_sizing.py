@@ -38,7 +38,9 @@ def cgroup_v2(tmp_path: Path, cpu_max: dict[str, str], own: str = "/") -> tuple[
     return root, proc
 
 
-def cgroup_v1(tmp_path: Path, quota_us: int, period_us: int = 100_000, own: str = "/", mount: str = "cpu,cpuacct") -> tuple[Path, Path]:
+def cgroup_v1(
+    tmp_path: Path, quota_us: int, period_us: int = 100_000, own: str = "/", mount: str = "cpu,cpuacct"
+) -> tuple[Path, Path]:
     root = tmp_path / "cgroup"
     (root / mount).mkdir(parents=True)
     (root / mount / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
@@ -63,16 +65,26 @@ def test_a_2_cpu_quota_on_a_64_core_host_sizes_for_2_cores_v1(tmp_path: Path, bi
 
 @pytest.mark.parametrize(
     ("cpu_max", "cores"),
-    [("150000 100000", 2), ("50000 100000", 1), ("1000 100000", 1), ("max 100000", HOST_CORES), ("6400000 100000", HOST_CORES)],
+    [
+        ("150000 100000", 2),
+        ("50000 100000", 1),
+        ("1000 100000", 1),
+        ("max 100000", HOST_CORES),
+        ("6400000 100000", HOST_CORES),
+    ],
 )
-def test_fractional_quotas_round_up_never_below_one_and_never_above_the_mask(tmp_path: Path, big_host, cpu_max: str, cores: int) -> None:
+def test_fractional_quotas_round_up_never_below_one_and_never_above_the_mask(
+    tmp_path: Path, big_host, cpu_max: str, cores: int
+) -> None:
     root, proc = cgroup_v2(tmp_path, {"/": cpu_max})
     assert usable_cores(root, proc) == cores
 
 
 def test_the_tightest_quota_of_the_process_cgroup_and_its_ancestors_counts(tmp_path: Path, big_host) -> None:
     own = "/kubepods.slice/pod1.slice/container.scope"
-    root, proc = cgroup_v2(tmp_path, {"/kubepods.slice/pod1.slice": "300000 100000", own: "max 100000", "/other": "100000 100000"}, own=own)
+    root, proc = cgroup_v2(
+        tmp_path, {"/kubepods.slice/pod1.slice": "300000 100000", own: "max 100000", "/other": "100000 100000"}, own=own
+    )
     assert usable_cores(root, proc) == 3
     (root / own.strip("/") / "cpu.max").write_text("250000 100000\n")
     assert cpu_quota_cores(root, proc) == 2.5
@@ -93,7 +105,9 @@ def test_a_narrow_affinity_mask_wins_over_a_wide_quota(tmp_path: Path, monkeypat
     assert CpuBudget(affinity_cores=8, quota_cores=None).cores == 8
 
 
-def test_the_service_sizes_every_pool_for_the_quota_and_reports_it(tmp_path: Path, big_host, monkeypatch: pytest.MonkeyPatch, settings) -> None:
+def test_the_service_sizes_every_pool_for_the_quota_and_reports_it(
+    tmp_path: Path, big_host, monkeypatch: pytest.MonkeyPatch, settings
+) -> None:
     """A 2-CPU quota on a 64-core host: 2 detector threads, emotion sessions with 2 ONNX Runtime
     threads, and /v1/models and pfvit_cpu_cores say so."""
     from fastapi.testclient import TestClient
@@ -114,12 +128,20 @@ def test_the_service_sizes_every_pool_for_the_quota_and_reports_it(tmp_path: Pat
         assert pipeline.detector.threads == 2
         assert {s.get_session_options().intra_op_num_threads for s in pipeline.model.sessions.values()} == {2}
         cpu = client.get("/v1/models").json()["cpu"]
-        assert cpu == {"usable_cores": 2, "affinity_cores": HOST_CORES, "quota_cores": 2.0, "detect_threads": 2,
-                       "intra_op_threads": 2, "computing_slots": state.computing_slots}
+        assert cpu == {
+            "usable_cores": 2,
+            "affinity_cores": HOST_CORES,
+            "quota_cores": 2.0,
+            "detect_threads": 2,
+            "intra_op_threads": 2,
+            "computing_slots": state.computing_slots,
+        }
         assert "pfvit_cpu_cores 2.0" in client.get("/metrics").text
 
 
-def test_without_a_narrower_limit_onnx_runtime_keeps_its_own_default(tmp_path: Path, big_host, monkeypatch: pytest.MonkeyPatch, settings) -> None:
+def test_without_a_narrower_limit_onnx_runtime_keeps_its_own_default(
+    tmp_path: Path, big_host, monkeypatch: pytest.MonkeyPatch, settings
+) -> None:
     import service.runtime as runtime
     from service.state import ServiceState
 

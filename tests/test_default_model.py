@@ -38,12 +38,7 @@ def test_shipped_card_matches_its_files():
         assert metrics["label"][view]["num_samples"] == 3137, view
     assert metrics["new"]["aligned"]["num_samples"] == 3153
     aligned = metrics["label"]["aligned"]
-    # The card's accuracy agrees with its own per-class recalls and supports, and macro recall with their mean.
-    support = aligned["support"]
     recalls = aligned["per_class_accuracy"]
-    assert sum(support.values()) == 3137
-    assert abs(sum(recalls[k] * support[k] for k in support) / 3137 - aligned["accuracy"]) < 1e-9
-    assert abs(np.mean(list(recalls.values())) - aligned["mean_class_accuracy"]) < 1e-9
     assert aligned["accuracy"] >= SHIPPED_ACCURACY_FLOOR
     assert min(v for k, v in recalls.items() if k != "contempt") >= SHIPPED_RECALL_FLOOR
     for key in ("mean_abs_change", "ssim_to_input"):
@@ -52,6 +47,45 @@ def test_shipped_card_matches_its_files():
     assert (MODEL_DIR / "judge.pt").is_file()  # the instrument behind the poker-face numbers
     total = sum(p.stat().st_size for p in MODEL_DIR.iterdir())
     assert total <= 30 * 1024 * 1024
+
+
+def _scored_sets(card) -> dict[str, dict]:
+    """The card's evaluations that carry per-class figures (accuracy, F1, support)."""
+    metrics = card.training["metrics"]
+    return {
+        f"{votes}.{view}": m
+        for votes, views in metrics.items()
+        if isinstance(views, dict)
+        for view, m in views.items()
+        if isinstance(m, dict) and "per_class_accuracy" in m
+    }
+
+
+def test_the_cards_accuracy_is_what_its_per_class_counts_give():
+    """The card's headline figures, recomputed from its per-class ones, exactly; and better than
+    always answering the commonest class. A figure edited by hand, or copied from another run,
+    does not add up."""
+    card = load_card(MODEL_DIR)
+    scored = _scored_sets(card)
+    assert {"label.aligned", "label.photos", "label.raw_crops", "new.aligned"} <= set(scored)
+    for name, m in scored.items():
+        support = m["support"]
+        assert list(support) == card.labels and sum(support.values()) == m["num_samples"], name
+        correct = {label: m["per_class_accuracy"][label] * support[label] for label in card.labels}
+        # Per-class accuracies are counts of correct answers over the class's faces.
+        assert all(abs(c - round(c)) < 1e-6 for c in correct.values()), name
+        assert round(sum(correct.values())) / m["num_samples"] == pytest.approx(m["accuracy"], abs=1e-12), name
+        assert np.mean(list(m["per_class_accuracy"].values())) == pytest.approx(m["mean_class_accuracy"], abs=1e-12)
+        assert np.mean(list(m["per_class_f1"].values())) == pytest.approx(m["macro_f1"], abs=1e-12), name
+        assert m["accuracy"] > max(support.values()) / m["num_samples"] + 0.05, f"{name}: no better than one class"
+
+
+def test_the_model_page_states_the_cards_accuracy():
+    """docs/default-model.md gives the card's figures, to the rounding it prints."""
+    card = load_card(MODEL_DIR)
+    page = (REPO / "docs" / "default-model.md").read_text(encoding="utf-8")
+    for name, m in _scored_sets(card).items():
+        assert f"| {100 * m['accuracy']:.1f} % |" in page, name
 
 
 def test_default_settings_find_the_shipped_models():
@@ -67,7 +101,9 @@ def default_client():
 
 
 def test_a_smiling_face_reads_as_happiness(default_client):
-    resp = default_client.post("/v1/recognize", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")})
+    resp = default_client.post(
+        "/v1/recognize", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")}
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["model"]["name"] == DEFAULT_EMOTION_MODEL
@@ -83,14 +119,20 @@ def test_the_poker_face_really_changes_a_real_face(default_client):
     from service.vision.mtcnn import MTCNN
 
     resp = default_client.post(
-        "/v1/poker-face", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")}, headers={"Accept": "image/png"}
+        "/v1/poker-face",
+        files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")},
+        headers={"Accept": "image/png"},
     )
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
     poker = np.asarray(Image.open(BytesIO(resp.content)).convert("RGB")).astype(np.int16)
     settings = Settings(_env_file=None)
-    pipeline = FacePipeline(MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=1),
-                            EmotionModel.from_dir(MODEL_DIR, providers=["CPUExecutionProvider"], intra_op_threads=1))
-    options = DetectOptions(max_faces=1, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold)
+    pipeline = FacePipeline(
+        MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=1),
+        EmotionModel.from_dir(MODEL_DIR, providers=["CPUExecutionProvider"], intra_op_threads=1),
+    )
+    options = DetectOptions(
+        max_faces=1, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold
+    )
     (face,) = pipeline.find_faces(np.asarray(Image.open(ASTRONAUT).convert("RGB")), options, StageTimer())
     assert poker.shape == face.aligned.shape
     change = float(np.abs(poker - face.aligned).mean())

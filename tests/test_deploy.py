@@ -113,7 +113,17 @@ def test_service_wheel_holds_no_training_package(tmp_path: Path):
     shutil.copy(REPO / "pyproject.toml", tmp_path / "src")
     shutil.copytree(REPO / "service", tmp_path / "src" / "service", ignore=shutil.ignore_patterns("__pycache__"))
     result = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path / "wheels"), str(tmp_path / "src")]
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "wheels"),
+            str(tmp_path / "src"),
+        ]
     )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp_path / "wheels").glob("pfvit_serving-*.whl")
@@ -126,7 +136,12 @@ def test_dockerfile_runtime_contract():
     instructions = _dockerfile_instructions()
     text = DOCKERFILE.read_text()
     env = " ".join(rest for keyword, rest in instructions if keyword == "ENV")
-    for setting in ("PFVIT_HOST=0.0.0.0", f"PFVIT_PORT={SERVICE_PORT}", "PFVIT_MODELS_DIR=/app/models", "PFVIT_PROVIDERS=auto"):
+    for setting in (
+        "PFVIT_HOST=0.0.0.0",
+        f"PFVIT_PORT={SERVICE_PORT}",
+        "PFVIT_MODELS_DIR=/app/models",
+        "PFVIT_PROVIDERS=auto",
+    ):
         assert setting in env, setting
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the runtime stage must not run as root"
@@ -154,14 +169,19 @@ def test_cuda_base_image_matches_onnxruntime_gpu():
 def test_dockerfile_onnxruntime_pins_satisfy_pyproject():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     args = _dockerfile_args()
-    for extra, package, arg in (("gpu", "onnxruntime-gpu", "ORT_GPU_VERSION"), ("cpu", "onnxruntime", "ORT_CPU_VERSION")):
+    for extra, package, arg in (
+        ("gpu", "onnxruntime-gpu", "ORT_GPU_VERSION"),
+        ("cpu", "onnxruntime", "ORT_CPU_VERSION"),
+    ):
         (requirement,) = [r for r in extras[extra] if re.match(rf"{re.escape(package)}\b(?!-)", r)]
-        spec = SpecifierSet(requirement[len(package):].split(";")[0].strip())
+        spec = SpecifierSet(requirement[len(package) :].split(";")[0].strip())
         assert args[arg] in spec, f"{arg}={args[arg]} is outside pyproject's {requirement!r}"
 
 
 def test_dockerignore_is_an_allow_list_covering_every_copy():
-    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", "start from excluding everything so new scratch folders stay out"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     for kept_out in (".git", ".venv", "runs", "outputs", "training", "tests", ".env"):
@@ -231,7 +251,9 @@ def test_compose_resolved_stack(variant: str):
     # Separate tags, so building one variant never overwrites the other.
     assert pfvit["image"].endswith(f":{variant}")
 
-    prometheus_mounts = {v["target"]: Path(v["source"]) for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
+    prometheus_mounts = {
+        v["target"]: Path(v["source"]) for v in services["prometheus"]["volumes"] if v["type"] == "bind"
+    }
     assert prometheus_mounts["/etc/prometheus/prometheus.yml"] == PROMETHEUS
 
     grafana = services["grafana"]
@@ -323,7 +345,21 @@ def test_grafana_provisioning_parses_and_matches_the_dashboard():
 
 # PromQL words that look like metric names but are not: functions are caught by the "(" that
 # follows them, these are the keywords and modifiers.
-_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset", "inf", "nan"}
+_PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def _metric_names(expr: str) -> set[str]:
@@ -380,7 +416,11 @@ def _documented_labels() -> dict[str, set[str]]:
 
 
 def test_metric_name_extraction():
-    expr = 'histogram_quantile(0.95, sum by (le, stage) (rate(pfvit_stage_duration_seconds_bucket{route=~"/v1/.+"}[$__rate_interval]))) / on() group_left max(pfvit_ready) or vector(0)'
+    expr = (
+        "histogram_quantile(0.95, sum by (le, stage) "
+        '(rate(pfvit_stage_duration_seconds_bucket{route=~"/v1/.+"}[$__rate_interval]))) '
+        "/ on() group_left max(pfvit_ready) or vector(0)"
+    )
     assert _metric_names(expr) == {"pfvit_stage_duration_seconds_bucket", "pfvit_ready"}
     assert _grouping_labels(expr) == {"le", "stage"}
 

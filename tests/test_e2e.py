@@ -15,7 +15,14 @@ REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
 
 @pytest.fixture(scope="module")
 def server(models_dir):
-    with serving({"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_INTRA_OP_THREADS": "1"}) as url:
+    with serving(
+        {
+            "PFVIT_MODELS_DIR": str(models_dir),
+            "PFVIT_EMOTION_MODEL": "stub-emotion",
+            "PFVIT_PROVIDERS": "cpu",
+            "PFVIT_INTRA_OP_THREADS": "1",
+        }
+    ) as url:
         yield url
 
 
@@ -31,7 +38,9 @@ def test_concurrent_clients_all_answered(server, astronaut_bytes):
 
     def call(i: int) -> int:
         data = astronaut_bytes if i % 3 else b"not an image"
-        return httpx.post(server + "/v1/recognize", files={"images": ("a.png", data, "image/png")}, timeout=60).status_code
+        return httpx.post(
+            server + "/v1/recognize", files={"images": ("a.png", data, "image/png")}, timeout=60
+        ).status_code
 
     def answered(metrics: str, status: str) -> float:
         return sample_value(metrics, "pfvit_http_requests_total", method="POST", route="/v1/recognize", status=status)
@@ -49,7 +58,10 @@ def test_concurrent_clients_all_answered(server, astronaut_bytes):
 
 def test_refuses_to_start_without_emotion_model(tmp_path, models_dir):
     proc, _ = start_server(
-        {"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "no-such-model"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        {"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "no-such-model"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         out, _ = proc.communicate(timeout=60)

@@ -84,7 +84,10 @@ def rendered_pairs(size: int, seed: int, count: int) -> tuple[np.ndarray, np.nda
     from training.render.dataset import EMOTIONS, IDENTITY_RANGES, render_sample
 
     labels = [i for i, name in enumerate(EMOTIONS) if name != "neutral"]
-    samples = [render_sample((seed, j), size, label=labels[j % len(labels)], identity_range=IDENTITY_RANGES["test"]) for j in range(count)]
+    samples = [
+        render_sample((seed, j), size, label=labels[j % len(labels)], identity_range=IDENTITY_RANGES["test"])
+        for j in range(count)
+    ]
     return np.stack([s.image for s in samples]), np.stack([s.poker_face for s in samples])
 
 

@@ -33,7 +33,9 @@ def _cuda_usable() -> bool:
     return True
 
 
-requires_cuda = pytest.mark.skipif(not _cuda_usable(), reason="no usable CUDA provider (needs a GPU, its driver and the gpu extra)")
+requires_cuda = pytest.mark.skipif(
+    not _cuda_usable(), reason="no usable CUDA provider (needs a GPU, its driver and the gpu extra)"
+)
 
 
 @requires_cuda
@@ -52,7 +54,13 @@ def test_every_graph_runs_on_cuda_and_matches_the_cpu(astronaut_rgb) -> None:
             assert all(p[0] == CUDA for p in model.providers.values())
             assert set(model._devices.values()) == {"cuda"}  # IOBinding keeps outputs on the GPU
         pipeline = FacePipeline(detector, model)
-        (result,) = pipeline.run([astronaut_rgb], DetectOptions(max_faces=5, min_face_size=20, threshold=0.7), StageTimer(), recognise=True, poker_face=True)
+        (result,) = pipeline.run(
+            [astronaut_rgb],
+            DetectOptions(max_faces=5, min_face_size=20, threshold=0.7),
+            StageTimer(),
+            recognise=True,
+            poker_face=True,
+        )
         results[provider] = result
     cuda, cpu = results[CUDA], results[CPU]
     assert len(cuda.faces) == len(cpu.faces) == 1
@@ -95,12 +103,20 @@ def test_fp16_parity_holds_on_cuda(tmp_path, astronaut_rgb) -> None:
     # The fixture photo's aligned face and 255 random faces (normalised as the service does).
     model = EmotionModel.from_dir(shipped, providers=[CPU])
     pipeline = FacePipeline(MTCNN.from_dir(REPO / "models" / "mtcnn", providers=[CPU]), model)
-    (result,) = pipeline.run([astronaut_rgb], DetectOptions(max_faces=1, min_face_size=20, threshold=0.7), StageTimer(), recognise=True, poker_face=False)
+    (result,) = pipeline.run(
+        [astronaut_rgb],
+        DetectOptions(max_faces=1, min_face_size=20, threshold=0.7),
+        StageTimer(),
+        recognise=True,
+        poker_face=False,
+    )
     random_faces = np.random.default_rng(0).integers(0, 256, size=(255, *model.input_hw, 3), dtype=np.uint8)
     x = model._prepare(np.concatenate([np.stack([f.aligned for f in result.faces]), random_faces]))
     report = compare_graphs(pair, [x[:128], x[128:]])
     assert report["logits_max_abs_diff"] <= FP16_LOGIT_MAX_ABS, report
-    assert report["argmax_agreement"] >= 0.99, report  # random faces include near-ties; the 99.5 % bar is for a test split
+    assert report["argmax_agreement"] >= 0.99, (
+        report
+    )  # random faces include near-ties; the 99.5 % bar is for a test split
     assert report["poker_face_psnr_db"] >= FP16_POKER_PSNR_DB, report
 
 
@@ -115,11 +131,20 @@ def test_two_workers_each_serve_on_cuda(astronaut_bytes) -> None:
         seen = set()
         for _ in range(40):
             with httpx.Client(timeout=60) as client:  # a new connection each time: any worker may take it
-                assert client.post(url + "/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
+                assert (
+                    client.post(
+                        url + "/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}
+                    ).status_code
+                    == 200
+                )
                 body = client.get(url + "/v1/models").json()
             assert all(g["providers"][0] == CUDA for m in body["models"] for g in m["graphs"].values())
             metrics = httpx.get(url + "/metrics").text
-            seen = {line.split('pid="')[1].split('"')[0] for line in metrics.splitlines() if line.startswith("pfvit_worker_http_requests{")}
+            seen = {
+                line.split('pid="')[1].split('"')[0]
+                for line in metrics.splitlines()
+                if line.startswith("pfvit_worker_http_requests{")
+            }
             if len(seen) == 2:
                 break
         assert len(seen) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.app import create_app, keyed_routers
 from tests.conftest import wait_ready
 from tests.images import encode
 from tests.prometheus_text import sample_value
@@ -63,7 +63,11 @@ def test_deadline_answers_504_and_stops_the_work(settings, astronaut_rgb):
         wait_ready(c)
         before = sample_value(c.get("/metrics").text, "pfvit_requests_abandoned_total", reason="deadline")
         start = time.perf_counter()
-        resp = c.post("/v1/recognize", files=upload(*[(f"{i}.png", d, "image/png") for i, d in enumerate(small)]), params={"min_face_size": 12})
+        resp = c.post(
+            "/v1/recognize",
+            files=upload(*[(f"{i}.png", d, "image/png") for i, d in enumerate(small)]),
+            params={"min_face_size": 12},
+        )
         elapsed = time.perf_counter() - start
         assert_problem(resp, 504, "deadline-exceeded")
         assert elapsed < 5.0  # answered at the deadline, not when the work would have ended
@@ -91,15 +95,40 @@ def test_api_key_bearer_or_header(guarded, astronaut_bytes):
         assert guarded.get(path).status_code == 200
     spec = guarded.get("/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
-    assert spec["paths"]["/v1/recognize"]["post"]["security"] and "401" in spec["paths"]["/v1/recognize"]["post"]["responses"]
+    assert (
+        spec["paths"]["/v1/recognize"]["post"]["security"]
+        and "401" in spec["paths"]["/v1/recognize"]["post"]["responses"]
+    )
     assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+@pytest.mark.parametrize("metrics_key", [False, True])
+def test_key_protected_paths_come_from_the_routers(settings, metrics_key):
+    """The routes the OpenAPI document marks as needing a key are those the middleware refuses
+    without one before any route runs, and no other: both read the keyed routers."""
+    keyed = settings.model_copy(update={"api_keys": ["key-one"], "metrics_require_key": metrics_key})
+    with TestClient(create_app(keyed)) as c:
+        spec = c.get("/openapi.json").json()
+        marked = {path for path, ops in spec["paths"].items() if any(op.get("security") for op in ops.values())}
+        assert marked == {"/v1/recognize", "/v1/poker-face", "/v1/models", "/v1/limits"} | (
+            {"/metrics"} if metrics_key else set()
+        )
+        for path, operations in spec["paths"].items():
+            for method in operations:
+                keyless = c.request(method.upper(), path)
+                assert (keyless.status_code == 401) == (path in marked), (method, path, keyless.status_code)
+    assert keyed_routers(settings) == ()  # no keys, nothing to protect
 
 
 def test_the_key_is_checked_before_the_body(guarded):
     # A keyless upload declaring more than the body limit: the key decides, not the body.
     huge = {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(10**9)}
     assert_problem(guarded.post("/v1/recognize", content=b"--x", headers=huge), 401, "unauthorized")
-    assert_problem(guarded.post("/v1/recognize", content=b"--x", headers={**huge, "Authorization": "Bearer nope"}), 401, "unauthorized")
+    assert_problem(
+        guarded.post("/v1/recognize", content=b"--x", headers={**huge, "Authorization": "Bearer nope"}),
+        401,
+        "unauthorized",
+    )
     assert_problem(guarded.post("/v1/recognize", content=b"--x", headers={**huge, **KEY}), 413, "payload-too-large")
     # The docs stay open by default (PFVIT_DOCS_REQUIRE_KEY).
     assert guarded.get("/openapi.json").status_code == 200
@@ -108,13 +137,19 @@ def test_the_key_is_checked_before_the_body(guarded):
 def test_cors_preflight_and_simple_request(guarded):
     pre = guarded.options(
         "/v1/recognize",
-        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key, content-type"},
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key, content-type",
+        },
     )
     assert pre.status_code == 200
     assert pre.headers["access-control-allow-origin"] == "https://app.example"
     assert "POST" in pre.headers["access-control-allow-methods"]
     assert "x-api-key" in pre.headers["access-control-allow-headers"].lower()
-    other = guarded.options("/v1/recognize", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    other = guarded.options(
+        "/v1/recognize", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in other.headers
     body = assert_problem(other, 400, "bad-request")
     assert "CORS" in body["detail"] and "origin" in body["detail"].lower()
@@ -134,7 +169,7 @@ def test_request_id_is_echoed_or_generated(client):
     made = client.get("/healthz")
     assert len(made.headers["x-request-id"]) == 32
     # A value that could forge log fields is replaced, not echoed.
-    odd = client.get("/healthz", headers={"X-Request-ID": "a b\"c"})
+    odd = client.get("/healthz", headers={"X-Request-ID": 'a b"c'})
     assert odd.headers["x-request-id"] != 'a b"c' and len(odd.headers["x-request-id"]) == 32
     assert client.get("/healthz").headers["x-request-id"] != made.headers["x-request-id"]
 
@@ -144,7 +179,9 @@ def _json_body(data: bytes, **options) -> dict:
 
 
 def test_base64_json_input_gives_the_multipart_answer(client, astronaut_bytes):
-    multipart = client.post("/v1/recognize", files=upload(("astronaut.png", astronaut_bytes, "image/png")), params={"max_faces": 3}).json()
+    multipart = client.post(
+        "/v1/recognize", files=upload(("astronaut.png", astronaut_bytes, "image/png")), params={"max_faces": 3}
+    ).json()
     as_json = client.post("/v1/recognize", json=_json_body(astronaut_bytes, max_faces=3)).json()
     for body in (multipart, as_json):
         body.pop("timings_ms")
@@ -155,7 +192,9 @@ def test_base64_json_input_gives_the_multipart_answer(client, astronaut_bytes):
     png = client.post("/v1/poker-face", json={"images": [{"data": data_uri}]}, headers={"Accept": "image/png"})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     # Options in the body win over the query.
-    none = client.post("/v1/recognize", params={"min_face_size": 20}, json=_json_body(astronaut_bytes, min_face_size=300))
+    none = client.post(
+        "/v1/recognize", params={"min_face_size": 20}, json=_json_body(astronaut_bytes, min_face_size=300)
+    )
     assert none.json()["images"][0]["faces"] == []
 
 
@@ -167,12 +206,26 @@ def test_base64_json_input_gives_the_multipart_answer(client, astronaut_bytes):
         ({"images": [{"data": "https://example.com/face.jpg"}]}, 422, "validation-error"),
         ({"images": [{"data": "data:image/png,rawbytes"}]}, 422, "validation-error"),
         ({"images": [{"data": base64.b64encode(b"<html>").decode()}]}, 422, "invalid-image"),
-        ({"images": [{"data": base64.b64encode(encode(np.zeros((8, 8, 3), np.uint8), "GIF")).decode()}]}, 415, "unsupported-media-type"),
+        (
+            {"images": [{"data": base64.b64encode(encode(np.zeros((8, 8, 3), np.uint8), "GIF")).decode()}]},
+            415,
+            "unsupported-media-type",
+        ),
         ({"images": [{"data": "   "}]}, 400, "empty-upload"),
         ({"images": [{"data": "AAAA"}], "max_faces": 5000}, 422, "validation-error"),
         ({"images": [{"data": "AAAA"}], "colour": "blue"}, 422, "validation-error"),
     ],
-    ids=["empty-list", "bad-base64", "url", "data-uri-not-base64", "not-an-image", "gif", "blank", "max-faces-over-limit", "unknown-option"],
+    ids=[
+        "empty-list",
+        "bad-base64",
+        "url",
+        "data-uri-not-base64",
+        "not-an-image",
+        "gif",
+        "blank",
+        "max-faces-over-limit",
+        "unknown-option",
+    ],
 )
 def test_bad_json_input_gets_the_same_problem_types(client, astronaut_bytes, body, status, slug):
     for route in ("/v1/recognize", "/v1/poker-face"):
@@ -210,9 +263,16 @@ def test_queue_stage_in_timings(client, astronaut_bytes):
 def test_openapi_tells_the_truth(client, settings):
     spec = client.get("/openapi.json").json()
     ops = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
-    assert {op["operationId"] for op in ops.values()} >= {"recognize", "poker_face", "healthz", "readyz", "models", "prometheus_metrics"}
+    assert {op["operationId"] for op in ops.values()} >= {
+        "recognize",
+        "poker_face",
+        "healthz",
+        "readyz",
+        "models",
+        "prometheus_metrics",
+    }
     assert "HTTPValidationError" not in spec["components"]["schemas"]
-    for (path, method), op in ops.items():
+    for (path, _method), op in ops.items():
         for status, response in op["responses"].items():
             if int(status) >= 400 and path != "/readyz":
                 content = response["content"]
@@ -229,7 +289,9 @@ def test_openapi_tells_the_truth(client, settings):
         json_schema = spec["components"]["schemas"][body["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
         assert json_schema["properties"]["images"]["minItems"] == 1
         (max_faces,) = [p for p in op["parameters"] if p["name"] == "max_faces"]
-        assert {"type": "integer", "minimum": 1, "maximum": settings.max_faces_limit}.items() <= max_faces["schema"]["anyOf"][0].items()
+        assert {"type": "integer", "minimum": 1, "maximum": settings.max_faces_limit}.items() <= max_faces["schema"][
+            "anyOf"
+        ][0].items()
         assert op["responses"]["200"]["content"]["application/json"]["example"]["images"]
 
 
@@ -261,8 +323,14 @@ def test_missing_poker_face_graph_is_refused_before_any_detection(recognition_on
     with TestClient(app) as c:
         wait_ready(c)
         before = sample_value(c.get("/metrics").text, "pfvit_stage_duration_seconds_count", stage="detect")
-        assert_problem(c.post("/v1/recognize", params={"return_poker_face": "true"}, files=files), 501, "capability-missing")
-        assert_problem(c.post("/v1/recognize", json={"images": [{"data": "AAAA"}], "return_poker_face": True}), 501, "capability-missing")
+        assert_problem(
+            c.post("/v1/recognize", params={"return_poker_face": "true"}, files=files), 501, "capability-missing"
+        )
+        assert_problem(
+            c.post("/v1/recognize", json={"images": [{"data": "AAAA"}], "return_poker_face": True}),
+            501,
+            "capability-missing",
+        )
         assert_problem(c.post("/v1/poker-face", files=files), 501, "capability-missing")
         assert sample_value(c.get("/metrics").text, "pfvit_stage_duration_seconds_count", stage="detect") == before
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from service.card import sha256_file
+from tests.conftest import stub_server_env
 from tests.images import encode
 from tests.prometheus_text import sample_value
-from tests.conftest import stub_server_env
 from tools.loopback import serving, start_server, stop_server, wait_until_ready
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,11 @@ def _multipart(files: list[tuple[str, bytes]], boundary: str) -> bytes:
     parts = []
     for name, data in files:
         parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            (
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
             + data
             + b"\r\n"
         )
@@ -105,6 +109,7 @@ def test_client_that_hangs_up_stops_its_work(one_slot_server, slow_images, astro
     url, _ = one_slot_server
     host, port = url.removeprefix("http://").split(":")
     before = _metric(url, "pfvit_requests_abandoned_total", reason="disconnect")
+    images_before = _metric(url, "pfvit_faces_per_image_count")
     boundary = uuid.uuid4().hex
     body = _multipart(slow_images, boundary)
     head = (
@@ -113,8 +118,8 @@ def test_client_that_hangs_up_stops_its_work(one_slot_server, slow_images, astro
     ).encode()
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(head + body)
-        _wait_for(lambda: _metric(url, "pfvit_http_requests_in_flight") >= 2)  # it and this scrape
-        time.sleep(0.2)  # let it get into detection
+        # Hang up once it is in its stages: its first image is through detection.
+        _wait_for(lambda: _metric(url, "pfvit_faces_per_image_count") > images_before)
     # The work stops at its next stage instead of computing all sixteen images for nobody.
     _wait_for(lambda: _metric(url, "pfvit_requests_abandoned_total", reason="disconnect") == before + 1)
     start = time.perf_counter()
@@ -125,10 +130,14 @@ def test_client_that_hangs_up_stops_its_work(one_slot_server, slow_images, astro
 def test_json_log_has_one_line_per_request_without_file_names(one_slot_server, astronaut_bytes):
     url, log_path = one_slot_server
     resp = httpx.post(
-        url + "/v1/recognize", files={"images": ("secret-name.png", astronaut_bytes, "image/png")}, headers={"X-Request-ID": "log-check-1"}, timeout=60
+        url + "/v1/recognize",
+        files={"images": ("secret-name.png", astronaut_bytes, "image/png")},
+        headers={"X-Request-ID": "log-check-1"},
+        timeout=60,
     )
     assert resp.status_code == 200 and resp.headers["x-request-id"] == "log-check-1"
-    time.sleep(0.3)
+    # The access record is written as the response completes: wait for it, not for a while.
+    _wait_for(lambda: '"log-check-1"' in log_path.read_text())
     text = log_path.read_text()
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert len(records) == len(text.splitlines())  # every line is JSON
@@ -223,10 +232,11 @@ def test_shutdown_has_a_bound(settings, astronaut_rgb):
         # 128 distinct photos: about ten seconds of work on one slot, far past the grace period.
         photos = [encode(np.roll(astronaut_rgb, i * 3, axis=0).copy(), "JPEG", quality=80) for i in range(128)]
         files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
+        images_before = _metric(url, "pfvit_faces_per_image_count")
         client = threading.Thread(target=lambda: _post_quietly(url, files), daemon=True)
         client.start()
-        _wait_for(lambda: _metric(url, "pfvit_http_requests_in_flight") >= 2)
-        time.sleep(0.3)
+        # Terminate once the request is in its stages: its first image is through detection.
+        _wait_for(lambda: _metric(url, "pfvit_faces_per_image_count") > images_before, timeout_s=60)
         start = time.perf_counter()
         proc.terminate()
         proc.wait(timeout=30)
@@ -261,14 +271,20 @@ def _broken_models(settings, tmp_path: Path, fault: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "fault, words, workers", [("unreadable-graph", "recognition.onnx", "1"), ("label-count", "labels", "1"), ("label-count", "labels", "2")]
+    "fault, words, workers",
+    [("unreadable-graph", "recognition.onnx", "1"), ("label-count", "labels", "1"), ("label-count", "labels", "2")],
 )
 def test_model_fault_found_while_loading_exits_non_zero(settings, tmp_path, fault, words, workers):
     """Found by a session or by warm-up, after the port is bound; with several workers, by any
     one of them, which stops them all."""
     models = _broken_models(settings, tmp_path, fault)
-    env = {"PFVIT_MODELS_DIR": str(models), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cpu", "PFVIT_WARMUP_RUNS": "1",
-           "PFVIT_WORKERS": workers}
+    env = {
+        "PFVIT_MODELS_DIR": str(models),
+        "PFVIT_EMOTION_MODEL": "stub-emotion",
+        "PFVIT_PROVIDERS": "cpu",
+        "PFVIT_WARMUP_RUNS": "1",
+        "PFVIT_WORKERS": workers,
+    }
     proc, _ = start_server(env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=60)

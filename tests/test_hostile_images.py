@@ -53,7 +53,9 @@ def test_named_hostile_files_get_their_status_through_the_api(client, photo, ast
 
 
 def test_dds_is_refused_as_unsupported_before_pillow_opens_it(client):
-    body = _assert_problem(client.post("/v1/recognize", files={"images": ("min.dds", hc.dds_minimal(), "image/x-dds")}), 415)
+    body = _assert_problem(
+        client.post("/v1/recognize", files={"images": ("min.dds", hc.dds_minimal(), "image/x-dds")}), 415
+    )
     assert body["format"] == "DDS" and body["type"].endswith("/unsupported-media-type")
 
 
@@ -70,7 +72,9 @@ def test_whole_jpegs_decode_to_the_same_pixels_as_before(photo):
     jpegs.append(hc.encode(photo, "JPEG", quality=75, exif=_exif_bytes()))
     jpegs.append(hc.encode(photo, "MPO", save_all=True, append_images=[photo.rotate(90)]))
     for data in jpegs:
-        assert np.array_equal(decode_image(data, max_pixels=LIMIT), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        assert np.array_equal(
+            decode_image(data, max_pixels=LIMIT), np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        )
     big = hc.encode(photo.resize((2048, 2048)), "JPEG", quality=90)
     reduced = decode_picture(big, max_pixels=LIMIT, max_side=600)
     pil = Image.open(io.BytesIO(big))
@@ -85,7 +89,9 @@ def _exif_bytes() -> bytes:
     return exif.tobytes()
 
 
-@pytest.mark.parametrize("build", [hc.jpeg_comment_flood, hc.png_chunk_flood], ids=["jpeg-5M-comments", "png-950k-chunks"])
+@pytest.mark.parametrize(
+    "build", [hc.jpeg_comment_flood, hc.png_chunk_flood], ids=["jpeg-5M-comments", "png-950k-chunks"]
+)
 def test_pathological_structure_is_refused_fast(build):
     data = build()
     for check in (lambda: probe_size(data, max_pixels=LIMIT), lambda: decode_image(data, max_pixels=LIMIT)):
@@ -142,7 +148,13 @@ def test_a_million_empty_items_get_a_small_422_at_once(client):
 def test_images_over_max_images_is_one_error_checked_before_the_items(client, settings):
     too_many = {"images": [{"nonsense": i} for i in range(settings.max_images + 1)]}
     problem = _assert_problem(client.post("/v1/recognize", json=too_many), 422)
-    assert problem["errors"] == [{"loc": ["body", "images"], "msg": f"List should have at most {settings.max_images} items, not {settings.max_images + 1}", "type": "too_long"}]
+    assert problem["errors"] == [
+        {
+            "loc": ["body", "images"],
+            "msg": f"List should have at most {settings.max_images} items, not {settings.max_images + 1}",
+            "type": "too_long",
+        }
+    ]
     assert problem["error_count"] == 1
 
 

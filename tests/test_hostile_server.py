@@ -29,7 +29,9 @@ def keyed_server(settings):
         stop_server(proc)
 
 
-@pytest.mark.parametrize("check", [check_stall, check_amplification, check_keyless_memory], ids=["stall", "amplification", "keyless-memory"])
+@pytest.mark.parametrize(
+    "check", [check_stall, check_amplification, check_keyless_memory], ids=["stall", "amplification", "keyless-memory"]
+)
 def test_probe_check_holds(keyed_server, check):
     url, pid = keyed_server
     probe = Probe(url=url, api_key=KEY, pid=pid)

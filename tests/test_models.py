@@ -13,8 +13,8 @@ from service.card import load_card, sha256_file, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
 from service.models import EmotionModel, softmax
 from service.runtime import CPU, resolve_providers
-from tools.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
 from tests.conftest import DEFAULT_MODEL_DIR
+from tools.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
 
 
 def test_softmax_is_stable_and_normalised():
@@ -90,7 +90,9 @@ def test_model_without_poker_face_graph(tmp_path):
         model.poker_faces(np.zeros((1, 112, 112, 3), np.uint8))
 
 
-@pytest.mark.parametrize("bad", [{"labels": []}, {"labels": ["a", "a"]}, {"kind": "emotion", "input": None}, {"schema": "other/9"}])
+@pytest.mark.parametrize(
+    "bad", [{"labels": []}, {"labels": ["a", "a"]}, {"kind": "emotion", "input": None}, {"schema": "other/9"}]
+)
 def test_malformed_cards(tmp_path, bad):
     write_stub_model(tmp_path / "m")
     path = tmp_path / "m" / "card.json"
@@ -143,7 +145,10 @@ def test_poker_face_routes_without_the_graph_answer_501(recognition_only_setting
     files = {"images": ("a.png", astronaut_bytes, "image/png")}
     with TestClient(app) as client:
         wait_ready(client)
-        for resp in (client.post("/v1/poker-face", files=files), client.post("/v1/recognize", params={"return_poker_face": "true"}, files=files)):
+        for resp in (
+            client.post("/v1/poker-face", files=files),
+            client.post("/v1/recognize", params={"return_poker_face": "true"}, files=files),
+        ):
             assert resp.status_code == 501 and resp.json()["type"].endswith("/capability-missing"), resp.text
         assert client.post("/v1/recognize", files=files).status_code == 200  # recognition still serves
 
@@ -153,11 +158,14 @@ def test_iobinding_answers_bit_for_bit_what_session_run_answers(batch_wait_s):
     """The emotion graphs run through IOBinding (one copy each way on a GPU); on the CPU their
     rows are exactly those of a plain ``session.run``, with or without the micro-batcher."""
     from service.vision.align import to_uint8_images
-    from tests.conftest import REPO
 
-    model = EmotionModel.from_dir(DEFAULT_MODEL_DIR, providers=[CPU], intra_op_threads=1, batch_wait_s=batch_wait_s, max_batch=4)
+    model = EmotionModel.from_dir(
+        DEFAULT_MODEL_DIR, providers=[CPU], intra_op_threads=1, batch_wait_s=batch_wait_s, max_batch=4
+    )
     try:
-        faces = np.random.default_rng(3).integers(0, 256, size=(7, *model.input_hw, 3), dtype=np.uint8)  # two calls of 4 and 3
+        faces = np.random.default_rng(3).integers(
+            0, 256, size=(7, *model.input_hw, 3), dtype=np.uint8
+        )  # two calls of 4 and 3
         x = model._prepare(faces)
         for graph, output, got in (
             ("recognition", "logits", model.recognise(faces).logits),

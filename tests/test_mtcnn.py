@@ -35,13 +35,12 @@ from service.vision.mtcnn import (
     session_threads,
     square_boxes,
 )
+from tools.detector_fidelity import FACENET_BOX, FACENET_LANDMARKS, FACENET_SCORE
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "mtcnn"
 
 # facenet_pytorch.MTCNN() (2.6.0, defaults) on tests/fixtures/astronaut.png.
-REF_BOX = np.array([181.1, 62.2, 267.7, 172.1])
-REF_SCORE = 0.99999
-REF_LANDMARKS = np.array([[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]])
+REF_BOX, REF_SCORE, REF_LANDMARKS = FACENET_BOX, FACENET_SCORE, FACENET_LANDMARKS
 # Our pyramid is a chained box filter where facenet resizes each level from the full image, so
 # P-Net sees slightly different pixels and the refined boxes move by up to ~2 px (measured
 # 2.0 px on the box, 1.6 px on the landmarks of this 90 px face); the crops fed to R-Net and
@@ -237,7 +236,9 @@ def test_tall_windows_are_cropped_by_row_sums_to_the_same_pooling(size: int) -> 
     image = np.random.default_rng(6).integers(0, 256, (700, 500, 3), dtype=np.uint8)
     tall = mtcnn_module._CELL_SUM_ROWS * size
     # half-open row0, row1, col0, col1: just under and over the switch, a tall thin one, a big one
-    windows = np.array([[0, tall, 0, tall], [3, tall + 4, 10, tall + 1], [20, 690, 100, 131], [0, 700, 0, 500]], np.int64)
+    windows = np.array(
+        [[0, tall, 0, tall], [3, tall + 4, 10, tall + 1], [20, 690, 100, 131], [0, 700, 0, 500]], np.int64
+    )
     crops = crop_patches(image, windows, size)
     for crop, (r0, r1, c0, c1) in zip(crops, windows, strict=True):
         np.testing.assert_allclose(crop, _adaptive_avg_pool(image[r0:r1, c0:c1], (size, size)), atol=1e-4)
@@ -355,7 +356,9 @@ def crowd(astronaut_rgb: np.ndarray) -> np.ndarray:
     several P-Net bands, several R-Net calls and several faces."""
     canvas = np.full((900, 1200, 3), 110, dtype=np.uint8)
     for side, (top, left) in ((420, (20, 30)), (260, (500, 600)), (160, (120, 900))):
-        canvas[top : top + side, left : left + side] = np.asarray(Image.fromarray(astronaut_rgb).resize((side, side), Image.BILINEAR))
+        canvas[top : top + side, left : left + side] = np.asarray(
+            Image.fromarray(astronaut_rgb).resize((side, side), Image.BILINEAR)
+        )
     return canvas
 
 
@@ -367,12 +370,19 @@ def assert_same_detections(found: list[FaceDetection], want: list[FaceDetection]
         np.testing.assert_array_equal(a.landmarks, b.landmarks)
 
 
-def test_threads_find_exactly_what_one_thread_finds(detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threads_find_exactly_what_one_thread_finds(
+    detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import service.vision.mtcnn as mtcnn_module
 
     calls: list[int] = []
     run = detector.rnet.run
-    monkeypatch.setattr(detector.rnet, "run", lambda names, feed: calls.append(len(next(iter(feed.values())))) or run(names, feed), raising=False)
+    monkeypatch.setattr(
+        detector.rnet,
+        "run",
+        lambda names, feed: calls.append(len(next(iter(feed.values())))) or run(names, feed),
+        raising=False,
+    )
     alone = detector.detect(crowd)
     assert len(alone) >= 3 and len(calls) > 1  # several R-Net calls: the threads have calls to share
     assert len(pnet_bands(*level_size(900, 1200, 12 / DEFAULT_MIN_FACE_SIZE), mtcnn_module.PNET_BAND_PIXELS)) > 1
@@ -408,7 +418,7 @@ def test_a_detection_beside_another_takes_one_thread_whole(detector: MTCNN, crow
     assert pool is not None
     submitted: list[str] = []
     submit = pool.submit
-    pool.submit = lambda fn, *args: submitted.append(getattr(fn, "__name__", "?")) or submit(fn, *args)  # type: ignore[method-assign]
+    pool.submit = lambda fn, *args: submitted.append(getattr(fn, "__name__", "?")) or submit(fn, *args)
     try:
         other_started, other_may_end = threading.Event(), threading.Event()
 
@@ -502,7 +512,9 @@ def test_sessions_run_single_threaded_under_detector_threads() -> None:
         shared.close()
 
 
-def test_pnet_candidates_do_not_depend_on_the_bands(detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pnet_candidates_do_not_depend_on_the_bands(
+    detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import service.vision.mtcnn as mtcnn_module
 
     def candidates(max_pixels: int) -> np.ndarray:

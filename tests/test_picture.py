@@ -69,7 +69,9 @@ def test_draft_decoding_honours_exif_orientation(big_astronaut: np.ndarray) -> N
     picture = decode_picture(data, max_pixels=40_000_000, max_side=500)
     assert (picture.width, picture.height) == (1400, 2000)
     assert picture.pixels.shape == (500, 350, 3)
-    reduced_full = np.asarray(Image.fromarray(decode_image(data, max_pixels=40_000_000)).resize((350, 500), Image.Resampling.BOX))
+    reduced_full = np.asarray(
+        Image.fromarray(decode_image(data, max_pixels=40_000_000)).resize((350, 500), Image.Resampling.BOX)
+    )
     assert np.abs(picture.pixels.astype(int) - reduced_full).mean() < 3  # the same upright picture
 
 
@@ -79,14 +81,18 @@ def test_an_upload_that_cannot_be_drafted_is_reduced_before_it_becomes_an_array(
         full = decode_image(data, max_pixels=40_000_000)
         picture = decode_picture(data, max_pixels=40_000_000, max_side=1280)
         assert (picture.width, picture.height) == (1920, 1500) and picture.pixels.shape == (1000, 1280, 3)
-        np.testing.assert_array_equal(picture.pixels, np.asarray(Image.fromarray(full).resize((1280, 1000), Image.Resampling.BOX)))
+        np.testing.assert_array_equal(
+            picture.pixels, np.asarray(Image.fromarray(full).resize((1280, 1000), Image.Resampling.BOX))
+        )
         np.testing.assert_array_equal(picture.full(), full)
 
 
 def test_png_is_reduced_after_decoding(big_astronaut: np.ndarray) -> None:
     picture = Picture.from_array(big_astronaut, max_side=1000)
     assert picture.pixels.shape == (1000, 1000, 3) and picture.full() is big_astronaut
-    np.testing.assert_allclose(picture.to_full(np.array([[0.0, 0.0], [999.0, 999.0]])), [[0.78, 0.78], [2558.22, 2558.22]])
+    np.testing.assert_allclose(
+        picture.to_full(np.array([[0.0, 0.0], [999.0, 999.0]])), [[0.78, 0.78], [2558.22, 2558.22]]
+    )
 
 
 def test_search_min_face_rule() -> None:
@@ -100,8 +106,17 @@ def test_search_min_face_rule() -> None:
 def test_same_faces_with_and_without_the_bound(detector: MTCNN, big_astronaut: np.ndarray, fmt: str) -> None:
     data = encode(big_astronaut, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     # threshold 0.9: searched at full size, the upscaled suit also gives one box at 0.86.
-    full = find_faces(detector, decode_image(data, max_pixels=40_000_000), size=48, min_face_size=20, threshold=0.9, max_faces=20)
-    bounded = find_faces(detector, decode_picture(data, max_pixels=40_000_000, max_side=1280), size=48, min_face_size=20, threshold=0.9, max_faces=20)
+    full = find_faces(
+        detector, decode_image(data, max_pixels=40_000_000), size=48, min_face_size=20, threshold=0.9, max_faces=20
+    )
+    bounded = find_faces(
+        detector,
+        decode_picture(data, max_pixels=40_000_000, max_side=1280),
+        size=48,
+        min_face_size=20,
+        threshold=0.9,
+        max_faces=20,
+    )
     assert len(full) == 1
     assert_same_faces(bounded, full)
     # The crops show the same face (the big face is cut from the reduced picture): measured 8
@@ -125,7 +140,7 @@ def test_small_faces_are_cut_from_full_resolution(detector: MTCNN, astronaut_rgb
         calls.append(1)
         return original_full()
 
-    picture.full = counting_full  # type: ignore[method-assign]
+    picture.full = counting_full
     bounded = find_faces(detector, picture, size=48, min_face_size=40, threshold=None, max_faces=5)
     assert len(full_faces) == 1 and calls
     assert_same_faces(bounded, full_faces)
@@ -150,9 +165,15 @@ def test_pipeline_bounds_the_detector_input(detector: MTCNN, big_astronaut: np.n
 
             return nullcontext()
 
-    pipeline = FacePipeline(Recording(), NoModel(), detect_max_side=800)  # type: ignore[arg-type]
+    pipeline = FacePipeline(Recording(), NoModel(), detect_max_side=800)
     data = encode(big_astronaut, "JPEG", quality=90)
-    results = pipeline.run([data], DetectOptions(max_faces=5, min_face_size=8, threshold=0.7), StageTimer(), recognise=False, poker_face=False)
+    results = pipeline.run(
+        [data],
+        DetectOptions(max_faces=5, min_face_size=8, threshold=0.7),
+        StageTimer(),
+        recognise=False,
+        poker_face=False,
+    )
     assert seen == [((800, 800, 3), 8)]
     (result,) = results
     assert (result.width, result.height) == (2560, 2560) and len(result.faces) == 1

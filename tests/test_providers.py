@@ -25,7 +25,9 @@ def test_required_provider_only_when_named() -> None:
     assert required_provider("CUDAExecutionProvider,CPUExecutionProvider", [CUDA, CPU]) == CUDA
 
 
-@pytest.mark.skipif(CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA")
+@pytest.mark.skipif(
+    CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA"
+)
 def test_a_named_provider_that_onnx_runtime_cannot_use_is_an_error() -> None:
     with warnings.catch_warnings():
         # ONNX Runtime itself only warns (CPU build) or says nothing (CUDA build without a GPU).
@@ -44,7 +46,9 @@ def test_auto_takes_cuda_only_when_this_build_offers_it() -> None:
     assert (CUDA in chosen) == (CUDA in ort.get_available_providers())
 
 
-@pytest.mark.skipif(CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA")
+@pytest.mark.skipif(
+    CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA"
+)
 def test_service_refuses_to_start_when_cuda_is_asked_for_and_missing(models_dir) -> None:
     proc, _ = start_server(
         {"PFVIT_MODELS_DIR": str(models_dir), "PFVIT_EMOTION_MODEL": "stub-emotion", "PFVIT_PROVIDERS": "cuda"},
@@ -60,7 +64,9 @@ def test_service_refuses_to_start_when_cuda_is_asked_for_and_missing(models_dir)
     assert "cannot start" in out and "CUDAExecutionProvider" in out and "gpu" in out
 
 
-@pytest.mark.skipif(CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA")
+@pytest.mark.skipif(
+    CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA"
+)
 def test_auto_falling_back_to_the_cpu_says_so_in_the_log_models_and_metrics(settings, monkeypatch, caplog) -> None:
     """``auto`` on a build that offers CUDA but cannot load it (here: a CPU build that claims
     CUDA, which ONNX Runtime then drops, as onnxruntime-gpu does without a GPU)."""
@@ -87,9 +93,21 @@ def test_auto_falling_back_to_the_cpu_says_so_in_the_log_models_and_metrics(sett
         for graph in model["graphs"].values():
             assert graph["providers"] == [CPU] and graph["fallback"] is True
         assert sample_value(exposition, "pfvit_provider_fallback", model=model["name"], requested=CUDA) == 1.0
-        assert sample_value(exposition, "pfvit_model_info", model=model["name"], version=model["version"], kind=model["kind"], provider=CPU) == 1.0
+        assert (
+            sample_value(
+                exposition,
+                "pfvit_model_info",
+                model=model["name"],
+                version=model["version"],
+                kind=model["kind"],
+                provider=CPU,
+            )
+            == 1.0
+        )
     fallbacks = [r.getMessage() for r in caplog.records if "falls back" in r.getMessage()]
-    assert len(fallbacks) == 5 and all(CUDA in m and CPU in m for m in fallbacks)  # P-, R-, O-Net, recognition, poker face
+    assert len(fallbacks) == 5 and all(
+        CUDA in m and CPU in m for m in fallbacks
+    )  # P-, R-, O-Net, recognition, poker face
 
 
 def test_cuda_and_tensorrt_options_reach_only_their_provider() -> None:
@@ -98,18 +116,41 @@ def test_cuda_and_tensorrt_options_reach_only_their_provider() -> None:
 
     defaults = ProviderOptions.from_settings(Settings(_env_file=None))
     assert defaults.for_providers([CUDA, CPU]) == [
-        {"device_id": "0", "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"},
+        {
+            "device_id": "0",
+            "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "do_copy_in_default_stream": "1",
+        },
         {},
     ]
     assert defaults.for_providers([CPU]) == [{}]
     tuned = ProviderOptions.from_settings(
-        Settings(_env_file=None, cuda_device_id=1, cuda_arena_extend_strategy="kNextPowerOfTwo", cuda_mem_limit_mb=512,
-                 cuda_cudnn_conv_algo_search="EXHAUSTIVE", cuda_copy_in_default_stream=False, trt_fp16=True, trt_engine_cache_dir="/cache")
+        Settings(
+            _env_file=None,
+            cuda_device_id=1,
+            cuda_arena_extend_strategy="kNextPowerOfTwo",
+            cuda_mem_limit_mb=512,
+            cuda_cudnn_conv_algo_search="EXHAUSTIVE",
+            cuda_copy_in_default_stream=False,
+            trt_fp16=True,
+            trt_engine_cache_dir="/cache",
+        )
     )
     trt, cuda, cpu = tuned.for_providers([TENSORRT, CUDA, CPU])
-    assert cuda == {"device_id": "1", "arena_extend_strategy": "kNextPowerOfTwo", "cudnn_conv_algo_search": "EXHAUSTIVE",
-                    "do_copy_in_default_stream": "0", "gpu_mem_limit": str(512 * 1024 * 1024)}
-    assert trt == {"device_id": "1", "trt_fp16_enable": "True", "trt_engine_cache_enable": "True", "trt_engine_cache_path": "/cache"}
+    assert cuda == {
+        "device_id": "1",
+        "arena_extend_strategy": "kNextPowerOfTwo",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "do_copy_in_default_stream": "0",
+        "gpu_mem_limit": str(512 * 1024 * 1024),
+    }
+    assert trt == {
+        "device_id": "1",
+        "trt_fp16_enable": "True",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": "/cache",
+    }
     assert cpu == {}
 
 
@@ -161,7 +202,9 @@ def test_tensorrt_is_followed_by_cuda(monkeypatch) -> None:
     assert required_provider("tensorrt", [TENSORRT, CUDA, CPU]) == TENSORRT
 
 
-@pytest.mark.skipif(CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA")
+@pytest.mark.skipif(
+    CUDA in __import__("onnxruntime").get_available_providers(), reason="this ONNX Runtime build offers CUDA"
+)
 def test_auto_on_a_build_without_cuda_says_it_runs_on_the_cpu(settings, caplog) -> None:
     import logging
 
@@ -182,7 +225,10 @@ def test_computing_slots_default_to_the_provider_in_use(settings, monkeypatch) -
 
     cpu = ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 0}))
     assert cpu.computing_slots == CPU_COMPUTING_SLOTS == 2 and cpu.gate.slots == 2
-    assert ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 3})).computing_slots == 3
+    assert (
+        ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 3})).computing_slots
+        == 3
+    )
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
     cuda = ServiceState(settings.model_copy(update={"providers": "cuda", "max_concurrent_inference": 0}))
     assert cuda.computing_slots == CUDA_COMPUTING_SLOTS > CPU_COMPUTING_SLOTS
@@ -207,5 +253,8 @@ def test_a_loaded_service_runs_its_detector_on_threads_and_blas_on_one_thread(cl
     detector = state.require_pipeline().detector
     assert detector.threads == state.detect_threads
     per_session = session_threads(detector.threads, settings.intra_op_threads)
-    assert all(s.get_session_options().intra_op_num_threads == per_session for s in (detector.pnet, detector.rnet, detector.onet))
+    assert all(
+        s.get_session_options().intra_op_num_threads == per_session
+        for s in (detector.pnet, detector.rnet, detector.onet)
+    )
     assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")

@@ -34,7 +34,9 @@ def test_not_ready_until_warm(monkeypatch, settings, astronaut_bytes):
         release.set()
         wait_ready(client)
         assert "pfvit_ready 1.0" in client.get("/metrics").text
-        assert client.post("/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
+        assert (
+            client.post("/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
+        )
 
 
 def test_failed_load_is_reported(tmp_path, settings):

@@ -76,7 +76,9 @@ def test_served_rendered_model_on_scenes_through_detection(rendered_client):
 
     files, truth, centres = [], [], []
     for i in range(48):
-        label, identity, aus, scene, _ = sample_parameters((20261123, 7, i), IDENTITY_RANGES["test"], label=i % len(EMOTIONS))
+        label, identity, aus, scene, _ = sample_parameters(
+            (20261123, 7, i), IDENTITY_RANGES["test"], label=i % len(EMOTIONS)
+        )
         render = render_scene(identity, aus, scene, canvas=(320, 240), face_px=100)
         files.append(("images", (f"scene{i}.png", encode(render.image, "PNG"), "image/png")))
         truth.append(EMOTIONS[label])

@@ -2,7 +2,6 @@
 generated requests, valid and invalid, to every operation of a server on 127.0.0.1; no 5xx,
 and every answer's status, content type and body as the document says."""
 
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -37,13 +36,26 @@ def _operations(schema) -> list:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
 def test_the_service_keeps_the_contract(live_schema, mode):
     operations = _operations(live_schema)
-    assert {op.path for op in operations} >= {"/v1/recognize", "/v1/poker-face", "/v1/models", "/healthz", "/readyz", "/metrics"}
+    assert {op.path for op in operations} >= {
+        "/v1/recognize",
+        "/v1/poker-face",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
     for operation in operations:
         if mode is GenerationMode.NEGATIVE and not (len(operation.query) or len(operation.body)):
             continue  # nothing to get wrong in a request without parameters or body
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def keeps_the_contract(case) -> None:
             case.call_and_validate(checks=CHECKS, timeout=30)
 

@@ -38,7 +38,9 @@ def test_draining_turns_readiness_off_and_keeps_serving(settings, astronaut_byte
         assert re.search(r"^pfvit_ready 0\.0$", client.get("/metrics").text, re.M)
         models = client.get("/v1/models").json()
         assert models["ready"] is False and all(g["providers"] for m in models["models"] for g in m["graphs"].values())
-        assert client.post("/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
+        assert (
+            client.post("/v1/recognize", files={"images": ("a.png", astronaut_bytes, "image/png")}).status_code == 200
+        )
 
 
 def _in_flight(url: str) -> float:
@@ -48,11 +50,17 @@ def _in_flight(url: str) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigterm_under_load_answers_every_request_and_turns_readiness_off_at_once(settings, astronaut_bytes: bytes, workers: int) -> None:
+def test_sigterm_under_load_answers_every_request_and_turns_readiness_off_at_once(
+    settings, astronaut_bytes: bytes, workers: int
+) -> None:
     """One server process, and two workers (the supervisor passes SIGTERM to each, and each drains)."""
     env = stub_server_env(
-        settings, PFVIT_SHUTDOWN_DRAIN_S=str(DRAIN_S), PFVIT_SHUTDOWN_TIMEOUT_S="30", PFVIT_MAX_QUEUE="32",
-        PFVIT_REQUEST_TIMEOUT_S="60", PFVIT_WORKERS=str(workers),
+        settings,
+        PFVIT_SHUTDOWN_DRAIN_S=str(DRAIN_S),
+        PFVIT_SHUTDOWN_TIMEOUT_S="30",
+        PFVIT_MAX_QUEUE="32",
+        PFVIT_REQUEST_TIMEOUT_S="60",
+        PFVIT_WORKERS=str(workers),
     )
     proc, url = start_server(env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     files = [("images", (f"a{i}.png", astronaut_bytes, "image/png")) for i in range(IMAGES_PER_REQUEST)]
@@ -65,7 +73,10 @@ def test_sigterm_under_load_answers_every_request_and_turns_readiness_off_at_onc
     try:
         wait_until_ready(proc, url, timeout_s=90)
         deadline = time.monotonic() + 60
-        while len(re.findall(r"^pfvit_ready(?:\{[^}]*\})? 1\.0$", httpx.get(url + "/metrics", timeout=5).text, re.M)) < workers:
+        while (
+            len(re.findall(r"^pfvit_ready(?:\{[^}]*\})? 1\.0$", httpx.get(url + "/metrics", timeout=5).text, re.M))
+            < workers
+        ):
             assert time.monotonic() < deadline, "not every worker became ready"
             time.sleep(0.1)
         with ThreadPoolExecutor(REQUESTS + 1) as pool:
@@ -73,7 +84,9 @@ def test_sigterm_under_load_answers_every_request_and_turns_readiness_off_at_onc
             deadline = time.monotonic() + 30
             while _in_flight(url) < REQUESTS + 1:  # the scrape counts itself
                 assert time.monotonic() < deadline, "the requests never were all in flight"
-                assert not any(f.done() for f in accepted), "a request finished before all were in flight; make them heavier"
+                assert not any(f.done() for f in accepted), (
+                    "a request finished before all were in flight; make them heavier"
+                )
             os.kill(proc.pid, signal.SIGTERM)
             signalled = time.monotonic()
 

@@ -67,7 +67,11 @@ def test_recognize_returns_aligned_face_and_expression_map(client, astronaut_byt
     plain = client.post("/v1/recognize", files=upload(astronaut_bytes)).json()["images"][0]["faces"][0]
     assert plain["expression_map_png"] is None and plain["aligned_face_png"] is None and plain["poker_face_png"] is None
 
-    resp = client.post("/v1/recognize", params={"return_expression_map": "true", "return_aligned_face": "true"}, files=upload(astronaut_bytes))
+    resp = client.post(
+        "/v1/recognize",
+        params={"return_expression_map": "true", "return_aligned_face": "true"},
+        files=upload(astronaut_bytes),
+    )
     assert resp.status_code == 200, resp.text
     face = resp.json()["images"][0]["faces"][0]
     assert face["poker_face_png"] is None  # asked for the map only
@@ -84,9 +88,19 @@ def test_poker_face_route_gives_expression_maps(client, astronaut_bytes):
     body = client.post("/v1/poker-face", params={"return_expression_map": "true"}, files=upload(astronaut_bytes)).json()
     face = body["images"][0]["faces"][0]
     assert face["poker_face_png"] and png_rgb(base64.b64decode(face["expression_map_png"])).shape == (112, 112, 3)
-    assert client.post("/v1/poker-face", files=upload(astronaut_bytes)).json()["images"][0]["faces"][0]["expression_map_png"] is None
+    assert (
+        client.post("/v1/poker-face", files=upload(astronaut_bytes)).json()["images"][0]["faces"][0][
+            "expression_map_png"
+        ]
+        is None
+    )
 
-    resp = client.post("/v1/poker-face", params={"return_expression_map": "true"}, headers={"Accept": "image/png"}, files=upload(astronaut_bytes))
+    resp = client.post(
+        "/v1/poker-face",
+        params={"return_expression_map": "true"},
+        headers={"Accept": "image/png"},
+        files=upload(astronaut_bytes),
+    )
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
     assert png_rgb(resp.content).shape == (112, 112, 3)
     assert np.array_equal(png_rgb(resp.content), png_rgb(base64.b64decode(face["expression_map_png"])))
@@ -101,7 +115,14 @@ def test_expression_map_needs_a_poker_face_graph(tmp_path, models_dir, astronaut
 
     shutil.copytree(models_dir / "mtcnn", tmp_path / "mtcnn")
     write_stub_model(tmp_path / "no-poker", name="no-poker", with_poker_face=False)
-    settings = Settings(models_dir=tmp_path, emotion_model="no-poker", providers="cpu", intra_op_threads=1, warmup_runs=0, _env_file=None)
+    settings = Settings(
+        models_dir=tmp_path,
+        emotion_model="no-poker",
+        providers="cpu",
+        intra_op_threads=1,
+        warmup_runs=0,
+        _env_file=None,
+    )
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
         resp = c.post("/v1/recognize", params={"return_expression_map": "true"}, files=upload(astronaut_bytes))

@@ -91,8 +91,10 @@ def test_a_killed_worker_leaves_no_stale_gauges(settings) -> None:
         held = []
         for _ in range(12):
             sock = socket.create_connection((host, int(port)), timeout=10)
-            sock.sendall(f"POST /v1/recognize HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
-                         "Content-Length: 100000\r\n\r\n--x\r\n".encode())
+            sock.sendall(
+                f"POST /v1/recognize HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                "Content-Length: 100000\r\n\r\n--x\r\n".encode()
+            )
             held.append(sock)
         deadline = time.monotonic() + 30
         while sample_value(httpx.get(url + "/metrics").text, "pfvit_http_requests_in_flight") < 13:  # + the scrape
@@ -111,7 +113,9 @@ def test_a_killed_worker_leaves_no_stale_gauges(settings) -> None:
             pids = set(_per_worker(text, "pfvit_ready"))
             if victim not in pids and in_flight == 1:
                 break
-            assert time.monotonic() < deadline, f"stale gauges of the killed worker {victim}: ready pids {pids}, in flight {in_flight}"
+            assert time.monotonic() < deadline, (
+                f"stale gauges of the killed worker {victim}: ready pids {pids}, in flight {in_flight}"
+            )
             time.sleep(0.2)
         # The supervisor's replacement worker loads and reports ready in its own series.
         after = _wait_all_workers_ready(url, 2)

@@ -87,8 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{count} photos in {folder}; {os.cpu_count()} CPUs", file=sys.stderr)
 
         with serving({"PFVIT_PROVIDERS": "cpu"}, timeout_s=120) as url:
-            recognize_s = timed([sys.executable, "-m", "pfvit_client", str(folder), "--url", url, "--concurrency", str(args.concurrency),
-                                 "--jsonl", str(work / "recognize.jsonl"), "--no-progress"], env, args.timeout)  # fmt: skip
+            recognize_s = timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "pfvit_client",
+                    str(folder),
+                    "--url",
+                    url,
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--jsonl",
+                    str(work / "recognize.jsonl"),
+                    "--no-progress",
+                ],
+                env,
+                args.timeout,
+            )
         batch_s = timed([sys.executable, "-m", "pfvit_batch", str(folder), "--output", str(work / "batch.jsonl"),
                          "--stats-json", str(work / "stats.json"), "--no-progress"], env, args.timeout)  # fmt: skip
         stats = json.loads((work / "stats.json").read_text())
@@ -96,10 +111,19 @@ def main(argv: list[str] | None = None) -> int:
 
     recognize_rate, batch_rate = count / recognize_s, count / batch_s
     steady = count / max(1e-9, stats["wall_s"] - stats["first_row_s"])
-    print(f"pfvit-recognize (local server, concurrency {args.concurrency}): {recognize_s:7.1f} s  {recognize_rate:6.2f} images/s")
-    print(f"pfvit-batch (local Ray instance):                 {batch_s:7.1f} s  {batch_rate:6.2f} images/s "
-          f"(Ray start {stats['ray_start_s']:.1f} s, first row after {stats['first_row_s']:.1f} s; {steady:.2f} images/s after it)")  # fmt: skip
-    print(f"ratio batch / recognize: {batch_rate / recognize_rate:.2f} (after the first row: {steady / recognize_rate:.2f})")
+    print(
+        f"pfvit-recognize (local server, concurrency {args.concurrency}): {recognize_s:7.1f} s  "
+        f"{recognize_rate:6.2f} images/s"
+    )
+    print(
+        f"pfvit-batch (local Ray instance):                 {batch_s:7.1f} s  {batch_rate:6.2f} images/s "
+        f"(Ray start {stats['ray_start_s']:.1f} s, first row after {stats['first_row_s']:.1f} s; {steady:.2f} "
+        "images/s after it)"
+    )
+    print(
+        f"ratio batch / recognize: {batch_rate / recognize_rate:.2f} (after the first row: "
+        f"{steady / recognize_rate:.2f})"
+    )
     print(f"faces found: recognize {faces[0]}, batch {faces[1]}")
     return 0 if faces[0] == faces[1] else 1
 

@@ -141,14 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     image = np.asarray(Image.open(args.image).convert("RGB"))  # (H, W, 3) uint8 RGB
-    print(f"image {args.image.name} {image.shape[1]}x{image.shape[0]}, min_face_size {args.min_face_size}, "
-          f"runs {args.runs} after {args.warmup} warm-up, threads {args.threads}")
+    print(
+        f"image {args.image.name} {image.shape[1]}x{image.shape[0]}, min_face_size {args.min_face_size}, "
+        f"runs {args.runs} after {args.warmup} warm-up, threads {args.threads}"
+    )
 
     ours = MTCNN.from_dir(args.model_dir, intra_op_threads=args.threads, min_face_size=args.min_face_size)
     ours_rows: list[Row] = [(np.asarray(d.box), d.score, d.landmarks) for d in ours.detect(image)]
     ours_med, ours_p95 = summary(time_runs(lambda: ours.detect(image), args.runs, args.warmup))
-    print(f"ours (numpy + onnxruntime, intra_op_threads={args.threads}): "
-          f"median {ours_med:.1f} ms, p95 {ours_p95:.1f} ms")
+    print(
+        f"ours (numpy + onnxruntime, intra_op_threads={args.threads}): median {ours_med:.1f} ms, p95 {ours_p95:.1f} ms"
+    )
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("facenet_pytorch") is None:
         print("facenet-pytorch or torch not importable: reference timing skipped")
@@ -173,12 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     # The stand-in's mean time per call, over warm-up and timed calls alike.
     nms_ms = _standin_nms_s[0] * 1000.0 / (args.runs + args.warmup)
     ref_med, ref_p95 = summary(ref_times)
-    print(f"facenet-pytorch (torch {torch.__version__}, set_num_threads={torch.get_num_threads()}): "
-          f"median {ref_med:.1f} ms, p95 {ref_p95:.1f} ms")
+    print(
+        f"facenet-pytorch (torch {torch.__version__}, set_num_threads={torch.get_num_threads()}): "
+        f"median {ref_med:.1f} ms, p95 {ref_p95:.1f} ms"
+    )
     print(f"ratio facenet / ours (median): {ref_med / ours_med:.2f}x")
     if standin:
-        print(f"  stand-in batched_nms: {nms_ms:.1f} ms per call; facenet median without it "
-              f"{ref_med - nms_ms:.1f} ms, ratio {(ref_med - nms_ms) / ours_med:.2f}x")
+        print(
+            f"  stand-in batched_nms: {nms_ms:.1f} ms per call; facenet median without it "
+            f"{ref_med - nms_ms:.1f} ms, ratio {(ref_med - nms_ms) / ours_med:.2f}x"
+        )
 
     print("detections:")
     print_rows("ours   ", ours_rows)

@@ -57,7 +57,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def device_line(device: str) -> str:
     """The device, its driver and the library versions, for the table's heading."""
-    parts = [f"ONNX Runtime {ort.__version__} ({', '.join(p for p in ort.get_available_providers() if p != 'AzureExecutionProvider')})"]
+    parts = [
+        f"ONNX Runtime {ort.__version__} "
+        f"({', '.join(p for p in ort.get_available_providers() if p != 'AzureExecutionProvider')})"
+    ]
     try:
         import torch
 
@@ -67,12 +70,20 @@ def device_line(device: str) -> str:
     if device == "cuda":
         try:
             query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-            gpu = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout.strip().splitlines()[0]
+            gpu = (
+                subprocess.run(query, capture_output=True, text=True, timeout=20, check=True)
+                .stdout.strip()
+                .splitlines()[0]
+            )
             parts.insert(0, f"GPU {gpu} (name, driver, memory)")
         except (OSError, subprocess.SubprocessError, IndexError):
             parts.insert(0, "GPU: nvidia-smi did not answer")
     else:
-        parts.insert(0, f"CPU {platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, no GPU used")
+        parts.insert(
+            0,
+            f"CPU {platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} "
+            "cores, no GPU used",
+        )
     return "; ".join(parts)
 
 
@@ -100,12 +111,25 @@ def bench_http(device: str, clients_list: list[int], requests: int, max_seconds:
                 return times
 
             with ThreadPoolExecutor(clients) as pool:  # one warm-up request per client first
-                list(pool.map(lambda _: httpx.post(url + "/v1/recognize", files={"images": ("a.png", photo, "image/png")}, timeout=120), range(clients)))
+                list(
+                    pool.map(
+                        lambda _: httpx.post(
+                            url + "/v1/recognize", files={"images": ("a.png", photo, "image/png")}, timeout=120
+                        ),
+                        range(clients),
+                    )
+                )
                 t0 = time.perf_counter()
                 latencies = [t for times in pool.map(client_loop, range(clients)) for t in times]
                 wall = time.perf_counter() - t0
-            rows.append((f"/v1/recognize, 512 px, {clients} client(s)", f"{len(latencies) / wall:.1f} photos/s",
-                         f"p50 {1000 * statistics.median(latencies):.1f} ms, p99 {1000 * percentile(latencies, 99):.1f} ms", len(latencies)))
+            rows.append(
+                (
+                    f"/v1/recognize, 512 px, {clients} client(s)",
+                    f"{len(latencies) / wall:.1f} photos/s",
+                    f"p50 {1000 * statistics.median(latencies):.1f} ms, p99 {1000 * percentile(latencies, 99):.1f} ms",
+                    len(latencies),
+                )
+            )
     finally:
         stop_server(proc)
     return rows
@@ -124,7 +148,9 @@ def fp16_copy(into: Path) -> Path | None:
     return into
 
 
-def bench_graphs(device: str, batches: list[int], iterations: int, max_seconds: float, fp16_dir: Path | None) -> list[tuple]:
+def bench_graphs(
+    device: str, batches: list[int], iterations: int, max_seconds: float, fp16_dir: Path | None
+) -> list[tuple]:
     providers = [CUDA, CPU] if device == "cuda" else [CPU]
     card = load_card(MODEL)
     rows = []
@@ -145,8 +171,14 @@ def bench_graphs(device: str, batches: list[int], iterations: int, max_seconds: 
                     model._run_graph(graph, x)
                     done += 1
                 seconds = time.perf_counter() - t0
-                rows.append((f"{label} {precision}, batch {batch}", f"{batch * done / seconds:.0f} faces/s",
-                             f"{1000 * seconds / done:.2f} ms per call", done))
+                rows.append(
+                    (
+                        f"{label} {precision}, batch {batch}",
+                        f"{batch * done / seconds:.0f} faces/s",
+                        f"{1000 * seconds / done:.2f} ms per call",
+                        done,
+                    )
+                )
     return rows
 
 
@@ -166,7 +198,9 @@ def bench_training(device: str, sizes: list[str], batches: list[int], steps: int
     rows = []
     for size in sizes:
         for batch in batches:
-            config = model_config(size, labels=["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"])
+            config = model_config(
+                size, labels=["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
+            )
             dataset = build_data(f"synthetic:n={batch}", "train", config.image_size, augment=False)
             raw = torch.utils.data.default_collate([dataset[i] for i in range(batch)])
             cfg = TrainConfig(batch_size=batch, progress=False, device=device)
@@ -185,8 +219,14 @@ def bench_training(device: str, sizes: list[str], batches: list[int], steps: int
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - t0
             autocast = "bf16 autocast" if ctx.device.type == "cuda" else "float32"
-            rows.append((f"PF-ViT {size} training, {config.image_size} px, batch {batch}, {autocast}", f"{done / seconds:.3f} steps/s",
-                         f"{batch * done / seconds:.1f} images/s", done))
+            rows.append(
+                (
+                    f"PF-ViT {size} training, {config.image_size} px, batch {batch}, {autocast}",
+                    f"{done / seconds:.3f} steps/s",
+                    f"{batch * done / seconds:.1f} images/s",
+                    done,
+                )
+            )
             del state, stage
     return rows
 

@@ -7,8 +7,8 @@ over HTTP, in one run.
     python tools/bench_photos.py --detection-only --variant PNET_BAND_PIXELS=1000000000   # vs P-Net unbanded
     python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
     python tools/bench_photos.py --detection-only --compare-models /tmp/mtcnn-before      # other detector graphs
-    python tools/bench_photos.py --detection-only --also-detect-threads 1                        # vs one detector thread
-    python tools/bench_photos.py --http-only --clients 4                                          # one checkout's server alone
+    python tools/bench_photos.py --detection-only --also-detect-threads 1  # vs one detector thread
+    python tools/bench_photos.py --http-only --clients 4                   # one checkout's server alone
 
 The set is built from what the repository holds: the public-domain astronaut photo at 512 px
 (the PNG as shipped) and upscaled to 1280 and 2560 px (JPEG, as cameras write them), two
@@ -88,7 +88,11 @@ def _scene(canvas: tuple[int, int], grid: tuple[int, int], face_px: float, seed:
     rng = np.random.default_rng(seed)
     for k in range(cols * rows):
         r, c = divmod(k, cols)
-        aus = prototype_aus(emotions[k % len(emotions)], 0.8) if emotions[k % len(emotions)] != "neutral" else np.zeros_like(prototype_aus("happiness", 0.8))
+        aus = (
+            prototype_aus(emotions[k % len(emotions)], 0.8)
+            if emotions[k % len(emotions)] != "neutral"
+            else np.zeros_like(prototype_aus("happiness", 0.8))
+        )
         scene = Scene(seed=int(rng.integers(1 << 30)))
         px = face_px * float(rng.uniform(0.8, 1.2))
         tile = render_scene(identity_from_id(seed * 100 + k), aus, scene, canvas=(tile_w, tile_h), face_px=px).image
@@ -177,8 +181,11 @@ def _our_columns(setup: dict) -> dict[str, Callable[[Photo], list[tuple[float, .
         def run(photo: Photo) -> list[tuple[float, ...]]:
             with detector_setting(*setting) if setting else nullcontext():
                 picture = Picture.from_array(photo.pixels, max_side=max_side)
-                faces = find_faces(detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100)
+                faces = find_faces(
+                    detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100
+                )
             return [f.box for f in faces]
+
         return run
 
     ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=threads)
@@ -186,7 +193,9 @@ def _our_columns(setup: dict) -> dict[str, Callable[[Photo], list[tuple[float, .
     for name, value in setup["variants"]:
         columns[f"{name}={value}"] = runner(ours, (name, value))
     for n in setup["also_threads"]:
-        columns[f"{n} detector thread(s)"] = runner(MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n))
+        columns[f"{n} detector thread(s)"] = runner(
+            MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n)
+        )
     if setup["compare"]:
         columns["other"] = runner(MTCNN.from_dir(setup["compare"], intra_op_threads=threads, threads=threads))
     return columns
@@ -252,9 +261,17 @@ class _TimingProcess:
             self._proc.kill()
 
 
-def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int, variants: list[tuple[str, int]],
-                    compare: Path | None = None, also_threads: list[int] | None = None, blas_threads: int = 1,
-                    beside: bool = False) -> list[float]:
+def bench_detection(
+    photos: list[Photo],
+    runs: int,
+    threads: int,
+    max_side: int,
+    variants: list[tuple[str, int]],
+    compare: Path | None = None,
+    also_threads: list[int] | None = None,
+    blas_threads: int = 1,
+    beside: bool = False,
+) -> list[float]:
     """Prints the per-image table; returns facenet-pytorch's median ms per image.
 
     Our detector has ``threads`` threads. Each ``(name, value)`` of ``variants`` adds a column:
@@ -268,8 +285,15 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
     for name, _ in variants:
         if name not in VARIANT_SETTINGS:
             raise SystemExit(f"--variant: {name} is not one of {sorted(VARIANT_SETTINGS)}")
-    setup = {"threads": threads, "max_side": max_side, "blas_threads": blas_threads, "variants": variants,
-             "also_threads": also_threads or [], "compare": compare, "beside": beside}
+    setup = {
+        "threads": threads,
+        "max_side": max_side,
+        "blas_threads": blas_threads,
+        "variants": variants,
+        "also_threads": also_threads or [],
+        "compare": compare,
+        "beside": beside,
+    }
     ours = _TimingProcess("ours", photos, setup)
     ref = _TimingProcess("facenet", photos, setup)
     try:
@@ -281,13 +305,26 @@ def bench_detection(photos: list[Photo], runs: int, threads: int, max_side: int,
         ref.close()
 
 
-def _detection_table(photos: list[Photo], runs: int, threads: int, max_side: int, ours: _TimingProcess, ref: _TimingProcess,
-                     columns: list[tuple[_TimingProcess, str]], compare: Path | None) -> list[float]:
-    print(f"\n## Detection alone ({threads} threads each, each implementation in a process of its own; median of {runs} "
-          f"interleaved runs; detect_max_side {max_side})\n")
+def _detection_table(
+    photos: list[Photo],
+    runs: int,
+    threads: int,
+    max_side: int,
+    ours: _TimingProcess,
+    ref: _TimingProcess,
+    columns: list[tuple[_TimingProcess, str]],
+    compare: Path | None,
+) -> list[float]:
+    print(
+        f"\n## Detection alone ({threads} threads each, each implementation in a process of its own; median of {runs} "
+        f"interleaved runs; detect_max_side {max_side})\n"
+    )
     extra = "".join(f" {label}: ms / facenet's found |" for _, label in columns)
     extra += f" graphs of {compare}: ms / facenet's found | that ÷ ours |" if compare else ""
-    print(f"| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found by us |{extra}")
+    print(
+        "| image | ours ms | facenet-pytorch ms | facenet / ours | faces: facenet / ours / facenet's found "
+        f"by us |{extra}"
+    )
     print("|---|---|---|---|---|" + "---|" * (len(columns) + 2 * bool(compare)))
     ref_ms: list[float] = []
     all_found = True
@@ -313,7 +350,9 @@ def _detection_table(photos: list[Photo], runs: int, threads: int, max_side: int
                 other_times.append(ours.run("other", index)[0])
         o, r = 1000.0 * statistics.median(o_times), 1000.0 * statistics.median(r_times)
         ref_ms.append(r)
-        cells = "".join(f" {1000.0 * statistics.median(t):.0f} / {f} |" for t, f in zip(column_times, column_found, strict=True))
+        cells = "".join(
+            f" {1000.0 * statistics.median(t):.0f} / {f} |" for t, f in zip(column_times, column_found, strict=True)
+        )
         if compare:
             other = 1000.0 * statistics.median(other_times)
             cells += f" {other:.0f} / {other_found} | {other / o:.2f}x |"
@@ -322,10 +361,17 @@ def _detection_table(photos: list[Photo], runs: int, threads: int, max_side: int
     return ref_ms
 
 
-def bench_http(photos: list[Photo], rounds: int, clients_list: list[int], env_extra: dict[str, str], max_seconds: float) -> dict[int, float]:
+def bench_http(
+    photos: list[Photo], rounds: int, clients_list: list[int], env_extra: dict[str, str], max_seconds: float
+) -> dict[int, float]:
     """Prints the HTTP tables; returns images/s per client count."""
     # MALLOC_ARENA_MAX=2 as the image and `make serve` run the service (docs/deploy.md).
-    env = {"PFVIT_PROVIDERS": os.environ.get("PFVIT_PROVIDERS", "auto"), "PFVIT_LOG_LEVEL": "warning", "MALLOC_ARENA_MAX": "2", **env_extra}
+    env = {
+        "PFVIT_PROVIDERS": os.environ.get("PFVIT_PROVIDERS", "auto"),
+        "PFVIT_LOG_LEVEL": "warning",
+        "MALLOC_ARENA_MAX": "2",
+        **env_extra,
+    }
     proc, url = start_server(env)
     rates: dict[int, float] = {}
     try:
@@ -372,8 +418,10 @@ def bench_http(photos: list[Photo], rounds: int, clients_list: list[int], env_ex
             stop.set()
             sampler.join()
             rates[clients] = total / wall
-            print(f"\n### {clients} client(s): {total} requests in {wall:.1f} s, {rates[clients]:.2f} images/s, "
-                  f"{errors} errors, server peak RSS {peak[0]:.0f} MiB\n")
+            print(
+                f"\n### {clients} client(s): {total} requests in {wall:.1f} s, {rates[clients]:.2f} images/s, "
+                f"{errors} errors, server peak RSS {peak[0]:.0f} MiB\n"
+            )
             print("| image | p50 ms | p95 ms |")
             print("|---|---|---|")
             for photo in photos:
@@ -389,39 +437,104 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7, help="timed detection runs per image and implementation")
     ap.add_argument("--rounds", type=int, default=4, help="times each client sends the whole set")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="detection alone: torch's threads, and our detector's threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="detection alone: torch's threads, and our detector's threads",
+    )
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per HTTP level")
     ap.add_argument("--quick", action="store_true", help="2 runs, 1 round")
-    ap.add_argument("--sweep", action="store_true", help="HTTP at 4 clients over detector-thread/concurrency settings only")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE",
-                    help=f"also time detection with one of the detector's constants changed ({', '.join(VARIANT_SETTINGS)}); repeatable")
-    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                    help="an environment variable for the HTTP part's server (a PFVIT_ setting, MALLOC_*, ...); repeatable")
+    ap.add_argument(
+        "--sweep", action="store_true", help="HTTP at 4 clients over detector-thread/concurrency settings only"
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=(
+            "also time detection with one of the detector's constants changed "
+            f"({', '.join(VARIANT_SETTINGS)}); repeatable"
+        ),
+    )
+    ap.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the HTTP part's server (a PFVIT_ setting, MALLOC_*, ...); repeatable",
+    )
     ap.add_argument("--detection-only", action="store_true", help="skip the HTTP part")
-    ap.add_argument("--http-only", action="store_true",
-                    help="skip detection alone (and with it facenet-pytorch): the HTTP part only, e.g. to compare two checkouts' servers")
-    ap.add_argument("--clients", type=int, action="append", metavar="N",
-                    help="client threads of an HTTP level (default: a level of 1, then one of 4); repeatable")
-    ap.add_argument("--also-detect-threads", type=int, action="append", default=[], metavar="N",
-                    help="also time our cascade with N detector threads (N=1: sessions with --threads threads), interleaved; repeatable")
-    ap.add_argument("--also-beside-facenet", action="store_true",
-                    help="also time our detector inside facenet-pytorch's process, each run right after one of facenet-pytorch's")
-    ap.add_argument("--blas-threads", type=int, default=1, metavar="N",
-                    help="numpy's BLAS threads in this process: 1 as the service runs it; 0 leaves the library's default")
-    ap.add_argument("--compare-models", type=Path, metavar="DIR",
-                    help="also time our cascade with the detector graphs of DIR (a models/mtcnn folder, card included), interleaved")
+    ap.add_argument(
+        "--http-only",
+        action="store_true",
+        help=(
+            "skip detection alone (and with it facenet-pytorch): the HTTP part only, e.g. to compare two "
+            "checkouts' servers"
+        ),
+    )
+    ap.add_argument(
+        "--clients",
+        type=int,
+        action="append",
+        metavar="N",
+        help="client threads of an HTTP level (default: a level of 1, then one of 4); repeatable",
+    )
+    ap.add_argument(
+        "--also-detect-threads",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help=(
+            "also time our cascade with N detector threads (N=1: sessions with --threads threads), "
+            "interleaved; repeatable"
+        ),
+    )
+    ap.add_argument(
+        "--also-beside-facenet",
+        action="store_true",
+        help="also time our detector inside facenet-pytorch's process, each run right after one of facenet-pytorch's",
+    )
+    ap.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="numpy's BLAS threads in this process: 1 as the service runs it; 0 leaves the library's default",
+    )
+    ap.add_argument(
+        "--compare-models",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "also time our cascade with the detector graphs of DIR (a models/mtcnn folder, card included), interleaved"
+        ),
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.rounds = 2, 1
 
     photos = build_set()
     if args.blas_threads:
-        threadpool_limits(limits=args.blas_threads, user_api="blas")  # the service keeps 1 (service.runtime.single_threaded_blas)
-    print(f"set: {len(photos)} images; cores here: {os.cpu_count()}; numpy BLAS threads: {args.blas_threads or 'library default'}")
+        threadpool_limits(
+            limits=args.blas_threads, user_api="blas"
+        )  # the service keeps 1 (service.runtime.single_threaded_blas)
+    print(
+        f"set: {len(photos)} images; cores here: {os.cpu_count()}; numpy BLAS threads: "
+        f"{args.blas_threads or 'library default'}"
+    )
     if args.sweep:
         print("\n## Detector threads and concurrency (HTTP, 4 clients)")
         for threads, gate in ((1, 1), (2, 1), (2, 2), (3, 1), (4, 2)):
-            bench_http(photos, args.rounds, [4], {"PFVIT_DETECT_THREADS": str(threads), "PFVIT_MAX_CONCURRENT_INFERENCE": str(gate)}, args.max_seconds)
+            bench_http(
+                photos,
+                args.rounds,
+                [4],
+                {"PFVIT_DETECT_THREADS": str(threads), "PFVIT_MAX_CONCURRENT_INFERENCE": str(gate)},
+                args.max_seconds,
+            )
         return 0
 
     variants = [(name, int(value)) for name, _, value in (v.partition("=") for v in args.variant)]
@@ -432,8 +545,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"whole requests over HTTP, {level} client(s): {rate:.2f} images/s")
         return 0
     max_side = Settings(_env_file=None).detect_max_side
-    ref_ms = bench_detection(photos, args.runs, args.threads, max_side, variants, args.compare_models, args.also_detect_threads, args.blas_threads,
-                             args.also_beside_facenet)
+    ref_ms = bench_detection(
+        photos,
+        args.runs,
+        args.threads,
+        max_side,
+        variants,
+        args.compare_models,
+        args.also_detect_threads,
+        args.blas_threads,
+        args.also_beside_facenet,
+    )
     facenet_rate = len(ref_ms) / (sum(ref_ms) / 1000.0)
     if args.detection_only:
         print(f"\nfacenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
@@ -442,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Summary\n")
     print(f"facenet-pytorch detection alone on the set: {facenet_rate:.2f} images/s ({args.threads} threads)")
     for clients, rate in rates.items():
-        print(f"whole requests over HTTP, {clients} client(s): {rate:.2f} images/s = {rate / facenet_rate:.2f}x facenet-pytorch detection alone")
+        print(
+            f"whole requests over HTTP, {clients} client(s): {rate:.2f} images/s = {rate / facenet_rate:.2f}x "
+            "facenet-pytorch detection alone"
+        )
     return 0
 
 

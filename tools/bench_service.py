@@ -83,13 +83,21 @@ def main() -> int:
         model = httpx.get(url + "/v1/models", timeout=10).json()["models"][0]
         idle_rss, _ = rss_mib(proc.pid)
         print(f"model: {model['name']} {model['version']}; providers: {model['graphs']['recognition']['providers']}")
-        print(f"image: {args.image.name} ({len(data)} bytes); cores here: {os.cpu_count()}; server RSS idle: {idle_rss:.0f} MiB")
+        print(
+            f"image: {args.image.name} ({len(data)} bytes); cores here: {os.cpu_count()}; server RSS idle: "
+            f"{idle_rss:.0f} MiB"
+        )
         with httpx.Client(timeout=120) as warm:
             for _ in range(3):
                 warm.post(url + "/v1/recognize", files={"images": ("img", data)})
             # One warm request's own stage times, poker face included, as the service reports them.
-            stages = warm.post(url + "/v1/recognize", params={"return_poker_face": "true"}, files={"images": ("img", data)}).json()["timings_ms"]
-        print("stage times of one request with return_poker_face=true (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+            stages = warm.post(
+                url + "/v1/recognize", params={"return_poker_face": "true"}, files={"images": ("img", data)}
+            ).json()["timings_ms"]
+        print(
+            "stage times of one request with return_poker_face=true (ms): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+        )
         print("| clients | requests | images/s (answered) | p50 ms | p95 ms | errors | server RSS MiB (peak) |")
         print("|---|---|---|---|---|---|---|")
         for concurrency in args.concurrency:
@@ -109,7 +117,9 @@ def main() -> int:
                         if r.status_code != 200:
                             errors += 1
 
-            per_client = [args.requests // concurrency + (1 if i < args.requests % concurrency else 0) for i in range(concurrency)]
+            per_client = [
+                args.requests // concurrency + (1 if i < args.requests % concurrency else 0) for i in range(concurrency)
+            ]
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 list(pool.map(worker, per_client))
@@ -117,7 +127,8 @@ def main() -> int:
             rss, peak = rss_mib(proc.pid)
             print(
                 # images/s counts answered photos only: a 503 from the full queue is fast and no photo.
-                f"| {concurrency} | {len(latencies)} | {(len(latencies) - errors) / wall:.1f} | {1000 * statistics.median(latencies):.0f} | "
+                f"| {concurrency} | {len(latencies)} | {(len(latencies) - errors) / wall:.1f} | "
+                f"{1000 * statistics.median(latencies):.0f} | "
                 f"{1000 * percentile(latencies, 95):.0f} | {errors} | {rss:.0f} ({peak:.0f}) |"
             )
     finally:

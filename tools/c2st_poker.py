@@ -38,7 +38,9 @@ def served(model: EmotionModel, crops: list[np.ndarray]) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ferplus", required=True, help="FERPlus folder (docs/datasets.md)")
-    ap.add_argument("--model-dir", action="append", default=[], help="model folder (repeat to score several in one run)")
+    ap.add_argument(
+        "--model-dir", action="append", default=[], help="model folder (repeat to score several in one run)"
+    )
     ap.add_argument("--n", type=int, default=700, help="faces per side")
     ap.add_argument("--folds", type=int, default=C2STConfig.folds)
     ap.add_argument("--epochs", type=int, default=C2STConfig.epochs)
@@ -64,11 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         model = EmotionModel.from_dir(model_dir, providers=[CPU])
         real_neutral, inputs = served(model, neutral), served(model, expressive)
         if not baseline_done:
-            rows.append({"set": "expressive inputs (baseline)", "model": "", **c2st(inputs, real_neutral, cfg).as_dict()})
+            rows.append(
+                {"set": "expressive inputs (baseline)", "model": "", **c2st(inputs, real_neutral, cfg).as_dict()}
+            )
             baseline_done = True
         pokers = np.concatenate([model.poker_faces(inputs[i : i + 256]) for i in range(0, len(inputs), 256)])
-        rows.append({"set": "poker faces", "model": f"{model.card.name} {model.card.version}",
-                     **c2st(pokers, real_neutral, cfg).as_dict()})
+        rows.append(
+            {
+                "set": "poker faces",
+                "model": f"{model.card.name} {model.card.version}",
+                **c2st(pokers, real_neutral, cfg).as_dict(),
+            }
+        )
 
     print(f"C2ST against {args.n} real neutral FERPlus test faces; {args.folds}-fold ROC AUC (0.5: indistinguishable)")
     print("| set | model | ROC AUC | sd over folds |")
@@ -76,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['set']} | {r['model']} | {r['auc']:.3f} | {r['auc_sd']:.3f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"n": args.n, "folds": args.folds, "seed": args.seed, "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"n": args.n, "folds": args.folds, "seed": args.seed, "rows": rows}, indent=2) + "\n"
+        )
     return 0
 
 

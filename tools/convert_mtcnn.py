@@ -438,7 +438,11 @@ def build_card(out_dir: Path, diffs: dict[str, float]) -> ModelCard:
             "source": f"facenet_pytorch/data/{{pnet,rnet,onet}}.pt from the facenet-pytorch {FACENET_VERSION} wheel",
             "opset": OPSET,
             "normalisation": "(x - 127.5) * 0.0078125 on RGB uint8 pixels",
-            "defaults": {"min_face_size": DEFAULT_MIN_FACE_SIZE, "thresholds": list(DEFAULT_THRESHOLDS), "factor": DEFAULT_FACTOR},
+            "defaults": {
+                "min_face_size": DEFAULT_MIN_FACE_SIZE,
+                "thresholds": list(DEFAULT_THRESHOLDS),
+                "factor": DEFAULT_FACTOR,
+            },
             "max_abs_diff_vs_torch": diffs,
         },
     )

@@ -55,7 +55,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "expression-maps.png")
     args = p.parse_args()
 
-    from training.render.dataset import EMOTIONS, IDENTITY_RANGES, render_sample
+    from training.render.dataset import IDENTITY_RANGES, render_sample
+    from training.render.facs import EMOTIONS
 
     model = EmotionModel.from_dir(REPO / "models" / args.model, providers=["CPUExecutionProvider"], intra_op_threads=1)
     size = model.input_hw[0]
@@ -63,7 +64,12 @@ def main() -> None:
     expressive = [i for i, name in enumerate(EMOTIONS) if name != "neutral"]
 
     # --- measure
-    samples = [render_sample((args.seed, j), size, label=expressive[j % len(expressive)], identity_range=IDENTITY_RANGES["test"]) for j in range(args.faces)]
+    samples = [
+        render_sample(
+            (args.seed, j), size, label=expressive[j % len(expressive)], identity_range=IDENTITY_RANGES["test"]
+        )
+        for j in range(args.faces)
+    ]
     faces = np.stack([s.image for s in samples])
     generated = model.poker_faces(faces)
     masses, areas, empty = [], [], 0
@@ -76,9 +82,12 @@ def main() -> None:
         else:
             empty += 1
     masses_a = np.array(masses)
-    print(f"model {args.model}, {args.faces} rendered faces (seed {args.seed}): {empty} empty maps; "
-          f"non-empty maps put {masses_a.mean():.3f} of their mass (min {masses_a.min():.3f}, median {np.median(masses_a):.3f}) "
-          f"inside the true expression region, which covers {np.mean(areas):.3f} of the face")
+    print(
+        f"model {args.model}, {args.faces} rendered faces (seed {args.seed}): {empty} empty maps; "
+        f"non-empty maps put {masses_a.mean():.3f} of their mass (min {masses_a.min():.3f}, median "
+        f"{np.median(masses_a):.3f}) "
+        f"inside the true expression region, which covers {np.mean(areas):.3f} of the face"
+    )
 
     # --- draw: one face per emotion, then the fixture photo
     rows = []
@@ -88,7 +97,9 @@ def main() -> None:
         region = true_region(s.image, s.poker_face, sigma)
         heat = expression_map(s.image, gen)
         note = f"mass in: {mass_inside(heat, region):.0%}" if heat.any() else "empty map"
-        rows.append((EMOTIONS[label], [s.image, s.poker_face, gen, overlay(s.image, heat), outline(s.image, region)], note))
+        rows.append(
+            (EMOTIONS[label], [s.image, s.poker_face, gen, overlay(s.image, heat), outline(s.image, region)], note)
+        )
     photo = decode_image((REPO / "tests" / "fixtures" / "astronaut.png").read_bytes(), max_pixels=40_000_000)
     detector = MTCNN.from_dir(REPO / "models" / "mtcnn", providers=["CPUExecutionProvider"], intra_op_threads=1)
     aligned = find_faces(detector, photo, size=size, min_face_size=20, threshold=0.7, max_faces=1)[0].aligned

@@ -24,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -63,7 +64,10 @@ def _folder_batches(folder: Path, size: tuple[int, int], batch: int, limit: int)
     if not files:
         raise SystemExit(f"fp16_parity: no image files under {folder}")
     for start in range(0, len(files), batch):
-        crops = [np.asarray(Image.open(p).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)) for p in files[start : start + batch]]
+        crops = [
+            np.asarray(Image.open(p).convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+            for p in files[start : start + batch]
+        ]
         yield np.stack(crops).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
@@ -78,13 +82,18 @@ def _dataset_batches(spec: str, split: str, size: tuple[int, int], batch: int, l
         yield torch.stack([dataset[i]["image"] for i in range(start, min(n, start + batch))]).numpy()
 
 
-def measure(fp32_dir: Path, fp16_dir: Path, batches01: Iterator[np.ndarray], providers: list[str], threads: int = 0) -> dict:
+def measure(
+    fp32_dir: Path, fp16_dir: Path, batches01: Iterator[np.ndarray], providers: list[str], threads: int = 0
+) -> dict[str, Any]:
     normalise, _ = _normaliser(fp32_dir)
     pair = GraphPair(fp32_dir, fp16_dir, providers=providers, threads=threads)
-    report = compare_graphs(pair, (normalise(b) for b in batches01))
+    report: dict[str, Any] = compare_graphs(pair, (normalise(b) for b in batches01))
     report["provider"] = providers[0]
-    report["bars"] = {"argmax_agreement_min": FP16_ARGMAX_AGREEMENT, "logits_max_abs_diff_max": FP16_LOGIT_MAX_ABS,
-                      "poker_face_psnr_db_min": FP16_POKER_PSNR_DB}
+    report["bars"] = {
+        "argmax_agreement_min": FP16_ARGMAX_AGREEMENT,
+        "logits_max_abs_diff_max": FP16_LOGIT_MAX_ABS,
+        "poker_face_psnr_db_min": FP16_POKER_PSNR_DB,
+    }
     report["passed"] = bool(
         report["argmax_agreement"] >= FP16_ARGMAX_AGREEMENT
         and report["logits_max_abs_diff"] <= FP16_LOGIT_MAX_ABS
@@ -96,7 +105,9 @@ def measure(fp32_dir: Path, fp16_dir: Path, batches01: Iterator[np.ndarray], pro
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="fp32 model folder (card.json + recognition.onnx [+ poker_face.onnx])")
-    ap.add_argument("--fp16", type=Path, help="its fp16 export; without it the fp32 graphs are converted into a temporary folder")
+    ap.add_argument(
+        "--fp16", type=Path, help="its fp16 export; without it the fp32 graphs are converted into a temporary folder"
+    )
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="data spec (training.data), e.g. fer2013:/data/fer2013")
     source.add_argument("--faces", type=Path, help="folder of aligned face crops")

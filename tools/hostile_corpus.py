@@ -41,7 +41,9 @@ def _picture(size: int = 64, seed: int = 0) -> Image.Image:
 
 def dds_minimal() -> bytes:
     """The smallest DDS header Pillow's opener trips over (NotImplementedError in Pillow)."""
-    return b"DDS " + struct.pack("<7I", 124, 0x1007, 64, 64, 0, 0, 0) + bytes(44) + struct.pack("<2I", 32, 0) + bytes(60)
+    return (
+        b"DDS " + struct.pack("<7I", 124, 0x1007, 64, 64, 0, 0, 0) + bytes(44) + struct.pack("<2I", 32, 0) + bytes(60)
+    )
 
 
 def jpeg_half_with_end_marker(image: Image.Image) -> bytes:
@@ -57,7 +59,12 @@ def png_short_image_data(image: Image.Image) -> bytes:
     raw = np.asarray(rgb).reshape(height, width * 3)
     rows = b"".join(b"\x00" + row.tobytes() for row in raw[: height // 2])
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_corrupt_image_data(image: Image.Image) -> bytes:
@@ -108,7 +115,12 @@ def named_files(image: Image.Image) -> dict[str, tuple[bytes, int]]:
         "png-truncated": (encode(image, "PNG")[:-100], 422),
         "webp-truncated": (encode(image, "WEBP", quality=80)[:200], 422),
         "bmp-truncated": (encode(image, "BMP")[:500], 422),
-        "bmp-huge-canvas": (b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 24, 0, 0, 0, 0, 0, 0), 413),
+        "bmp-huge-canvas": (
+            b"BM"
+            + struct.pack("<IHHI", 0, 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 24, 0, 0, 0, 0, 0, 0),
+            413,
+        ),
         "png-bomb": (png_bomb(), 413),
     }
 
@@ -136,9 +148,11 @@ def seeds() -> list[Seed]:
         Seed("jpeg-restart", encode(odd, "JPEG", quality=70, restart_marker_blocks=2), True),
         Seed("jpeg-grey-444", encode(grey, "JPEG", quality=95, subsampling=0), True),
         Seed("png-rgb", encode(pic, "PNG"), True),
-        Seed("png-rgba-interlaced", encode(rgba, "PNG", interlace=1) if _can_interlace() else encode(rgba, "PNG"), True),
+        Seed(
+            "png-rgba-interlaced", encode(rgba, "PNG", interlace=1) if _can_interlace() else encode(rgba, "PNG"), True
+        ),
         Seed("png-palette", encode(palette, "PNG", transparency=0), True),
-        Seed("png-grey16", encode(Image.fromarray((np.asarray(grey, np.uint16) * 257)), "PNG"), True),
+        Seed("png-grey16", encode(Image.fromarray(np.asarray(grey, np.uint16) * 257), "PNG"), True),
         Seed("webp-lossy", encode(pic, "WEBP", quality=70), True),
         Seed("webp-lossless", encode(rgba, "WEBP", lossless=True), True),
         Seed("bmp-rgb", encode(odd, "BMP"), True),
@@ -185,7 +199,9 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         elif kind == 6:
             # A header field set to an extreme: four bytes near the start.
             head = rng.randrange(min(len(out), 64))
-            out[head : head + 4] = rng.choice((b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x00\x01\x00"))
+            out[head : head + 4] = rng.choice(
+                (b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x00\x01\x00")
+            )
         else:
             del out[at:]
             out += b"\xff\xd9"

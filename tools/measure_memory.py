@@ -41,14 +41,25 @@ def _status_mib(pid: int, field: str) -> float:
 
 
 def big_photo(size: int) -> bytes:
-    image = Image.open(REPO / "tests" / "fixtures" / "astronaut.png").convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    image = (
+        Image.open(REPO / "tests" / "fixtures" / "astronaut.png")
+        .convert("RGB")
+        .resize((size, size), Image.Resampling.BILINEAR)
+    )
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 
-def measure(arena: bool, photo: bytes, min_face_size: int | None, env_extra: dict[str, str], small_requests: int = 30) -> dict:
-    env = {"PFVIT_ORT_CPU_ARENA": "true" if arena else "false", "PFVIT_LOG_LEVEL": "warning", "PFVIT_REQUEST_TIMEOUT_S": "600", **env_extra}
+def measure(
+    arena: bool, photo: bytes, min_face_size: int | None, env_extra: dict[str, str], small_requests: int = 30
+) -> dict:
+    env = {
+        "PFVIT_ORT_CPU_ARENA": "true" if arena else "false",
+        "PFVIT_LOG_LEVEL": "warning",
+        "PFVIT_REQUEST_TIMEOUT_S": "600",
+        **env_extra,
+    }
     proc, url = start_server(env)
     try:
         wait_until_ready(proc, url, timeout_s=120)
@@ -64,7 +75,9 @@ def measure(arena: bool, photo: bytes, min_face_size: int | None, env_extra: dic
         idle = _status_mib(proc.pid, "VmRSS")
         params = {"min_face_size": min_face_size} if min_face_size else {}
         start = time.perf_counter()
-        resp = httpx.post(url + "/v1/recognize", params=params, files={"images": ("big.jpg", photo, "image/jpeg")}, timeout=900)
+        resp = httpx.post(
+            url + "/v1/recognize", params=params, files={"images": ("big.jpg", photo, "image/jpeg")}, timeout=900
+        )
         seconds = time.perf_counter() - start
         after = _status_mib(proc.pid, "VmRSS")
         time.sleep(5)
@@ -90,7 +103,12 @@ def measure_workers(workers: int, env_extra: dict[str, str], requests: int = 40)
 
     def per_worker(name: str) -> dict[int, float]:
         text = httpx.get(url + "/metrics", timeout=30).text
-        return {int(s.labels["pid"]): s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name and "pid" in s.labels}
+        return {
+            int(s.labels["pid"]): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == name and "pid" in s.labels
+        }
 
     env = {"PFVIT_WORKERS": str(workers), "PFVIT_LOG_LEVEL": "warning", **env_extra}
     proc, url = start_server(env)
@@ -123,11 +141,19 @@ def measure_workers(workers: int, env_extra: dict[str, str], requests: int = 40)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.measure_memory", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.measure_memory", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=4000, help="side of the square test photo, pixels")
-    parser.add_argument("--min-face-size", type=int, default=None, help="the request's min_face_size (default: the service's)")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="another setting for both servers")
-    parser.add_argument("--workers", type=int, default=0, help="measure the RSS of each of this many worker processes instead")
+    parser.add_argument(
+        "--min-face-size", type=int, default=None, help="the request's min_face_size (default: the service's)"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="another setting for both servers"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="measure the RSS of each of this many worker processes instead"
+    )
     args = parser.parse_args(argv)
     if args.workers:
         row = measure_workers(args.workers, dict(item.split("=", 1) for item in args.env))
@@ -136,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     photo = big_photo(args.size)
     extra = dict(item.split("=", 1) for item in args.env)
     rows = [measure(arena, photo, args.min_face_size, extra) for arena in (False, True)]
-    print(json.dumps({"size": args.size, "jpeg_bytes": len(photo), "min_face_size": args.min_face_size, "runs": rows}, indent=2))
+    print(
+        json.dumps(
+            {"size": args.size, "jpeg_bytes": len(photo), "min_face_size": args.min_face_size, "runs": rows}, indent=2
+        )
+    )
     return 0 if all(r["status"] == 200 for r in rows) else 1
 
 

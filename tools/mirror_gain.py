@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model, _ = model_from_checkpoint(args.checkpoint)
     model.eval()
-    plain_graph, mirror_graph = RecognitionGraph(model).eval(), RecognitionGraph(model, mirror_average=True).eval()  # what export ships
+    plain_graph, mirror_graph = (
+        RecognitionGraph(model).eval(),
+        RecognitionGraph(model, mirror_average=True).eval(),
+    )  # what export ships
     for split in args.splits:
         data = build_data(args.data, split, model.config.image_size, augment=False)
         plain = mirrored = seen = 0
@@ -38,8 +41,17 @@ def main(argv: list[str] | None = None) -> int:
                 plain += int((plain_graph(x)[0].argmax(1) == y).sum())
                 mirrored += int((mirror_graph(x)[0].argmax(1) == y).sum())
                 seen += len(y)
-        print(json.dumps({"split": split, "faces": seen, "accuracy": round(plain / seen, 4),
-                          "mirror_average_accuracy": round(mirrored / seen, 4)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "split": split,
+                    "faces": seen,
+                    "accuracy": round(plain / seen, 4),
+                    "mirror_average_accuracy": round(mirrored / seen, 4),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

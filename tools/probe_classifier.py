@@ -54,10 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict({k: v for k, v in state.items() if k.startswith("encoder.")}, strict=False)
     params = [p for part in (model.encoder, model.separator, model.head) for p in part.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
-    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(
+        train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     steps = min(len(loader), args.max_steps) if args.max_steps else len(loader)
     total = steps * args.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, total // 10)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))),
+    )
     for epoch in range(args.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -76,7 +85,18 @@ def main(argv: list[str] | None = None) -> int:
             for batch in DataLoader(val, batch_size=256):
                 correct += int((model(model.normalise(batch["image"])).argmax(1) == batch["label"]).sum())
                 seen += len(batch["label"])
-        print(json.dumps({"epoch": epoch + 1, "stem": args.stem, "model": args.model, "val_accuracy": round(correct / seen, 4), "train_seconds": round(seconds, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "epoch": epoch + 1,
+                    "stem": args.stem,
+                    "model": args.model,
+                    "val_accuracy": round(correct / seen, 4),
+                    "train_seconds": round(seconds, 1),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

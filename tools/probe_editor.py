@@ -37,17 +37,25 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPE = FERModelConfig()  # the shipped recipe's data sizes are the defaults here
 
 
-def photo_report(model: torch.nn.Module, faces01: torch.Tensor, targets: torch.Tensor, judge_path: Path) -> dict[str, float]:
+def photo_report(
+    model: torch.nn.Module, faces01: torch.Tensor, targets: torch.Tensor, judge_path: Path
+) -> dict[str, float]:
     """Mean change, SSIM to the input and the judge's neutral ratio on ``faces01 [N, 3, H, W]``."""
     model.eval()
     with torch.no_grad():
-        poker = torch.cat([model.poker_face(model.normalise(faces01[i : i + 256])) for i in range(0, len(faces01), 256)])
+        poker = torch.cat(
+            [model.poker_face(model.normalise(faces01[i : i + 256])) for i in range(0, len(faces01), 256)]
+        )
     inputs, outputs = to_u8(faces01), to_u8(poker)
     judge = load_judge(judge_path)
-    report = poker_face_report(judge.model, judge.labels, faces01, poker, targets, list(IMAGENET_MEAN), list(IMAGENET_STD))
-    return {"photo_mean_change": round(float(np.abs(outputs.astype(np.int16) - inputs).mean()), 3),
-            "photo_ssim_to_input": round(float(ssim(outputs, inputs).mean()), 4),
-            "judge_neutral_ratio": round(float(report["poker_neutral_ratio"]), 4)}
+    report = poker_face_report(
+        judge.model, judge.labels, faces01, poker, targets, list(IMAGENET_MEAN), list(IMAGENET_STD)
+    )
+    return {
+        "photo_mean_change": round(float(np.abs(outputs.astype(np.int16) - inputs).mean()), 3),
+        "photo_ssim_to_input": round(float(ssim(outputs, inputs).mean()), 4),
+        "judge_neutral_ratio": round(float(report["poker_neutral_ratio"]), 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,22 +72,46 @@ def main(argv: list[str] | None = None) -> int:
     add_run_flags(ap, train_n=RECIPE.rendered_train, test_n=RECIPE.rendered_test)
     args = ap.parse_args(argv)
     size, rendered, rendered_test, expressive = rendered_faces(args.init, args)
-    train = JointFaces(FER2013(args.fer2013, "train", FaceTransform(image_size=size, augment=True)), rendered, greyscale=True,
-                       rendered_repeat=args.rendered_repeat)
+    train = JointFaces(
+        FER2013(args.fer2013, "train", FaceTransform(image_size=size, augment=True)),
+        rendered,
+        greyscale=True,
+        rendered_repeat=args.rendered_repeat,
+    )
     test = FER2013(args.fer2013, "test", FaceTransform(image_size=size, augment=False))
     n = min(args.test_faces, len(test))
     test_faces = torch.stack([test[i]["image"] for i in range(n)])
     test_targets = torch.tensor(test.targets[:n])
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        result = run_editor(EditorConfig(out_dir=out, init=args.init, epochs=1, max_steps_per_epoch=args.steps, batch_size=args.batch_size,
-                                         poker_sup=args.poker_sup, cyc_neutral=args.cyc_neutral, sparsity=args.sparsity,
-                                         seed=args.seed, threads=args.threads, progress=False, device="cpu"), train)
+        result = run_editor(
+            EditorConfig(
+                out_dir=out,
+                init=args.init,
+                epochs=1,
+                max_steps_per_epoch=args.steps,
+                batch_size=args.batch_size,
+                poker_sup=args.poker_sup,
+                cyc_neutral=args.cyc_neutral,
+                sparsity=args.sparsity,
+                seed=args.seed,
+                threads=args.threads,
+                progress=False,
+                device="cpu",
+            ),
+            train,
+        )
         seconds = time.perf_counter() - t0
     model = result.model
-    report = {"poker_sup": args.poker_sup, "cyc_neutral": args.cyc_neutral, "sparsity": args.sparsity, "steps": args.steps,
-              **change_report(model, rendered_test.images, rendered_test.pokers, expressive),
-              **photo_report(model, test_faces, test_targets, args.judge), "train_seconds": round(seconds, 1)}
+    report = {
+        "poker_sup": args.poker_sup,
+        "cyc_neutral": args.cyc_neutral,
+        "sparsity": args.sparsity,
+        "steps": args.steps,
+        **change_report(model, rendered_test.images, rendered_test.pokers, expressive),
+        **photo_report(model, test_faces, test_targets, args.judge),
+        "train_seconds": round(seconds, 1),
+    }
     print(json.dumps(report), flush=True)
     return 0
 

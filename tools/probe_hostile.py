@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -95,11 +96,11 @@ class MemoryWatch:
     """The server's resident memory growth over a block: its peak during the block minus its
     resident memory at the start."""
 
-    def __init__(self, probe: Probe, sampler: "Sampler") -> None:
+    def __init__(self, probe: Probe, sampler: Sampler) -> None:
         self.probe, self.sampler = probe, sampler
         self.before: float | None = None
 
-    def __enter__(self) -> "MemoryWatch":
+    def __enter__(self) -> MemoryWatch:
         if self.probe.pid is not None:
             Path(f"/proc/{self.probe.pid}/clear_refs").write_text("5")  # reset the kernel's peak (VmHWM) to now
             self.before = _status_kib(self.probe.pid, "VmRSS") / 1024
@@ -147,7 +148,7 @@ class Sampler:
                 if self._stop.wait(0.02):
                     break
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -163,7 +164,9 @@ class Sampler:
 # --- the checks ------------------------------------------------------------------------------
 
 
-def _send(client: httpx.Client, url: str, route: str, form: str, data: bytes, headers: dict[str, str]) -> tuple[int, float]:
+def _send(
+    client: httpx.Client, url: str, route: str, form: str, data: bytes, headers: dict[str, str]
+) -> tuple[int, float]:
     start = time.perf_counter()
     if form == "json":
         resp = client.post(url + route, json={"images": [{"data": base64.b64encode(data).decode()}]}, headers=headers)
@@ -182,8 +185,15 @@ def check_corpus(probe: Probe, mutations: int) -> None:
     worst = 0.0
     sent = 0
     with httpx.Client(timeout=60) as client:
-        plan = [(name, data, route, form) for name, data in named.items() for route, form in
-                (("/v1/recognize", "multipart"), ("/v1/recognize", "json"), ("/v1/poker-face", "multipart"))]
+        plan = [
+            (name, data, route, form)
+            for name, data in named.items()
+            for route, form in (
+                ("/v1/recognize", "multipart"),
+                ("/v1/recognize", "json"),
+                ("/v1/poker-face", "multipart"),
+            )
+        ]
         plan += [(name, data, "/v1/recognize", "multipart") for name, data in mutated.items()]
         plan += [(name, data, "/v1/recognize", "json") for name, data in list(mutated.items())[: mutations // 4]]
         for name, data, route, form in plan:
@@ -200,11 +210,21 @@ def check_corpus(probe: Probe, mutations: int) -> None:
             if seconds > SLOW_S:
                 slow.append(f"{name} {route} {form}: {seconds:.1f} s")
     summary = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()))
-    probe.add(f"corpus: {len(named)} named files x 3 forms, {mutations} mutated files (+{mutations // 4} as JSON)",
-              f"{sent} answered ({summary}); slowest {worst:.2f} s", True)
-    probe.add("corpus: answers that are a 5xx or no answer", str(len(server_errors)) + (f" ({'; '.join(server_errors[:5])})" if server_errors else ""),
-              not server_errors)
-    probe.add(f"corpus: answers slower than {SLOW_S:g} s", str(len(slow)) + (f" ({'; '.join(slow[:5])})" if slow else ""), not slow)
+    probe.add(
+        f"corpus: {len(named)} named files x 3 forms, {mutations} mutated files (+{mutations // 4} as JSON)",
+        f"{sent} answered ({summary}); slowest {worst:.2f} s",
+        True,
+    )
+    probe.add(
+        "corpus: answers that are a 5xx or no answer",
+        str(len(server_errors)) + (f" ({'; '.join(server_errors[:5])})" if server_errors else ""),
+        not server_errors,
+    )
+    probe.add(
+        f"corpus: answers slower than {SLOW_S:g} s",
+        str(len(slow)) + (f" ({'; '.join(slow[:5])})" if slow else ""),
+        not slow,
+    )
 
 
 def _failures(sampler: Sampler) -> str:
@@ -215,16 +235,22 @@ _BOUNDARY = "pfvit-probe-boundary"
 
 
 def _multipart_body(name: str, data: bytes) -> bytes:
-    head = f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    head = (
+        f"--{_BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="images"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
     return head.encode() + data + f"\r\n--{_BOUNDARY}--\r\n".encode()
 
 
-def _post_raw(url: str, path: str, body: bytes, headers: dict[str, str], timeout_s: float = 120.0) -> tuple[int | str, float]:
+def _post_raw(
+    url: str, path: str, body: bytes, headers: dict[str, str], timeout_s: float = 120.0
+) -> tuple[int | str, float]:
     """POST a prepared body with http.client (one sendall, outside the GIL): the client's own
     Python work does not pace the upload or the /healthz timings taken beside it."""
     parts = urlsplit(url)
     start = time.perf_counter()
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout_s)
     try:
         conn.request("POST", path, body=body, headers=headers)
         resp = conn.getresponse()
@@ -247,7 +273,12 @@ def check_stall(probe: Probe) -> None:
     bodies = {name: _multipart_body(name, data) for name, data in uploads.items()}
 
     def post(name: str, body: bytes) -> None:
-        answers[name] = _post_raw(probe.url, "/v1/recognize", body, {**probe.headers, "Content-Type": "multipart/form-data; boundary=" + _BOUNDARY})
+        answers[name] = _post_raw(
+            probe.url,
+            "/v1/recognize",
+            body,
+            {**probe.headers, "Content-Type": "multipart/form-data; boundary=" + _BOUNDARY},
+        )
 
     with Sampler(probe.url, probe.headers) as sampler:
         threads = [threading.Thread(target=post, args=item) for item in bodies.items()]
@@ -258,20 +289,25 @@ def check_stall(probe: Probe) -> None:
     for name, (status, seconds) in answers.items():
         ok = isinstance(status, int) and 400 <= status < 500 and seconds < 1.0
         probe.add(f"stall: {name} ({len(uploads[name]) / 2**20:.0f} MiB)", f"{status} in {seconds:.2f} s", ok)
-    probe.add("stall: slowest /healthz while the three were in flight", f"{sampler.worst_health_ms:.0f} ms" + _failures(sampler),
-              sampler.worst_health_ms < 100 and not sampler.health_failures)
+    probe.add(
+        "stall: slowest /healthz while the three were in flight",
+        f"{sampler.worst_health_ms:.0f} ms" + _failures(sampler),
+        sampler.worst_health_ms < 100 and not sampler.health_failures,
+    )
 
 
 def check_amplification(probe: Probe) -> None:
     body = b'{"images": [' + b",".join([b"{}"] * 1_000_000) + b"]}"
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
 
     def post() -> None:
         parts = urlsplit(probe.url)
         start = time.perf_counter()
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=120)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=120)
         try:
-            conn.request("POST", "/v1/recognize", body=body, headers={**probe.headers, "Content-Type": "application/json"})
+            conn.request(
+                "POST", "/v1/recognize", body=body, headers={**probe.headers, "Content-Type": "application/json"}
+            )
             resp = conn.getresponse()
             result.update(status=resp.status, size=len(resp.read()))
         except OSError as exc:
@@ -285,15 +321,24 @@ def check_amplification(probe: Probe) -> None:
         thread.start()
         thread.join()
     growth = memory.growth_mib
-    status, size, seconds = result["status"], int(result["size"]), float(result["seconds"])  # type: ignore[arg-type]
+    status, size, seconds = result["status"], int(result["size"]), float(result["seconds"])
     ok = isinstance(status, int) and 400 <= status < 500 and size < 64 * 1024 and seconds < 1.0
-    probe.add(f"amplification: 1,000,000 empty items ({len(body) / 2**20:.1f} MiB body)", f"{status}, {size:,} bytes, {seconds:.2f} s", ok)
-    probe.add("amplification: slowest /healthz meanwhile", f"{sampler.worst_health_ms:.0f} ms" + _failures(sampler),
-              sampler.worst_health_ms < 100 and not sampler.health_failures)
+    probe.add(
+        f"amplification: 1,000,000 empty items ({len(body) / 2**20:.1f} MiB body)",
+        f"{status}, {size:,} bytes, {seconds:.2f} s",
+        ok,
+    )
+    probe.add(
+        "amplification: slowest /healthz meanwhile",
+        f"{sampler.worst_health_ms:.0f} ms" + _failures(sampler),
+        sampler.worst_health_ms < 100 and not sampler.health_failures,
+    )
     probe.add("amplification: server RSS growth", f"{growth:.0f} MiB", growth < 100)
 
 
-def _keyless_upload(host: str, port: int, body_bytes: int, held: threading.Barrier, release: threading.Event, out: dict) -> None:
+def _keyless_upload(
+    host: str, port: int, body_bytes: int, held: threading.Barrier, release: threading.Event, out: dict
+) -> None:
     """Send a keyless POST with all of its body but the last byte; note whether the answer
     came before the last byte; hold the connection until ``release``."""
     answer = b""
@@ -345,7 +390,11 @@ def check_keyless_memory(probe: Probe, connections: int = 24, body_mib: int = 20
     outs: list[dict] = [{} for _ in range(connections)]
     with Sampler(probe.url, probe.headers, rss=probe.pid is None) as sampler, MemoryWatch(probe, sampler) as memory:
         threads = [
-            threading.Thread(target=_keyless_upload, args=(parts.hostname, parts.port or 80, body_mib * 2**20, held, release, out), daemon=True)
+            threading.Thread(
+                target=_keyless_upload,
+                args=(parts.hostname, parts.port or 80, body_mib * 2**20, held, release, out),
+                daemon=True,
+            )
             for out in outs
         ]
         for thread in threads:
@@ -360,16 +409,26 @@ def check_keyless_memory(probe: Probe, connections: int = 24, body_mib: int = 20
         for thread in threads:
             thread.join(timeout=30)
     early = sum(out.get("status") == "401" for out in outs)
-    probe.add(f"keyless memory: {connections} connections x {body_mib} MiB body but its last byte", f"RSS growth {growth:.0f} MiB",
-              growth < 50)
+    probe.add(
+        f"keyless memory: {connections} connections x {body_mib} MiB body but its last byte",
+        f"RSS growth {growth:.0f} MiB",
+        growth < 50,
+    )
     answers = Counter(str(out.get("status")) for out in outs)
-    probe.add("keyless memory: answered 401 before the last byte", f"{early}/{connections} ({dict(answers)})", early == connections)
+    probe.add(
+        "keyless memory: answered 401 before the last byte",
+        f"{early}/{connections} ({dict(answers)})",
+        early == connections,
+    )
 
 
 def table(rows: list[Row]) -> str:
     width = max(len(r.check) for r in rows)
     rwidth = max(len(r.result) for r in rows)
-    lines = [f"| {'check':<{width}} | {'result':<{rwidth}} | held |", f"|{'-' * (width + 2)}|{'-' * (rwidth + 2)}|------|"]
+    lines = [
+        f"| {'check':<{width}} | {'result':<{rwidth}} | held |",
+        f"|{'-' * (width + 2)}|{'-' * (rwidth + 2)}|------|",
+    ]
     lines += [f"| {r.check:<{width}} | {r.result:<{rwidth}} | {'yes' if r.ok else 'NO':<4} |" for r in rows]
     return "\n".join(lines)
 
@@ -383,11 +442,17 @@ CHECKS: dict[str, Callable[[Probe, argparse.Namespace], None]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("url", help="base URL of a running service on loopback, e.g. http://127.0.0.1:8000")
     parser.add_argument("--api-key", help="a key the server accepts (when it has PFVIT_API_KEYS)")
     parser.add_argument("--mutations", type=int, default=400, help="mutated files sent (default 400)")
-    parser.add_argument("--pid", type=int, help="the server's process id, when it runs here with one worker: memory from the kernel's peak")
+    parser.add_argument(
+        "--pid",
+        type=int,
+        help="the server's process id, when it runs here with one worker: memory from the kernel's peak",
+    )
     parser.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
     args = parser.parse_args(argv)
     host = urlsplit(args.url).hostname or ""

@@ -34,7 +34,9 @@ def to_u8(images01: torch.Tensor) -> np.ndarray:
     return (images01.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
-def change_report(model: torch.nn.Module, faces: torch.Tensor, truth: torch.Tensor, expressive: np.ndarray) -> dict[str, float]:
+def change_report(
+    model: torch.nn.Module, faces: torch.Tensor, truth: torch.Tensor, expressive: np.ndarray
+) -> dict[str, float]:
     """PSNR gain over the unchanged input and cosine of generated vs true change, on
     ``faces``/``truth`` ``[N, 3, H, W]`` uint8 (expressive items only)."""
     model.eval()
@@ -45,8 +47,12 @@ def change_report(model: torch.nn.Module, faces: torch.Tensor, truth: torch.Tens
     d_gen = (gen.astype(np.float64) - inp)[expressive].ravel()
     d_true = (tru.astype(np.float64) - inp)[expressive].ravel()
     cosine = float(d_gen @ d_true / max(1e-9, np.linalg.norm(d_gen) * np.linalg.norm(d_true)))
-    return {"psnr_gain_db": round(float(gain), 3), "change_cosine": round(cosine, 4),
-            "mean_change": round(float(np.abs(d_gen).mean()), 3), "true_mean_change": round(float(np.abs(d_true).mean()), 3)}
+    return {
+        "psnr_gain_db": round(float(gain), 3),
+        "change_cosine": round(cosine, 4),
+        "mean_change": round(float(np.abs(d_gen).mean()), 3),
+        "true_mean_change": round(float(np.abs(d_true).mean()), 3),
+    }
 
 
 def add_run_flags(ap: argparse.ArgumentParser, train_n: int, test_n: int) -> None:
@@ -83,15 +89,43 @@ def main(argv: list[str] | None = None) -> int:
     epochs = max(1, -(-args.steps // steps_per_epoch))
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        run_train(TrainConfig(out_dir=out, init=args.init, arch=args.arch, epochs=epochs, warmup_epochs=min(1.0, epochs / 4),
-                              batch_size=args.batch_size, blr=args.blr, d_blr=5e-4, grad_clip=1.0, label_smoothing=0.1,
-                              weights=LossWeights(cls=2.0, poker_sup=args.poker_sup, cyc_neutral=0.5), poker_sup_loss=args.loss,
-                              eval_every=0, seed=args.seed, threads=args.threads, progress=False, device="cpu"), train)
+        run_train(
+            TrainConfig(
+                out_dir=out,
+                init=args.init,
+                arch=args.arch,
+                epochs=epochs,
+                warmup_epochs=min(1.0, epochs / 4),
+                batch_size=args.batch_size,
+                blr=args.blr,
+                d_blr=5e-4,
+                grad_clip=1.0,
+                label_smoothing=0.1,
+                weights=LossWeights(cls=2.0, poker_sup=args.poker_sup, cyc_neutral=0.5),
+                poker_sup_loss=args.loss,
+                eval_every=0,
+                seed=args.seed,
+                threads=args.threads,
+                progress=False,
+                device="cpu",
+            ),
+            train,
+        )
         seconds = time.perf_counter() - t0
         model, _ = model_from_checkpoint(f"{out}/last.pt")
     report = change_report(model, test.images, test.pokers, expressive)
-    print(json.dumps({"loss": args.loss, "poker_sup": args.poker_sup, "steps": epochs * steps_per_epoch, **report,
-                      "train_seconds": round(seconds, 1)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "loss": args.loss,
+                "poker_sup": args.poker_sup,
+                "steps": epochs * steps_per_epoch,
+                **report,
+                "train_seconds": round(seconds, 1),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     levels = pyramid(args.side)
     by_op = profile(args.models / "pnet.onnx", levels, args.runs, args.threads)
     total = sum(by_op.values())
-    print(f"P-Net of {args.models}, {args.side} px photo, {len(levels)} levels, {args.threads} threads: "
-          f"{total:.1f} ms of kernels per pass (mean of {args.runs})\n")
+    print(
+        f"P-Net of {args.models}, {args.side} px photo, {len(levels)} levels, {args.threads} threads: "
+        f"{total:.1f} ms of kernels per pass (mean of {args.runs})\n"
+    )
     print("| operator | ms | share |")
     print("|---|---|---|")
     for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]):

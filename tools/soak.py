@@ -10,10 +10,10 @@ Without ``--url`` it starts ``python -m service`` on a free loopback port (extra
 stops it at the end. The server's RSS is read from its own
 ``process_resident_memory_bytes`` on /metrics, so ``--url`` works for any service the tool
 can reach. Each client sends, in turn: a multipart photo to /v1/recognize, the same photo as
-base64 JSON, a poker face as JSON and as PNG, a broken upload (which must be a 4xx once admitted; 503 while the queue is full), and a
-liveness probe. The report says how many answers each status got, p50/p99 per route, how
-many took longer than the deadline, and RSS at the start, at 20 % of the run (minute 2 of
-10), in the middle and at the end.
+base64 JSON, a poker face as JSON and as PNG, a broken upload (which must be a 4xx once
+admitted; 503 while the queue is full), and a liveness probe. The report says how many
+answers each status got, p50/p99 per route, how many took longer than the deadline, and RSS
+at the start, at 20 % of the run (minute 2 of 10), in the middle and at the end.
 """
 
 from __future__ import annotations
@@ -40,11 +40,32 @@ def _requests(photo: bytes) -> list[tuple[str, dict]]:
     """(route label, httpx request kwargs) in the order each client cycles through."""
     data_uri = "data:image/png;base64," + base64.b64encode(photo).decode()
     return [
-        ("recognize-multipart", {"method": "POST", "url": "/v1/recognize", "files": {"images": ("photo.png", photo, "image/png")}}),
-        ("recognize-json", {"method": "POST", "url": "/v1/recognize", "json": {"images": [{"data": data_uri}], "max_faces": 5}}),
+        (
+            "recognize-multipart",
+            {"method": "POST", "url": "/v1/recognize", "files": {"images": ("photo.png", photo, "image/png")}},
+        ),
+        (
+            "recognize-json",
+            {"method": "POST", "url": "/v1/recognize", "json": {"images": [{"data": data_uri}], "max_faces": 5}},
+        ),
         ("poker-face-json", {"method": "POST", "url": "/v1/poker-face", "json": {"images": [{"data": data_uri}]}}),
-        ("poker-face-png", {"method": "POST", "url": "/v1/poker-face", "files": {"images": ("photo.png", photo, "image/png")}, "headers": {"Accept": "image/png"}}),
-        ("broken-upload", {"method": "POST", "url": "/v1/recognize", "files": {"images": ("cut.png", photo[: len(photo) // 3], "image/png")}}),
+        (
+            "poker-face-png",
+            {
+                "method": "POST",
+                "url": "/v1/poker-face",
+                "files": {"images": ("photo.png", photo, "image/png")},
+                "headers": {"Accept": "image/png"},
+            },
+        ),
+        (
+            "broken-upload",
+            {
+                "method": "POST",
+                "url": "/v1/recognize",
+                "files": {"images": ("cut.png", photo[: len(photo) // 3], "image/png")},
+            },
+        ),
         ("healthz", {"method": "GET", "url": "/healthz"}),
     ]
 
@@ -114,7 +135,8 @@ async def soak(url: str, *, clients: int, duration_s: float, deadline_s: float, 
 
     everything = [v for vals in latencies.values() for v in vals]
     mib = {k: (None if v is None else round(v / 2**20, 1)) for k, v in rss.items()}
-    growth = None if rss.get("end") is None or rss.get("minute_2_of_10") is None else round((rss["end"] - rss["minute_2_of_10"]) / 2**20, 1)  # type: ignore[operator]
+    end, minute_2 = rss.get("end"), rss.get("minute_2_of_10")
+    growth = None if end is None or minute_2 is None else round((end - minute_2) / 2**20, 1)
     server_errors = sum(n for s, n in statuses.items() if s.isdigit() and int(s) >= 500 and s not in ("503", "504"))
     return {
         "clients": clients,
@@ -122,9 +144,15 @@ async def soak(url: str, *, clients: int, duration_s: float, deadline_s: float, 
         "requests": sum(statuses.values()),
         "requests_per_s": round(sum(statuses.values()) / wall_s, 2),
         "statuses": dict(sorted(statuses.items())),
-        "by_route": {route: {str(k): v for k, v in sorted(c.items(), key=str)} for route, c in sorted(by_route_status.items())},
+        "by_route": {
+            route: {str(k): v for k, v in sorted(c.items(), key=str)} for route, c in sorted(by_route_status.items())
+        },
         "latency_ms_200": {
-            "all": {"p50": pct(everything, 0.5), "p99": pct(everything, 0.99), "mean": round(1000 * statistics.fmean(everything), 1) if everything else None},
+            "all": {
+                "p50": pct(everything, 0.5),
+                "p99": pct(everything, 0.99),
+                "mean": round(1000 * statistics.fmean(everything), 1) if everything else None,
+            },
             **{route: {"p50": pct(v, 0.5), "p99": pct(v, 0.99)} for route, v in sorted(latencies.items())},
         },
         "over_deadline": over_deadline,
@@ -142,13 +170,22 @@ async def soak(url: str, *, clients: int, duration_s: float, deadline_s: float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="a running service; without it one is started on loopback")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration-s", type=float, default=600.0)
-    parser.add_argument("--deadline-s", type=float, default=30.0, help="the service's PFVIT_REQUEST_TIMEOUT_S (for the over-deadline count)")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=30.0,
+        help="the service's PFVIT_REQUEST_TIMEOUT_S (for the over-deadline count)",
+    )
     parser.add_argument("--api-key", help="sent as X-API-Key")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the started server (repeatable)")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="a setting for the started server (repeatable)"
+    )
     parser.add_argument("--out", type=Path, help="also write the report here (JSON)")
     args = parser.parse_args(argv)
 
@@ -162,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         proc, url = start_server(extra)
         wait_until_ready(proc, url)
     try:
-        report = asyncio.run(soak(url, clients=args.clients, duration_s=args.duration_s, deadline_s=args.deadline_s, api_key=args.api_key))
+        report = asyncio.run(
+            soak(
+                url, clients=args.clients, duration_s=args.duration_s, deadline_s=args.deadline_s, api_key=args.api_key
+            )
+        )
     finally:
         if proc is not None:
             stop_server(proc)

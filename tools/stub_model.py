@@ -79,7 +79,9 @@ def poker_face_graph(size: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def write_stub_model(model_dir: Path, *, size: int = 112, name: str = "stub-emotion", with_poker_face: bool = True) -> ModelCard:
+def write_stub_model(
+    model_dir: Path, *, size: int = 112, name: str = "stub-emotion", with_poker_face: bool = True
+) -> ModelCard:
     model_dir.mkdir(parents=True, exist_ok=True)
     image_spec = TensorSpec(name="image", shape=["batch", 3, size, size])
     graphs = {}

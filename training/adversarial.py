@@ -40,7 +40,9 @@ class Discriminator(nn.Module):
         dim, depth, num_heads, mlp_ratio: transformer shape.
     """
 
-    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(
+        self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int, mlp_ratio: float
+    ) -> None:
         super().__init__()
         self.vit = Encoder(image_size, patch_size, dim, depth, num_heads, mlp_ratio)
         self.head = nn.Linear(dim, 1)
@@ -70,8 +72,13 @@ def generator_adv_loss(fake_logits: torch.Tensor, gan: str, weight: torch.Tensor
     return -_item_mean(fake_logits, weight) if gan == "hinge" else _item_mean(F.softplus(-fake_logits), weight)
 
 
-def discriminator_adv_loss(real: torch.Tensor, fake: torch.Tensor, gan: str, real_weight: torch.Tensor | None = None,
-                           fake_weight: torch.Tensor | None = None) -> torch.Tensor:
+def discriminator_adv_loss(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    gan: str,
+    real_weight: torch.Tensor | None = None,
+    fake_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """D side: hinge ``relu(1 - D(real)) + relu(1 + D(fake))``, or the logistic loss; the
     weights ``[N]`` count only some items of each side (all when None)."""
     if gan == "hinge":
@@ -79,9 +86,16 @@ def discriminator_adv_loss(real: torch.Tensor, fake: torch.Tensor, gan: str, rea
     return _item_mean(F.softplus(-real), real_weight) + _item_mean(F.softplus(fake), fake_weight)
 
 
-def critic_loss(critic: nn.Module, real: torch.Tensor, fakes: torch.Tensor, cfg: CriticRunConfig, step: int, autocast=nullcontext,
-                real_weight: torch.Tensor | None = None,
-                fake_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def critic_loss(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fakes: torch.Tensor,
+    cfg: CriticRunConfig,
+    step: int,
+    autocast=nullcontext,
+    real_weight: torch.Tensor | None = None,
+    fake_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """D's loss on real images against fakes, in one forward (one DDP forward per backward),
     plus the lazy R1 penalty every ``cfg.r1_every`` discriminator steps.
 
@@ -98,7 +112,7 @@ def critic_loss(critic: nn.Module, real: torch.Tensor, fakes: torch.Tensor, cfg:
     use_r1 = cfg.r1_gamma > 0 and step % cfg.r1_every == 0
     real = real.detach().requires_grad_(use_r1)
     # R1 needs a double backward, which only SDPA's math kernel provides.
-    with autocast(), (sdpa_kernel(SDPBackend.MATH) if use_r1 else nullcontext()):
+    with autocast(), sdpa_kernel(SDPBackend.MATH) if use_r1 else nullcontext():
         logits = critic(torch.cat([real, fakes.detach()])).float()
     n = real.shape[0]
     loss = discriminator_adv_loss(logits[:n], logits[n:], cfg.gan, real_weight, fake_weight)
@@ -132,7 +146,9 @@ class StageBatch:
     has_poker: torch.Tensor  # [N] float 0/1
 
 
-def targets_from_batch(batch: dict[str, torch.Tensor], num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def targets_from_batch(
+    batch: dict[str, torch.Tensor], num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(targets [N, K] probabilities, labelled [N] float)`` from ``soft_label`` or ``label`` (-1 = none)."""
     label = batch["label"].to(device).long()
     labelled = (label >= 0).float()
@@ -159,7 +175,9 @@ def poker_faces_from_batch(batch: dict[str, torch.Tensor], device: torch.device)
     return poker, has
 
 
-def prepare_batch(batch: dict[str, torch.Tensor], model: PFViT, device: torch.device, mixup_alpha: float = 0.0) -> StageBatch:
+def prepare_batch(
+    batch: dict[str, torch.Tensor], model: PFViT, device: torch.device, mixup_alpha: float = 0.0
+) -> StageBatch:
     """A loader batch (the dataset contract's dict) -> :class:`StageBatch`, mixed up when asked.
 
     Mixup mixes images, targets and true poker faces with one ``lam ~ Beta(alpha, alpha)`` and
@@ -282,8 +300,14 @@ class PokerFaceObjective:
         ctx: the process context; under DDP the generator side and D get one wrapper each.
     """
 
-    def __init__(self, model: PFViT, discriminator: Discriminator | None, cfg: TrainConfig, neutral_index: int | None,
-                 ctx: DistContext) -> None:
+    def __init__(
+        self,
+        model: PFViT,
+        discriminator: Discriminator | None,
+        cfg: TrainConfig,
+        neutral_index: int | None,
+        ctx: DistContext,
+    ) -> None:
         if (discriminator is None) == cfg.separation:
             raise ValueError("a discriminator is needed exactly when the stage separates")
         self.model = model
@@ -331,17 +355,22 @@ class PokerFaceObjective:
         if self.neutral_index is None:
             terms["cyc_neutral"] = out.cycle_logits.sum() * 0.0
         else:
-            neutral = torch.full((batch.images.shape[0],), self.neutral_index, device=batch.images.device, dtype=torch.long)
+            neutral = torch.full(
+                (batch.images.shape[0],), self.neutral_index, device=batch.images.device, dtype=torch.long
+            )
             terms["cyc_neutral"] = F.cross_entropy(out.cycle_logits.float(), neutral)
         # Target detached: otherwise the cheapest way to match is to shrink z_p everywhere.
         terms["cyc_residue"] = (out.cycle_z_p - out.z_p.detach()).abs().mean()
         # Only items with a true poker face (rendered faces) count; real photographs have none.
-        terms["poker_sup"] = masked_mean(poker_face_distance(out.poker_face, batch.true_poker, self.poker_sup_loss),
-                                         batch.has_poker)
+        terms["poker_sup"] = masked_mean(
+            poker_face_distance(out.poker_face, batch.true_poker, self.poker_sup_loss), batch.has_poker
+        )
         fakes = torch.cat([out.poker_face.detach(), out.reconstruction.detach()])
         return GeneratorLoss(weighted_total(terms, self.weights), terms, out.logits, fakes)
 
-    def discriminator_loss(self, real: torch.Tensor, fakes: torch.Tensor, step: int, autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def discriminator_loss(
+        self, real: torch.Tensor, fakes: torch.Tensor, step: int, autocast=nullcontext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D's loss on real faces against the fakes (:func:`critic_loss`).
 
         Returns ``(loss, {"d": ..., "r1": ...})`` with the terms detached.

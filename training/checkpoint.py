@@ -55,8 +55,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -121,7 +125,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
-def model_from_checkpoint(path_or_payload: str | Path | dict[str, Any], map_location: str | torch.device = "cpu") -> tuple[PFViT, dict[str, Any]]:
+def model_from_checkpoint(
+    path_or_payload: str | Path | dict[str, Any], map_location: str | torch.device = "cpu"
+) -> tuple[PFViT, dict[str, Any]]:
     """Rebuild the model from a checkpoint alone. Returns ``(model in eval mode, payload)``."""
     payload = path_or_payload if isinstance(path_or_payload, dict) else load_checkpoint(path_or_payload, map_location)
     model = PFViT(PFViTConfig.from_dict(payload["model_config"]))

@@ -17,8 +17,9 @@ import dataclasses
 import json
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 DATA_FIELDS = ("data", "val_data", "poker_data")  # config fields that hold data specs, checked at parse time
 
@@ -35,7 +36,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
     group = parser.add_argument_group(prefix.rstrip("_") or cls.__name__, docs)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         if dataclasses.is_dataclass(hint):
             add_dataclass_arguments(parser, hint, prefix=f"{prefix}{f.name}_")
             continue
@@ -44,12 +49,25 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
         if hint is bool:
             group.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction, default=default)
         elif typing.get_origin(hint) is tuple:
-            group.add_argument(flag, dest=prefix + f.name, type=typing.get_args(hint)[0], nargs=len(typing.get_args(hint)), default=default, metavar="V")
+            group.add_argument(
+                flag,
+                dest=prefix + f.name,
+                type=typing.get_args(hint)[0],
+                nargs=len(typing.get_args(hint)),
+                default=default,
+                metavar="V",
+            )
         elif typing.get_origin(hint) is typing.Literal:
             group.add_argument(flag, dest=prefix + f.name, choices=typing.get_args(hint), default=default)
         else:
-            group.add_argument(flag, dest=prefix + f.name, type=hint, default=default, required=required,
-                               help="(required)" if required else "")
+            group.add_argument(
+                flag,
+                dest=prefix + f.name,
+                type=hint,
+                default=default,
+                required=required,
+                help="(required)" if required else "",
+            )
 
 
 def dataclass_from_args(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -66,15 +84,22 @@ def dataclass_from_args(cls: type, values: dict[str, Any], prefix: str = "") -> 
     return cls(**kwargs)
 
 
-def parse_config(cls: type, prog: str, description: str, argv: Sequence[str] | None,
-                 extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Any:
+def parse_config(
+    cls: type,
+    prog: str,
+    description: str,
+    argv: Sequence[str] | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> Any:
     """Fill ``cls`` from ``argv``; data specs are checked here, so a bad one is a usage error.
 
     Args:
         extra: adds flags that are not fields of ``cls``; their values come back as
             ``(config, {name: value})`` instead of the config alone.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_dataclass_arguments(parser, cls)
     if extra is not None:
         extra(parser)
@@ -110,7 +135,7 @@ def pretrain_main(argv: Sequence[str] | None = None) -> None:
     from training.data import build_data
     from training.engine import input_size, run_pretrain
 
-    cfg = parse_config(PretrainConfig, "pfvit-pretrain", pretrain_main.__doc__, argv)
+    cfg = parse_config(PretrainConfig, "pfvit-pretrain", pretrain_main.__doc__ or "", argv)
     if not cfg.data:
         raise SystemExit("pfvit-pretrain: --data is required (a data spec such as rafdb:/data/RAF-DB)")
     dataset = build_data(cfg.data, "train", input_size(cfg), augment=True)
@@ -128,7 +153,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     from training.data import build_data
     from training.engine import input_size, run_train
 
-    cfg = parse_config(TrainConfig, "pfvit-train", train_main.__doc__, argv)
+    cfg = parse_config(TrainConfig, "pfvit-train", train_main.__doc__ or "", argv)
     if not cfg.data:
         raise SystemExit("pfvit-train: --data is required (a data spec such as rafdb:/data/RAF-DB)")
     size = input_size(cfg)
@@ -150,7 +175,7 @@ def editor_main(argv: Sequence[str] | None = None) -> None:
     from training.data.joint import JointFaces
     from training.engine import resolve_model_config, run_editor
 
-    cfg = parse_config(EditorConfig, "pfvit-train-editor", editor_main.__doc__, argv)
+    cfg = parse_config(EditorConfig, "pfvit-train-editor", editor_main.__doc__ or "", argv)
     if not cfg.data or not cfg.init:
         raise SystemExit("pfvit-train-editor: --data and --init (a PF-ViT stage checkpoint) are required")
     config = resolve_model_config(cfg, [])
@@ -175,7 +200,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     from training.distributed import setup
     from training.evaluate import evaluate
 
-    cfg = parse_config(EvalConfig, "pfvit-evaluate", evaluate_main.__doc__, argv)
+    cfg = parse_config(EvalConfig, "pfvit-evaluate", evaluate_main.__doc__ or "", argv)
     ctx = setup(cfg.device, cfg.threads)
     model, _ = model_from_checkpoint(cfg.checkpoint)
     dataset = build_data(cfg.data, cfg.split, model.config.image_size, augment=False)
@@ -197,7 +222,7 @@ def export_main(argv: Sequence[str] | None = None) -> None:
     from training.data import build_data
     from training.export import export_checkpoint
 
-    cfg = parse_config(ExportConfig, "pfvit-export", export_main.__doc__, argv)
+    cfg = parse_config(ExportConfig, "pfvit-export", export_main.__doc__ or "", argv)
     size = int(load_checkpoint(cfg.checkpoint)["model_config"]["image_size"])
     if cfg.data:
         dataset = build_data(cfg.data, "val", size, augment=False)
@@ -206,10 +231,21 @@ def export_main(argv: Sequence[str] | None = None) -> None:
         # No data named: fall back to reproducible uniform noise, and say so.
         print("pfvit-export: no --data given; checking parity on random images", file=sys.stderr)
         images = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
-    result = export_checkpoint(cfg.checkpoint, cfg.out_dir, images, name=cfg.name, version=cfg.version, license=cfg.license,
-                               description=cfg.description, metrics_path=cfg.metrics or None, opset=cfg.opset, poker_face=cfg.poker_face,
-                               fp16=cfg.fp16, mirror_average=cfg.mirror_average,
-                               poker_luma=cfg.poker_luma)
+    result = export_checkpoint(
+        cfg.checkpoint,
+        cfg.out_dir,
+        images,
+        name=cfg.name,
+        version=cfg.version,
+        license=cfg.license,
+        description=cfg.description,
+        metrics_path=cfg.metrics or None,
+        opset=cfg.opset,
+        poker_face=cfg.poker_face,
+        fp16=cfg.fp16,
+        mirror_average=cfg.mirror_average,
+        poker_luma=cfg.poker_luma,
+    )
     print(json.dumps(result))
 
 

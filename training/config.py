@@ -116,7 +116,7 @@ class PFViTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PFViTConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PFViTConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error, not silently dropped."""
         data = dict(data)
         # Checkpoints written before K was derived from the labels also stored it.
@@ -143,7 +143,9 @@ class PFViTConfig:
             key, sep, value = part.partition("=")
             key = key.strip()
             if not sep or key not in scalar:
-                raise ValueError(f"architecture override {part!r}: use NAME=VALUE with NAME in {', '.join(sorted(scalar))}")
+                raise ValueError(
+                    f"architecture override {part!r}: use NAME=VALUE with NAME in {', '.join(sorted(scalar))}"
+                )
             try:
                 out[key] = _parse_bool(value) if scalar[key] is bool else scalar[key](value.strip())
             except ValueError as exc:

@@ -41,7 +41,7 @@ from training.evaluate import classification_metrics, confusion_matrix
 from training.export import export_checkpoint
 from training.fidelity import psnr, ssim
 from training.plots import confusion_matrix_png, image_grid_png
-from training.render.dataset import EMOTIONS
+from training.render.facs import EMOTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,8 +76,14 @@ class DefaultModelConfig:
     @property
     def data(self) -> DataSpec:
         """The rendered data set of the recipe, as its spec (it goes into the checkpoints and the card)."""
-        return DataSpec.of("rendered", seed=self.seed, size=self.image_size, n=self.train_size, val_n=self.val_size,
-                           test_n=self.test_size)
+        return DataSpec.of(
+            "rendered",
+            seed=self.seed,
+            size=self.image_size,
+            n=self.train_size,
+            val_n=self.val_size,
+            test_n=self.test_size,
+        )
 
 
 QUICK = dict(train_size=1024, val_size=128, test_size=256, pretrain_epochs=1, train_epochs=1, batch_size=64)
@@ -86,7 +92,9 @@ QUICK = dict(train_size=1024, val_size=128, test_size=256, pretrain_epochs=1, tr
 class InMemoryFaces(Dataset):
     """Pre-rendered faces kept as uint8 tensors; items follow the dataset contract."""
 
-    def __init__(self, images: torch.Tensor, pokers: torch.Tensor, labels: torch.Tensor, label_names: list[str]) -> None:
+    def __init__(
+        self, images: torch.Tensor, pokers: torch.Tensor, labels: torch.Tensor, label_names: list[str]
+    ) -> None:
         self.images = images  # [N, 3, H, W] uint8
         self.pokers = pokers  # [N, 3, H, W] uint8
         self.labels_tensor = labels  # [N] int64
@@ -131,7 +139,9 @@ def render_split(spec: DataSpec, split: str, size: int, workers: int) -> InMemor
     return InMemoryFaces(imgs, pokers, labels, list(EMOTIONS))
 
 
-def evaluate_exported(model_dir: Path, test: InMemoryFaces, batch: int = 256) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate_exported(
+    model_dir: Path, test: InMemoryFaces, batch: int = 256
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Score the exported model with the service's own runtime code on the held-out test faces."""
     model = EmotionModel.from_dir(model_dir, providers=[CPU])
     faces = test.images.permute(0, 2, 3, 1).numpy()  # [N, H, W, 3] uint8
@@ -143,8 +153,12 @@ def evaluate_exported(model_dir: Path, test: InMemoryFaces, batch: int = 256) ->
         pokers.append(model.poker_faces(faces[i : i + batch]))
     pred = np.concatenate(logits).argmax(axis=1)
     poker = np.concatenate(pokers)
-    poker_pred = np.concatenate([model.recognise(poker[i : i + batch]).logits for i in range(0, len(poker), batch)]).argmax(axis=1)
-    true_pred = np.concatenate([model.recognise(truth[i : i + batch]).logits for i in range(0, len(truth), batch)]).argmax(axis=1)
+    poker_pred = np.concatenate(
+        [model.recognise(poker[i : i + batch]).logits for i in range(0, len(poker), batch)]
+    ).argmax(axis=1)
+    true_pred = np.concatenate(
+        [model.recognise(truth[i : i + batch]).logits for i in range(0, len(truth), batch)]
+    ).argmax(axis=1)
     labels = model.labels
     matrix = confusion_matrix(y, pred, len(labels))
     metrics = classification_metrics(matrix, labels)
@@ -190,8 +204,15 @@ def write_report(metrics: dict[str, Any], path: Path) -> None:
     pf = metrics["poker_face"]
     recipe = metrics["recipe"]
     t = metrics["timings"]
-    per_class = " | ".join(f"{name} {100 * acc:.1f}" for name, acc in metrics["per_class_accuracy"].items() if acc is not None)
-    goal = lambda ok: "met" if ok else "not met"  # noqa: E731
+    per_class = " | ".join(
+        f"{name} {100 * acc:.1f}" for name, acc in metrics["per_class_accuracy"].items() if acc is not None
+    )
+
+    def goal(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    neutral = metrics["poker_face_neutral_share"]
+    change, true_change = metrics["poker_face_mean_abs_change"], metrics["true_poker_face_mean_abs_change"]
     text = f"""# The rendered-face demo model: `{Path(recipe["model_dir"]).name}`
 
 PF-ViT micro (64 px input, patch 8, encoder 128 wide × 4 deep, emotional subspace k = 32)
@@ -224,9 +245,9 @@ pre-training {t["pretrain_s"]:.0f} s, PF-ViT stage {t["train_s"]:.0f} s.
 | trivial baseline (input unchanged) vs true poker face, PSNR | {pf["baseline_psnr_db"]:.2f} dB | |
 | PSNR gain over the baseline | {pf["psnr_gain_db"]:+.2f} dB | ≥ +6 dB ({goal(pf["psnr_gain_db"] >= 6)}) |
 | poker face SSIM (baseline) | {pf["ssim"]:.4f} ({pf["baseline_ssim"]:.4f}) | |
-| poker faces the model itself classifies as neutral | {100 * metrics["poker_face_neutral_share"]:.1f} % | ≥ 95 % ({goal(metrics["poker_face_neutral_share"] >= 0.95)}) |
+| poker faces the model itself classifies as neutral | {100 * neutral:.1f} % | ≥ 95 % ({goal(neutral >= 0.95)}) |
 | *true* poker faces the model classifies as neutral | {100 * metrics["true_poker_face_neutral_share"]:.1f} % | |
-| mean change from the input, generated / true poker face (0–255) | {metrics["poker_face_mean_abs_change"]:.2f} / {metrics["true_poker_face_mean_abs_change"]:.2f} | |
+| mean change from the input, generated / true poker face (0–255) | {change:.2f} / {true_change:.2f} | |
 
 Per-class accuracy (%): {per_class}. Poker-face fidelity is measured on the expressive test
 faces only: a neutral face already is its own poker face, so the baseline would be perfect there.
@@ -267,12 +288,26 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
     timings["render_s"] = time.perf_counter() - t0
     print(f"rendered {len(train)}/{len(val)}/{len(test)} faces in {timings['render_s']:.0f} s", flush=True)
 
-    common = dict(model="micro", batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, threads=cfg.threads, progress=False,
-                  data=str(cfg.data))
+    common: dict[str, Any] = dict(
+        model="micro",
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=cfg.device,
+        threads=cfg.threads,
+        progress=False,
+        data=str(cfg.data),
+    )
     t0 = time.perf_counter()
     pre = run_pretrain(
-        PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size}", epochs=cfg.pretrain_epochs,
-                       warmup_epochs=min(1.0, cfg.pretrain_epochs / 4), blr=cfg.pretrain_blr, mask_ratio=0.75, **common),
+        PretrainConfig(
+            out_dir=str(out / "pretrain"),
+            arch=f"image_size={cfg.image_size}",
+            epochs=cfg.pretrain_epochs,
+            warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
+            blr=cfg.pretrain_blr,
+            mask_ratio=0.75,
+            **common,
+        ),
         train,
     )
     timings["pretrain_s"] = time.perf_counter() - t0
@@ -280,20 +315,41 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     trained = run_train(
-        TrainConfig(out_dir=str(out / "train"), init=pre.checkpoint, arch=f"poker_mode={cfg.poker_mode}", epochs=cfg.train_epochs,
-                    warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=cfg.train_blr, d_blr=5e-4, weights=LossWeights(cls=cfg.cls_weight),
-                    eval_every=max(1, cfg.train_epochs // 4), **common),
+        TrainConfig(
+            out_dir=str(out / "train"),
+            init=pre.checkpoint,
+            arch=f"poker_mode={cfg.poker_mode}",
+            epochs=cfg.train_epochs,
+            warmup_epochs=min(1.0, cfg.train_epochs / 4),
+            blr=cfg.train_blr,
+            d_blr=5e-4,
+            weights=LossWeights(cls=cfg.cls_weight),
+            eval_every=max(1, cfg.train_epochs // 4),
+            **common,
+        ),
         train,
         val,
     )
     timings["train_s"] = time.perf_counter() - t0
-    print(f"PF-ViT stage: {timings['train_s']:.0f} s, val {trained.metrics['accuracy'] if trained.metrics else None}", flush=True)
+    print(
+        f"PF-ViT stage: {timings['train_s']:.0f} s, val {trained.metrics['accuracy'] if trained.metrics else None}",
+        flush=True,
+    )
 
     model_dir = Path(cfg.model_dir)
     sample = test.images[:64].float() / 255.0
-    export_checkpoint(trained.checkpoint, model_dir, sample, name=cfg.name, version=cfg.version, license="MIT",
-                      description=("PF-ViT micro (64 px, patch 8) trained on rendered faces (training/render). It demonstrates the "
-                                   "whole pipeline end to end and is not meant for photographs of real people."))
+    export_checkpoint(
+        trained.checkpoint,
+        model_dir,
+        sample,
+        name=cfg.name,
+        version=cfg.version,
+        license="MIT",
+        description=(
+            "PF-ViT micro (64 px, patch 8) trained on rendered faces (training/render). It demonstrates the "
+            "whole pipeline end to end and is not meant for photographs of real people."
+        ),
+    )
     timings["total_s"] = time.perf_counter() - t_start
     return publish(cfg, test, timings)
 
@@ -311,11 +367,26 @@ def publish(cfg: DefaultModelConfig, test: InMemoryFaces, timings: dict[str, flo
     # The card carries the held-out numbers of the exported files themselves.
     card = load_card(model_dir)
     training = dict(card.training)
-    training["data"] = (f"rendered faces (training/render): {cfg.train_size} train / {cfg.val_size} val / {cfg.test_size} test samples, "
-                        f"identities disjoint across splits, seed {cfg.seed}, {cfg.image_size} px")
-    training["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "mean_class_accuracy", "per_class_accuracy", "num_samples",
-                                                   "poker_face", "poker_face_neutral_share", "true_poker_face_neutral_share",
-                                                   "poker_face_mean_abs_change", "true_poker_face_mean_abs_change")}
+    training["data"] = (
+        f"rendered faces (training/render): {cfg.train_size} train / {cfg.val_size} val / {cfg.test_size} "
+        "test samples, "
+        f"identities disjoint across splits, seed {cfg.seed}, {cfg.image_size} px"
+    )
+    training["metrics"] = {
+        k: metrics[k]
+        for k in (
+            "accuracy",
+            "macro_f1",
+            "mean_class_accuracy",
+            "per_class_accuracy",
+            "num_samples",
+            "poker_face",
+            "poker_face_neutral_share",
+            "true_poker_face_neutral_share",
+            "poker_face_mean_abs_change",
+            "true_poker_face_mean_abs_change",
+        )
+    }
     training["reproduce"] = "make train-rendered  (python -m training.default_model)"
     training["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     write_card(replace(card, training=training), model_dir)
@@ -325,9 +396,16 @@ def publish(cfg: DefaultModelConfig, test: InMemoryFaces, timings: dict[str, flo
     docs.mkdir(parents=True, exist_ok=True)
     for folder in (out, docs):
         samples_grid(arrays, list(EMOTIONS), folder / "rendered-model-samples.png")
-        confusion_matrix_png(np.array(metrics["confusion_matrix"]), list(EMOTIONS), folder / "rendered-model-confusion.png")
+        confusion_matrix_png(
+            np.array(metrics["confusion_matrix"]), list(EMOTIONS), folder / "rendered-model-confusion.png"
+        )
     write_report(metrics, docs / "rendered-model.md")
-    print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "poker_face", "poker_face_neutral_share", "timings")}, indent=2))
+    print(
+        json.dumps(
+            {k: metrics[k] for k in ("accuracy", "macro_f1", "poker_face", "poker_face_neutral_share", "timings")},
+            indent=2,
+        )
+    )
     return metrics
 
 
@@ -342,10 +420,15 @@ def previous_timings(out_dir: str | Path, model_dir: str | Path) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     def flags(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
-        ap.add_argument("--evaluate-only", action="store_true",
-                        help="skip training: re-evaluate the model already in --model-dir and rewrite its numbers "
-                             "(card, report, pictures); timings are kept from the last run's metrics.json, else from the card")
+        ap.add_argument(
+            "--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)"
+        )
+        ap.add_argument(
+            "--evaluate-only",
+            action="store_true",
+            help="skip training: re-evaluate the model already in --model-dir and rewrite its numbers "
+            "(card, report, pictures); timings are kept from the last run's metrics.json, else from the card",
+        )
 
     cfg, top = parse_config(DefaultModelConfig, "python -m training.default_model", __doc__, argv, extra=flags)
     if top["quick"]:

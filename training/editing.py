@@ -27,8 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.adversarial import (StageBatch, call_frozen, critic_loss, generator_adv_loss, masked_mean,
-                                  poker_face_distance)
+from training.adversarial import (
+    StageBatch,
+    call_frozen,
+    critic_loss,
+    generator_adv_loss,
+    masked_mean,
+    poker_face_distance,
+)
 from training.config import EditorConfig
 from training.distributed import DistContext, wrap_ddp
 from training.model import PFViT
@@ -111,9 +117,12 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, channels: int, width: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1),
+            nn.LeakyReLU(0.2),
             nn.Conv2d(4 * width, 1, 3, padding=1),
         )
 
@@ -158,7 +167,9 @@ class EditorCritic:
         ctx: the process context.
     """
 
-    def __init__(self, model: PFViT, discriminator: nn.Module, cfg: EditorConfig, neutral_index: int, ctx: DistContext) -> None:
+    def __init__(
+        self, model: PFViT, discriminator: nn.Module, cfg: EditorConfig, neutral_index: int, ctx: DistContext
+    ) -> None:
         self.model = model
         self.discriminator = discriminator
         self.cfg = cfg
@@ -176,11 +187,14 @@ class EditorCritic:
         """The editor's adversarial term on the poker faces of the fake set."""
         return generator_adv_loss(call_frozen(self.discriminator, self.view(poker)).float(), self.cfg.gan, sets.fake)
 
-    def discriminator_loss(self, images: torch.Tensor, poker: torch.Tensor, sets: CriticSets, step: int,
-                           autocast=nullcontext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def discriminator_loss(
+        self, images: torch.Tensor, poker: torch.Tensor, sets: CriticSets, step: int, autocast=nullcontext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The critic's loss: the batch's images where ``sets.real`` against its poker faces where
         ``sets.fake`` (detached), with lazy R1 on the real ones (:func:`critic_loss`)."""
-        return critic_loss(self.critic, self.view(images), self.view(poker), self.cfg, step, autocast, sets.real, sets.fake)
+        return critic_loss(
+            self.critic, self.view(images), self.view(poker), self.cfg, step, autocast, sets.real, sets.fake
+        )
 
 
 def build_critic(model: PFViT, cfg: EditorConfig) -> PatchDiscriminator:

@@ -13,10 +13,11 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -84,15 +85,25 @@ def make_sampler(dataset: Dataset, cfg: RunConfig, ctx: DistContext) -> Sampler[
             raise ValueError(f"sampler 'balanced' needs a dataset with targets; {type(dataset).__name__} has none")
         return BalancedSampler(list(targets), len(dataset.labels), ctx.world_size, ctx.rank, cfg.seed)
     if cfg.sampler == "distributed":
-        return DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        return DistributedSampler(
+            dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
     raise ValueError(f"unknown sampler {cfg.sampler!r}; use distributed or balanced")
 
 
 def make_loader(dataset: Dataset, cfg: RunConfig, ctx: DistContext, train: bool) -> DataLoader:
     """Training loaders draw through :func:`make_sampler`; evaluation loaders go in order."""
     sampler = make_sampler(dataset, cfg, ctx) if train else None
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, num_workers=cfg.num_workers,
-                      drop_last=train, pin_memory=ctx.device.type == "cuda", persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=cfg.num_workers,
+        drop_last=train,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:
@@ -179,8 +190,9 @@ class Stage(Protocol):
     def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
         """Freeze what the stage does not train, build objective, optimizers and schedulers."""
 
-    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
-                        log: RunLog) -> dict[str, float]:
+    def train_one_epoch(
+        self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext, log: RunLog
+    ) -> dict[str, float]:
         """Run ``steps`` optimizer steps; advance ``state.step``; return the epoch's means."""
 
 
@@ -188,8 +200,14 @@ def _schedule(cfg: RunConfig, steps_per_epoch: int) -> WarmupCosine:
     return WarmupCosine(int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch, cfg.min_lr_ratio)
 
 
-def _one_optimizer(model: PFViT, params: list[dict[str, Any]], cfg: RunConfig, ctx: DistContext, steps_per_epoch: int,
-                   betas: tuple[float, float]) -> TrainState:
+def _one_optimizer(
+    model: PFViT,
+    params: list[dict[str, Any]],
+    cfg: RunConfig,
+    ctx: DistContext,
+    steps_per_epoch: int,
+    betas: tuple[float, float],
+) -> TrainState:
     """A stage state with one AdamW ("main") at ``blr * effective batch / 256`` and its schedule."""
     optimizer = _adamw(params, cfg.blr * cfg.batch_size * ctx.world_size / 256, betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch))
@@ -213,8 +231,9 @@ class MAEStage:
         self.objective = wrap_ddp(MAEObjective(model, cfg.mask_ratio, cfg.norm_pix_loss), ctx)
         return _one_optimizer(model, model.optim_groups(cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.95))
 
-    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
-                        log: RunLog) -> dict[str, float]:
+    def train_one_epoch(
+        self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext, log: RunLog
+    ) -> dict[str, float]:
         cfg, model = self.cfg, state.model
         optimizer, scheduler = state.optimizers["main"], state.schedulers["main"]
         self.objective.train()
@@ -235,7 +254,15 @@ class MAEStage:
             if not math.isfinite(value):
                 raise FloatingPointError(f"MAE loss is {value} at step {state.step}")
             total += value
-            log.write({"stage": "pretrain", "epoch": state.epoch, "step": state.step, "loss": value, "lr": optimizer.param_groups[0]["lr"]})
+            log.write(
+                {
+                    "stage": "pretrain",
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "loss": value,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+            )
             bar.set_postfix(loss=f"{value:.4f}")
         return {"loss": total / max(1, steps)}
 
@@ -271,8 +298,9 @@ class PFViTStage:
         schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
         return TrainState(model=model, optimizers=optimizers, schedulers=schedulers, discriminator=discriminator)
 
-    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
-                        log: RunLog) -> dict[str, float]:
+    def train_one_epoch(
+        self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext, log: RunLog
+    ) -> dict[str, float]:
         cfg, model, objective = self.cfg, state.model, self.objective
         main, disc = state.optimizers["main"], state.optimizers.get("disc")
         objective.train()
@@ -292,7 +320,9 @@ class PFViTStage:
 
             d_terms: dict[str, torch.Tensor] = {}
             if disc is not None:
-                loss_d, d_terms = objective.discriminator_loss(batch.images, gen.fakes, state.step, lambda: autocast_for(ctx.device))
+                loss_d, d_terms = objective.discriminator_loss(
+                    batch.images, gen.fakes, state.step, lambda: autocast_for(ctx.device)
+                )
                 disc.zero_grad(set_to_none=True)
                 loss_d.backward()
                 disc.step()
@@ -310,7 +340,9 @@ class PFViTStage:
                 seen += float(mask.sum())
             for name, value in record.items():
                 totals[name] = totals.get(name, 0.0) + value
-            log.write({"stage": "train", "epoch": state.epoch, "step": state.step, "lr": main.param_groups[0]["lr"], **record})
+            log.write(
+                {"stage": "train", "epoch": state.epoch, "step": state.step, "lr": main.param_groups[0]["lr"], **record}
+            )
             bar.set_postfix(total=f"{record['total']:.3f}", cls=f"{record['cls']:.3f}", d=f"{record.get('d', 0.0):.3f}")
         means = {k: v / max(1, steps) for k, v in totals.items()}
         means["train_accuracy"] = correct / seen if seen else 0.0
@@ -341,7 +373,9 @@ class EditorStage:
         model.editor.requires_grad_(True)
         neutral = neutral_index(model.config.labels)
         self.objective = wrap_ddp(EditorObjective(model, cfg, neutral), ctx)
-        state = _one_optimizer(model, optim_groups(model.editor, cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.999))
+        state = _one_optimizer(
+            model, optim_groups(model.editor, cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.999)
+        )
         if cfg.adv > 0:
             self._add_critic(state, neutral, ctx, steps_per_epoch)
         return state
@@ -354,10 +388,13 @@ class EditorStage:
         self.critic = EditorCritic(state.model, discriminator, self.cfg, neutral, ctx)
         state.discriminator = discriminator
         state.optimizers["disc"] = _critic_optimizer(discriminator, self.cfg, ctx)
-        state.schedulers["disc"] = torch.optim.lr_scheduler.LambdaLR(state.optimizers["disc"], _schedule(self.cfg, steps_per_epoch))
+        state.schedulers["disc"] = torch.optim.lr_scheduler.LambdaLR(
+            state.optimizers["disc"], _schedule(self.cfg, steps_per_epoch)
+        )
 
-    def train_one_epoch(self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext,
-                        log: RunLog) -> dict[str, float]:
+    def train_one_epoch(
+        self, state: TrainState, batches: Iterator[dict[str, torch.Tensor]], steps: int, ctx: DistContext, log: RunLog
+    ) -> dict[str, float]:
         model = state.model
         # Frozen parts stay in evaluation mode (the stem's batch norms keep their statistics).
         model.eval()
@@ -370,8 +407,15 @@ class EditorStage:
             record = self._step(state, prepare_batch(raw, model, ctx.device), ctx)
             for name, value in record.items():
                 totals[name] = totals.get(name, 0.0) + value
-            log.write({"stage": "editor", "epoch": state.epoch, "step": state.step, "lr": state.optimizers["main"].param_groups[0]["lr"],
-                       **record})
+            log.write(
+                {
+                    "stage": "editor",
+                    "epoch": state.epoch,
+                    "step": state.step,
+                    "lr": state.optimizers["main"].param_groups[0]["lr"],
+                    **record,
+                }
+            )
             bar.set_postfix(total=f"{record['total']:.4f}")
         return {k: v / max(1, steps) for k, v in totals.items()}
 
@@ -401,14 +445,16 @@ class EditorStage:
             raise FloatingPointError(f"editor loss is {record['total']} at step {state.step}")
         return record
 
-    def _critic_steps(self, state: TrainState, batch: StageBatch, poker: torch.Tensor, sets: CriticSets,
-                      ctx: DistContext) -> dict[str, torch.Tensor]:
+    def _critic_steps(
+        self, state: TrainState, batch: StageBatch, poker: torch.Tensor, sets: CriticSets, ctx: DistContext
+    ) -> dict[str, torch.Tensor]:
         """``d_steps`` critic steps on this batch; the terms of the last one."""
         disc, d_steps = state.optimizers["disc"], self.cfg.d_steps
         terms: dict[str, torch.Tensor] = {}
         for k in range(d_steps):
-            loss_d, terms = self.critic.discriminator_loss(batch.images, poker, sets, state.step * d_steps + k,
-                                                           lambda: autocast_for(ctx.device))
+            loss_d, terms = self.critic.discriminator_loss(
+                batch.images, poker, sets, state.step * d_steps + k, lambda: autocast_for(ctx.device)
+            )
             disc.zero_grad(set_to_none=True)
             loss_d.backward()
             disc.step()
@@ -460,7 +506,9 @@ def _save(cfg: RunConfig, ctx: DistContext, state: TrainState, stage: str, extra
     return path
 
 
-def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset | None = None, labels: list[str] | None = None) -> RunResult:
+def run_stage(
+    stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset | None = None, labels: list[str] | None = None
+) -> RunResult:
     """Setup, resume, the epoch loop, evaluation and saving, shared by every stage.
 
     Args:
@@ -488,7 +536,9 @@ def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset
     log = RunLog(out_dir / "log.jsonl", ctx.is_main)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps({"stage": asdict(cfg), "model": model.config.to_dict()}, indent=2), encoding="utf-8")
+        (out_dir / "config.json").write_text(
+            json.dumps({"stage": asdict(cfg), "model": model.config.to_dict()}, indent=2), encoding="utf-8"
+        )
     val_loader = make_loader(val_set, cfg, ctx, train=False) if val_set is not None else None
     eval_every = getattr(cfg, "eval_every", 0)
     history: list[dict[str, Any]] = []
@@ -500,8 +550,14 @@ def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset
         t0 = time.perf_counter()
         stats = stage.train_one_epoch(state, limited(loader, steps), steps, ctx, log)
         stats = distributed.mean_over_ranks(stats, ctx)
-        summary: dict[str, Any] = {"stage": stage.name, "epoch": epoch, "step": state.step, "summary": True,
-                                   "seconds": time.perf_counter() - t0, **stats}
+        summary: dict[str, Any] = {
+            "stage": stage.name,
+            "epoch": epoch,
+            "step": state.step,
+            "summary": True,
+            "seconds": time.perf_counter() - t0,
+            **stats,
+        }
         if val_loader is not None and (epoch + 1 == cfg.epochs or (eval_every and (epoch + 1) % eval_every == 0)):
             if ctx.is_main:
                 # Rank 0 evaluates the whole validation set; the others wait at the barrier.
@@ -511,9 +567,17 @@ def run_stage(stage: Stage, cfg: RunConfig, train_set: Dataset, val_set: Dataset
         log.write(summary)
         history.append(summary)
         state.epoch = epoch + 1
-        path = _save(cfg, ctx, state, stage.name, {"last": {k: v for k, v in summary.items() if isinstance(v, (int, float))}})
-    return RunResult(checkpoint=str(path) if path else str(out_dir / "last.pt"), history=history, metrics=metrics, model=model,
-                     discriminator=state.discriminator, last=history[-1] if history else {})
+        path = _save(
+            cfg, ctx, state, stage.name, {"last": {k: v for k, v in summary.items() if isinstance(v, (int, float))}}
+        )
+    return RunResult(
+        checkpoint=str(path) if path else str(out_dir / "last.pt"),
+        history=history,
+        metrics=metrics,
+        model=model,
+        discriminator=state.discriminator,
+        last=history[-1] if history else {},
+    )
 
 
 def run_pretrain(cfg: PretrainConfig, dataset: Dataset) -> RunResult:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +101,11 @@ def evaluate(
                 rec_model = model.generate(z[:k])
                 rec = model.denormalise(rec_model.float())
                 poker = model.denormalise(model.synthesize_poker(x[:k], z[:k], z_p[:k], rec_model).float())
-            grid = [("input", images01[:k].float().cpu().numpy()), ("recon", rec.cpu().numpy()), ("poker", poker.cpu().numpy())]
+            grid = [
+                ("input", images01[:k].float().cpu().numpy()),
+                ("recon", rec.cpu().numpy()),
+                ("poker", poker.cpu().numpy()),
+            ]
             if "poker_face" in batch:
                 grid.append(("true", batch["poker_face"][:k].float().numpy()))
     model.train(was_training)

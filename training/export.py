@@ -27,7 +27,14 @@ from torch.nn.utils import parametrize
 
 from service.card import GraphSpec, InputSpec, ModelCard, TensorSpec, sha256_file, write_card
 from training.checkpoint import model_from_checkpoint
-from training.fp16 import FP16_LOGIT_MAX_ABS, FP16_POKER_PSNR_DB, GraphPair, check_fp16_report, compare_graphs, convert_to_fp16
+from training.fp16 import (
+    FP16_LOGIT_MAX_ABS,
+    FP16_POKER_PSNR_DB,
+    GraphPair,
+    check_fp16_report,
+    compare_graphs,
+    convert_to_fp16,
+)
 from training.model import PFViT
 
 RECOGNITION_FILE = "recognition.onnx"
@@ -88,8 +95,17 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
     # batch axes), so its deprecation notice is noise here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     graph = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(graph)
     external = [t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
@@ -97,7 +113,9 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
         raise RuntimeError(f"{path.name} stores tensors outside the file: {external[:3]}")
 
 
-def check_parity(model: PFViT, model_dir: Path, images01: torch.Tensor, poker_face: bool, mirror_average: bool = False) -> dict[str, float]:
+def check_parity(
+    model: PFViT, model_dir: Path, images01: torch.Tensor, poker_face: bool, mirror_average: bool = False
+) -> dict[str, float]:
     """Run ONNX Runtime and torch on the same images; raise if they disagree beyond tolerance.
 
     The images are checked as given and tinted (each channel scaled differently), so that a
@@ -151,7 +169,10 @@ def _convert_and_check_fp16(out: Path, x: np.ndarray, poker_face: bool) -> dict[
             shutil.copyfile(out / file, Path(tmp) / file)
             convert_to_fp16(Path(tmp) / file, out / file)
         report: dict[str, Any] = compare_graphs(GraphPair(tmp, out), [x])
-    report["tolerance"] = {"logits_max_abs_diff": FP16_LOGIT_MAX_ABS, **({"poker_face_psnr_db_min": FP16_POKER_PSNR_DB} if poker_face else {})}
+    report["tolerance"] = {
+        "logits_max_abs_diff": FP16_LOGIT_MAX_ABS,
+        **({"poker_face_psnr_db_min": FP16_POKER_PSNR_DB} if poker_face else {}),
+    }
     check_fp16_report(report)
     return report
 
@@ -206,43 +227,93 @@ def export_checkpoint(
     c = model.config
     example = model.normalise(sample_images01[:2].float())
     with torch.no_grad():
-        _export(RecognitionGraph(model, mirror_average).eval(), example, out / RECOGNITION_FILE, ["logits", "embedding"], opset)
+        _export(
+            RecognitionGraph(model, mirror_average).eval(),
+            example,
+            out / RECOGNITION_FILE,
+            ["logits", "embedding"],
+            opset,
+        )
         if poker_face:
             _export(PokerFaceGraph(model).eval(), example, out / POKER_FACE_FILE, ["poker_face"], opset)
-    parity = check_parity(model, out, sample_images01, poker_face, mirror_average)
+    parity: dict[str, Any] = dict(check_parity(model, out, sample_images01, poker_face, mirror_average))
     precision = "fp32"
     if fp16:
         parity["fp16"] = _convert_and_check_fp16(out, model.normalise(sample_images01.float()).numpy(), poker_face)
         precision = "fp16"
 
-    image_spec = TensorSpec("image", ["batch", 3, c.image_size, c.image_size], "float32", "aligned face, normalised with input.mean/std, RGB")
+    image_spec = TensorSpec(
+        "image",
+        ["batch", 3, c.image_size, c.image_size],
+        "float32",
+        "aligned face, normalised with input.mean/std, RGB",
+    )
     graphs = {
         "recognition": GraphSpec(
-            file=RECOGNITION_FILE, sha256=sha256_file(out / RECOGNITION_FILE), inputs=[image_spec], precision=precision,
-            outputs=[TensorSpec("logits", ["batch", c.num_classes], "float32", "class logits in label order" + MIRROR_NOTE * mirror_average),
-                     TensorSpec("embedding", ["batch", c.embed_dim], "float32", "pooled emotional component z_e" + MIRROR_NOTE * mirror_average)]),
+            file=RECOGNITION_FILE,
+            sha256=sha256_file(out / RECOGNITION_FILE),
+            inputs=[image_spec],
+            precision=precision,
+            outputs=[
+                TensorSpec(
+                    "logits",
+                    ["batch", c.num_classes],
+                    "float32",
+                    "class logits in label order" + MIRROR_NOTE * mirror_average,
+                ),
+                TensorSpec(
+                    "embedding",
+                    ["batch", c.embed_dim],
+                    "float32",
+                    "pooled emotional component z_e" + MIRROR_NOTE * mirror_average,
+                ),
+            ],
+        ),
     }
     if poker_face:
         graphs["poker_face"] = GraphSpec(
-            file=POKER_FACE_FILE, sha256=sha256_file(out / POKER_FACE_FILE), inputs=[image_spec], precision=precision,
-            outputs=[TensorSpec("poker_face", ["batch", 3, c.image_size, c.image_size], "float32", "RGB in [0, 1]")])
+            file=POKER_FACE_FILE,
+            sha256=sha256_file(out / POKER_FACE_FILE),
+            inputs=[image_spec],
+            precision=precision,
+            outputs=[TensorSpec("poker_face", ["batch", 3, c.image_size, c.image_size], "float32", "RGB in [0, 1]")],
+        )
     stage_cfg = payload.get("stage_config", {})
     training: dict[str, Any] = {
         "data": stage_cfg.get("data", ""),
-        "recipe": {"stage": payload.get("stage"), "epochs": payload.get("epoch"), "steps": payload.get("step"),
-                   "model_config": c.to_dict(), "stage_config": stage_cfg},
+        "recipe": {
+            "stage": payload.get("stage"),
+            "epochs": payload.get("epoch"),
+            "steps": payload.get("step"),
+            "model_config": c.to_dict(),
+            "stage_config": stage_cfg,
+        },
         "parity": parity,
     }
     if metrics_path:
         metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
-        training["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "mean_class_accuracy", "per_class_accuracy", "num_samples") if k in metrics}
+        training["metrics"] = {
+            k: metrics[k]
+            for k in ("accuracy", "macro_f1", "mean_class_accuracy", "per_class_accuracy", "num_samples")
+            if k in metrics
+        }
         training["evaluation_data"] = metrics.get("data", "")
     card = ModelCard(
-        name=name, version=version, kind="emotion", graphs=graphs, labels=list(c.labels),
+        name=name,
+        version=version,
+        kind="emotion",
+        graphs=graphs,
+        labels=list(c.labels),
         input=InputSpec(size=[c.image_size, c.image_size], mean=list(c.mean), std=list(c.std)),
         description=description or "PF-ViT facial-expression recognition and poker-face generation",
-        license=license, training=training,
-        extra={"opset": opset, "recognition_mirror_average": mirror_average, "params_recognition": model.num_params("recognition"), "params_generator": model.num_params("generator"),
-               "params_editor": model.num_params("editor")},
+        license=license,
+        training=training,
+        extra={
+            "opset": opset,
+            "recognition_mirror_average": mirror_average,
+            "params_recognition": model.num_params("recognition"),
+            "params_generator": model.num_params("generator"),
+            "params_editor": model.num_params("editor"),
+        },
     )
     return {"card": str(write_card(card, out)), "parity": parity}

@@ -43,14 +43,14 @@ from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig, LossWeigh
 from training.data import align_dataset
 from training.data.fer2013 import FER2013, FER2013_SIDE_PX, export_csv
 from training.data.joint import JointFaces
-from training.data.transforms import FaceTransform
 from training.data.spec import DataSpec
+from training.data.transforms import FaceTransform
 from training.default_model import InMemoryFaces, previous_timings, render_split
 from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
-from training.recipe import resume_or_skip, stage_seconds
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
 from training.plots import confusion_matrix_png
+from training.recipe import resume_or_skip, stage_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 # The judge that scored the model's poker faces, kept beside it (never in the service image).
@@ -111,11 +111,16 @@ class FERModelConfig:
     threads: int = 0
 
 
-STEM_WORDS = {"patch": "linear patch stem", "conv": "convolutional stem",
-              "deepconv": "convolutional stem of two 3x3 convolutions per stage"}
+STEM_WORDS = {
+    "patch": "linear patch stem",
+    "conv": "convolutional stem",
+    "deepconv": "convolutional stem of two 3x3 convolutions per stage",
+}
 MIRROR_TEXT = " The recognition graph averages each face with its mirror image."
-EDITOR_TEXT = (" Poker faces come from the editor stage ({epochs} epochs, {time}, rendered faces x{repeat}; weights poker_sup {sup}, "
-               "cyc_neutral {cyc}, sparsity {sparsity}): a convolutional editor draws a luma change on the frozen model.")
+EDITOR_TEXT = (
+    " Poker faces come from the editor stage ({epochs} epochs, {time}, rendered faces x{repeat}; weights poker_sup {sup}, "
+    "cyc_neutral {cyc}, sparsity {sparsity}): a convolutional editor draws a luma change on the frozen model."
+)
 QUICK = dict(judge_epochs=1, pretrain_epochs=1, train_epochs=1, editor_epochs=1, rendered_train=256, rendered_test=64)
 
 
@@ -133,11 +138,24 @@ def align(cfg: FERModelConfig) -> None:
             export_csv(source / "fer2013.csv", images)
         source = images
     out = aligned_dir(cfg)
-    align_dataset.main([
-        str(source), str(out), "--size", str(cfg.image_size), "--pad", str(cfg.pad_px), "--upscale", str(cfg.upscale),
-        "--fallback", "mean", "--models", str(MTCNN_DIR), "--threads", str(cfg.threads),
-    ])
-
+    align_dataset.main(
+        [
+            str(source),
+            str(out),
+            "--size",
+            str(cfg.image_size),
+            "--pad",
+            str(cfg.pad_px),
+            "--upscale",
+            str(cfg.upscale),
+            "--fallback",
+            "mean",
+            "--models",
+            str(MTCNN_DIR),
+            "--threads",
+            str(cfg.threads),
+        ]
+    )
 
 
 def split_counts(aligned: Path) -> dict[str, dict[str, int]]:
@@ -151,10 +169,11 @@ def split_counts(aligned: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-
 def rendered_spec(cfg: FERModelConfig) -> DataSpec:
     """The rendered faces trained on (``train``) and scored on (``test``: held-out identities)."""
-    return DataSpec.of("rendered", "", seed=cfg.seed, size=cfg.image_size, n=cfg.rendered_train, test_n=cfg.rendered_test)
+    return DataSpec.of(
+        "rendered", "", seed=cfg.seed, size=cfg.image_size, n=cfg.rendered_train, test_n=cfg.rendered_test
+    )
 
 
 def fer2013_spec(cfg: FERModelConfig) -> DataSpec:
@@ -182,8 +201,13 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     print(f"aligned FER2013: {split_counts(aligned)} ({timings['align_s']:.0f} s)", flush=True)
 
     t0 = time.perf_counter()
-    judge = train_judge(JudgeConfig(out_dir=str(out / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed), train_fer, val_fer,
-                        list(IMAGENET_MEAN), list(IMAGENET_STD))
+    judge = train_judge(
+        JudgeConfig(out_dir=str(out / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed),
+        train_fer,
+        val_fer,
+        list(IMAGENET_MEAN),
+        list(IMAGENET_STD),
+    )
     timings["judge_s"] = stage_seconds(out / "judge", time.perf_counter() - t0)
     print(f"judge: val accuracy {judge.val_accuracy:.4f} ({timings['judge_s']:.0f} s)", flush=True)
 
@@ -193,15 +217,29 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     timings["render_s"] = time.perf_counter() - t0
 
     # The run records the photo data; the rendered faces beside them are named in the card.
-    common = dict(model="micro", batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, threads=cfg.threads, progress=False,
-                  data=str(fer2013_spec(cfg)))
+    common = dict(
+        model="micro",
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=cfg.device,
+        threads=cfg.threads,
+        progress=False,
+        data=str(fer2013_spec(cfg)),
+    )
     t0 = time.perf_counter()
     resume, finished = resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
     if not finished:
         run_pretrain(
-            PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size},stem={cfg.stem},greyscale=true",
-                           epochs=cfg.pretrain_epochs, warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
-                           blr=1.5e-3, mask_ratio=0.75, resume=resume, **common),
+            PretrainConfig(
+                out_dir=str(out / "pretrain"),
+                arch=f"image_size={cfg.image_size},stem={cfg.stem},greyscale=true",
+                epochs=cfg.pretrain_epochs,
+                warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
+                blr=1.5e-3,
+                mask_ratio=0.75,
+                resume=resume,
+                **common,
+            ),
             joint,
         )
     timings["pretrain_s"] = stage_seconds(out / "pretrain", time.perf_counter() - t0)
@@ -212,11 +250,22 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     if not finished:
         weights = LossWeights(cls=cfg.cls_weight, poker_sup=cfg.poker_sup_weight, cyc_neutral=cfg.cyc_neutral_weight)
         run_train(
-            TrainConfig(out_dir=str(out / "train"), init=str(out / "pretrain" / "last.pt"), epochs=cfg.train_epochs,
-                        warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=cfg.train_blr, d_blr=5e-4, weights=weights,
-                        grad_clip=cfg.grad_clip,
-                        label_smoothing=cfg.label_smoothing, poker_sup_loss=cfg.poker_sup_loss, arch="poker_mode=edit", eval_every=max(1, cfg.train_epochs // 4),
-                        resume=resume, **common),
+            TrainConfig(
+                out_dir=str(out / "train"),
+                init=str(out / "pretrain" / "last.pt"),
+                epochs=cfg.train_epochs,
+                warmup_epochs=min(1.0, cfg.train_epochs / 4),
+                blr=cfg.train_blr,
+                d_blr=5e-4,
+                weights=weights,
+                grad_clip=cfg.grad_clip,
+                label_smoothing=cfg.label_smoothing,
+                poker_sup_loss=cfg.poker_sup_loss,
+                arch="poker_mode=edit",
+                eval_every=max(1, cfg.train_epochs // 4),
+                resume=resume,
+                **common,
+            ),
             joint,
             val_fer,
         )
@@ -225,19 +274,37 @@ def run(cfg: FERModelConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     resume, finished = resume_or_skip(out / "editor", cfg.editor_epochs)
     if not finished:
-        editor_cfg = EditorConfig(out_dir=str(out / "editor"), init=str(out / "train" / "last.pt"), epochs=cfg.editor_epochs,
-                                  poker_sup=cfg.editor_poker_sup, cyc_neutral=cfg.editor_cyc_neutral, sparsity=cfg.editor_sparsity,
-                                  poker_data=str(rendered_spec(cfg)), poker_repeat=cfg.editor_rendered_repeat, resume=resume, **common)
+        editor_cfg = EditorConfig(
+            out_dir=str(out / "editor"),
+            init=str(out / "train" / "last.pt"),
+            epochs=cfg.editor_epochs,
+            poker_sup=cfg.editor_poker_sup,
+            cyc_neutral=cfg.editor_cyc_neutral,
+            sparsity=cfg.editor_sparsity,
+            poker_data=str(rendered_spec(cfg)),
+            poker_repeat=cfg.editor_rendered_repeat,
+            resume=resume,
+            **common,
+        )
         run_editor(editor_cfg, JointFaces(train_fer, rendered, greyscale=True, rendered_repeat=editor_cfg.poker_repeat))
     timings["editor_s"] = stage_seconds(out / "editor", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     model_dir = Path(cfg.model_dir)
     sample = torch.stack([val_fer[i]["image"] for i in range(min(64, len(val_fer)))])
-    export_checkpoint(out / "editor" / "last.pt", model_dir, sample, name=cfg.name, version=cfg.version, mirror_average=cfg.mirror_average,
-                      license="MIT (code and weights); training data FER2013: research use, see the card's training.data",
-                      description=(f"PF-ViT micro (48 px, {STEM_WORDS[cfg.stem]}, greyscale input) trained on FER2013 photos jointly with "
-                                   "rendered faces; poker faces drawn by a convolutional expression editor. " + DATA_TERMS))
+    export_checkpoint(
+        out / "editor" / "last.pt",
+        model_dir,
+        sample,
+        name=cfg.name,
+        version=cfg.version,
+        mirror_average=cfg.mirror_average,
+        license="MIT (code and weights); training data FER2013: research use, see the card's training.data",
+        description=(
+            f"PF-ViT micro (48 px, {STEM_WORDS[cfg.stem]}, greyscale input) trained on FER2013 photos jointly with "
+            "rendered faces; poker faces drawn by a convolutional expression editor. " + DATA_TERMS
+        ),
+    )
     save_judge(judge, model_dir / JUDGE_FILE)
     timings["export_s"] = time.perf_counter() - t0
     # The sum of the stages' recorded times, so a resumed run reports what the whole recipe costs.
@@ -250,10 +317,15 @@ def shipped_judge(cfg: FERModelConfig) -> JudgeResult:
     path = Path(cfg.model_dir) / JUDGE_FILE
     if path.is_file():
         return load_judge(path)
-    judge = train_judge(JudgeConfig(out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed),
-                        FER2013(aligned_dir(cfg), "train", FaceTransform(image_size=cfg.image_size, augment=True)),
-                        FER2013(aligned_dir(cfg), "val", FaceTransform(image_size=cfg.image_size, augment=False)),
-                        list(IMAGENET_MEAN), list(IMAGENET_STD))
+    judge = train_judge(
+        JudgeConfig(
+            out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed
+        ),
+        FER2013(aligned_dir(cfg), "train", FaceTransform(image_size=cfg.image_size, augment=True)),
+        FER2013(aligned_dir(cfg), "val", FaceTransform(image_size=cfg.image_size, augment=False)),
+        list(IMAGENET_MEAN),
+        list(IMAGENET_STD),
+    )
     save_judge(judge, path)
     return judge
 
@@ -275,9 +347,18 @@ def evaluate(cfg: FERModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
     metrics["poker_face_fer2013"] = {**served_eval.change_measures(faces, pokers), "num_samples": int(found.sum())}
     judge = shipped_judge(cfg)
     to01 = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
-    metrics["judge"] = {"val_accuracy": judge.val_accuracy,
-                        **poker_face_report(judge.model, judge.labels, to01(faces), to01(pokers), torch.from_numpy(y[found]),
-                                            list(IMAGENET_MEAN), list(IMAGENET_STD))}
+    metrics["judge"] = {
+        "val_accuracy": judge.val_accuracy,
+        **poker_face_report(
+            judge.model,
+            judge.labels,
+            to01(faces),
+            to01(pokers),
+            torch.from_numpy(y[found]),
+            list(IMAGENET_MEAN),
+            list(IMAGENET_STD),
+        ),
+    }
 
     rendered = rendered_faces(cfg, "test")
     r_faces = rendered.images.permute(0, 2, 3, 1).numpy()
@@ -291,8 +372,14 @@ def editor_text(recipe: dict[str, Any], time_text: str) -> str:
     """The report's sentence on the editor stage (empty for a recipe without one)."""
     if "editor_epochs" not in recipe:
         return ""
-    return EDITOR_TEXT.format(epochs=recipe["editor_epochs"], time=time_text, repeat=recipe["editor_rendered_repeat"], sup=recipe["editor_poker_sup"],
-                              cyc=recipe["editor_cyc_neutral"], sparsity=recipe["editor_sparsity"])
+    return EDITOR_TEXT.format(
+        epochs=recipe["editor_epochs"],
+        time=time_text,
+        repeat=recipe["editor_rendered_repeat"],
+        sup=recipe["editor_poker_sup"],
+        cyc=recipe["editor_cyc_neutral"],
+        sparsity=recipe["editor_sparsity"],
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -416,11 +503,16 @@ def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
     model_dir = Path(cfg.model_dir)
     card = load_card(model_dir)
     training = dict(card.training)
-    training["data"] = ("FER2013 (Kaggle, ICML 2013 challenge): Training 28,709 / PublicTest 3,589 (validation) / PrivateTest 3,589 (test), "
-                        f"aligned at {cfg.image_size} px by the service's MTCNN and 5-point template after edge-padding {cfg.pad_px} px and "
-                        f"upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces ({rendered_spec(cfg)}, training/render) with their true poker faces. "
-                        + DATA_TERMS)
-    training["metrics"] = {k: metrics[k] for k in ("photos", "aligned_upload", "poker_face_fer2013", "judge", "poker_face_rendered", "alignment")}
+    training["data"] = (
+        "FER2013 (Kaggle, ICML 2013 challenge): Training 28,709 / PublicTest 3,589 (validation) / PrivateTest 3,589 (test), "
+        f"aligned at {cfg.image_size} px by the service's MTCNN and 5-point template after edge-padding {cfg.pad_px} px and "
+        f"upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces ({rendered_spec(cfg)}, training/render) with their true poker faces. "
+        + DATA_TERMS
+    )
+    training["metrics"] = {
+        k: metrics[k]
+        for k in ("photos", "aligned_upload", "poker_face_fer2013", "judge", "poker_face_rendered", "alignment")
+    }
     for part in ("photos", "aligned_upload"):
         training["metrics"][part] = {k: v for k, v in metrics[part].items() if k != "confusion_matrix"}
     training["reproduce"] = "make train-default FER2013=/path/to/fer2013  (python -m training.fer_model --fer2013 PATH)"
@@ -430,19 +522,34 @@ def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
     docs = Path(cfg.docs_dir)
     labels = load_card(model_dir).labels
     for folder in (out, docs):
-        served_eval.difference_grid(arrays["faces"], arrays["pokers"], arrays["labels"], len(labels), folder / "default-model-samples.png")
-        confusion_matrix_png(np.array(metrics["photos"]["confusion_matrix"]), labels, folder / "default-model-confusion.png")
+        served_eval.difference_grid(
+            arrays["faces"], arrays["pokers"], arrays["labels"], len(labels), folder / "default-model-samples.png"
+        )
+        confusion_matrix_png(
+            np.array(metrics["photos"]["confusion_matrix"]), labels, folder / "default-model-confusion.png"
+        )
     write_report(metrics, docs / "default-model.md")
-    print(json.dumps({k: metrics[k] for k in ("photos", "poker_face_fer2013", "poker_face_rendered", "timings")}, indent=1, default=str)[:4000])
+    print(
+        json.dumps(
+            {k: metrics[k] for k in ("photos", "poker_face_fer2013", "poker_face_rendered", "timings")},
+            indent=1,
+            default=str,
+        )[:4000]
+    )
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     def flags(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
-        ap.add_argument("--evaluate-only", action="store_true",
-                        help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
-                             "pictures); timings are kept from the last run's metrics.json, else from the card")
+        ap.add_argument(
+            "--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)"
+        )
+        ap.add_argument(
+            "--evaluate-only",
+            action="store_true",
+            help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
+            "pictures); timings are kept from the last run's metrics.json, else from the card",
+        )
 
     cfg, top = parse_config(FERModelConfig, "python -m training.fer_model", __doc__, argv, extra=flags)
     if top["quick"]:

@@ -57,8 +57,8 @@ from training.default_model import InMemoryFaces, previous_timings, render_split
 from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
 from training.ferplus_report import publish_report
-from training.recipe import resume_or_skip, stage_seconds
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
+from training.recipe import resume_or_skip, stage_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 # The judge that scored the model's poker faces, kept beside it (never in the service image).
@@ -138,16 +138,34 @@ def split_root(root: Path) -> Path:
 
 def align(cfg: FERPlusModelConfig) -> None:
     """Step 1: every split through the service's detector and aligner (resumable)."""
-    align_dataset.main([
-        str(split_root(Path(cfg.ferplus))), str(aligned_dir(cfg)), "--size", str(cfg.image_size), "--pad", str(cfg.pad_px),
-        "--upscale", str(cfg.upscale), "--fallback", "mean", "--models", str(MTCNN_DIR), "--threads", str(cfg.threads),
-    ])
+    align_dataset.main(
+        [
+            str(split_root(Path(cfg.ferplus))),
+            str(aligned_dir(cfg)),
+            "--size",
+            str(cfg.image_size),
+            "--pad",
+            str(cfg.pad_px),
+            "--upscale",
+            str(cfg.upscale),
+            "--fallback",
+            "mean",
+            "--models",
+            str(MTCNN_DIR),
+            "--threads",
+            str(cfg.threads),
+        ]
+    )
 
 
-def ferplus(cfg: FERPlusModelConfig, split: str, augment: bool, aligned: bool = True, votes: str | None = None) -> FERPlus:
+def ferplus(
+    cfg: FERPlusModelConfig, split: str, augment: bool, aligned: bool = True, votes: str | None = None
+) -> FERPlus:
     """One FERPlus split: the aligned faces (``aligned``) or the original 48 px crops."""
     transform = FaceTransform(image_size=cfg.image_size, augment=augment)
-    return FERPlus(cfg.ferplus, split, transform, votes=votes or cfg.votes, images=str(aligned_dir(cfg)) if aligned else "")
+    return FERPlus(
+        cfg.ferplus, split, transform, votes=votes or cfg.votes, images=str(aligned_dir(cfg)) if aligned else ""
+    )
 
 
 def ferplus_spec(cfg: FERPlusModelConfig) -> DataSpec:
@@ -156,13 +174,13 @@ def ferplus_spec(cfg: FERPlusModelConfig) -> DataSpec:
 
 def rendered_spec(cfg: FERPlusModelConfig) -> DataSpec:
     """The rendered faces trained on (``train``) and scored on (``test``: held-out identities)."""
-    return DataSpec.of("rendered", "", seed=cfg.seed, size=cfg.image_size, n=cfg.rendered_train, test_n=cfg.rendered_test)
+    return DataSpec.of(
+        "rendered", "", seed=cfg.seed, size=cfg.image_size, n=cfg.rendered_train, test_n=cfg.rendered_test
+    )
 
 
 def rendered_faces(cfg: FERPlusModelConfig, split: str) -> InMemoryFaces:
     return render_split(rendered_spec(cfg), split, cfg.image_size, cfg.render_workers or os.cpu_count() or 1)
-
-
 
 
 class _Images(torch.utils.data.Dataset):
@@ -184,18 +202,37 @@ class _Images(torch.utils.data.Dataset):
 
 
 def common_run_settings(cfg: FERPlusModelConfig) -> dict[str, Any]:
-    return dict(model="micro", batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, threads=cfg.threads, progress=False,
-                data=str(ferplus_spec(cfg)))
+    return dict(
+        model="micro",
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=cfg.device,
+        threads=cfg.threads,
+        progress=False,
+        data=str(ferplus_spec(cfg)),
+    )
 
 
 def train_config(cfg: FERPlusModelConfig, out: Path, resume: str, separation: bool) -> TrainConfig:
     """The PF-ViT stage's settings; the ablation differs in ``separation`` alone."""
     weights = LossWeights(cls=cfg.cls_weight, poker_sup=cfg.poker_sup_weight, cyc_neutral=cfg.cyc_neutral_weight)
-    return TrainConfig(out_dir=str(out), init=str(Path(cfg.out_dir) / "pretrain" / "last.pt"), epochs=cfg.train_epochs,
-                       warmup_epochs=min(1.0, cfg.train_epochs / 4), blr=cfg.train_blr, d_blr=cfg.d_blr, weights=weights,
-                       grad_clip=cfg.grad_clip, label_smoothing=cfg.label_smoothing, poker_sup_loss=cfg.poker_sup_loss,
-                       arch="poker_mode=edit", eval_every=max(1, cfg.train_epochs // 6), separation=separation, resume=resume,
-                       **common_run_settings(cfg))
+    return TrainConfig(
+        out_dir=str(out),
+        init=str(Path(cfg.out_dir) / "pretrain" / "last.pt"),
+        epochs=cfg.train_epochs,
+        warmup_epochs=min(1.0, cfg.train_epochs / 4),
+        blr=cfg.train_blr,
+        d_blr=cfg.d_blr,
+        weights=weights,
+        grad_clip=cfg.grad_clip,
+        label_smoothing=cfg.label_smoothing,
+        poker_sup_loss=cfg.poker_sup_loss,
+        arch="poker_mode=edit",
+        eval_every=max(1, cfg.train_epochs // 6),
+        separation=separation,
+        resume=resume,
+        **common_run_settings(cfg),
+    )
 
 
 @torch.no_grad()
@@ -223,7 +260,9 @@ def balanced_scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tupl
     return float((pred == y).mean()), float(np.mean(recalls))
 
 
-def choose_tau(logits: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: list[float]) -> tuple[float, list[dict[str, float]]]:
+def choose_tau(
+    logits: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: list[float]
+) -> tuple[float, list[dict[str, float]]]:
     """The tau of ``logits - tau * log_prior`` with the best mean of accuracy and macro recall on
     ``y`` (ties: the smaller tau), and every candidate's scores."""
     table = []
@@ -278,9 +317,16 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     resume, finished = resume_or_skip(out / "pretrain", cfg.pretrain_epochs)
     if not finished:
         run_pretrain(
-            PretrainConfig(out_dir=str(out / "pretrain"), arch=f"image_size={cfg.image_size},stem={cfg.stem},greyscale=true",
-                           epochs=cfg.pretrain_epochs, warmup_epochs=min(1.0, cfg.pretrain_epochs / 4), blr=cfg.pretrain_blr,
-                           mask_ratio=cfg.mask_ratio, resume=resume, **common_run_settings(cfg)),
+            PretrainConfig(
+                out_dir=str(out / "pretrain"),
+                arch=f"image_size={cfg.image_size},stem={cfg.stem},greyscale=true",
+                epochs=cfg.pretrain_epochs,
+                warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
+                blr=cfg.pretrain_blr,
+                mask_ratio=cfg.mask_ratio,
+                resume=resume,
+                **common_run_settings(cfg),
+            ),
             JointFaces(_Images(train_set, val_aug), rendered, greyscale=True, rendered_labels=False),
         )
     timings["pretrain_s"] = stage_seconds(out / "pretrain", time.perf_counter() - t0)
@@ -297,12 +343,24 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     resume, finished = resume_or_skip(out / "editor", cfg.editor_epochs)
     if not finished:
-        editor_cfg = EditorConfig(out_dir=str(out / "editor"), init=str(out / "train" / "last.pt"), epochs=cfg.editor_epochs,
-                                  poker_sup=cfg.editor_poker_sup, cyc_neutral=cfg.editor_cyc_neutral, sparsity=cfg.editor_sparsity,
-                                  poker_data=str(rendered_spec(cfg)), poker_repeat=cfg.editor_rendered_repeat, resume=resume,
-                                  **common_run_settings(cfg))
-        run_editor(editor_cfg, JointFaces(train_set, rendered, greyscale=True, rendered_repeat=editor_cfg.poker_repeat,
-                                          rendered_labels=False))
+        editor_cfg = EditorConfig(
+            out_dir=str(out / "editor"),
+            init=str(out / "train" / "last.pt"),
+            epochs=cfg.editor_epochs,
+            poker_sup=cfg.editor_poker_sup,
+            cyc_neutral=cfg.editor_cyc_neutral,
+            sparsity=cfg.editor_sparsity,
+            poker_data=str(rendered_spec(cfg)),
+            poker_repeat=cfg.editor_rendered_repeat,
+            resume=resume,
+            **common_run_settings(cfg),
+        )
+        run_editor(
+            editor_cfg,
+            JointFaces(
+                train_set, rendered, greyscale=True, rendered_repeat=editor_cfg.poker_repeat, rendered_labels=False
+            ),
+        )
     timings["editor_s"] = stage_seconds(out / "editor", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -310,15 +368,26 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     print(f"logit adjustment: tau {calibration['tau']}", flush=True)
     model_dir = Path(cfg.model_dir)
     sample = torch.stack([val_set[i]["image"] for i in range(min(64, len(val_set)))])
-    export_checkpoint(out / "calibrated.pt", model_dir, sample, name=cfg.name, version=cfg.version, mirror_average=cfg.mirror_average,
-                      license="MIT (code, weights and FERPlus labels); FER2013 images: research use, see the card's training.data",
-                      description=("PF-ViT micro (48 px, convolutional stem of two 3x3 convolutions per stage, greyscale input) trained on "
-                                   "FERPlus (eight classes, vote distributions of ten annotators); poker faces drawn by a "
-                                   "convolutional expression editor. " + DATA_TERMS))
+    export_checkpoint(
+        out / "calibrated.pt",
+        model_dir,
+        sample,
+        name=cfg.name,
+        version=cfg.version,
+        mirror_average=cfg.mirror_average,
+        license="MIT (code, weights and FERPlus labels); FER2013 images: research use, see the card's training.data",
+        description=(
+            "PF-ViT micro (48 px, convolutional stem of two 3x3 convolutions per stage, greyscale input) trained on "
+            "FERPlus (eight classes, vote distributions of ten annotators); poker faces drawn by a "
+            "convolutional expression editor. " + DATA_TERMS
+        ),
+    )
     timings["export_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    judge = train_judge(judge_config(cfg), ferplus(cfg, "train", augment=True), val_set, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    judge = train_judge(
+        judge_config(cfg), ferplus(cfg, "train", augment=True), val_set, list(IMAGENET_MEAN), list(IMAGENET_STD)
+    )
     save_judge(judge, model_dir / JUDGE_FILE)
     timings["judge_s"] = stage_seconds(out / "judge", time.perf_counter() - t0)
 
@@ -338,7 +407,9 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
 
 
 def judge_config(cfg: FERPlusModelConfig) -> JudgeConfig:
-    return JudgeConfig(out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed)
+    return JudgeConfig(
+        out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed
+    )
 
 
 def shipped_judge(cfg: FERPlusModelConfig) -> JudgeResult:
@@ -346,8 +417,13 @@ def shipped_judge(cfg: FERPlusModelConfig) -> JudgeResult:
     path = Path(cfg.model_dir) / JUDGE_FILE
     if path.is_file():
         return load_judge(path)
-    judge = train_judge(judge_config(cfg), ferplus(cfg, "train", augment=True), ferplus(cfg, "val", augment=False),
-                        list(IMAGENET_MEAN), list(IMAGENET_STD))
+    judge = train_judge(
+        judge_config(cfg),
+        ferplus(cfg, "train", augment=True),
+        ferplus(cfg, "val", augment=False),
+        list(IMAGENET_MEAN),
+        list(IMAGENET_STD),
+    )
     save_judge(judge, path)
     return judge
 
@@ -364,8 +440,13 @@ def ablation_scores(cfg: FERPlusModelConfig, test: FERPlus) -> dict[str, Any] | 
     for name, path in paths.items():
         logits = checkpoint_logits(path, test, mirror_average=False)
         acc, macro = balanced_scores(logits, y, logits.shape[1])
-        scores[name] = {"accuracy": acc, "macro_recall": macro,
-                        "val_accuracy": float(load_checkpoint(path).get("extra", {}).get("last", {}).get("val_accuracy", float("nan")))}
+        scores[name] = {
+            "accuracy": acc,
+            "macro_recall": macro,
+            "val_accuracy": float(
+                load_checkpoint(path).get("extra", {}).get("last", {}).get("val_accuracy", float("nan"))
+            ),
+        }
     return scores
 
 
@@ -399,9 +480,18 @@ def evaluate(cfg: FERPlusModelConfig) -> tuple[dict[str, Any], dict[str, np.ndar
     def to01(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0
 
-    metrics["judge"] = {"val_accuracy": judge.val_accuracy,
-                        **poker_face_report(judge.model, judge.labels, to01(faces), to01(pokers), torch.from_numpy(y),
-                                            list(IMAGENET_MEAN), list(IMAGENET_STD))}
+    metrics["judge"] = {
+        "val_accuracy": judge.val_accuracy,
+        **poker_face_report(
+            judge.model,
+            judge.labels,
+            to01(faces),
+            to01(pokers),
+            torch.from_numpy(y),
+            list(IMAGENET_MEAN),
+            list(IMAGENET_STD),
+        ),
+    }
     rendered = rendered_faces(cfg, "test")
     r_faces = rendered.images.permute(0, 2, 3, 1).numpy()
     r_truth = rendered.pokers.permute(0, 2, 3, 1).numpy()
@@ -416,7 +506,9 @@ def publish(cfg: FERPlusModelConfig, timings: dict[str, float]) -> dict[str, Any
     metrics, arrays = evaluate(cfg)
     counts = json.loads((aligned_dir(cfg) / "summary.json").read_text())["counts"]
     metrics["alignment"] = {split: c for split, c in counts.items() if split in SPLIT_FOLDERS}
-    metrics["calibration"] = json.loads((out / "calibration.json").read_text()) if (out / "calibration.json").is_file() else None
+    metrics["calibration"] = (
+        json.loads((out / "calibration.json").read_text()) if (out / "calibration.json").is_file() else None
+    )
     metrics["timings"] = timings
     metrics["recipe"] = asdict(cfg)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -424,18 +516,32 @@ def publish(cfg: FERPlusModelConfig, timings: dict[str, float]) -> dict[str, Any
     model_dir = Path(cfg.model_dir)
     card = load_card(model_dir)
     training = dict(card.training)
-    training["data"] = (f"FERPlus: FER2013's original 48 px images with the majority and vote distribution of ten annotators per face "
-                        f"({cfg.votes} votes: {'each split folder label.csv' if cfg.votes == 'label' else 'fer2013new.csv'}); "
-                        "Train 25,045 / Valid (PublicTest) 3,191 / Test (PrivateTest) 3,137 faces under the majority protocol, "
-                        f"aligned at {cfg.image_size} px by the service's MTCNN and 5-point template after edge-padding {cfg.pad_px} px "
-                        f"and upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces ({rendered_spec(cfg)}, training/render) "
-                        "that teach the generator and no class. " + DATA_TERMS)
-    keep = ("label", "new", "poker_face_ferplus", "judge", "poker_face_rendered", "alignment", "ablation", "calibration")
+    training["data"] = (
+        f"FERPlus: FER2013's original 48 px images with the majority and vote distribution of ten annotators per face "
+        f"({cfg.votes} votes: {'each split folder label.csv' if cfg.votes == 'label' else 'fer2013new.csv'}); "
+        "Train 25,045 / Valid (PublicTest) 3,191 / Test (PrivateTest) 3,137 faces under the majority protocol, "
+        f"aligned at {cfg.image_size} px by the service's MTCNN and 5-point template after edge-padding "
+        f"{cfg.pad_px} px and upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces "
+        f"({rendered_spec(cfg)}, training/render) "
+        "that teach the generator and no class. " + DATA_TERMS
+    )
+    keep = (
+        "label",
+        "new",
+        "poker_face_ferplus",
+        "judge",
+        "poker_face_rendered",
+        "alignment",
+        "ablation",
+        "calibration",
+    )
     training["metrics"] = json.loads(json.dumps({k: metrics[k] for k in keep}))
     for part in ("label", "new"):
         for view in training["metrics"][part].values():
             view.pop("confusion_matrix", None)
-    training["reproduce"] = "make train-default FERPLUS=/path/to/ferplus  (python -m training.ferplus_model --ferplus PATH)"
+    training["reproduce"] = (
+        "make train-default FERPLUS=/path/to/ferplus  (python -m training.ferplus_model --ferplus PATH)"
+    )
     training["evaluate"] = "make evaluate-default FERPLUS=/path/to/ferplus"
     training["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     write_card(replace(card, training=training), model_dir)
@@ -446,10 +552,15 @@ def publish(cfg: FERPlusModelConfig, timings: dict[str, float]) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     def flags(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument("--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)")
-        ap.add_argument("--evaluate-only", action="store_true",
-                        help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
-                             "pictures); timings are kept from the last run's metrics.json, else from the card")
+        ap.add_argument(
+            "--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)"
+        )
+        ap.add_argument(
+            "--evaluate-only",
+            action="store_true",
+            help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
+            "pictures); timings are kept from the last run's metrics.json, else from the card",
+        )
 
     cfg, top = parse_config(FERPlusModelConfig, "python -m training.ferplus_model", __doc__, argv, extra=flags)
     if top["quick"]:

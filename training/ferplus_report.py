@@ -38,17 +38,40 @@ def _min_recall_but_contempt(m: dict[str, Any]) -> float:
 
 
 GOALS: tuple[Goal, ...] = (
-    Goal("FERPlus test, majority of `label.csv` (3,137), aligned faces sent with `aligned=true` (prepared as the training faces were)",
-         lambda m: m["label"]["aligned"]["accuracy"], 0.80, 0.85),
-    Goal("the same faces as photos through `/v1/recognize` with detection (crop edge-padded 24 px, x3; an undetected face counts as wrong)",
-         lambda m: m["label"]["photos"]["accuracy"], 0.70, 0.76),
-    Goal("macro recall over the 8 classes, first row's faces", lambda m: m["label"]["aligned"]["mean_class_accuracy"], 0.60, 0.70),
+    Goal(
+        "FERPlus test, majority of `label.csv` (3,137), aligned faces sent with `aligned=true` (prepared as the training faces were)",
+        lambda m: m["label"]["aligned"]["accuracy"],
+        0.80,
+        0.85,
+    ),
+    Goal(
+        "the same faces as photos through `/v1/recognize` with detection (crop edge-padded 24 px, x3; an undetected face counts as wrong)",
+        lambda m: m["label"]["photos"]["accuracy"],
+        0.70,
+        0.76,
+    ),
+    Goal(
+        "macro recall over the 8 classes, first row's faces",
+        lambda m: m["label"]["aligned"]["mean_class_accuracy"],
+        0.60,
+        0.70,
+    ),
     Goal("lowest recall of a class other than contempt, first row's faces", _min_recall_but_contempt, 0.30),
     Goal("macro-F1, first row's faces", lambda m: m["label"]["aligned"]["macro_f1"]),
-    Goal("FERPlus test, majority of `fer2013new.csv` (3,153), aligned faces", lambda m: m["new"]["aligned"]["accuracy"]),
-    Goal("the 48 px test crops as they are (not aligned), sent with `aligned=true`", lambda m: m["label"]["raw_crops"]["accuracy"]),
-    Goal("recipe time, all stages (minutes, 2-core CPU)", lambda m: m["timings"].get("total_s", float("nan")) / 60, must=300,
-         percent=False, lower=True),
+    Goal(
+        "FERPlus test, majority of `fer2013new.csv` (3,153), aligned faces", lambda m: m["new"]["aligned"]["accuracy"]
+    ),
+    Goal(
+        "the 48 px test crops as they are (not aligned), sent with `aligned=true`",
+        lambda m: m["label"]["raw_crops"]["accuracy"],
+    ),
+    Goal(
+        "recipe time, all stages (minutes, 2-core CPU)",
+        lambda m: m["timings"].get("total_s", float("nan")) / 60,
+        must=300,
+        percent=False,
+        lower=True,
+    ),
 )
 
 
@@ -71,45 +94,67 @@ def goals_table(metrics: dict[str, Any]) -> str:
     rows = ["| measure | value | must | goal |", "|---|---|---|---|"]
     for goal in GOALS:
         value = goal.value(metrics)
-        rows.append(f"| {goal.measure} | {_fmt(value, goal.percent)} | {_verdict(goal, value, goal.must)} | {_verdict(goal, value, goal.goal)} |")
+        rows.append(
+            f"| {goal.measure} | {_fmt(value, goal.percent)} | {_verdict(goal, value, goal.must)} | {_verdict(goal, value, goal.goal)} |"
+        )
     return "\n".join(rows)
 
 
 def per_class_table(metrics: dict[str, Any], labels: list[str]) -> str:
     aligned, photos = metrics["label"]["aligned"], metrics["label"]["photos"]
-    rows = ["| class | test faces | recall, aligned | F1, aligned | recall, photos through detection |", "|---|---|---|---|---|"]
+    rows = [
+        "| class | test faces | recall, aligned | F1, aligned | recall, photos through detection |",
+        "|---|---|---|---|---|",
+    ]
     for name in labels:
-        rows.append(f"| {name} | {aligned['support'][name]} | {_fmt(aligned['per_class_accuracy'][name], True)} | "
-                    f"{_fmt(aligned['per_class_f1'][name], True)} | {_fmt(photos['per_class_accuracy'][name], True)} |")
+        rows.append(
+            f"| {name} | {aligned['support'][name]} | {_fmt(aligned['per_class_accuracy'][name], True)} | "
+            f"{_fmt(aligned['per_class_f1'][name], True)} | {_fmt(photos['per_class_accuracy'][name], True)} |"
+        )
     return "\n".join(rows)
 
 
 def ablation_text(metrics: dict[str, Any]) -> str:
     ab = metrics.get("ablation")
     if not ab:
-        return ("No finished separation ablation was found for this model: it runs last in the recipe "
-                "(`--ablation false` skips it), and this report is rewritten when it finishes.")
-    rows = ["| PF-ViT stage | test accuracy | test macro recall | validation accuracy (last epoch) |", "|---|---|---|---|"]
-    for name, label in (("with_separation", "with separation (S, G, D, cycles)"), ("without_separation", "without (E, S_e, H alone)")):
+        return (
+            "No finished separation ablation was found for this model: it runs last in the recipe "
+            "(`--ablation false` skips it), and this report is rewritten when it finishes."
+        )
+    rows = [
+        "| PF-ViT stage | test accuracy | test macro recall | validation accuracy (last epoch) |",
+        "|---|---|---|---|",
+    ]
+    for name, label in (
+        ("with_separation", "with separation (S, G, D, cycles)"),
+        ("without_separation", "without (E, S_e, H alone)"),
+    ):
         r = ab[name]
-        rows.append(f"| {label} | {_fmt(r['accuracy'], True)} | {_fmt(r['macro_recall'], True)} | {_fmt(r['val_accuracy'], True)} |")
+        rows.append(
+            f"| {label} | {_fmt(r['accuracy'], True)} | {_fmt(r['macro_recall'], True)} | {_fmt(r['val_accuracy'], True)} |"
+        )
     diff = ab["with_separation"]["accuracy"] - ab["without_separation"]["accuracy"]
-    return ("\n".join(rows) + f"\n\nSeparation changes test accuracy by {100 * diff:+.1f} points at this scale (one seed; "
-            "both checkpoints on the aligned test faces, without mirror averaging or logit adjustment).")
+    return (
+        "\n".join(rows) + f"\n\nSeparation changes test accuracy by {100 * diff:+.1f} points at this scale (one seed; "
+        "both checkpoints on the aligned test faces, without mirror averaging or logit adjustment)."
+    )
 
 
 def poker_table(metrics: dict[str, Any]) -> str:
     pf, judge, rendered = metrics["poker_face_ferplus"], metrics["judge"], metrics["poker_face_rendered"]
     ratio = judge["poker_neutral_ratio"]
-    return "\n".join([
-        "| measure | value |", "|---|---|",
-        f"| judge's neutral share on poker faces of non-neutral test faces ÷ its neutral recall on real neutral faces | "
-        f"{ratio:.2f} ({_fmt(judge['poker_neutral_share'], True)} / {_fmt(judge['neutral_recall'], True)}) |",
-        f"| mean absolute change from the input (0–255) | {pf['mean_abs_change']:.2f} |",
-        f"| SSIM to the input | {pf['ssim_to_input']:.3f} |",
-        f"| rendered test identities: PSNR to the true poker face, generated vs unchanged input | "
-        f"{rendered['psnr_db']:.2f} vs {rendered['baseline_psnr_db']:.2f} dB ({rendered['psnr_gain_db']:+.2f} dB) |",
-    ])
+    return "\n".join(
+        [
+            "| measure | value |",
+            "|---|---|",
+            f"| judge's neutral share on poker faces of non-neutral test faces ÷ its neutral recall on real neutral faces | "
+            f"{ratio:.2f} ({_fmt(judge['poker_neutral_share'], True)} / {_fmt(judge['neutral_recall'], True)}) |",
+            f"| mean absolute change from the input (0–255) | {pf['mean_abs_change']:.2f} |",
+            f"| SSIM to the input | {pf['ssim_to_input']:.3f} |",
+            f"| rendered test identities: PSNR to the true poker face, generated vs unchanged input | "
+            f"{rendered['psnr_db']:.2f} vs {rendered['baseline_psnr_db']:.2f} dB ({rendered['psnr_gain_db']:+.2f} dB) |",
+        ]
+    )
 
 
 def write_report(metrics: dict[str, Any], labels: list[str], path: Path) -> None:
@@ -119,9 +164,11 @@ def write_report(metrics: dict[str, Any], labels: list[str], path: Path) -> None
     def minutes(key: str) -> str:
         return f"{t[key] / 60:.1f} min" if key in t else "–"
 
-    align_rows = "\n".join(f"| {split} | {c.get('detected', 0)} | {c.get('fallback', 0)} | "
-                           f"{sum(v for k, v in c.items() if k not in ('detected', 'fallback'))} |"
-                           for split, c in sorted(metrics["alignment"].items()))
+    align_rows = "\n".join(
+        f"| {split} | {c.get('detected', 0)} | {c.get('fallback', 0)} | "
+        f"{sum(v for k, v in c.items() if k not in ('detected', 'fallback'))} |"
+        for split, c in sorted(metrics["alignment"].items())
+    )
     photos = metrics["label"]["photos"]
     text = f"""# The shipped default model: `{Path(recipe["model_dir"]).name}`
 
@@ -188,10 +235,16 @@ Sample faces (three rows per class, classes in label order; columns: aligned inp
     path.write_text(text, encoding="utf-8")
 
 
-def publish_report(metrics: dict[str, Any], labels: list[str], arrays: dict[str, np.ndarray], out: Path, docs: Path) -> None:
+def publish_report(
+    metrics: dict[str, Any], labels: list[str], arrays: dict[str, np.ndarray], out: Path, docs: Path
+) -> None:
     """The report in ``docs``; the confusion matrix and the sample grid in ``out`` and ``docs``."""
     for folder in (out, docs):
         folder.mkdir(parents=True, exist_ok=True)
-        served_eval.difference_grid(arrays["faces"], arrays["pokers"], arrays["labels"], len(labels), folder / "default-model-samples.png")
-        confusion_matrix_png(np.array(metrics["label"]["aligned"]["confusion_matrix"]), labels, folder / "default-model-confusion.png")
+        served_eval.difference_grid(
+            arrays["faces"], arrays["pokers"], arrays["labels"], len(labels), folder / "default-model-samples.png"
+        )
+        confusion_matrix_png(
+            np.array(metrics["label"]["aligned"]["confusion_matrix"]), labels, folder / "default-model-confusion.png"
+        )
     write_report(metrics, labels, docs / "default-model.md")

@@ -32,7 +32,8 @@ def _blur(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> np.ndarray:
-    """Structural similarity (Wang et al. 2004: Gaussian window sigma 1.5, K1 0.01, K2 0.03), mean over pixels and channels."""
+    """Structural similarity (Wang et al. 2004: Gaussian window sigma 1.5, K1 0.01, K2 0.03), mean over
+    pixels and channels."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim == 3:

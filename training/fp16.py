@@ -51,7 +51,9 @@ def convert_to_fp16(src: str | Path, dst: str | Path, op_block_list: Iterable[st
         # It warns for every weight below float16's smallest normal number that it rounds to
         # 1e-7 (or to zero): expected, and measured in the parity figures.
         warnings.simplefilter("ignore", UserWarning)
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(op_block_list) or None)
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(op_block_list) or None
+        )
     _repair(converted)
     onnx.checker.check_model(converted)
     dst = Path(dst)
@@ -75,7 +77,11 @@ def _repair(model: onnx.ModelProto) -> None:
         if node.op_type != "Cast":
             continue
         for attr in node.attribute:
-            if attr.name == "to" and attr.i == TensorProto.FLOAT and value_types.get(node.output[0]) == TensorProto.FLOAT16:
+            if (
+                attr.name == "to"
+                and attr.i == TensorProto.FLOAT
+                and value_types.get(node.output[0]) == TensorProto.FLOAT16
+            ):
                 attr.i = TensorProto.FLOAT16
     outputs = {o.name for o in graph.output}
     fp16_source = {}  # graph output -> the float16 tensor its boundary Cast reads
@@ -106,7 +112,9 @@ def psnr_db_of_mse(mse: float) -> float:
 class GraphPair:
     """The fp32 and fp16 sessions of one model on one provider, run on the same inputs."""
 
-    def __init__(self, fp32_dir: str | Path, fp16_dir: str | Path, providers: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, fp32_dir: str | Path, fp16_dir: str | Path, providers: list[str] | None = None, threads: int = 0
+    ) -> None:
         import onnxruntime as ort
 
         providers = providers or ["CPUExecutionProvider"]
@@ -124,11 +132,11 @@ class GraphPair:
 
     def logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x``: ``(N, 3, H, W)`` float32, normalised. Returns fp32 and fp16 logits, ``(N, K)``."""
-        return tuple(self.sessions[p]["recognition"].run(["logits"], {"image": x})[0] for p in ("fp32", "fp16"))  # type: ignore[return-value]
+        return tuple(self.sessions[p]["recognition"].run(["logits"], {"image": x})[0] for p in ("fp32", "fp16"))
 
     def poker_faces(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """fp32 and fp16 poker faces of ``x``, ``(N, 3, H, W)`` RGB in [0, 1]."""
-        return tuple(self.sessions[p]["poker_face"].run(["poker_face"], {"image": x})[0] for p in ("fp32", "fp16"))  # type: ignore[return-value]
+        return tuple(self.sessions[p]["poker_face"].run(["poker_face"], {"image": x})[0] for p in ("fp32", "fp16"))
 
 
 class ParityMeter:
@@ -181,7 +189,11 @@ def compare_graphs(pair: GraphPair, batches: Iterable[np.ndarray]) -> dict[str, 
 def check_fp16_report(report: dict[str, float | int]) -> None:
     """Raise when the fp16 graphs drift beyond :data:`FP16_LOGIT_MAX_ABS` or under :data:`FP16_POKER_PSNR_DB`."""
     if report["logits_max_abs_diff"] > FP16_LOGIT_MAX_ABS:
-        raise RuntimeError(f"fp16 logits differ from fp32 by {report['logits_max_abs_diff']:.3g} > {FP16_LOGIT_MAX_ABS}")
+        raise RuntimeError(
+            f"fp16 logits differ from fp32 by {report['logits_max_abs_diff']:.3g} > {FP16_LOGIT_MAX_ABS}"
+        )
     psnr = report.get("poker_face_psnr_db")
     if psnr is not None and psnr < FP16_POKER_PSNR_DB:
-        raise RuntimeError(f"fp16 poker faces reach {psnr:.1f} dB PSNR against fp32, under the {FP16_POKER_PSNR_DB} dB floor")
+        raise RuntimeError(
+            f"fp16 poker faces reach {psnr:.1f} dB PSNR against fp32, under the {FP16_POKER_PSNR_DB} dB floor"
+        )

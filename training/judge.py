@@ -39,7 +39,11 @@ class JudgeCNN(nn.Module):
         c_in = 3
         for width in widths:
             for _ in range(2):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(c_in, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
                 c_in = width
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -92,8 +96,17 @@ def save_judge(result: JudgeResult, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     widths = [m.out_channels for m in result.model.features if isinstance(m, nn.Conv2d)][1::2]
-    torch.save({"format": "pfvit-judge/1", "labels": result.labels, "widths": widths, "model": result.model.state_dict(),
-                "val_accuracy": result.val_accuracy, "seconds": result.seconds}, path)
+    torch.save(
+        {
+            "format": "pfvit-judge/1",
+            "labels": result.labels,
+            "widths": widths,
+            "model": result.model.state_dict(),
+            "val_accuracy": result.val_accuracy,
+            "seconds": result.seconds,
+        },
+        path,
+    )
     return path
 
 
@@ -104,14 +117,24 @@ def load_judge(path: str | Path) -> JudgeResult:
         raise ValueError(f"{path} is not a judge file")
     model = JudgeCNN(len(data["labels"]), tuple(data["widths"]))
     model.load_state_dict(data["model"])
-    return JudgeResult(model=model.eval(), labels=list(data["labels"]), val_accuracy=float(data["val_accuracy"]), seconds=float(data["seconds"]))
+    return JudgeResult(
+        model=model.eval(),
+        labels=list(data["labels"]),
+        val_accuracy=float(data["val_accuracy"]),
+        seconds=float(data["seconds"]),
+    )
 
 
 @torch.no_grad()
-def predict(model: JudgeCNN, images01: torch.Tensor, mean: list[float], std: list[float], batch_size: int = 256) -> torch.Tensor:
+def predict(
+    model: JudgeCNN, images01: torch.Tensor, mean: list[float], std: list[float], batch_size: int = 256
+) -> torch.Tensor:
     """Class indices for ``[N, 3, H, W]`` images in [0, 1]."""
     model.eval()
-    out = [model(_normalise(images01[i : i + batch_size], mean, std)).argmax(1) for i in range(0, len(images01), batch_size)]
+    out = [
+        model(_normalise(images01[i : i + batch_size], mean, std)).argmax(1)
+        for i in range(0, len(images01), batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -128,7 +151,9 @@ def _recipe(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "out_dir"}
 
 
-def train_judge(cfg: JudgeConfig, train_set: Dataset, val_set: Dataset, mean: list[float], std: list[float]) -> JudgeResult:
+def train_judge(
+    cfg: JudgeConfig, train_set: Dataset, val_set: Dataset, mean: list[float], std: list[float]
+) -> JudgeResult:
     """Train (or resume, or load when finished) the judge on ``train_set``; returns it with its
     validation accuracy."""
     labels = list(train_set.labels)
@@ -144,7 +169,11 @@ def train_judge(cfg: JudgeConfig, train_set: Dataset, val_set: Dataset, mean: li
     warmup = max(1, total_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total_steps - warmup)))),
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total_steps - warmup))))
+        ),
     )
     start, log, seconds = 0, [], 0.0
     if path.is_file():
@@ -179,13 +208,22 @@ def train_judge(cfg: JudgeConfig, train_set: Dataset, val_set: Dataset, mean: li
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
             {
-                "config": asdict(cfg), "labels": labels, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch": epoch + 1, "log": log, "seconds": seconds,
+                "config": asdict(cfg),
+                "labels": labels,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "log": log,
+                "seconds": seconds,
             },
             path,
         )
-    return JudgeResult(model=model.eval(), labels=labels, val_accuracy=log[-1]["val_accuracy"] if log else 0.0, seconds=seconds)
+    return JudgeResult(
+        model=model.eval(), labels=labels, val_accuracy=log[-1]["val_accuracy"] if log else 0.0, seconds=seconds
+    )
 
 
 def poker_face_report(

@@ -66,7 +66,9 @@ def unpatchify(patches: torch.Tensor, patch: int, grid: int, channels: int = 3) 
     return x.reshape(n, channels, grid * patch, grid * patch)
 
 
-def masking_ids(n: int, length: int, mask_ratio: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def masking_ids(
+    n: int, length: int, mask_ratio: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAE's argsort-of-noise shuffle for ``n`` sequences of ``length`` tokens.
 
     Returns ``(ids_keep [N, L_keep], mask [N, L], ids_restore [N, L])`` with ``L_keep = int(L *
@@ -199,8 +201,16 @@ class Encoder(nn.Module):
         dim, depth, num_heads, mlp_ratio: transformer shape.
     """
 
-    def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int, mlp_ratio: float,
-                 stem: str = "patch") -> None:
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        stem: str = "patch",
+    ) -> None:
         super().__init__()
         grid = image_size // patch_size
         self.grid, self.patch_size = grid, patch_size
@@ -228,12 +238,18 @@ class Encoder(nn.Module):
         """``[N, 3, H, W]`` normalised -> ``z [N, 1 + L, D]``."""
         return self._run(self.patch_embed(images) + self.pos_embed[:, 1:])
 
-    def forward_masked(self, images: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_masked(
+        self, images: torch.Tensor, mask_ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode only the visible patches. Returns ``(z [N, 1 + L_keep, D], mask [N, L], ids_restore [N, L])``."""
         n, length = images.shape[0], self.grid * self.grid
         ids_keep, mask, ids_restore = masking_ids(n, length, mask_ratio, images.device)
         if self.mask_pixels:
-            hidden = mask.view(n, 1, self.grid, self.grid).repeat_interleave(self.patch_size, 2).repeat_interleave(self.patch_size, 3)
+            hidden = (
+                mask.view(n, 1, self.grid, self.grid)
+                .repeat_interleave(self.patch_size, 2)
+                .repeat_interleave(self.patch_size, 3)
+            )
             images = images * (1.0 - hidden)  # [N, 3, H, W], masked patches zeroed (the mean in model space)
         patches = self.patch_embed(images) + self.pos_embed[:, 1:]  # [N, L, D]
         kept = torch.gather(patches, 1, ids_keep[..., None].expand(-1, -1, patches.shape[-1]))  # [N, L_keep, D]
@@ -288,7 +304,9 @@ class Generator(nn.Module):
         dim, depth, num_heads, mlp_ratio: decoder shape.
     """
 
-    def __init__(self, num_patches: int, patch_size: int, in_dim: int, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(
+        self, num_patches: int, patch_size: int, in_dim: int, dim: int, depth: int, num_heads: int, mlp_ratio: float
+    ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.embed = nn.Linear(in_dim, dim)
@@ -369,8 +387,9 @@ class ExpressionEditor(nn.Module):
 
 def _conv_pair(c_in: int, c_mid: int, c_out: int, stride: int = 1) -> nn.Sequential:
     """Two 3x3 convolutions with GELU, the first with ``stride``."""
-    return nn.Sequential(nn.Conv2d(c_in, c_mid, 3, stride=stride, padding=1), nn.GELU(),
-                         nn.Conv2d(c_mid, c_out, 3, padding=1), nn.GELU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_mid, 3, stride=stride, padding=1), nn.GELU(), nn.Conv2d(c_mid, c_out, 3, padding=1), nn.GELU()
+    )
 
 
 def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -411,11 +430,18 @@ class PFViT(nn.Module):
         self.colour = Greyscale(c.mean, c.std) if c.greyscale else nn.Identity()
         self.encoder = Encoder(c.image_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio, c.stem)
         self.separator = OrthogonalSeparator(c.embed_dim, c.emotion_dim, c.num_patches + 1)
-        self.generator = Generator(c.num_patches, c.patch_size, c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.mlp_ratio)
+        self.generator = Generator(
+            c.num_patches, c.patch_size, c.embed_dim, c.decoder_dim, c.decoder_depth, c.decoder_heads, c.mlp_ratio
+        )
         self.head = ClassifierHead(c.embed_dim, c.num_classes)
         # Only "editor" models have one; the others keep the attribute, as None.
-        self.editor = (ExpressionEditor(c.image_size // c.patch_size, c.embed_dim, 1 if c.greyscale else 3, c.editor_width, c.editor_cond_dim)
-                       if c.poker_mode == "editor" else None)
+        self.editor = (
+            ExpressionEditor(
+                c.image_size // c.patch_size, c.embed_dim, 1 if c.greyscale else 3, c.editor_width, c.editor_cond_dim
+            )
+            if c.poker_mode == "editor"
+            else None
+        )
         self.register_buffer("pixel_mean", torch.tensor(c.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("colour_luma", torch.tensor(LUMA_RGB).view(1, 3, 1, 1), persistent=False)
@@ -463,8 +489,9 @@ class PFViT(nn.Module):
         """``z_p + e_n``: the residue with the neutral emotional component put back."""
         return z_p + self.separator.neutral()
 
-    def synthesize_poker(self, images: torch.Tensor, z: torch.Tensor, z_p: torch.Tensor,
-                         reconstruction: torch.Tensor | None = None) -> torch.Tensor:
+    def synthesize_poker(
+        self, images: torch.Tensor, z: torch.Tensor, z_p: torch.Tensor, reconstruction: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The poker face in model space, ``[N, 3, H, W]``, per ``config.poker_mode``.
 
         Args:
@@ -483,7 +510,9 @@ class PFViT(nn.Module):
             rec = self.generate(z) if reconstruction is None else reconstruction
             change = poker - rec  # model space: per-channel normalised
             if self.config.poker_luma:
-                luma = (change * self.pixel_std * self.colour_luma).sum(dim=1, keepdim=True)  # [N, 1, H, W] in [0, 1] units
+                luma = (change * self.pixel_std * self.colour_luma).sum(
+                    dim=1, keepdim=True
+                )  # [N, 1, H, W] in [0, 1] units
                 change = luma / self.pixel_std
             poker = images + change
         return poker
@@ -505,7 +534,9 @@ class PFViT(nn.Module):
         return self.denormalise(self.synthesize_poker(images, z, z_p))
 
     # ---- MAE
-    def forward_pretrain(self, images: torch.Tensor, mask_ratio: float = 0.75, norm_pix_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_pretrain(
+        self, images: torch.Tensor, mask_ratio: float = 0.75, norm_pix_loss: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """MAE step: encode the visible patches, decode all, MSE on the masked ones.
 
         Returns ``(loss, pred [N, L, p² * 3], mask [N, L])``.
@@ -577,17 +608,60 @@ def optim_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 # reads the image size from here too).
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     # CPU-friendly: 64², patch 8, width 128, depth 4 (tests, smoke runs, the shipped default model).
-    "micro": dict(image_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4, emotion_dim=32, decoder_dim=96,
-                  decoder_depth=2, decoder_heads=4, disc_dim=64, disc_depth=2, disc_heads=2, disc_patch_size=16),
+    "micro": dict(
+        image_size=64,
+        patch_size=8,
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        emotion_dim=32,
+        decoder_dim=96,
+        decoder_depth=2,
+        decoder_heads=4,
+        disc_dim=64,
+        disc_depth=2,
+        disc_heads=2,
+        disc_patch_size=16,
+    ),
     # ViT-Tiny encoder (224², patch 16, 192 wide, 12 deep, 3 heads).
-    "tiny": dict(embed_dim=192, depth=12, num_heads=3, emotion_dim=64, decoder_dim=256, decoder_depth=4, decoder_heads=8,
-                 disc_dim=192, disc_depth=4, disc_heads=3),
+    "tiny": dict(
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        emotion_dim=64,
+        decoder_dim=256,
+        decoder_depth=4,
+        decoder_heads=8,
+        disc_dim=192,
+        disc_depth=4,
+        disc_heads=3,
+    ),
     # ViT-Small encoder (224², patch 16, 384 wide, 12 deep, 6 heads).
-    "small": dict(embed_dim=384, depth=12, num_heads=6, emotion_dim=128, decoder_dim=384, decoder_depth=4, decoder_heads=12,
-                  disc_dim=192, disc_depth=4, disc_heads=3),
+    "small": dict(
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        emotion_dim=128,
+        decoder_dim=384,
+        decoder_depth=4,
+        decoder_heads=12,
+        disc_dim=192,
+        disc_depth=4,
+        disc_heads=3,
+    ),
     # ViT-Base encoder (224², patch 16, 768 wide, 12 deep, 12 heads).
-    "base": dict(embed_dim=768, depth=12, num_heads=12, emotion_dim=256, decoder_dim=512, decoder_depth=8, decoder_heads=16,
-                 disc_dim=384, disc_depth=6, disc_heads=6),
+    "base": dict(
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        emotion_dim=256,
+        decoder_dim=512,
+        decoder_depth=8,
+        decoder_heads=16,
+        disc_dim=384,
+        disc_depth=6,
+        disc_heads=6,
+    ),
 }
 
 

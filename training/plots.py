@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from service.vision.align import to_uint8_images
 
 
-def _font() -> ImageFont.ImageFont:
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
@@ -39,7 +39,9 @@ def confusion_matrix_png(matrix: np.ndarray, labels: list[str], path: str | Path
         for j in range(k):
             shade = int(255 * (1 - rates[i, j]))
             x0, y0 = margin_left + j * cell_px, margin_top + i * cell_px
-            draw.rectangle([x0, y0, x0 + cell_px - 1, y0 + cell_px - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
+            draw.rectangle(
+                [x0, y0, x0 + cell_px - 1, y0 + cell_px - 1], fill=(shade, shade, 255), outline=(200, 200, 200)
+            )
             colour = "white" if rates[i, j] > 0.5 else "black"
             draw.text((x0 + 4, y0 + 8), str(int(matrix[i, j])), fill=colour, font=font)
             draw.text((x0 + 4, y0 + 28), f"{rates[i, j]:.2f}", fill=colour, font=font)

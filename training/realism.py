@@ -44,8 +44,13 @@ class C2STResult:
     n_b: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"auc": self.auc, "auc_sd": float(np.std(self.fold_aucs)), "fold_aucs": list(self.fold_aucs), "n_a": self.n_a,
-                "n_b": self.n_b}
+        return {
+            "auc": self.auc,
+            "auc_sd": float(np.std(self.fold_aucs)),
+            "fold_aucs": list(self.fold_aucs),
+            "n_a": self.n_a,
+            "n_b": self.n_b,
+        }
 
 
 class _Critic(nn.Module):
@@ -57,7 +62,12 @@ class _Critic(nn.Module):
         c_in = 1
         for k in range(4):
             c_out = width * 2**k
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(c_in, 1)

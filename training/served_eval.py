@@ -83,7 +83,9 @@ def recognise_crops(model: EmotionModel, crops: np.ndarray, batch: int = 256) ->
     """Class indices for crops uploaded with ``aligned=true`` (resized to the input, no detection)."""
     h, w = model.input_hw
     resized = np.stack([resize_rgb(np.asarray(c), (w, h)) for c in crops])
-    return np.concatenate([model.recognise(resized[i : i + batch]).logits.argmax(axis=1) for i in range(0, len(resized), batch)])
+    return np.concatenate(
+        [model.recognise(resized[i : i + batch]).logits.argmax(axis=1) for i in range(0, len(resized), batch)]
+    )
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -109,7 +111,9 @@ def change_measures(faces: np.ndarray, pokers: np.ndarray) -> dict[str, float]:
     }
 
 
-def rendered_fidelity(model: EmotionModel, faces: np.ndarray, truth: np.ndarray, expressive: np.ndarray) -> dict[str, float]:
+def rendered_fidelity(
+    model: EmotionModel, faces: np.ndarray, truth: np.ndarray, expressive: np.ndarray
+) -> dict[str, float]:
     """PSNR of the generated poker faces against the true ones, and that of the unchanged input,
     on the expressive faces (a neutral face is its own poker face)."""
     generated = poker_faces(model, faces)
@@ -125,8 +129,15 @@ def rendered_fidelity(model: EmotionModel, faces: np.ndarray, truth: np.ndarray,
     }
 
 
-def difference_grid(faces: np.ndarray, pokers: np.ndarray, y: np.ndarray, num_classes: int, path: str | Path,
-                    per_class: int = 3, gain: float = 4.0) -> Path:
+def difference_grid(
+    faces: np.ndarray,
+    pokers: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    path: str | Path,
+    per_class: int = 3,
+    gain: float = 4.0,
+) -> Path:
     """PNG with ``per_class`` rows per class in label order; columns input | poker face |
     |difference| x ``gain``. The first faces of each class in order are shown, not chosen ones."""
     rows = np.concatenate([np.flatnonzero(y == k)[:per_class] for k in range(num_classes)])
@@ -135,4 +146,6 @@ def difference_grid(faces: np.ndarray, pokers: np.ndarray, y: np.ndarray, num_cl
     def column(images: np.ndarray) -> np.ndarray:  # [B, H, W, 3] uint8 -> [B, 3, H, W] float in [0, 1]
         return images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
-    return image_grid_png([("input", column(faces[rows])), ("poker", column(pokers[rows])), (f"diff x{gain:g}", column(diff))], path)
+    return image_grid_png(
+        [("input", column(faces[rows])), ("poker", column(pokers[rows])), (f"diff x{gain:g}", column(diff))], path
+    )

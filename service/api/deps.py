@@ -1,4 +1,4 @@
-"""Dependencies of the routes, as ``Annotated`` aliases."""
+"""Dependencies of the routes, as ``Annotated`` aliases (the options' are in ``service.api.options``)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,23 @@ import hmac
 from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.schemas import JsonDetectOptions
 from service.config import Settings
-from service.errors import Unauthorized, ValidationFailed
-from service.pipeline import DetectOptions, FacePipeline
+from service.errors import Unauthorized
+from service.pipeline import FacePipeline
 from service.state import ServiceState
-from service.vision.mtcnn import MIN_FACE_SIZE_FLOOR
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.service
+    service: ServiceState = request.app.state.service
+    return service
 
 
 def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
@@ -39,8 +39,12 @@ PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
 
 # --- access ----------------------------------------------------------------------------------
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer <one of PFVIT_API_KEYS>")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <one of PFVIT_API_KEYS>")
+_bearer = HTTPBearer(
+    auto_error=False, scheme_name="bearer", description="Authorization: Bearer <one of PFVIT_API_KEYS>"
+)
+_api_key = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <one of PFVIT_API_KEYS>"
+)
 
 
 def check_api_key(given: str | None, keys: list[str]) -> None:
@@ -83,44 +87,3 @@ def require_api_key(
     (``service.api.middleware``); this is the same check where the route is declared.
     """
     check_api_key(api_key or (bearer.credentials if bearer is not None else None), settings.api_keys)
-
-
-# --- options ---------------------------------------------------------------------------------
-
-
-def query_options(
-    max_faces: Annotated[int | None, Query(ge=1, description="Most faces returned per image (highest scores first).")] = None,
-    min_face_size: Annotated[int | None, Query(ge=MIN_FACE_SIZE_FLOOR, le=4096, description="Smallest face side searched for, in pixels.")] = None,
-    threshold: Annotated[float | None, Query(gt=0.0, lt=1.0, description="Final detection probability threshold.")] = None,
-    aligned: Annotated[bool | None, Query(description="The upload is already an aligned face crop: skip detection.")] = None,
-) -> JsonDetectOptions:
-    return JsonDetectOptions(max_faces=max_faces, min_face_size=min_face_size, threshold=threshold, aligned=aligned)
-
-
-QueryOptionsDep = Annotated[JsonDetectOptions, Depends(query_options)]
-
-
-def resolve_options(settings: Settings, query: JsonDetectOptions, body: JsonDetectOptions | None) -> DetectOptions:
-    """Options from a JSON body win over the query's; the settings fill in the rest."""
-
-    def pick(name: str) -> tuple[object, str]:
-        value = getattr(body, name, None) if body is not None else None
-        return (value, "body") if value is not None else (getattr(query, name), "query")
-
-    max_faces, where = pick("max_faces")
-    if max_faces is not None and max_faces > settings.max_faces_limit:  # type: ignore[operator]
-        # The bound is a setting, so the signature cannot carry it; reported like max_faces=0.
-        limit = settings.max_faces_limit
-        raise ValidationFailed(
-            f"{where}.max_faces: {max_faces} is over this service's limit of {limit}",
-            errors=[{"loc": [where, "max_faces"], "msg": f"Input should be less than or equal to {limit}", "type": "less_than_equal"}],
-        )
-    min_face_size, _ = pick("min_face_size")
-    threshold, _ = pick("threshold")
-    aligned, _ = pick("aligned")
-    return DetectOptions(
-        max_faces=int(max_faces or settings.default_max_faces),  # type: ignore[call-overload]
-        min_face_size=int(min_face_size or settings.default_min_face_size),  # type: ignore[call-overload]
-        threshold=float(threshold if threshold is not None else settings.default_detection_threshold),  # type: ignore[arg-type]
-        aligned=bool(aligned),
-    )

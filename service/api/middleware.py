@@ -83,7 +83,9 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 headers = list(message.get("headers", []))
-                if not any(name.lower() == _REQUEST_ID_KEY for name, _ in headers):  # problem responses carry it already
+                if not any(
+                    name.lower() == _REQUEST_ID_KEY for name, _ in headers
+                ):  # problem responses carry it already
                     headers.append((_REQUEST_ID_KEY, request_id.encode()))
                     message = {**message, "headers": headers}
             await send(message)
@@ -91,7 +93,9 @@ class RequestContext:
         try:
             refused = self._refuse_key(scope)
             if refused is not None:
-                await problem_response(refused, instance=scope.get("path"), headers=_WWW_AUTHENTICATE)(scope, receive, send_wrapper)
+                await problem_response(refused, instance=scope.get("path"), headers=_WWW_AUTHENTICATE)(
+                    scope, receive, send_wrapper
+                )
                 return
             try:
                 replay = await asyncio.wait_for(self._buffer_body(scope, receive), timeout=self.body_timeout_s)
@@ -112,7 +116,13 @@ class RequestContext:
             metrics.WORKER_REQUESTS.inc()
             metrics.HTTP_LATENCY.labels(route=template).observe(seconds)
             if self.access_log:
-                record = {"request_id": request_id, "method": method, "route": template, "status": status, "duration_ms": round(seconds * 1000, 3)}
+                record = {
+                    "request_id": request_id,
+                    "method": method,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                }
                 record.update(access_fields(scope))
                 ACCESS_LOG.log(logging.INFO, "%s %s %d", method, template, status, extra={"access": record})
             request_id_var.reset(token)
@@ -133,7 +143,11 @@ class RequestContext:
     def _limit_for(self, scope: Scope) -> int:
         for name, value in scope.get("headers", ()):
             if name == b"content-type":
-                return self.max_json_body_bytes if value.split(b";")[0].strip().lower() == b"application/json" else self.max_body_bytes
+                return (
+                    self.max_json_body_bytes
+                    if value.split(b";")[0].strip().lower() == b"application/json"
+                    else self.max_body_bytes
+                )
         return self.max_body_bytes
 
     async def _buffer_body(self, scope: Scope, receive: Receive) -> Receive | PFViTError:
@@ -153,10 +167,9 @@ class RequestContext:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                chunks_done = message
 
-                async def disconnected() -> Message:
-                    return chunks_done
+                async def disconnected(message: Message = message) -> Message:
+                    return message
 
                 return disconnected
             body = message.get("body", b"")
@@ -193,8 +206,13 @@ class ProblemCORSMiddleware(CORSMiddleware):
         request_id = request_id_from(request_headers.raw)
         reason = bytes(response.body).decode("utf-8", "replace")
         metrics.ERRORS.labels(type="bad-request").inc()
-        body = problem_body(slug="bad-request", title="Bad request", status=response.status_code, detail=f"CORS preflight refused: {reason}",
-                            request_id=request_id)
+        body = problem_body(
+            slug="bad-request",
+            title="Bad request",
+            status=response.status_code,
+            detail=f"CORS preflight refused: {reason}",
+            request_id=request_id,
+        )
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
         headers[REQUEST_ID_HEADER] = request_id
         return JSONResponse(body, status_code=response.status_code, media_type=PROBLEM_JSON, headers=headers)

@@ -2,7 +2,8 @@
 
 FastAPI writes most of it from the routes; this module adds what the routes cannot say by
 themselves: every error as a ``Problem`` (``application/problem+json``), both request
-forms of the analysis routes (multipart with file pickers, or base64 JSON), the bounds that
+forms of the analysis routes (multipart with file pickers, base64 JSON, or one image as the
+body), the bounds that
 are settings (images per request, ``max_faces``), and the security scheme where API keys
 apply.
 """
@@ -27,17 +28,75 @@ ANALYSIS_ERRORS = (400, 408, 413, 415, 422, 503, 504)
 
 _ERRORS: dict[int, tuple[str, str, str, str]] = {
     # status: (when, slug, title, example detail)
-    400: ("Empty upload, more images than the service takes, or an unparsable multipart body", "empty-upload", "Empty upload", "image 0 (a.jpg): the uploaded file is empty"),
-    401: ("API keys are configured and none, or a wrong one, was sent", "unauthorized", "Missing or invalid API key", "the API key is not valid"),
-    406: ("`Accept` is neither JSON nor PNG", "not-acceptable", "Not acceptable", "cannot answer with 'text/html'; ask for application/json or image/png"),
-    408: ("The request body did not arrive in time", "request-timeout", "Request body not received in time", "the request body did not arrive within 30 s"),
-    413: ("Upload too large (payload-too-large), or an image or the whole request over its pixel budget (image-too-large)", "image-too-large", "Image has too many pixels", "image is 30000x30000 = 900000000 pixels; the limit is 40000000"),
-    415: ("Image format not accepted", "unsupported-media-type", "Unsupported image format", "image format GIF is not accepted; send JPEG, PNG, WebP or BMP"),
-    422: ("Not an image or truncated (invalid-image); a missing field or an invalid option (validation-error); no face where a PNG must be returned (no-face-found)", "invalid-image", "Invalid image", "image data is truncated or corrupt"),
-    500: ("A fault of the server (it is logged)", "internal-error", "Internal error", "the server hit an unexpected error; it has been logged"),
-    501: ("The loaded model has no poker-face graph", "capability-missing", "Not supported by the loaded model", "model 'x' ships no poker-face graph"),
-    503: ("Models still loading (not-ready) or the waiting line is full (queue-full); see Retry-After", "queue-full", "Service busy", "all computing slots are busy and 8 requests are waiting; retry shortly"),
-    504: ("No answer within the request deadline (queue wait included)", "deadline-exceeded", "Request took longer than the deadline", "the request did not finish within the deadline of 30 s"),
+    400: (
+        "Empty upload, more images than the service takes, or an unparsable multipart body",
+        "empty-upload",
+        "Empty upload",
+        "image 0 (a.jpg): the uploaded file is empty",
+    ),
+    401: (
+        "API keys are configured and none, or a wrong one, was sent",
+        "unauthorized",
+        "Missing or invalid API key",
+        "the API key is not valid",
+    ),
+    406: (
+        "`Accept` is neither JSON nor PNG",
+        "not-acceptable",
+        "Not acceptable",
+        "cannot answer with 'text/html'; ask for application/json or image/png",
+    ),
+    408: (
+        "The request body did not arrive in time",
+        "request-timeout",
+        "Request body not received in time",
+        "the request body did not arrive within 30 s",
+    ),
+    413: (
+        "Upload too large (payload-too-large), or an image or the whole request over its pixel budget "
+        "(image-too-large)",
+        "image-too-large",
+        "Image has too many pixels",
+        "image is 30000x30000 = 900000000 pixels; the limit is 40000000",
+    ),
+    415: (
+        "Image format not accepted, or a request body that is not multipart, JSON or an image",
+        "unsupported-media-type",
+        "Unsupported image format",
+        "image format GIF is not accepted; send JPEG, PNG, WebP or BMP",
+    ),
+    422: (
+        "Not an image or truncated (invalid-image); a missing field or an invalid option (validation-error); "
+        "no face where a PNG must be returned (no-face-found); aligned=true on an image that is not square "
+        "(not-square)",
+        "invalid-image",
+        "Invalid image",
+        "image data is truncated or corrupt",
+    ),
+    500: (
+        "A fault of the server (it is logged)",
+        "internal-error",
+        "Internal error",
+        "the server hit an unexpected error; it has been logged",
+    ),
+    501: (
+        "The loaded model has no poker-face graph",
+        "capability-missing",
+        "Not supported by the loaded model",
+        "model 'x' ships no poker-face graph",
+    ),
+    503: (
+        "Models still loading (not-ready) or the waiting line is full (queue-full); see Retry-After",
+        "queue-full",
+        "Service busy",
+        "all computing slots are busy and 8 requests are waiting; retry shortly",
+    ),
+    504: (
+        "No answer within the request deadline (queue wait included)",
+        "deadline-exceeded",
+        "Request took longer than the deadline",
+        "the request did not finish within the deadline of 30 s",
+    ),
 }
 
 # The fixture photo and its one face, as both examples show them.
@@ -58,7 +117,16 @@ RECOGNIZE_EXAMPLE: dict[str, Any] = {
                 {
                     **_FACE_GEOMETRY,
                     "label": "happiness",
-                    "probabilities": {"neutral": 0.006, "happiness": 0.746, "surprise": 0.009, "sadness": 0.005, "anger": 0.014, "disgust": 0.096, "fear": 0.023, "contempt": 0.101},
+                    "probabilities": {
+                        "neutral": 0.006,
+                        "happiness": 0.746,
+                        "surprise": 0.009,
+                        "sadness": 0.005,
+                        "anger": 0.014,
+                        "disgust": 0.096,
+                        "fear": 0.023,
+                        "contempt": 0.101,
+                    },
                     "logits": [0.26, 5.08, 0.72, 0.0, 1.07, 3.03, 1.62, 3.08],
                     "poker_face_png": None,
                 }
@@ -81,16 +149,33 @@ POKER_FACE_EXAMPLE: dict[str, Any] = {
             ],
         }
     ],
-    "timings_ms": {"queue": 0.01, "decode": 4.0, "detect": 38.2, "align": 0.9, "generate": 3.1, "encode": 0.6, "total": 47.9},
+    "timings_ms": {
+        "queue": 0.01,
+        "decode": 4.0,
+        "detect": 38.2,
+        "align": 0.9,
+        "generate": 3.1,
+        "encode": 0.6,
+        "total": 47.9,
+    },
 }
 
 # Request bodies of the analysis routes: path -> the JSON form's model.
-_JSON_BODIES: dict[str, type[BaseModel]] = {"/v1/recognize": JsonRecognizeRequest, "/v1/poker-face": JsonPokerFaceRequest}
+_JSON_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/recognize": JsonRecognizeRequest,
+    "/v1/poker-face": JsonPokerFaceRequest,
+}
 
 
 def problem_response(status: int) -> dict[str, Any]:
     when, slug, title, detail = _ERRORS[status]
-    example = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail, "request_id": "5f0c6a3e9b2d4c1a8e7f6d5c4b3a2910"}
+    example = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "request_id": "5f0c6a3e9b2d4c1a8e7f6d5c4b3a2910",
+    }
     return {"description": when, "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF, "example": example}}}
 
 
@@ -157,7 +242,8 @@ def _analysis_body(json_model: type[BaseModel], settings: Settings, components: 
                 "items": {"type": "string", "format": "binary"},
                 "minItems": 1,
                 "maxItems": settings.max_images,
-                "description": "One or more images (JPEG, PNG, WebP or BMP; EXIF orientation is honoured). Repeat the field for several.",
+                "description": "One or more images (JPEG, PNG, WebP or BMP; EXIF orientation is honoured). "
+                "Repeat the field for several.",
             }
         },
     }
@@ -165,9 +251,15 @@ def _analysis_body(json_model: type[BaseModel], settings: Settings, components: 
         "required": True,
         "content": {
             "multipart/form-data": {"schema": multipart},
+            # One image as the body itself; its format is read from its bytes, as an upload's is.
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {
                 "schema": {"$ref": _REF.format(model=name)},
-                "example": {"images": [{"data": "iVBORw0KGgoAAAANSUhEUgAA...", "filename": "face.png"}], "max_faces": 5},
+                "example": {
+                    "images": [{"data": "iVBORw0KGgoAAAANSUhEUgAA...", "filename": "face.png"}],
+                    "max_faces": 5,
+                },
             },
         },
     }

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
 from service.api.tracing import REQUEST_ID_HEADER, request_id_var
+from service.config import Settings
 from service.errors import PFViTError, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,14 @@ _HTTP_SLUGS = {
 
 
 def problem_body(
-    *, slug: str, title: str, status: int, detail: str, instance: str | None = None, request_id: str | None = None, **extra: Any
+    *,
+    slug: str,
+    title: str,
+    status: int,
+    detail: str,
+    instance: str | None = None,
+    request_id: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
     if instance:
@@ -58,10 +66,14 @@ def _headers(extra: dict[str, str] | None = None, request_id: str | None = None)
     return headers
 
 
-def problem_response(exc: PFViTError, instance: str | None = None, *, retry_after_s: int = 5, headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    exc: PFViTError, instance: str | None = None, *, retry_after_s: int = 5, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """Render one of our errors. Also used by middleware that answers before routing."""
     metrics.ERRORS.labels(type=exc.slug).inc()
-    body = problem_body(slug=exc.slug, title=exc.title, status=exc.status, detail=exc.detail, instance=instance, **exc.extra)
+    body = problem_body(
+        slug=exc.slug, title=exc.title, status=exc.status, detail=exc.detail, instance=instance, **exc.extra
+    )
     extra = dict(headers or {})
     if exc.retry_after:
         extra["Retry-After"] = str(retry_after_s)
@@ -69,7 +81,8 @@ def problem_response(exc: PFViTError, instance: str | None = None, *, retry_afte
 
 
 def _retry_after(request: Request) -> int:
-    return request.app.state.settings.retry_after_s
+    settings: Settings = request.app.state.settings
+    return settings.retry_after_s
 
 
 async def _on_pfvit_error(request: Request, exc: PFViTError) -> JSONResponse:
@@ -96,7 +109,8 @@ def validation_failed(raw_errors: Any, prefix: tuple[str | int, ...] = ()) -> Va
     the document stays small whatever the request."""
     raw = list(raw_errors)
     errors = [
-        {"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")} for e in raw[:MAX_LISTED_ERRORS]
+        {"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in raw[:MAX_LISTED_ERRORS]
     ]
     where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3])
     if len(raw) > 3:
@@ -109,7 +123,9 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONR
     metrics.ERRORS.labels(type=slug).inc()
     detail = exc.detail if isinstance(exc.detail, str) else title
     body = problem_body(slug=slug, title=title, status=exc.status_code, detail=detail, instance=request.url.path)
-    return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=_headers(getattr(exc, "headers", None)))
+    return JSONResponse(
+        body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=_headers(getattr(exc, "headers", None))
+    )
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:

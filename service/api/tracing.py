@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -38,15 +39,16 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-def access_fields(scope: dict[str, Any]) -> dict[str, Any]:
+def access_fields(scope: MutableMapping[str, Any]) -> dict[str, Any]:
     """The per-request dict that routes fill in (images, faces, timings, model, provider)."""
-    return scope.setdefault("state", {}).setdefault("pfvit_access", {})
+    fields: dict[str, Any] = scope.setdefault("state", {}).setdefault("pfvit_access", {})
+    return fields
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per log record. Access records carry their fields in ``record.access``."""
 
-    converter = time.gmtime  # timestamps in UTC, as the "Z" says
+    converter = staticmethod(time.gmtime)  # timestamps in UTC, as the "Z" says
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -66,7 +68,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, separators=(",", ":"), default=str)
-
 
 
 def configure_logging(level: str, log_format: str) -> dict[str, Any] | None:

@@ -50,8 +50,8 @@ async function describeFailure(response, fileName) {
   let detail = "";
   try {
     const body = await response.json();
-    // One photo per request: the service's "image 0 (name): " prefix says nothing new here.
-    detail = (body.detail || body.title || "").replace(/^image \d+ \([^)]*\): /, "");
+    // One photo per request: image_detail is the fault without the "image 0 (name)" the detail adds.
+    detail = body.image_detail || body.detail || body.title || "";
   } catch (_) {
     detail = response.statusText || "";
   }

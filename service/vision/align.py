@@ -143,7 +143,7 @@ def normalise(faces: np.ndarray, mean: tuple[float, float, float], std: tuple[fl
         faces = faces[None]
     if faces.ndim != 4 or faces.shape[-1] != 3:
         raise ValueError(f"faces must be (B, H, W, 3), got {faces.shape}")
-    x = faces.astype(np.float32) / 255.0
+    x: np.ndarray = faces.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 

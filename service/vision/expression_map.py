@@ -104,7 +104,16 @@ def mass_inside(heat: np.ndarray, region: np.ndarray) -> float:
 # A perceptual dark-to-bright ramp (black, purple, red, orange, pale yellow), interpolated to
 # 256 entries; close to matplotlib's "inferno" without depending on it.
 _RAMP_STOPS = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]],
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
     dtype=np.float32,
 )
 

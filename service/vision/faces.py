@@ -17,15 +17,17 @@ import numpy as np
 
 from service.vision.align import align_face, estimate_similarity, template_landmarks, warp_affine
 from service.vision.imaging import Picture
-from service.vision.mtcnn import PNET_CELL
+from service.vision.mtcnn import PNET_CELL, FaceDetection
 
 
 class Detector(Protocol):
     """What :func:`find_faces` needs: ``service.vision.mtcnn.MTCNN`` or a test double."""
 
-    def detect(self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None) -> Sequence: ...
+    def detect(
+        self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None
+    ) -> Sequence[FaceDetection]: ...
 
-    def refine(self, image: np.ndarray, box: Sequence[float]) -> object | None:
+    def refine(self, image: np.ndarray, box: Sequence[float]) -> FaceDetection | None:
         """The final stage alone on one box of a full-resolution photo (``MTCNN.refine``)."""
         ...
 
@@ -47,7 +49,7 @@ def _no_stage(_name: str) -> AbstractContextManager[None]:
     return nullcontext()
 
 
-def keep_detections(detections: Sequence, min_face_size: float, max_faces: int) -> list:
+def keep_detections(detections: Sequence[FaceDetection], min_face_size: float, max_faces: int) -> list[FaceDetection]:
     """The detections a caller gets: at least ``min_face_size`` px on their longer side, the
     ``max_faces`` best by score.
 
@@ -111,7 +113,14 @@ def find_faces(
             corners = picture.to_full(np.asarray(det.box, dtype=np.float64).reshape(2, 2))
             full_landmarks = picture.to_full(landmarks)
             crop, box, full_landmarks = _align(detector, picture, landmarks, full_landmarks, corners.ravel(), size)
-            faces.append(AlignedFace(box=tuple(float(v) for v in box), score=float(det.score), landmarks=full_landmarks, aligned=crop))
+            faces.append(
+                AlignedFace(
+                    box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                    score=float(det.score),
+                    landmarks=full_landmarks,
+                    aligned=crop,
+                )
+            )
     return faces
 
 
@@ -136,7 +145,7 @@ def _align(
     enlarges = float(np.hypot(matrix[0, 0], matrix[1, 0])) > 1.0
     if picture.reduced and enlarges:
         full = picture.full()
-        refined = detector.refine(full, full_box)
+        refined = detector.refine(full, full_box.tolist())
         if refined is not None:
             full_box = np.asarray(refined.box, dtype=np.float64)
             full_landmarks = np.asarray(refined.landmarks, dtype=np.float64).reshape(5, 2)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from service.errors import EmptyUpload, ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.errors import EmptyUpload, ImageTooLarge, InternalError, InvalidImage, UnsupportedMediaType
 
 # Formats accepted from clients, found by their magic bytes (:func:`sniff_format`); Pillow
 # opens a JPEG that many cameras write with a second picture (MPO) as the first picture.
@@ -64,7 +64,7 @@ class Picture:
     _full: np.ndarray | Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_array(cls, image: np.ndarray, *, max_side: int | None = None) -> "Picture":
+    def from_array(cls, image: np.ndarray, *, max_side: int | None = None) -> Picture:
         """Wrap decoded ``(H, W, 3) uint8`` RGB pixels, reduced to ``max_side`` if longer."""
         height, width = image.shape[:2]
         return cls(pixels=reduce_to_side(image, max_side), width=width, height=height, _full=image)
@@ -122,7 +122,9 @@ def decode_picture(data: bytes, *, max_pixels: int, max_side: int | None) -> Pic
     size = side_size(rgb.width, rgb.height, max_side)
     if size is None and not drafted:
         return Picture.from_array(_as_array(rgb))
-    full: Callable[[], np.ndarray] = (lambda: decode_image(data, max_pixels=max_pixels)) if drafted else (lambda: _as_array(rgb))
+    full: Callable[[], np.ndarray] = (
+        (lambda: decode_image(data, max_pixels=max_pixels)) if drafted else (lambda: _as_array(rgb))
+    )
     reduced = rgb if size is None else rgb.resize(size, Image.Resampling.BOX)
     return Picture(pixels=_as_array(reduced), width=upright[0], height=upright[1], _full=full)
 
@@ -278,7 +280,8 @@ def _jpeg_for_decoder(data: bytes) -> bytes:
                 return data
             pos = nxt
         fill_end = _JPEG_FILL.match(data, pos)
-        assert fill_end is not None
+        if fill_end is None:  # data[pos] is 0xFF here, so the run has at least that byte
+            raise InternalError("JPEG walk: no marker fill where one must be")
         code_at = fill_end.end()
         if code_at >= size:
             return data
@@ -358,7 +361,10 @@ def _png_raw_size(ihdr: bytes) -> int:
 
     if interlace == 0:
         return rows(width, height)
-    return sum(rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0) for x0, y0, dx, dy in _ADAM7)
+    return sum(
+        rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0)
+        for x0, y0, dx, dy in _ADAM7
+    )
 
 
 def _check_png_data(data: bytes) -> None:
@@ -389,7 +395,7 @@ def _check_png_data(data: bytes) -> None:
                 total += len(out)
                 if expected is not None and total > expected:
                     raise InvalidImage("the PNG's image data is longer than its declared size")
-                piece = inflater.unconsumed_tail
+                piece = memoryview(inflater.unconsumed_tail)
     if not inflater.eof or (expected is not None and total != expected):
         raise InvalidImage("the PNG's image data is truncated or corrupt: it does not hold every row")
 
@@ -413,7 +419,8 @@ def probe_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
         The errors of :func:`decode_image`, except for faults only decoding finds.
     """
     with _open_checked(data, max_pixels) as img:
-        return img.size
+        width, height = img.size
+        return width, height
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:

@@ -126,7 +126,9 @@ def as_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
 
 
-def pyramid_levels(image: Image.Image, sizes: Sequence[tuple[int, int]], pool: Executor | None = None) -> Iterator[np.ndarray]:
+def pyramid_levels(
+    image: Image.Image, sizes: Sequence[tuple[int, int]], pool: Executor | None = None
+) -> Iterator[np.ndarray]:
     """Area-resize the image to each pyramid level, largest first; yields ``(lh, lw, 3) uint8``.
 
     Pillow's box filter averages each output pixel's footprint with exact fractional
@@ -444,7 +446,9 @@ class MTCNN:
         self._count = threading.Lock()
         self._worker = threading.local()  # .alone: this thread is one of the pool's
         self._pool = (
-            ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn", initializer=self._mark_worker) if self.threads > 1 else None
+            ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn", initializer=self._mark_worker)
+            if self.threads > 1
+            else None
         )
 
     def _mark_worker(self) -> None:
@@ -466,7 +470,7 @@ class MTCNN:
         in one of them, where a detection runs whole (:meth:`detect`)."""
         return None if getattr(self._worker, "alone", False) else self._pool
 
-    def _map(self, fn: Callable[[Any], Any], items: list) -> list:
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         """``[fn(item) for item in items]``, spread over the detector's threads; in order, errors raised."""
         started = [self._start(fn, item) for item in items]
         return [result() for result in started]
@@ -496,7 +500,7 @@ class MTCNN:
         intra_op_threads: int = 0,
         threads: int = 1,
         **kwargs: Any,
-    ) -> "MTCNN":
+    ) -> MTCNN:
         """Load ``model_dir/card.json``, verify every graph's sha256, and create the sessions.
 
         ``threads`` as in the constructor; ``intra_op_threads`` is each session's ONNX Runtime
@@ -579,7 +583,11 @@ class MTCNN:
         if not len(boxes):
             return None
         b = boxes[0]
-        return FaceDetection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(scores[0]), landmarks=points[0].astype(np.float64))
+        return FaceDetection(
+            box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            score=float(scores[0]),
+            landmarks=points[0].astype(np.float64),
+        )
 
     # The three stages; each takes and returns float32 boxes in image pixels.
 
@@ -597,7 +605,10 @@ class MTCNN:
             return generate_boxes(reg, prob, scales[k], self.thresholds[0], first_row=row0 // 2)  # (n, 9)
 
         started = [
-            [self._start(candidates, level, k, band) for band in pnet_bands(*level.shape[:2], PNET_BAND_PIXELS)]
+            [
+                self._start(candidates, level, k, band)
+                for band in pnet_bands(level.shape[0], level.shape[1], PNET_BAND_PIXELS)
+            ]
             for k, level in enumerate(pyramid_levels(picture, sizes, self._shared_pool()))
         ]
         per_level: list[np.ndarray] = []
@@ -614,7 +625,9 @@ class MTCNN:
         reg, prob = self.pnet.run(None, {self._pnet_input: normalise_pixels(level[row0:row1])[None]})[:2]
         return reg[0, :, :cells], prob[0, 1, :cells]
 
-    def _classify(self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int) -> list[np.ndarray]:
+    def _classify(
+        self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int
+    ) -> list[np.ndarray]:
         """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most
         ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call, in calls of
         equal size, as many for each thread that shares them (no thread is left with a short last

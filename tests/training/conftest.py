@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training.data.synthetic import SyntheticFaces  # noqa: E402  (after the skip: it imports torch)
+from training.data.synthetic import SyntheticFaces
 
 IMAGE_SIZE = 32
 TINY_LABELS = ("happiness", "sadness", "neutral")
@@ -19,8 +19,21 @@ def tiny_faces(length: int = 16, seed: int = 0, soft: bool = False) -> Synthetic
 
 def micro_overrides() -> dict:
     """Smaller than ``pfvit_micro`` (32², patch 8): the whole suite runs on 2 shared cores."""
-    return dict(image_size=IMAGE_SIZE, patch_size=8, embed_dim=64, depth=2, num_heads=2, emotion_dim=16,
-                decoder_dim=32, decoder_depth=1, decoder_heads=2, disc_dim=32, disc_depth=1, disc_heads=2, disc_patch_size=8)
+    return dict(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        emotion_dim=16,
+        decoder_dim=32,
+        decoder_depth=1,
+        decoder_heads=2,
+        disc_dim=32,
+        disc_depth=1,
+        disc_heads=2,
+        disc_patch_size=8,
+    )
 
 
 def micro_arch() -> str:

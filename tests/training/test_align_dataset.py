@@ -15,9 +15,9 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from service.vision.align import align_face  # noqa: E402
-from service.vision.imaging import decode_image, encode_png, resize_rgb  # noqa: E402
-from training.data import align_dataset  # noqa: E402
+from service.vision.align import align_face
+from service.vision.imaging import decode_image, encode_png, resize_rgb
+from training.data import align_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 MTCNN_DIR = REPO / "models" / "mtcnn"
@@ -57,7 +57,11 @@ def test_real_photo_failures_and_resume(tmp_path: Path) -> None:
     crop = np.asarray(Image.open(out / "happy" / "astronaut.png"))
     assert crop.shape == (64, 64, 3) and crop.std() > 20  # a picture, not an empty border
     methods = {k: v["method"] for k, v in _rows(out).items()}
-    assert methods == {"happy/astronaut.png": "detected", "neutral/broken.png": "invalid-image", "neutral/wall.png": "no-face"}
+    assert methods == {
+        "happy/astronaut.png": "detected",
+        "neutral/broken.png": "invalid-image",
+        "neutral/wall.png": "no-face",
+    }
     assert not (out / "neutral" / "wall.png").exists()  # no fallback asked for: no crop at all
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["happy"] == {"detected": 1}
@@ -115,7 +119,9 @@ def test_served_request_reaches_the_model_as_training_data_was_prepared(tmp_path
     from service.vision.mtcnn import MTCNN
 
     settings = Settings(_env_file=None)
-    model = EmotionModel.from_dir(REPO / "models" / settings.emotion_model, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    model = EmotionModel.from_dir(
+        REPO / "models" / settings.emotion_model, providers=["CPUExecutionProvider"], intra_op_threads=1
+    )
     size = model.input_hw[0]
     raw = tmp_path / "raw" / "happy"
     raw.mkdir(parents=True)

@@ -29,7 +29,14 @@ from training.data.transforms import FaceTransform
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-COMMANDS = ("pfvit-pretrain", "pfvit-train", "pfvit-train-editor", "pfvit-evaluate", "pfvit-export", "pfvit-align-dataset")
+COMMANDS = (
+    "pfvit-pretrain",
+    "pfvit-train",
+    "pfvit-train-editor",
+    "pfvit-evaluate",
+    "pfvit-export",
+    "pfvit-align-dataset",
+)
 ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"
 MTCNN_DIR = REPO / "models" / "mtcnn"
 TIMEOUT_S = 300
@@ -55,8 +62,13 @@ def test_every_command_answers_help(command: str) -> None:
 
 def test_the_editor_command_needs_its_data_and_a_finished_model() -> None:
     for args in (["--data", "synthetic:n=8"], ["--init", "runs/train/last.pt"]):
-        proc = subprocess.run([str(BIN / "pfvit-train-editor"), *args], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=TIMEOUT_S)
+        proc = subprocess.run(
+            [str(BIN / "pfvit-train-editor"), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=TIMEOUT_S,
+        )
         assert proc.returncode != 0
         assert "--data and --init" in proc.stderr
 
@@ -65,21 +77,68 @@ def test_the_editor_command_takes_its_critic_settings() -> None:
     from training.cli import parse_config
     from training.config import EditorConfig
 
-    flags = ("--adv", "--gan", "--r1-gamma", "--r1-every", "--d-blr", "--d-betas", "--d-steps", "--d-width", "--identity")
+    flags = (
+        "--adv",
+        "--gan",
+        "--r1-gamma",
+        "--r1-every",
+        "--d-blr",
+        "--d-betas",
+        "--d-steps",
+        "--d-width",
+        "--identity",
+    )
     out = _run("pfvit-train-editor", "--help").stdout
     assert all(flag in out for flag in flags)
-    cfg = parse_config(EditorConfig, "pfvit-train-editor", "", ["--adv", "0.1", "--gan", "nonsat", "--r1-gamma", "2", "--r1-every", "3",
-                                                              "--d-blr", "1e-4", "--d-betas", "0", "0.99", "--d-steps", "2",
-                                                              "--d-width", "16", "--identity", "0.3"])
-    assert (cfg.adv, cfg.gan, cfg.r1_gamma, cfg.r1_every, cfg.d_blr, cfg.d_betas, cfg.d_steps, cfg.d_width, cfg.identity) == (
-        0.1, "nonsat", 2.0, 3, 1e-4, (0.0, 0.99), 2, 16, 0.3)
+    cfg = parse_config(
+        EditorConfig,
+        "pfvit-train-editor",
+        "",
+        [
+            "--adv",
+            "0.1",
+            "--gan",
+            "nonsat",
+            "--r1-gamma",
+            "2",
+            "--r1-every",
+            "3",
+            "--d-blr",
+            "1e-4",
+            "--d-betas",
+            "0",
+            "0.99",
+            "--d-steps",
+            "2",
+            "--d-width",
+            "16",
+            "--identity",
+            "0.3",
+        ],
+    )
+    assert (
+        cfg.adv,
+        cfg.gan,
+        cfg.r1_gamma,
+        cfg.r1_every,
+        cfg.d_blr,
+        cfg.d_betas,
+        cfg.d_steps,
+        cfg.d_width,
+        cfg.identity,
+    ) == (0.1, "nonsat", 2.0, 3, 1e-4, (0.0, 0.99), 2, 16, 0.3)
     with pytest.raises(ValueError, match="d_steps"):
         EditorConfig(d_steps=0)
 
 
 def test_a_bad_data_spec_is_a_usage_error_that_lists_the_kinds() -> None:
-    proc = subprocess.run([str(BIN / "pfvit-train"), "--data", "imagenet:/x"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=TIMEOUT_S)
+    proc = subprocess.run(
+        [str(BIN / "pfvit-train"), "--data", "imagenet:/x"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=TIMEOUT_S,
+    )
     assert proc.returncode == 2
     assert "affectnet7" in proc.stderr and "rendered" in proc.stderr
 
@@ -101,31 +160,98 @@ def aligned_photo(tmp_path_factory) -> np.ndarray:
 def test_pipeline_through_the_commands(tmp_path: Path, aligned_photo: np.ndarray) -> None:
     data = "synthetic:n=16"
     common = ["--data", data, "--threads", "1", "--no-progress", "--batch-size", "8", "--warmup-epochs", "0.5"]
-    pre = json.loads(_run("pfvit-pretrain", *common, "--arch", micro_arch(), "--out-dir", str(tmp_path / "pre"),
-                          "--epochs", "1").stdout.strip().splitlines()[-1])
-    train = json.loads(_run("pfvit-train", *common, "--init", pre["checkpoint"], "--arch", "poker_mode=edit", "--sampler", "balanced",
-                            "--out-dir", str(tmp_path / "train"), "--epochs", "1", "--mixup-alpha", "0.2",
-                            "--gan", "nonsat").stdout.strip().splitlines()[-1])
+    pre = json.loads(
+        _run("pfvit-pretrain", *common, "--arch", micro_arch(), "--out-dir", str(tmp_path / "pre"), "--epochs", "1")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    train = json.loads(
+        _run(
+            "pfvit-train",
+            *common,
+            "--init",
+            pre["checkpoint"],
+            "--arch",
+            "poker_mode=edit",
+            "--sampler",
+            "balanced",
+            "--out-dir",
+            str(tmp_path / "train"),
+            "--epochs",
+            "1",
+            "--mixup-alpha",
+            "0.2",
+            "--gan",
+            "nonsat",
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     payload = load_checkpoint(train["checkpoint"])
     assert payload["model_config"]["poker_mode"] == "edit" and payload["model_config"]["image_size"] == 32
     assert payload["stage_config"]["sampler"] == "balanced" and payload["stage_config"]["gan"] == "nonsat"
     assert DataSpec.parse(payload["stage_config"]["data"]) == DataSpec.parse(data)
     assert 0.0 <= train["val_accuracy"] <= 1.0
 
-    editor = json.loads(_run("pfvit-train-editor", *common, "--init", train["checkpoint"], "--poker-data", "synthetic:n=8",
-                             "--poker-repeat", "2", "--out-dir", str(tmp_path / "editor"), "--epochs", "1",
-                             "--max-steps-per-epoch", "2").stdout.strip().splitlines()[-1])
+    editor = json.loads(
+        _run(
+            "pfvit-train-editor",
+            *common,
+            "--init",
+            train["checkpoint"],
+            "--poker-data",
+            "synthetic:n=8",
+            "--poker-repeat",
+            "2",
+            "--out-dir",
+            str(tmp_path / "editor"),
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "2",
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     payload = load_checkpoint(editor["checkpoint"])
     assert payload["stage"] == "editor" and payload["model_config"]["poker_mode"] == "editor" and payload["step"] == 2
     assert DataSpec.parse(payload["stage_config"]["poker_data"]) == DataSpec.parse("synthetic:n=8")
     assert {"poker_sup", "cyc_neutral", "sparsity"} <= set(editor["last"])
 
-    evaluation = json.loads(_run("pfvit-evaluate", "--checkpoint", train["checkpoint"], "--data", data, "--split", "test",
-                                 "--out-dir", str(tmp_path / "eval"), "--threads", "1").stdout.strip().splitlines()[-1])
+    evaluation = json.loads(
+        _run(
+            "pfvit-evaluate",
+            "--checkpoint",
+            train["checkpoint"],
+            "--data",
+            data,
+            "--split",
+            "test",
+            "--out-dir",
+            str(tmp_path / "eval"),
+            "--threads",
+            "1",
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert evaluation["num_samples"] == 8
     model_dir = tmp_path / "model"
-    exported = json.loads(_run("pfvit-export", "--checkpoint", train["checkpoint"], "--out-dir", str(model_dir), "--data", data,
-                               "--metrics", str(tmp_path / "eval" / "metrics.json"), "--name", "cli-test").stdout.strip())
+    exported = json.loads(
+        _run(
+            "pfvit-export",
+            "--checkpoint",
+            train["checkpoint"],
+            "--out-dir",
+            str(model_dir),
+            "--data",
+            data,
+            "--metrics",
+            str(tmp_path / "eval" / "metrics.json"),
+            "--name",
+            "cli-test",
+        ).stdout.strip()
+    )
     assert exported["parity"]["logits_max_abs_diff"] <= 1e-4
 
     # The exported model, served by the service's code on the aligned photo, agrees with torch.

@@ -29,7 +29,6 @@ from training.data.datasets import FERPLUS_VOTE_COLUMNS, crop_box
 from training.data.transforms import hflip, random_affine, to_tensor
 
 
-
 def _noise(h: int, w: int, seed: int, grey: bool = False) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
@@ -162,7 +161,18 @@ def test_ferplus_reads_either_label_file_and_the_data_folder_layout(tmp_path: Pa
     _write_ferplus(tmp_path, with_files=True, with_pixels=False, nested=True)
     label_csv = tmp_path / "data" / "FER2013Train" / "label.csv"
     rows = list(csv.reader(label_csv.open()))
-    rows[0][2:] = ["0", "0", "9", "1", "0", "0", "0", "0", "0", "0"]  # fer0000000: surprise here, neutral in fer2013new.csv
+    rows[0][2:] = [
+        "0",
+        "0",
+        "9",
+        "1",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+    ]  # fer0000000: surprise here, neutral in fer2013new.csv
     rows.reverse()  # file order is not image order
     with label_csv.open("w", newline="") as f:
         csv.writer(f).writerows(rows)

@@ -26,8 +26,15 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str, body) -> None:
     """One process: join the gloo group on loopback, run ``body(rank, out_dir)``, leave."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     from training import distributed
 
     try:
@@ -38,7 +45,9 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str, body) -> None:
 
 def _spawn(body, tmp_path: Path) -> None:
     """Run ``body(rank, tmp_path)`` in two processes, within TIMEOUT_S."""
-    ctx = mp.start_processes(_rank_main, args=(2, _free_port(), str(tmp_path), body), nprocs=2, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _rank_main, args=(2, _free_port(), str(tmp_path), body), nprocs=2, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
@@ -55,7 +64,9 @@ def _shared_init(rank: int, path: Path, labels: list[str], stage: str) -> Path:
 
     if rank == 0:
         torch.manual_seed(0)
-        save_checkpoint(path, TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=labels))), stage, PretrainConfig())
+        save_checkpoint(
+            path, TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=labels))), stage, PretrainConfig()
+        )
     else:
         while not path.exists():
             time.sleep(0.05)
@@ -76,13 +87,35 @@ def _pfvit_then_editor(rank: int, out: Path) -> None:
     from training.engine import run_editor, run_train
 
     init = _shared_init(rank, out / "init.pt", [], "pretrain")
-    cfg = TrainConfig(out_dir=str(out), init=str(init), epochs=1, batch_size=2, warmup_epochs=0.5, max_steps_per_epoch=2,
-                      threads=1, device="cpu", progress=False, eval_every=0)
+    cfg = TrainConfig(
+        out_dir=str(out),
+        init=str(init),
+        epochs=1,
+        batch_size=2,
+        warmup_epochs=0.5,
+        max_steps_per_epoch=2,
+        threads=1,
+        device="cpu",
+        progress=False,
+        eval_every=0,
+    )
     result = run_train(cfg, tiny_faces(8))
     _save_flat([*result.model.parameters(), *result.discriminator.parameters()], out / f"params-{rank}.pt")
     # The editor stage on the finished model: only the editor trains, and under DDP too.
-    editor = run_editor(EditorConfig(out_dir=str(out / "editor"), init=str(out / "last.pt"), epochs=1, batch_size=2,
-                                     warmup_epochs=0.5, max_steps_per_epoch=2, threads=1, device="cpu", progress=False), tiny_faces(8))
+    editor = run_editor(
+        EditorConfig(
+            out_dir=str(out / "editor"),
+            init=str(out / "last.pt"),
+            epochs=1,
+            batch_size=2,
+            warmup_epochs=0.5,
+            max_steps_per_epoch=2,
+            threads=1,
+            device="cpu",
+            progress=False,
+        ),
+        tiny_faces(8),
+    )
     torch.save(editor.model.editor.state_dict(), out / f"editor-{rank}.pt")
 
 
@@ -104,8 +137,23 @@ def _adversarial_editor(rank: int, out: Path) -> None:
     from training.engine import run_editor
 
     init = _shared_init(rank, out / "init.pt", list(TINY_LABELS), "train")
-    cfg = EditorConfig(out_dir=str(out / "editor"), init=str(init), epochs=1, batch_size=3, warmup_epochs=0.5, max_steps_per_epoch=2,
-                       threads=1, device="cpu", progress=False, adv=0.5, identity=0.5, d_steps=2, d_width=8, r1_gamma=1.0, r1_every=2)
+    cfg = EditorConfig(
+        out_dir=str(out / "editor"),
+        init=str(init),
+        epochs=1,
+        batch_size=3,
+        warmup_epochs=0.5,
+        max_steps_per_epoch=2,
+        threads=1,
+        device="cpu",
+        progress=False,
+        adv=0.5,
+        identity=0.5,
+        d_steps=2,
+        d_width=8,
+        r1_gamma=1.0,
+        r1_every=2,
+    )
     result = run_editor(cfg, JointFaces(tiny_faces(12), tiny_faces(4, seed=1)))
     _save_flat([*result.model.editor.parameters(), *result.discriminator.parameters()], out / f"critic-{rank}.pt")
 

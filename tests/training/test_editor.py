@@ -58,7 +58,9 @@ def test_a_grey_models_editor_changes_the_luma_alone() -> None:
     with torch.no_grad():
         change = model.poker_face(model.normalise(images01)) - images01
     assert float(change.abs().mean()) > 1e-3
-    assert torch.allclose(change[:, 0], change[:, 1], atol=1e-5) and torch.allclose(change[:, 0], change[:, 2], atol=1e-5)
+    assert torch.allclose(change[:, 0], change[:, 1], atol=1e-5) and torch.allclose(
+        change[:, 0], change[:, 2], atol=1e-5
+    )
     assert _editor_model(greyscale=False).editor.channels == 3
 
 
@@ -95,15 +97,37 @@ def test_the_terms_count_the_right_items() -> None:
 def finished_pfvit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A PF-ViT stage checkpoint (two steps) for the editor stage to start from."""
     out = tmp_path_factory.mktemp("pfvit")
-    result = run_train(TrainConfig(out_dir=str(out), arch=micro_arch(), epochs=1, batch_size=4, max_steps_per_epoch=2,
-                                   eval_every=0, device="cpu", threads=2, progress=False), tiny_faces(16))
+    result = run_train(
+        TrainConfig(
+            out_dir=str(out),
+            arch=micro_arch(),
+            epochs=1,
+            batch_size=4,
+            max_steps_per_epoch=2,
+            eval_every=0,
+            device="cpu",
+            threads=2,
+            progress=False,
+        ),
+        tiny_faces(16),
+    )
     return Path(result.checkpoint)
 
 
 def _editor_run(out: Path, init: Path, epochs: int, resume: str = "") -> Path:
     data = tiny_faces(16)
-    cfg = EditorConfig(out_dir=str(out), init=str(init), epochs=epochs, batch_size=4, max_steps_per_epoch=3, device="cpu",
-                       threads=2, progress=False, resume=resume, save_every=1)
+    cfg = EditorConfig(
+        out_dir=str(out),
+        init=str(init),
+        epochs=epochs,
+        batch_size=4,
+        max_steps_per_epoch=3,
+        device="cpu",
+        threads=2,
+        progress=False,
+        resume=resume,
+        save_every=1,
+    )
     return Path(run_editor(cfg, data).checkpoint)
 
 
@@ -143,8 +167,17 @@ def test_the_editor_stage_needs_a_finished_model(tmp_path: Path, finished_pfvit:
         run_editor(EditorConfig(out_dir=str(tmp_path), device="cpu"), tiny_faces(4))
     # An architecture without the editor has nothing for the stage to train.
     with pytest.raises(ValueError, match="poker_mode='editor'"):
-        run_editor(EditorConfig(out_dir=str(tmp_path), init=str(finished_pfvit), arch="poker_mode=edit", device="cpu", threads=2,
-                                progress=False), tiny_faces(4))
+        run_editor(
+            EditorConfig(
+                out_dir=str(tmp_path),
+                init=str(finished_pfvit),
+                arch="poker_mode=edit",
+                device="cpu",
+                threads=2,
+                progress=False,
+            ),
+            tiny_faces(4),
+        )
 
 
 def test_an_editor_model_exports_and_its_poker_graph_skips_the_generator(finished_pfvit: Path, tmp_path: Path) -> None:
@@ -165,7 +198,9 @@ def test_an_editor_model_exports_and_its_poker_graph_skips_the_generator(finishe
 
 
 # ----------------------------------------------------------------------------- the critic
-def _stage_batch(labels: list[int], has_poker: list[bool], labelled: list[bool] | None = None, seed: int = 0) -> StageBatch:
+def _stage_batch(
+    labels: list[int], has_poker: list[bool], labelled: list[bool] | None = None, seed: int = 0
+) -> StageBatch:
     """A batch of ``len(labels)`` items of TINY_LABELS' classes, in model space."""
     n = len(labels)
     g = torch.Generator().manual_seed(seed)
@@ -192,13 +227,17 @@ def test_the_critic_reads_neutral_photos_as_real_and_expressive_photos_poker_fac
     # The critic's loss moves with the real set's images and the fake set's poker faces only.
     model = _editor_model()
     torch.manual_seed(1)
-    critic = EditorCritic(model, PatchDiscriminator(3, 8), EditorConfig(r1_gamma=1.0, r1_every=1), neutral, setup("cpu", 2))
+    critic = EditorCritic(
+        model, PatchDiscriminator(3, 8), EditorConfig(r1_gamma=1.0, r1_every=1), neutral, setup("cpu", 2)
+    )
     poker = torch.randn_like(batch.images)
     loss, terms = critic.discriminator_loss(batch.images, poker, sets, step=0)
     others = 1 - sets.real - sets.fake  # [N] neither real nor fake
-    for images, pokers in ((batch.images + 3 * others.view(-1, 1, 1, 1), poker),  # outsiders' images
-                           (batch.images + 3 * sets.fake.view(-1, 1, 1, 1), poker),  # the fakes' own images
-                           (batch.images, poker + 3 * (1 - sets.fake).view(-1, 1, 1, 1))):  # others' poker faces
+    for images, pokers in (
+        (batch.images + 3 * others.view(-1, 1, 1, 1), poker),  # outsiders' images
+        (batch.images + 3 * sets.fake.view(-1, 1, 1, 1), poker),  # the fakes' own images
+        (batch.images, poker + 3 * (1 - sets.fake).view(-1, 1, 1, 1)),
+    ):  # others' poker faces
         again, again_terms = critic.discriminator_loss(images, pokers, sets, step=0)
         assert float(again.detach()) == pytest.approx(float(loss.detach()), abs=1e-6)
         assert float(again_terms["r1"]) == pytest.approx(float(terms["r1"]), abs=1e-6)
@@ -231,16 +270,24 @@ def test_with_the_critic_and_identity_off_the_loss_is_the_three_terms() -> None:
     loss = EditorObjective(model, cfg, TINY_LABELS.index("neutral"))(batch)
     assert list(loss.terms) == ["poker_sup", "sparsity", "cyc_neutral"]
     t = loss.terms
-    assert torch.equal(loss.total, 0 + cfg.poker_sup * t["poker_sup"] + cfg.sparsity * t["sparsity"] + cfg.cyc_neutral * t["cyc_neutral"])
+    assert torch.equal(
+        loss.total,
+        0 + cfg.poker_sup * t["poker_sup"] + cfg.sparsity * t["sparsity"] + cfg.cyc_neutral * t["cyc_neutral"],
+    )
     # The identity term counts photographs only, and a fresh editor keeps the residue exactly.
     with_identity = EditorObjective(model, replace(cfg, identity=1.0), TINY_LABELS.index("neutral"))
     assert float(with_identity(batch).terms["identity"]) > 0
     keep = batch.has_poker > 0
-    rendered = StageBatch(*(t[keep] for t in (batch.images, batch.targets, batch.labelled, batch.true_poker, batch.has_poker)))
+    rendered = StageBatch(
+        *(t[keep] for t in (batch.images, batch.targets, batch.labelled, batch.true_poker, batch.has_poker))
+    )
     assert float(with_identity(rendered).terms["identity"]) == 0.0
     fresh = _editor_model()
     fresh.requires_grad_(False)
-    assert float(EditorObjective(fresh, replace(cfg, identity=1.0), TINY_LABELS.index("neutral"))(batch).terms["identity"]) == 0.0
+    assert (
+        float(EditorObjective(fresh, replace(cfg, identity=1.0), TINY_LABELS.index("neutral"))(batch).terms["identity"])
+        == 0.0
+    )
 
 
 def _photos_and_rendered() -> JointFaces:
@@ -254,10 +301,29 @@ def _log(out: Path) -> list[dict]:
 
 def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    init = save_checkpoint(tmp_path / "init.pt", TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))), "train",
-                           TrainConfig())
-    cfg = EditorConfig(out_dir=str(tmp_path / "full"), init=str(init), epochs=2, batch_size=4, max_steps_per_epoch=2, device="cpu",
-                       threads=2, progress=False, save_every=1, adv=0.5, identity=0.5, d_steps=2, d_width=8, r1_gamma=1.0, r1_every=3)
+    init = save_checkpoint(
+        tmp_path / "init.pt",
+        TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))),
+        "train",
+        TrainConfig(),
+    )
+    cfg = EditorConfig(
+        out_dir=str(tmp_path / "full"),
+        init=str(init),
+        epochs=2,
+        batch_size=4,
+        max_steps_per_epoch=2,
+        device="cpu",
+        threads=2,
+        progress=False,
+        save_every=1,
+        adv=0.5,
+        identity=0.5,
+        d_steps=2,
+        d_width=8,
+        r1_gamma=1.0,
+        r1_every=3,
+    )
     result = run_editor(cfg, _photos_and_rendered())
     payload = load_checkpoint(result.checkpoint)
     assert not any(k.startswith(("discriminator", "critic", "layers")) for k in payload["model"])

@@ -32,8 +32,9 @@ def _batch(n: int = 6, soft: bool = False, seed: int = 0) -> dict[str, torch.Ten
 def _objective(**kw) -> tuple[PFViT, PokerFaceObjective]:
     torch.manual_seed(0)
     model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))
-    objective = PokerFaceObjective(model, build_discriminator(model.config), TrainConfig(**kw), TINY_LABELS.index("neutral"),
-                                   setup("cpu", 2))
+    objective = PokerFaceObjective(
+        model, build_discriminator(model.config), TrainConfig(**kw), TINY_LABELS.index("neutral"), setup("cpu", 2)
+    )
     return model, objective
 
 
@@ -78,7 +79,10 @@ def test_poker_term_averages_over_items_that_have_a_true_poker_face() -> None:
     assert float(got.terms["poker_sup"].detach()) == pytest.approx(float(want), rel=1e-5)
     # No true poker face at all: the term is zero (and still in the graph, for DDP).
     raw["has_poker_face"] = torch.zeros(6, dtype=torch.bool)
-    assert float(objective.generator_loss(prepare_batch(raw, model, torch.device("cpu"))).terms["poker_sup"].detach()) == 0.0
+    assert (
+        float(objective.generator_loss(prepare_batch(raw, model, torch.device("cpu"))).terms["poker_sup"].detach())
+        == 0.0
+    )
 
 
 def test_poker_face_distance_weighs_edges() -> None:
@@ -118,7 +122,12 @@ def test_each_switch_changes_the_loss() -> None:
         out = objective.generator_loss(batch)
         real = batch.images
         d, _ = objective.discriminator_loss(real, out.fakes, step=1)
-        return {"cls": float(out.terms["cls"].detach()), "adv": float(out.terms["adv_poker"].detach()), "d": float(d.detach()), "total": float(out.total.detach())}
+        return {
+            "cls": float(out.terms["cls"].detach()),
+            "adv": float(out.terms["adv_poker"].detach()),
+            "d": float(d.detach()),
+            "total": float(out.total.detach()),
+        }
 
     base = losses(hard)
     assert losses(soft)["cls"] != pytest.approx(base["cls"])  # soft labels are used
@@ -130,8 +139,18 @@ def test_each_switch_changes_the_loss() -> None:
 
 
 def _train_cfg(tmp: Path, **kw) -> TrainConfig:
-    return TrainConfig(out_dir=str(tmp), epochs=2, batch_size=4, warmup_epochs=0.5, max_steps_per_epoch=2, threads=2,
-                       progress=False, save_every=1, eval_every=0, **kw)
+    return TrainConfig(
+        out_dir=str(tmp),
+        epochs=2,
+        batch_size=4,
+        warmup_epochs=0.5,
+        max_steps_per_epoch=2,
+        threads=2,
+        progress=False,
+        save_every=1,
+        eval_every=0,
+        **kw,
+    )
 
 
 def _log(path: Path) -> list[dict]:
@@ -142,8 +161,16 @@ def _log(path: Path) -> list[dict]:
 def pretrained(tmp_path_factory) -> str:
     """A micro MAE checkpoint (1 epoch, 2 steps) that initialises the train-stage tests."""
     out = tmp_path_factory.mktemp("pretrain")
-    cfg = PretrainConfig(out_dir=str(out), arch=micro_arch(), epochs=1, batch_size=4, warmup_epochs=0.5, max_steps_per_epoch=2,
-                         threads=2, progress=False)
+    cfg = PretrainConfig(
+        out_dir=str(out),
+        arch=micro_arch(),
+        epochs=1,
+        batch_size=4,
+        warmup_epochs=0.5,
+        max_steps_per_epoch=2,
+        threads=2,
+        progress=False,
+    )
     result = run_pretrain(cfg, tiny_faces(8))
     assert result.history[0]["loss"] > 0 and result.discriminator is None
     payload = load_checkpoint(result.checkpoint)
@@ -153,8 +180,17 @@ def pretrained(tmp_path_factory) -> str:
 
 def test_pretrain_resume_is_exact(tmp_path: Path, pretrained: str) -> None:
     # Two epochs straight through, against the second epoch resumed from the first's checkpoint.
-    full = PretrainConfig(out_dir=str(tmp_path / "full"), epochs=3, batch_size=4, warmup_epochs=0.5,
-                          max_steps_per_epoch=2, threads=2, progress=False, save_every=1, resume=pretrained)
+    full = PretrainConfig(
+        out_dir=str(tmp_path / "full"),
+        epochs=3,
+        batch_size=4,
+        warmup_epochs=0.5,
+        max_steps_per_epoch=2,
+        threads=2,
+        progress=False,
+        save_every=1,
+        resume=pretrained,
+    )
     run_pretrain(full, tiny_faces(8))
     again = replace(full, out_dir=str(tmp_path / "again"), resume=str(tmp_path / "full" / "checkpoint-0002.pt"))
     run_pretrain(again, tiny_faces(8))
@@ -169,7 +205,9 @@ def test_train_resume_gives_same_next_step_loss(tmp_path: Path, pretrained: str,
     result = run_train(cfg, tiny_faces(8), tiny_faces(6, seed=1))
     full = _log(tmp_path / "full")
     assert [r["step"] for r in full] == [1, 2, 3, 4]
-    assert {"cls", "rec", "adv_poker", "adv_rec", "cyc_neutral", "cyc_residue", "poker_sup", "d", "total"} <= set(full[0])
+    assert {"cls", "rec", "adv_poker", "adv_rec", "cyc_neutral", "cyc_residue", "poker_sup", "d", "total"} <= set(
+        full[0]
+    )
     assert result.metrics is not None
     for name in ("metrics.json", "confusion.png", "samples.png"):
         assert (tmp_path / "full" / "eval" / name).is_file()
@@ -191,8 +229,17 @@ def test_train_resume_gives_same_next_step_loss(tmp_path: Path, pretrained: str,
 def test_training_beats_chance(tmp_path: Path) -> None:
     """A few epochs from scratch on the synthetic classes: training accuracy well above chance."""
     data = SyntheticFaces(48, IMAGE_SIZE, labels=TINY_LABELS)
-    cfg = TrainConfig(out_dir=str(tmp_path), arch=micro_arch(), epochs=8, batch_size=8, blr=0.1, warmup_epochs=0.5, threads=2,
-                      progress=False, eval_every=0)
+    cfg = TrainConfig(
+        out_dir=str(tmp_path),
+        arch=micro_arch(),
+        epochs=8,
+        batch_size=8,
+        blr=0.1,
+        warmup_epochs=0.5,
+        threads=2,
+        progress=False,
+        eval_every=0,
+    )
     result = run_train(cfg, data, SyntheticFaces(24, IMAGE_SIZE, seed=5, labels=TINY_LABELS))
     losses = [h["cls"] for h in result.history]
     assert losses[-1] < 0.7 * losses[0], losses
@@ -220,8 +267,9 @@ class EpochNoise(SyntheticFaces):
 
 def test_augmentation_differs_between_epochs(tmp_path: Path) -> None:
     inner = EpochNoise(8, IMAGE_SIZE, labels=TINY_LABELS)
-    cfg = PretrainConfig(out_dir=str(tmp_path), arch=micro_arch(), epochs=2, batch_size=4, warmup_epochs=0.5, threads=2,
-                         progress=False)
+    cfg = PretrainConfig(
+        out_dir=str(tmp_path), arch=micro_arch(), epochs=2, batch_size=4, warmup_epochs=0.5, threads=2, progress=False
+    )
     run_pretrain(cfg, ConcatDataset([inner]))  # set_epoch reaches datasets inside wrappers too
     assert {epoch for epoch, _ in inner.seen} == {0, 1}
     first, second = inner.seen[:8], inner.seen[8:]
@@ -247,7 +295,11 @@ def test_cycle_trains_the_generator_not_the_recogniser() -> None:
     never the head (which would otherwise learn to call generated faces neutral)."""
     from training.adversarial import SeparationForward
 
-    model = PFViT(PFViTConfig.from_dict({**PFViTConfig(**micro_overrides()).to_dict(), "labels": ["a", "neutral"], "poker_mode": "edit"}))
+    model = PFViT(
+        PFViTConfig.from_dict(
+            {**PFViTConfig(**micro_overrides()).to_dict(), "labels": ["a", "neutral"], "poker_mode": "edit"}
+        )
+    )
     out = SeparationForward(model)(torch.randn(2, 3, model.config.image_size, model.config.image_size))
     (out.cycle_logits.sum() + out.cycle_z_p.sum()).backward()
     assert model.head.fc.weight.grad is None
@@ -268,7 +320,9 @@ def test_stage_without_separation_trains_the_recogniser_alone_and_resumes(tmp_pa
     for name, value in payload["model"].items():
         if name.startswith("generator."):
             assert torch.equal(value, start[name]), name
-    assert not torch.equal(payload["model"]["encoder.blocks.0.attn.qkv.weight"], start["encoder.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(
+        payload["model"]["encoder.blocks.0.attn.qkv.weight"], start["encoder.blocks.0.attn.qkv.weight"]
+    )
     resumed_cfg = replace(cfg, out_dir=str(tmp_path / "resumed"), resume=str(tmp_path / "full" / "checkpoint-0001.pt"))
     run_train(resumed_cfg, tiny_faces(8, soft=True), tiny_faces(6, seed=1))
     resumed = _log(tmp_path / "resumed")

@@ -10,12 +10,12 @@ import onnxruntime as ort
 import torch
 
 from service.card import load_card, verify_files
+from tests.conftest import DEFAULT_MODEL_DIR
 from tests.training.conftest import TINY_LABELS, micro_overrides, tiny_faces
 from training.checkpoint import TrainState, save_checkpoint
 from training.config import PFViTConfig, TrainConfig
 from training.export import export_checkpoint
 from training.model import PFViT
-from tests.conftest import DEFAULT_MODEL_DIR
 
 
 def test_export_parity_and_card(tmp_path: Path) -> None:
@@ -45,20 +45,24 @@ def test_export_parity_and_card(tmp_path: Path) -> None:
 
     # A batch size never seen at export time.
     x = model.normalise(images[:3]).numpy()
-    logits, embedding = ort.InferenceSession(str(paths["recognition"]), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    logits, embedding = ort.InferenceSession(str(paths["recognition"]), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x}
+    )
     with torch.no_grad():
         want_logits, want_embedding = model.recognise(torch.from_numpy(x))
     assert logits.shape == (3, 3) and embedding.shape == (3, model.config.embed_dim)
     assert np.abs(logits - want_logits.numpy()).max() <= 1e-4
     assert np.array_equal(logits.argmax(1), want_logits.numpy().argmax(1))
-    (poker,) = ort.InferenceSession(str(paths["poker_face"]), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    (poker,) = ort.InferenceSession(str(paths["poker_face"]), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x}
+    )
     assert poker.shape == (3, 3, 32, 32) and poker.min() >= 0 and poker.max() <= 1
     with torch.no_grad():
         assert np.abs(poker - model.poker_face(torch.from_numpy(x)).numpy()).mean() <= 1 / 255
 
 
 def test_edit_mode_poker_face_and_export(tmp_path: Path) -> None:
-    """"edit" mode: poker = x + G(z_p + e_n) - G(z), in torch and in the exported graph."""
+    """ "edit" mode: poker = x + G(z_p + e_n) - G(z), in torch and in the exported graph."""
     torch.manual_seed(1)
     torch.set_num_threads(2)
     labels = list(TINY_LABELS)
@@ -75,7 +79,9 @@ def test_edit_mode_poker_face_and_export(tmp_path: Path) -> None:
     out = tmp_path / "model"
     result = export_checkpoint(ckpt, out, images, name="micro-edit")
     assert result["parity"]["poker_face_mean_abs_diff"] <= 1 / 255
-    (poker,) = ort.InferenceSession(str(out / "poker_face.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    (poker,) = ort.InferenceSession(str(out / "poker_face.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x.numpy()}
+    )
     assert np.abs(poker - want.numpy()).mean() <= 1 / 255
 
 
@@ -98,8 +104,31 @@ def test_fp16_export_is_served_unchanged(tmp_path: Path, astronaut_bytes: bytes)
     model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS))).eval()
     ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
     models = tmp_path / "models"
-    export_main(["--checkpoint", str(ckpt), "--out-dir", str(models / "fp32"), "--data", "synthetic:n=8", "--name", "micro-fp32"])
-    export_main(["--checkpoint", str(ckpt), "--out-dir", str(models / "fp16"), "--data", "synthetic:n=8", "--name", "micro-fp16", "--fp16"])
+    export_main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--out-dir",
+            str(models / "fp32"),
+            "--data",
+            "synthetic:n=8",
+            "--name",
+            "micro-fp32",
+        ]
+    )
+    export_main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--out-dir",
+            str(models / "fp16"),
+            "--data",
+            "synthetic:n=8",
+            "--name",
+            "micro-fp16",
+            "--fp16",
+        ]
+    )
 
     card = load_card(models / "fp16")
     paths = verify_files(card, models / "fp16")
@@ -107,26 +136,38 @@ def test_fp16_export_is_served_unchanged(tmp_path: Path, astronaut_bytes: bytes)
     assert {spec.precision for spec in load_card(models / "fp32").graphs.values()} == {"fp32"}
     fp16 = card.training["parity"]["fp16"]
     assert fp16["samples"] == 8 and fp16["argmax_agreement"] == 1.0  # the exporter's sample batch
-    assert 0 < fp16["logits_max_abs_diff"] <= FP16_LOGIT_MAX_ABS and fp16["logits_mean_abs_diff"] <= fp16["logits_max_abs_diff"]
+    assert (
+        0 < fp16["logits_max_abs_diff"] <= FP16_LOGIT_MAX_ABS
+        and fp16["logits_mean_abs_diff"] <= fp16["logits_max_abs_diff"]
+    )
     assert fp16["poker_face_psnr_db"] >= FP16_POKER_PSNR_DB
     assert card.training["parity"]["logits_max_abs_diff"] <= 1e-4  # the fp32 graphs against torch, before conversion
     for path in paths.values():
         graph = onnx.load(str(path))
         assert graph_precision(path) == "fp16"
-        assert {v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]} == {onnx.TensorProto.FLOAT}
+        assert {v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]} == {
+            onnx.TensorProto.FLOAT
+        }
 
     # The service's own sessions (CPU) on both exports: same logits within the fp16 tolerance.
     faces = (np.random.default_rng(0).random((5, 32, 32, 3)) * 255).astype(np.uint8)
-    served = {p: EmotionModel.from_dir(models / p, providers=["CPUExecutionProvider"], intra_op_threads=1) for p in ("fp32", "fp16")}
+    served = {
+        p: EmotionModel.from_dir(models / p, providers=["CPUExecutionProvider"], intra_op_threads=1)
+        for p in ("fp32", "fp16")
+    }
     logits32, logits16 = (served[p].recognise(faces).logits for p in ("fp32", "fp16"))
     assert logits16.dtype == np.float32 and np.abs(logits16 - logits32).max() <= FP16_LOGIT_MAX_ABS
     assert np.abs(served["fp16"].poker_faces(faces).astype(int) - served["fp32"].poker_faces(faces)).max() <= 2
 
     shutil.copytree(REPO / "models" / "mtcnn", models / "mtcnn")
-    settings = Settings(models_dir=models, emotion_model="fp16", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None)
+    settings = Settings(
+        models_dir=models, emotion_model="fp16", providers="cpu", intra_op_threads=1, warmup_runs=1, _env_file=None
+    )
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
-        answer = client.post("/v1/recognize?return_poker_face=true", files={"images": ("a.png", astronaut_bytes, "image/png")})
+        answer = client.post(
+            "/v1/recognize?return_poker_face=true", files={"images": ("a.png", astronaut_bytes, "image/png")}
+        )
         graphs = next(m for m in client.get("/v1/models").json()["models"] if m["kind"] == "emotion")["graphs"]
     assert answer.status_code == 200, answer.text
     (face,) = answer.json()["images"][0]["faces"]
@@ -170,7 +211,9 @@ def test_greyscale_and_mirror_average_reach_the_recognition_graph(tmp_path: Path
     np.testing.assert_allclose(logits(plain, images), logits(plain, luma), atol=1e-4)
     with torch.no_grad():
         np.testing.assert_allclose(logits(plain, images), model(model.normalise(images)).numpy(), atol=1e-4)
-    np.testing.assert_allclose(logits(mirrored, images), 0.5 * (logits(plain, images) + logits(plain, images.flip(-1))), atol=1e-4)
+    np.testing.assert_allclose(
+        logits(mirrored, images), 0.5 * (logits(plain, images) + logits(plain, images.flip(-1))), atol=1e-4
+    )
 
 
 def test_poker_luma_changes_every_channel_alike(tmp_path: Path) -> None:
@@ -194,4 +237,6 @@ def test_poker_luma_changes_every_channel_alike(tmp_path: Path) -> None:
     assert np.abs(luma[:, 0] - luma[:, 1])[inside].max() < 1e-4 and np.abs(luma[:, 1] - luma[:, 2])[inside].max() < 1e-4
     assert np.abs(colour[:, 0] - colour[:, 2]).max() > 1e-3
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(1, 3, 1, 1)
-    np.testing.assert_allclose(luma[:, :1][inside[:, None]], (colour * weights).sum(1, keepdims=True)[inside[:, None]], atol=1e-4)
+    np.testing.assert_allclose(
+        luma[:, :1][inside[:, None]], (colour * weights).sum(1, keepdims=True)[inside[:, None]], atol=1e-4
+    )

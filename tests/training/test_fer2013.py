@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from service.vision.imaging import encode_png  # noqa: E402
-from training.data.fer2013 import FER2013, FER2013_LABELS, export_csv  # noqa: E402
-from training.data.transforms import FaceTransform  # noqa: E402
+from service.vision.imaging import encode_png
+from training.data.fer2013 import FER2013, FER2013_LABELS, export_csv
+from training.data.transforms import FaceTransform
 
 
 def _grey(value: int) -> np.ndarray:

@@ -13,10 +13,10 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from service.card import load_card  # noqa: E402
-from service.vision.imaging import encode_png  # noqa: E402
-from training import fer_model  # noqa: E402
-from training.data.fer2013 import FER2013_FOLDERS  # noqa: E402
+from service.card import load_card
+from service.vision.imaging import encode_png
+from training import fer_model
+from training.data.fer2013 import FER2013_FOLDERS
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"
@@ -51,8 +51,23 @@ def test_recipe_at_toy_size(tmp_path: Path) -> None:
     stand_in_fer2013(data)
 
     def args(run: str) -> list[str]:
-        return ["--fer2013", str(data), "--out-dir", str(tmp_path / run), "--model-dir", str(tmp_path / "model"),
-                "--docs-dir", str(tmp_path / "docs"), "--batch-size", "8", "--threads", "1", "--render-workers", "1", "--quick"]
+        return [
+            "--fer2013",
+            str(data),
+            "--out-dir",
+            str(tmp_path / run),
+            "--model-dir",
+            str(tmp_path / "model"),
+            "--docs-dir",
+            str(tmp_path / "docs"),
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--render-workers",
+            "1",
+            "--quick",
+        ]
 
     assert fer_model.main(args("run")) == 0
 
@@ -67,7 +82,10 @@ def test_recipe_at_toy_size(tmp_path: Path) -> None:
     assert card.training["metrics"]["photos"]["accuracy"] == metrics["photos"]["accuracy"]
     assert (tmp_path / "model" / "judge.pt").is_file()
     # The shipped poker faces come from the editor stage, on top of the PF-ViT stage's model.
-    assert card.training["recipe"]["stage"] == "editor" and card.training["recipe"]["model_config"]["poker_mode"] == "editor"
+    assert (
+        card.training["recipe"]["stage"] == "editor"
+        and card.training["recipe"]["model_config"]["poker_mode"] == "editor"
+    )
     assert metrics["timings"]["editor_s"] > 0
     report = (tmp_path / "docs" / "default-model.md").read_text()
     for needle in ("Faces found", "PrivateTest", "judge", "PSNR", "research"):

@@ -16,10 +16,10 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
-from service.card import load_card  # noqa: E402
-from service.vision.imaging import encode_png  # noqa: E402
-from training import ferplus_model  # noqa: E402
-from training.data.datasets import FERPLUS_LABELS  # noqa: E402
+from service.card import load_card
+from service.vision.imaging import encode_png
+from training import ferplus_model
+from training.data.datasets import FERPLUS_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"
@@ -69,8 +69,23 @@ def test_recipe_at_toy_size(tmp_path: Path) -> None:
     stand_in_ferplus(data)
 
     def args(run: str) -> list[str]:
-        return ["--ferplus", str(data), "--out-dir", str(tmp_path / run), "--model-dir", str(tmp_path / "model"),
-                "--docs-dir", str(tmp_path / "docs"), "--batch-size", "8", "--threads", "1", "--render-workers", "1", "--quick"]
+        return [
+            "--ferplus",
+            str(data),
+            "--out-dir",
+            str(tmp_path / run),
+            "--model-dir",
+            str(tmp_path / "model"),
+            "--docs-dir",
+            str(tmp_path / "docs"),
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "--render-workers",
+            "1",
+            "--quick",
+        ]
 
     assert ferplus_model.main(args("run")) == 0
 

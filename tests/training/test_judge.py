@@ -56,7 +56,9 @@ def test_poker_face_report_counts() -> None:
     labels = ["neutral", "happiness", "anger"]
     judge = JudgeCNN(3)
     # A judge that reads a face by its mean brightness: dark neutral, mid happiness, bright anger.
-    judge.forward = lambda x: torch.stack([-(x.mean((1, 2, 3)) + 2).abs(), -(x.mean((1, 2, 3))).abs(), -(x.mean((1, 2, 3)) - 2).abs()], 1)
+    judge.forward = lambda x: torch.stack(
+        [-(x.mean((1, 2, 3)) + 2).abs(), -(x.mean((1, 2, 3))).abs(), -(x.mean((1, 2, 3)) - 2).abs()], 1
+    )
     level = {0: 0.0, 1: 0.5, 2: 1.0}  # in [0, 1]; normalised: -2, 0, 2
     targets = torch.tensor([0, 0, 1, 1, 2, 2])
     inputs = torch.stack([torch.full((3, 4, 4), level[int(t)]) for t in targets])

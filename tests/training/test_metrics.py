@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training.evaluate import classification_metrics, confusion_matrix  # noqa: E402
-from training.served_eval import NOT_FOUND, score  # noqa: E402
+from training.evaluate import classification_metrics, confusion_matrix
+from training.served_eval import NOT_FOUND, score
 
 LABELS = ["anger", "happiness", "neutral"]
 

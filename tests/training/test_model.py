@@ -117,7 +117,12 @@ def test_factories() -> None:
     assert set(FACTORIES) == set(MODEL_SIZES) == {"micro", "tiny", "small", "base"}
     assert pfvit_micro().config.image_size == 64
     tiny = pfvit_tiny(labels=[str(i) for i in range(7)])
-    assert (tiny.config.embed_dim, tiny.config.depth, tiny.config.num_heads, tiny.config.image_size) == (192, 12, 3, 224)
+    assert (tiny.config.embed_dim, tiny.config.depth, tiny.config.num_heads, tiny.config.image_size) == (
+        192,
+        12,
+        3,
+        224,
+    )
     assert 5.0e6 < tiny.num_params("recognition") < 6.0e6  # ViT-Tiny is 5.6M in the paper's table
 
 
@@ -136,7 +141,10 @@ def test_classes_come_from_the_labels() -> None:
 
 def test_architecture_overrides_are_typed_and_checked() -> None:
     assert PFViTConfig.parse_overrides("image_size=112, poker_mode=edit,mlp_ratio=2") == {
-        "image_size": 112, "poker_mode": "edit", "mlp_ratio": 2.0}
+        "image_size": 112,
+        "poker_mode": "edit",
+        "mlp_ratio": 2.0,
+    }
     for bad in ("image_size=big", "labels=a", "colour=red", "image_size"):
         with pytest.raises(ValueError):
             PFViTConfig.parse_overrides(bad)
@@ -152,7 +160,11 @@ def test_every_stem_gives_the_patch_grid_and_hides_masked_pixels(stem: str) -> N
         # MAE: what the masked patches hold must not reach the visible tokens.
         torch.manual_seed(1)
         z, mask, _ = model.encoder.forward_masked(x, 0.75)
-        hidden = mask.view(2, 1, model.encoder.grid, model.encoder.grid).repeat_interleave(c.patch_size, 2).repeat_interleave(c.patch_size, 3)
+        hidden = (
+            mask.view(2, 1, model.encoder.grid, model.encoder.grid)
+            .repeat_interleave(c.patch_size, 2)
+            .repeat_interleave(c.patch_size, 3)
+        )
         torch.manual_seed(1)
         z_other, _, _ = model.encoder.forward_masked(x + 5.0 * hidden, 0.75)
     assert torch.allclose(z, z_other, atol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tools import probe_classifier  # noqa: E402
+from tools import probe_classifier
 
 
 def test_probe_reports_each_epoch(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,10 +23,36 @@ def test_poker_face_probe_reports_the_change(tmp_path, capsys: pytest.CaptureFix
     from training.config import PretrainConfig
     from training.engine import run_pretrain
 
-    run_pretrain(PretrainConfig(out_dir=str(tmp_path / "mae"), arch=micro_arch(), epochs=1, batch_size=8, threads=1, progress=False,
-                                device="cpu"), tiny_faces(16))
-    argv = ["--init", str(tmp_path / "mae" / "last.pt"), "--loss", "l2", "--steps", "2", "--train-n", "16", "--test-n", "16",
-            "--batch-size", "8", "--threads", "1", "--workers", "1"]
+    run_pretrain(
+        PretrainConfig(
+            out_dir=str(tmp_path / "mae"),
+            arch=micro_arch(),
+            epochs=1,
+            batch_size=8,
+            threads=1,
+            progress=False,
+            device="cpu",
+        ),
+        tiny_faces(16),
+    )
+    argv = [
+        "--init",
+        str(tmp_path / "mae" / "last.pt"),
+        "--loss",
+        "l2",
+        "--steps",
+        "2",
+        "--train-n",
+        "16",
+        "--test-n",
+        "16",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+    ]
     assert probe_poker_face.main(argv) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert line["loss"] == "l2" and line["steps"] == 2
@@ -42,7 +68,10 @@ def test_mirror_gain_reports_both_readings(tmp_path, capsys: pytest.CaptureFixtu
 
     model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))
     ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
-    assert mirror_gain.main(["--checkpoint", str(ckpt), "--data", "synthetic:n=12", "--splits", "val", "--threads", "1"]) == 0
+    assert (
+        mirror_gain.main(["--checkpoint", str(ckpt), "--data", "synthetic:n=12", "--splits", "val", "--threads", "1"])
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert line["split"] == "val" and line["faces"] > 0
     assert 0.0 <= line["accuracy"] <= 1.0 and 0.0 <= line["mirror_average_accuracy"] <= 1.0
@@ -61,9 +90,31 @@ def test_editor_probe_reports_both_kinds_of_face(tmp_path, capsys: pytest.Captur
     stand_in_fer2013(tmp_path / "fer2013")
     model = PFViT(PFViTConfig(**micro_overrides(), labels=list(FER2013_LABELS), greyscale=True))
     ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
-    judge = save_judge(JudgeResult(JudgeCNN(len(FER2013_LABELS)).eval(), list(FER2013_LABELS), 0.0, 0.0), tmp_path / "judge.pt")
-    argv = ["--init", str(ckpt), "--fer2013", str(tmp_path / "fer2013"), "--steps", "2", "--train-n", "16", "--test-n", "16",
-            "--batch-size", "8", "--judge", str(judge), "--threads", "1", "--workers", "1", "--sparsity", "0.1"]
+    judge = save_judge(
+        JudgeResult(JudgeCNN(len(FER2013_LABELS)).eval(), list(FER2013_LABELS), 0.0, 0.0), tmp_path / "judge.pt"
+    )
+    argv = [
+        "--init",
+        str(ckpt),
+        "--fer2013",
+        str(tmp_path / "fer2013"),
+        "--steps",
+        "2",
+        "--train-n",
+        "16",
+        "--test-n",
+        "16",
+        "--batch-size",
+        "8",
+        "--judge",
+        str(judge),
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--sparsity",
+        "0.1",
+    ]
     assert probe_editor.main(argv) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert line["sparsity"] == 0.1 and line["steps"] == 2

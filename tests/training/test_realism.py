@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from training.realism import C2STConfig, c2st, roc_auc  # noqa: E402
+from training.realism import C2STConfig, c2st, roc_auc
 
 
 def _faces(n: int, seed: int, bar: bool = False) -> np.ndarray:

@@ -140,7 +140,7 @@ def test_scene_contains_the_face_at_its_box() -> None:
     err = np.abs(aligned[inner].astype(np.int16) - direct_aligned[inner]).mean()
     assert err < 6.0
     # and the box is not background: the background is flat grey in the default scene
-    box_px = big.image[int(y0):int(y1), int(x0):int(x1)].astype(np.int16)
+    box_px = big.image[int(y0) : int(y1), int(x0) : int(x1)].astype(np.int16)
     assert np.abs(box_px - big.image[5, 5]).mean() > 20
 
 
@@ -189,7 +189,6 @@ def test_augmentation_treats_face_and_poker_face_alike() -> None:
     assert 0 < flips < 8
 
 
-
 def test_set_epoch_redraws_augmentation_and_is_deterministic_per_epoch() -> None:
     def images(ds: RenderedFaceDataset, epoch: int) -> list[torch.Tensor]:
         ds.set_epoch(epoch)
@@ -219,8 +218,9 @@ def test_grid_command_writes_rows_of_emotions_and_pairs_of_columns(tmp_path: Pat
         grid = np.asarray(img.convert("RGB"))
     s = render_sample((1, 3, 1), size, label=3)  # row 3 (sadness), pair 1: columns 2 and 3
     y, x = header + pad + 3 * (size + pad), pad + 2 * (size + pad)
-    assert np.array_equal(grid[y:y + size, x:x + size], s.image)
-    assert np.array_equal(grid[y:y + size, x + size + pad:x + 2 * size + pad], s.poker_face)
+    assert np.array_equal(grid[y : y + size, x : x + size], s.image)
+    assert np.array_equal(grid[y : y + size, x + size + pad : x + 2 * size + pad], s.poker_face)
+
 
 # --------------------------------------------------------------------------- golden renders
 # A rendered face is a pure function of its seed, down to the byte: these digests were taken
@@ -259,10 +259,19 @@ def golden_digests() -> dict[str, str]:
     for identity_id in range(8):
         r = render_face(identity_from_id(identity_id), prototype_aus("contempt", 0.9, identity_id % 2), Scene(), 64)
         out[f"face/{identity_id}/image"], out[f"face/{identity_id}/landmarks"] = _digest(r.image), _digest(r.landmarks)
-    r = render_scene(identity_from_id(4), prototype_aus("fear", 0.8), Scene(rotation_deg=5.0, yaw=-0.3, seed=9,
-                                                                            noise_sigma=0.02, background=2),
-                     canvas=(160, 120), face_px=80.0, centre=(90.0, 64.0))
-    out["scene/image"], out["scene/landmarks"], out["scene/box"] = _digest(r.image), _digest(r.landmarks), _digest(r.box)
+    r = render_scene(
+        identity_from_id(4),
+        prototype_aus("fear", 0.8),
+        Scene(rotation_deg=5.0, yaw=-0.3, seed=9, noise_sigma=0.02, background=2),
+        canvas=(160, 120),
+        face_px=80.0,
+        centre=(90.0, 64.0),
+    )
+    out["scene/image"], out["scene/landmarks"], out["scene/box"] = (
+        _digest(r.image),
+        _digest(r.landmarks),
+        _digest(r.box),
+    )
     ds = RenderedFaceDataset("train", 48, 8, seed=3, augment=True)
     for epoch in GOLDEN_EPOCHS:
         ds.set_epoch(epoch)

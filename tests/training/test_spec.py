@@ -21,21 +21,34 @@ SHIPPED_CARD = REPO / "models" / "pfvit-micro-rendered" / "card.json"
 
 
 def test_registry_covers_every_documented_kind() -> None:
-    assert set(DATA_KINDS) == {"rafdb", "ferplus", "affectnet", "affectnet7", "affectnet8", "folder", "fer2013", "rendered", "synthetic"}
+    assert set(DATA_KINDS) == {
+        "rafdb",
+        "ferplus",
+        "affectnet",
+        "affectnet7",
+        "affectnet8",
+        "folder",
+        "fer2013",
+        "rendered",
+        "synthetic",
+    }
 
 
-@pytest.mark.parametrize("text", [
-    "rendered:seed=0,size=64,n=16000",
-    "rendered:seed=0,size=64,n=16000,val_n=800,test_n=2000",
-    "synthetic:n=64",
-    "synthetic:",
-    "rafdb:/data/RAF-DB",
-    "affectnet7:/data/AffectNet,face=box,precropped=true",
-    "ferplus:/data/FERPlus,source=pixels",
-    "folder:data",
-    "fer2013:/data/fer2013-aligned48",
-    "fer2013:/data/fer2013,cache=false",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "rendered:seed=0,size=64,n=16000",
+        "rendered:seed=0,size=64,n=16000,val_n=800,test_n=2000",
+        "synthetic:n=64",
+        "synthetic:",
+        "rafdb:/data/RAF-DB",
+        "affectnet7:/data/AffectNet,face=box,precropped=true",
+        "ferplus:/data/FERPlus,source=pixels",
+        "folder:data",
+        "fer2013:/data/fer2013-aligned48",
+        "fer2013:/data/fer2013,cache=false",
+    ],
+)
 def test_spec_round_trips(text: str) -> None:
     spec = DataSpec.parse(text)
     assert str(spec) == text and DataSpec.parse(str(spec)) == spec
@@ -52,24 +65,40 @@ def test_the_shipped_cards_spec_parses_back() -> None:
 
 def test_the_spec_in_a_checkpoint_parses_back(tmp_path: Path) -> None:
     spec = DataSpec.of("affectnet", "/data/AffectNet", num_classes=7, precropped=True)
-    model = PFViT(PFViTConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, emotion_dim=8, decoder_dim=16,
-                              decoder_depth=1, decoder_heads=2, disc_patch_size=8, labels=["a", "b"]))
+    model = PFViT(
+        PFViTConfig(
+            image_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            emotion_dim=8,
+            decoder_dim=16,
+            decoder_depth=1,
+            decoder_heads=2,
+            disc_patch_size=8,
+            labels=["a", "b"],
+        )
+    )
     path = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data=str(spec)))
     assert DataSpec.parse(load_checkpoint(path)["stage_config"]["data"]) == spec
     assert str(spec) == "affectnet:/data/AffectNet,num_classes=7,precropped=true"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("imagenet:/data", "rafdb, ferplus, affectnet, affectnet7, affectnet8, folder, fer2013, rendered, synthetic"),
-    ("fer2013:/x,colour=red", "its options: cache"),
-    ("rafdb", "needs a folder"),
-    ("synthetic:64", "not key=value"),
-    ("affectnet:/x,colour=red", "its options: num_classes, face, precropped, skip_missing"),
-    ("affectnet7:/x,num_classes=8", "has no option"),
-    ("affectnet:/x,precropped=maybe", "true or false"),
-    ("rendered:n=ten", "n=ten"),
-    ("rendered:n=8,n=9", "twice"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("imagenet:/data", "rafdb, ferplus, affectnet, affectnet7, affectnet8, folder, fer2013, rendered, synthetic"),
+        ("fer2013:/x,colour=red", "its options: cache"),
+        ("rafdb", "needs a folder"),
+        ("synthetic:64", "not key=value"),
+        ("affectnet:/x,colour=red", "its options: num_classes, face, precropped, skip_missing"),
+        ("affectnet7:/x,num_classes=8", "has no option"),
+        ("affectnet:/x,precropped=maybe", "true or false"),
+        ("rendered:n=ten", "n=ten"),
+        ("rendered:n=8,n=9", "twice"),
+    ],
+)
 def test_bad_specs_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DataSpec.parse(text)

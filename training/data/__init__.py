@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from training.data.datasets import (
     AFFECTNET_LABELS,
     FERPLUS_LABELS,
-    RAFDB_LABELS,
     RAFDB,
+    RAFDB_LABELS,
     AffectNet,
     FaceDataset,
     FERPlus,

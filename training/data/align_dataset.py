@@ -32,9 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 import numpy as np
+from tqdm import tqdm
 
 from service.errors import PFViTError
 from service.vision.align import align_face
@@ -73,8 +72,7 @@ def output_paths(relative: Sequence[Path]) -> dict[Path, Path]:
     """
     stems = Counter(p.with_suffix("") for p in relative)
     return {
-        p: p.with_name(p.name + ".png") if stems[p.with_suffix("")] > 1 else p.with_suffix(".png")
-        for p in relative
+        p: p.with_name(p.name + ".png") if stems[p.with_suffix("")] > 1 else p.with_suffix(".png") for p in relative
     }
 
 
@@ -87,7 +85,7 @@ def choose_face(detections: Sequence[AlignedFace], keep: str) -> AlignedFace | N
     if not detections:
         return None
     if keep == "confident":
-        return max(detections, key=lambda d: d.score)
+        return max(detections, key=lambda d: d.score or 0.0)
     return max(detections, key=lambda d: (d.area, d.score))
 
 
@@ -153,22 +151,40 @@ def build_parser() -> argparse.ArgumentParser:
     add("input_dir", type=Path, help="folder of raw photos (sub-folders, e.g. labels, are kept)")
     add("output_dir", type=Path, help="folder for the aligned PNG crops, landmarks.csv and summary.json")
     add("--size", type=int, default=224, help="side of the aligned square crop, pixels (default 224)")
-    add("--models", type=Path, default=DEFAULT_MTCNN_DIR, help="MTCNN model folder (default: the repository's models/mtcnn)")
+    add(
+        "--models",
+        type=Path,
+        default=DEFAULT_MTCNN_DIR,
+        help="MTCNN model folder (default: the repository's models/mtcnn)",
+    )
     add(
         "--keep",
         choices=("largest", "confident"),
         default="largest",
         help="which face to keep when several are found (default largest)",
     )
-    add("--min-face-size", type=int, default=DEFAULT_MIN_FACE_SIZE, help=f"smallest face side searched for and kept, pixels (default {DEFAULT_MIN_FACE_SIZE})")
+    add(
+        "--min-face-size",
+        type=int,
+        default=DEFAULT_MIN_FACE_SIZE,
+        help=f"smallest face side searched for and kept, pixels (default {DEFAULT_MIN_FACE_SIZE})",
+    )
     add("--threshold", type=float, default=None, help="O-Net score threshold (default: the detector's)")
     add("--pad", type=int, default=0, help="edge-pad every photo by this many pixels before detection (default 0)")
-    add("--upscale", type=float, default=1.0, help="resize every (padded) photo by this factor before detection (default 1)")
+    add(
+        "--upscale",
+        type=float,
+        default=1.0,
+        help="resize every (padded) photo by this factor before detection (default 1)",
+    )
     add(
         "--fallback",
         choices=("none", "mean"),
         default="none",
-        help="photos without a detected face: skip them (none) or align them with the mean landmarks of the detected faces (mean)",
+        help=(
+            "photos without a detected face: skip them (none) or align them with the mean landmarks of the "
+            "detected faces (mean)"
+        ),
     )
     add("--max-pixels", type=int, default=40_000_000, help="skip images with more pixels (default 40M)")
     add("--overwrite", action="store_true", help="redo images already listed in OUTPUT_DIR/landmarks.csv")
@@ -176,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _align_one(detector: MTCNN, path: Path, rel: str, args: argparse.Namespace) -> tuple[dict[str, str], np.ndarray | None]:
+def _align_one(
+    detector: MTCNN, path: Path, rel: str, args: argparse.Namespace
+) -> tuple[dict[str, str], np.ndarray | None]:
     """``(landmarks.csv row, aligned crop or None)`` for one photo."""
     try:
         image = prepare(decode_image(path.read_bytes(), max_pixels=args.max_pixels), args.pad, args.upscale)
@@ -185,7 +203,12 @@ def _align_one(detector: MTCNN, path: Path, rel: str, args: argparse.Namespace) 
     except OSError:  # unreadable file (permissions, vanished)
         return landmark_row(rel, "unreadable", None, None), None
     faces = find_faces(
-        detector, image, size=args.size, min_face_size=args.min_face_size, threshold=args.threshold, max_faces=_ALL_FACES
+        detector,
+        image,
+        size=args.size,
+        min_face_size=args.min_face_size,
+        threshold=args.threshold,
+        max_faces=_ALL_FACES,
     )
     face = choose_face(faces, args.keep)
     if face is None:
@@ -193,7 +216,13 @@ def _align_one(detector: MTCNN, path: Path, rel: str, args: argparse.Namespace) 
     return landmark_row(rel, DETECTED, image, face.landmarks), face.aligned
 
 
-def _apply_fallback(rows: dict[str, dict[str, str]], input_dir: Path, output_dir: Path, outputs: dict[Path, Path], args: argparse.Namespace) -> np.ndarray | None:
+def _apply_fallback(
+    rows: dict[str, dict[str, str]],
+    input_dir: Path,
+    output_dir: Path,
+    outputs: dict[Path, Path],
+    args: argparse.Namespace,
+) -> np.ndarray | None:
     """Align every "no-face" photo with the detected faces' mean landmarks; returns them."""
     mean = mean_relative_landmarks(list(rows.values()))
     if mean is None:
@@ -201,7 +230,9 @@ def _apply_fallback(rows: dict[str, dict[str, str]], input_dir: Path, output_dir
     for rel, row in rows.items():
         if row["method"] != "no-face":
             continue
-        image = prepare(decode_image((input_dir / rel).read_bytes(), max_pixels=args.max_pixels), args.pad, args.upscale)
+        image = prepare(
+            decode_image((input_dir / rel).read_bytes(), max_pixels=args.max_pixels), args.pad, args.upscale
+        )
         landmarks = mean * np.array([image.shape[1], image.shape[0]], dtype=np.float64)
         aligned, _ = align_face(image, landmarks, args.size)
         target = output_dir / outputs[Path(rel)]
@@ -272,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = summary["counts"]["*"]
     print(
         f"{counts.get(DETECTED, 0)} detected, {counts.get(FALLBACK, 0)} aligned with the fixed fallback, "
-        f"{sum(v for k, v in counts.items() if k not in (DETECTED, FALLBACK))} without a usable face, of {len(relative)} images "
+        f"{sum(v for k, v in counts.items() if k not in (DETECTED, FALLBACK))} without a usable face, of "
+        f"{len(relative)} images "
         f"(per image: {table}; counts: {output_dir / 'summary.json'})",
         file=sys.stderr,
     )

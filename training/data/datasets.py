@@ -126,8 +126,12 @@ class FaceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         # generator=None: the global torch RNG, which DataLoader seeds differently per worker.
         image = self.transform(self.load_face(index))
-        return {"image": image, "label": torch.tensor(self.targets[index], dtype=torch.int64),
-                "poker_face": image, "has_poker_face": torch.tensor(False)}
+        return {
+            "image": image,
+            "label": torch.tensor(self.targets[index], dtype=torch.int64),
+            "poker_face": image,
+            "has_poker_face": torch.tensor(False),
+        }
 
 
 # --- RAF-DB ---------------------------------------------------------------------------------
@@ -270,21 +274,29 @@ class FERPlus(FaceDataset):
         super().__init__(transform)
         self.labels = list(FERPLUS_LABELS)
         root = Path(root)
-        base = root / "data" if (root / "data" / "FER2013Train").is_dir() or (root / "data" / "FER2013Test").is_dir() else root
+        base = (
+            root / "data"
+            if (root / "data" / "FER2013Train").is_dir() or (root / "data" / "FER2013Test").is_dir()
+            else root
+        )
         usage, folder = _FERPLUS_SPLITS[_split_key(split, _FERPLUS_SPLITS, "FERPlus")]
         if votes not in ("label", "new"):
             raise ValueError(f"votes must be 'label' or 'new', got {votes!r}")
         if source not in ("auto", "files", "pixels"):
             raise ValueError(f"source must be 'auto', 'files' or 'pixels', got {source!r}")
         image_dir = (Path(images) if images else base) / folder
-        new_csv = next((d / "fer2013new.csv" for d in (root, base, base.parent) if (d / "fer2013new.csv").is_file()), None)
+        new_csv = next(
+            (d / "fer2013new.csv" for d in (root, base, base.parent) if (d / "fer2013new.csv").is_file()), None
+        )
         if source == "auto":
             source = "files" if image_dir.is_dir() else "pixels"
 
         names: list[str] = []
         soft: list[np.ndarray] = []
         self.targets = []
-        for name, vote_row in _ferplus_vote_rows(base / folder / "label.csv" if votes == "label" else new_csv, usage, votes):
+        for name, vote_row in _ferplus_vote_rows(
+            base / folder / "label.csv" if votes == "label" else new_csv, usage, votes
+        ):
             label = ferplus_majority(vote_row)
             if label is None:
                 continue
@@ -300,7 +312,10 @@ class FERPlus(FaceDataset):
         if source == "pixels":
             old_csv = root / "fer2013.csv"
             if not old_csv.is_file() or new_csv is None:
-                raise ValueError(f"FERPlus images not found: neither the folder {image_dir} nor fer2013.csv with fer2013new.csv in {root}")
+                raise ValueError(
+                    f"FERPlus images not found: neither the folder {image_dir} "
+                    f"nor fer2013.csv with fer2013new.csv in {root}"
+                )
             row_of = {name: i for i, name in _ferplus_rows_by_name(new_csv)}
             missing = [n for n in names if n not in row_of]
             if missing:
@@ -339,7 +354,10 @@ def _ferplus_vote_rows(path: Path | None, usage: str, votes: str) -> list[tuple[
                 if not row:
                     continue
                 if len(row) != 2 + len(FERPLUS_VOTE_COLUMNS):
-                    raise ValueError(f"{path}:{line_no}: expected name, box and {len(FERPLUS_VOTE_COLUMNS)} votes, got {len(row)} columns")
+                    raise ValueError(
+                        f"{path}:{line_no}: expected name, box and {len(FERPLUS_VOTE_COLUMNS)} votes, "
+                        f"got {len(row)} columns"
+                    )
                 if row[0].strip():
                     rows.append((row[0].strip(), [float(v) for v in row[2:]]))
         else:
@@ -355,7 +373,11 @@ def _ferplus_vote_rows(path: Path | None, usage: str, votes: str) -> list[tuple[
 def _ferplus_rows_by_name(path: Path) -> list[tuple[int, str]]:
     """``(row index, image name)`` of every named row of ``fer2013new.csv``."""
     with path.open(newline="") as f:
-        return [(i, (row["Image name"] or "").strip()) for i, row in enumerate(csv.DictReader(f)) if (row["Image name"] or "").strip()]
+        return [
+            (i, (row["Image name"] or "").strip())
+            for i, row in enumerate(csv.DictReader(f))
+            if (row["Image name"] or "").strip()
+        ]
 
 
 def _read_fer2013_pixels(path: Path, rows: list[int], usage: str) -> np.ndarray:
@@ -557,9 +579,7 @@ def _find_image_dir(root: Path, rel_paths: Sequence[str]) -> Path:
     for directory in candidates:
         if any((directory / p).is_file() for p in probe):
             return directory
-    raise ValueError(
-        f"AffectNet images not found: none of {[str(c) for c in candidates]} holds e.g. {probe[0]}"
-    )
+    raise ValueError(f"AffectNet images not found: none of {[str(c) for c in candidates]} holds e.g. {probe[0]}")
 
 
 # --- generic folder -------------------------------------------------------------------------
@@ -612,4 +632,3 @@ class ImageFolder(FaceDataset):
 
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-

@@ -32,7 +32,13 @@ from training.data.transforms import FaceTransform
 FER2013_LABELS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
 # The image-folder form's class folders, in the same order.
 FER2013_FOLDERS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-FER2013_USAGE = {"train": "Training", "val": "PublicTest", "valid": "PublicTest", "validation": "PublicTest", "test": "PrivateTest"}
+FER2013_USAGE = {
+    "train": "Training",
+    "val": "PublicTest",
+    "valid": "PublicTest",
+    "validation": "PublicTest",
+    "test": "PrivateTest",
+}
 FER2013_SIDE_PX = 48
 _FILE_NAME = re.compile(r"^(Training|PublicTest|PrivateTest)_(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 
@@ -46,7 +52,7 @@ def usage_of(split: str) -> str:
 
 def scan_folder(root: Path, usage: str) -> list[tuple[Path, int]]:
     """``(path, class index)`` of every original image of one usage below ``root``, sorted."""
-    items = []
+    numbered: list[tuple[int, str, Path, int]] = []
     for path in root.rglob("*"):
         match = _FILE_NAME.match(path.name)
         if not match or match.group(1) != usage or not path.is_file():
@@ -54,10 +60,10 @@ def scan_folder(root: Path, usage: str) -> list[tuple[Path, int]]:
         folder = path.parent.name.lower()
         if folder not in FER2013_FOLDERS:
             raise ValueError(f"{path}: class folder {path.parent.name!r} is not one of {FER2013_FOLDERS}")
-        items.append((path, FER2013_FOLDERS.index(folder)))
+        numbered.append((int(match.group(2)), path.as_posix(), path, FER2013_FOLDERS.index(folder)))
     # Numeric order of <n>, so the order (and a seeded shuffle of it) is the same on any file system.
-    items.sort(key=lambda item: (int(_FILE_NAME.match(item[0].name).group(2)), item[0].as_posix()))
-    return items
+    numbered.sort(key=lambda item: item[:2])
+    return [(path, label) for _, _, path, label in numbered]
 
 
 def read_csv(csv_path: Path, usage: str) -> tuple[np.ndarray, list[int]]:
@@ -73,7 +79,7 @@ def read_csv(csv_path: Path, usage: str) -> tuple[np.ndarray, list[int]]:
                 continue
             pixels = np.array(row["pixels"].split(), dtype=np.uint8)
             if pixels.size != FER2013_SIDE_PX * FER2013_SIDE_PX:
-                raise ValueError(f"{csv_path}:{line}: {pixels.size} pixels, expected {FER2013_SIDE_PX ** 2}")
+                raise ValueError(f"{csv_path}:{line}: {pixels.size} pixels, expected {FER2013_SIDE_PX**2}")
             label = int(row["emotion"])
             if not 0 <= label < len(FER2013_LABELS):
                 raise ValueError(f"{csv_path}:{line}: emotion {label} out of range")
@@ -129,7 +135,9 @@ class FER2013(FaceDataset):
             if cache:
                 self._faces = [read_image(p) for p in self.paths]
         if not self.targets:
-            raise ValueError(f"no FER2013 {usage} faces under {root} (expected fer2013.csv or <class>/{usage}_<n>.jpg|png)")
+            raise ValueError(
+                f"no FER2013 {usage} faces under {root} (expected fer2013.csv or <class>/{usage}_<n>.jpg|png)"
+            )
 
     def load_face(self, index: int) -> np.ndarray:
         if self._faces is not None:

@@ -37,8 +37,14 @@ class JointFaces(Dataset):
     ``soft_label``: the photo's votes, a rendered face's one-hot class, or zeros (unlabelled).
     """
 
-    def __init__(self, real: Dataset, rendered: Dataset, greyscale: bool = False, rendered_repeat: int = 1,
-                 rendered_labels: bool = True) -> None:
+    def __init__(
+        self,
+        real: Dataset,
+        rendered: Dataset,
+        greyscale: bool = False,
+        rendered_repeat: int = 1,
+        rendered_labels: bool = True,
+    ) -> None:
         if rendered_repeat < 1:
             raise ValueError(f"rendered_repeat must be at least 1, got {rendered_repeat}")
         self.real = real
@@ -49,7 +55,7 @@ class JointFaces(Dataset):
         index = {name.lower(): k for k, name in enumerate(self.labels)}
         self.rendered_to_real = [index.get(name.lower(), -1) if rendered_labels else -1 for name in rendered.labels]
         self.soft = getattr(real, "soft_labels", None)  # (N, K) float32 or None
-        rendered_targets = [int(t) for t in getattr(rendered, "targets")]
+        rendered_targets = [int(t) for t in rendered.targets]
         self.targets: list[int] = [int(t) for t in real.targets] + [
             self.rendered_to_real[t] if t >= 0 else -1 for t in rendered_targets
         ] * rendered_repeat

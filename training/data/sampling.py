@@ -55,9 +55,7 @@ def balanced_sampler(
     labelled = int((weights > 0).sum())
     if labelled == 0:
         raise ValueError("no labelled samples to balance")
-    return WeightedRandomSampler(
-        weights, num_samples=num_samples or labelled, replacement=True, generator=generator
-    )
+    return WeightedRandomSampler(weights, num_samples=num_samples or labelled, replacement=True, generator=generator)
 
 
 class BalancedSampler(Sampler[int]):
@@ -74,8 +72,15 @@ class BalancedSampler(Sampler[int]):
         num_samples: draws per epoch over all ranks; defaults to the number of labelled samples.
     """
 
-    def __init__(self, targets: Sequence[int], num_classes: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 num_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        targets: Sequence[int],
+        num_classes: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        num_samples: int | None = None,
+    ) -> None:
         self.weights = sample_weights(targets, num_classes)
         labelled = int((self.weights > 0).sum())
         if labelled == 0:

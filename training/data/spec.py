@@ -65,8 +65,10 @@ class DataSpec:
         kind, sep, rest = text.strip().partition(":")
         kind = kind.strip().lower()
         if kind not in DATA_KINDS:
-            raise ValueError(f"unknown data kind in {text!r}; use KIND:PATH[,key=value...] or KIND:key=value,... "
-                             f"with KIND in {', '.join(DATA_KINDS)}")
+            raise ValueError(
+                f"unknown data kind in {text!r}; use KIND:PATH[,key=value...] or KIND:key=value,... "
+                f"with KIND in {', '.join(DATA_KINDS)}"
+            )
         parts = [p.strip() for p in rest.split(",")] if sep and rest.strip() else []
         path = ""
         if DATA_KINDS[kind].needs_path and parts and "=" not in parts[0]:
@@ -93,7 +95,10 @@ class DataSpec:
             raise ValueError(f"data spec {self}: an option is given twice")
         unknown = set(keys) - set(kind.options)
         if unknown:
-            raise ValueError(f"data kind {self.kind!r} has no option {sorted(unknown)}; its options: {', '.join(kind.options) or 'none'}")
+            raise ValueError(
+                f"data kind {self.kind!r} has no option {sorted(unknown)}; its options: "
+                f"{', '.join(kind.options) or 'none'}"
+            )
         self.typed_options()  # a value of the wrong type fails here, not when the data loads
         return self
 
@@ -151,7 +156,9 @@ def disk_kind(cls: type, **fixed: Any) -> DataKind:
         root = Path(spec.path)
         if not root.is_dir():
             raise ValueError(f"dataset root {root} is not a folder")
-        return cls(root, split, FaceTransform(image_size=image_size, augment=augment), **{**spec.typed_options(), **fixed})
+        return cls(
+            root, split, FaceTransform(image_size=image_size, augment=augment), **{**spec.typed_options(), **fixed}
+        )
 
     return DataKind(build, needs_path=True, options=options)
 
@@ -163,10 +170,16 @@ def _build_rendered(spec: DataSpec, split: str, image_size: int, augment: bool) 
     o = {**RENDERED_OPTIONS, **spec.typed_options()}
     if o["size"] and o["size"] != image_size:
         raise ValueError(f"{spec} renders {o['size']} px faces, the model takes {image_size} px")
-    lengths = {"train": o["n"], "val": o["val_n"] or max(64, o["n"] // 10), "test": o["test_n"] or max(64, o["n"] // 10)}
+    lengths = {
+        "train": o["n"],
+        "val": o["val_n"] or max(64, o["n"] // 10),
+        "test": o["test_n"] or max(64, o["n"] // 10),
+    }
     if split not in lengths:
         raise ValueError(f"rendered data has splits {', '.join(lengths)}, not {split!r}")
-    return RenderedFaceDataset(split=split, image_size=image_size, length=lengths[split], seed=o["seed"], augment=augment and split == "train")
+    return RenderedFaceDataset(
+        split=split, image_size=image_size, length=lengths[split], seed=o["seed"], augment=augment and split == "train"
+    )
 
 
 def _build_synthetic(spec: DataSpec, split: str, image_size: int, augment: bool) -> Dataset:

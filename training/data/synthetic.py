@@ -25,8 +25,9 @@ class SyntheticFaces(Dataset):
         soft: also give ``soft_label``, 0.8 on the class and the rest spread evenly.
     """
 
-    def __init__(self, length: int, image_size: int, seed: int = 0, labels: Sequence[str] = SYNTHETIC_LABELS,
-                 soft: bool = False) -> None:
+    def __init__(
+        self, length: int, image_size: int, seed: int = 0, labels: Sequence[str] = SYNTHETIC_LABELS, soft: bool = False
+    ) -> None:
         if length <= 0 or image_size < 8:
             raise ValueError("length must be positive and image_size at least 8")
         if not 0 < len(labels) <= 6:
@@ -59,8 +60,12 @@ class SyntheticFaces(Dataset):
             # The "expression": a bright band whose channel and height depend on the class.
             row = int(s * (0.25 + 0.1 * label))
             image[label % 3, row : row + max(2, s // 8), s // 4 : 3 * s // 4] = 1.0
-        item = {"image": image, "label": torch.tensor(label, dtype=torch.long), "poker_face": poker,
-                "has_poker_face": torch.tensor(True)}
+        item = {
+            "image": image,
+            "label": torch.tensor(label, dtype=torch.long),
+            "poker_face": poker,
+            "has_poker_face": torch.tensor(True),
+        }
         if self.soft:
             soft = torch.full((len(self.labels),), 0.2 / max(1, len(self.labels) - 1))
             soft[label] = 0.8

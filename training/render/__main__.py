@@ -43,8 +43,10 @@ def speed(size: int, n: int) -> None:
     for i in range(n):
         render_sample(i, size)
     dt = time.perf_counter() - t0
-    print(f"size {size}: {n} samples ({2 * n} faces) in {dt:.2f} s = {2 * n / dt:.0f} faces/s, "
-          f"{n / dt:.0f} pairs/s, {1000 * dt / (2 * n):.2f} ms/face")
+    print(
+        f"size {size}: {n} samples ({2 * n} faces) in {dt:.2f} s = {2 * n / dt:.0f} faces/s, "
+        f"{n / dt:.0f} pairs/s, {1000 * dt / (2 * n):.2f} ms/face"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,8 +68,9 @@ def sensor_noise(scene: Scene, h: int, w: int) -> np.ndarray | None:
     return noise
 
 
-def back_layers(idn: Identity, scene: Scene, matrix: np.ndarray, grids: tuple[np.ndarray, np.ndarray], h: int,
-                w: int) -> np.ndarray:
+def back_layers(
+    idn: Identity, scene: Scene, matrix: np.ndarray, grids: tuple[np.ndarray, np.ndarray], h: int, w: int
+) -> np.ndarray:
     """Background and the layers behind the face (long hair, clothes, neck, ears):
     ``(h, w, 3)`` float32 in [0, 1] units, shared by a face and its poker face."""
     cv = Canvas(background(scene, h, w), matrix, grids)
@@ -79,8 +80,10 @@ def back_layers(idn: Identity, scene: Scene, matrix: np.ndarray, grids: tuple[np
     if idn.hair_style == HAIR_LONG:  # the locks that fall behind the shoulders
         win = cv.window(cx - fw - 12, cy - 10, cx + fw + 12, 150)
         if win is not None:
-            d = np.maximum(np.abs(win.x - cx) - (fw + idn.hair_volume + 1.0) - 0.06 * (win.y - cy),
-                           np.maximum(win.y - LONG_HAIR_BOTTOM, (cy - 8) - win.y))
+            d = np.maximum(
+                np.abs(win.x - cx) - (fw + idn.hair_volume + 1.0) - 0.06 * (win.y - cy),
+                np.maximum(win.y - LONG_HAIR_BOTTOM, (cy - 8) - win.y),
+            )
             cv.paint(win, cv.cover(d), hair * np.float32(0.8))
     ellipse(cv, cx, idn.chin_y + 42.0, fw * 1.9, 30.0, idn.clothes)  # shoulders
     win = cv.window(cx - fw, cy, cx + fw, idn.chin_y + 40)
@@ -91,6 +94,7 @@ def back_layers(idn: Identity, scene: Scene, matrix: np.ndarray, grids: tuple[np
     for s in (-1.0, 1.0):
         ex = cx + s * (fw - 0.5) - EAR_YAW_SHIFT * scene.yaw
         ellipse(cv, ex, EAR_Y, idn.ear_r, idn.ear_r * 2.1, skin * np.float32(0.88))
-        ellipse(cv, ex + s * 0.8, EAR_Y, idn.ear_r * 0.45, idn.ear_r * 1.3, skin * np.float32(0.68), alpha=0.7,
-                softness=1.0)
+        ellipse(
+            cv, ex + s * 0.8, EAR_Y, idn.ear_r * 0.45, idn.ear_r * 1.3, skin * np.float32(0.68), alpha=0.7, softness=1.0
+        )
     return cv.img

@@ -76,8 +76,10 @@ def sample_aus(rng: np.random.Generator, label: int) -> np.ndarray:
     """
     emotion = EMOTIONS[label]
     intensity = rng.uniform(*INTENSITY_RANGE)
-    weights = {code: float(np.clip(w * intensity * rng.uniform(*AU_JITTER_RANGE), 0.0, 1.0))
-               for code, w in PROTOTYPES[emotion].items()}
+    weights = {
+        code: float(np.clip(w * intensity * rng.uniform(*AU_JITTER_RANGE), 0.0, 1.0))
+        for code, w in PROTOTYPES[emotion].items()
+    }
     if emotion in UNILATERAL:
         return action_units(left=weights) if rng.uniform() < 0.5 else action_units(right=weights)
     aus = action_units(weights)
@@ -86,8 +88,9 @@ def sample_aus(rng: np.random.Generator, label: int) -> np.ndarray:
     return aus
 
 
-def sample_parameters(seed: int | tuple[int, ...], identity_range: tuple[int, int] = IDENTITY_RANGES["train"],
-                      label: int | None = None) -> tuple[int, Identity, np.ndarray, Scene, int]:
+def sample_parameters(
+    seed: int | tuple[int, ...], identity_range: tuple[int, int] = IDENTITY_RANGES["train"], label: int | None = None
+) -> tuple[int, Identity, np.ndarray, Scene, int]:
     """Draw ``(label, identity, aus, scene, identity_id)`` from one seed (an int or an int tuple)."""
     rng = np.random.default_rng(seed)
     start, size = identity_range
@@ -99,8 +102,12 @@ def sample_parameters(seed: int | tuple[int, ...], identity_range: tuple[int, in
     return label, identity_from_id(identity_id), aus, scene, identity_id
 
 
-def render_sample(seed: int | tuple[int, ...], size: int = 112, label: int | None = None,
-                  identity_range: tuple[int, int] = IDENTITY_RANGES["train"]) -> Sample:
+def render_sample(
+    seed: int | tuple[int, ...],
+    size: int = 112,
+    label: int | None = None,
+    identity_range: tuple[int, int] = IDENTITY_RANGES["train"],
+) -> Sample:
     """Render one labelled sample and its true poker face; identical bytes for the same seed."""
     label, idn, aus, scene, identity_id = sample_parameters(seed, identity_range, label)
     face, poker = render_pair(idn, aus, scene, size)
@@ -156,8 +163,12 @@ class RenderedFaceDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         split_index = SPLITS.index(self.split)
-        s = render_sample((self.seed, split_index, index), self.image_size, label=index % len(EMOTIONS),
-                          identity_range=IDENTITY_RANGES[self.split])
+        s = render_sample(
+            (self.seed, split_index, index),
+            self.image_size,
+            label=index % len(EMOTIONS),
+            identity_range=IDENTITY_RANGES[self.split],
+        )
         image = s.image.astype(np.float32) / 255.0  # (H, W, 3)
         poker = s.poker_face.astype(np.float32) / 255.0
         if self.augment:

@@ -42,12 +42,12 @@ from training.render.raster import PIXEL_MAX, Canvas, Window, WindowKey, clip01,
 
 CX = FACE_MIDLINE_X
 # Fixed colours, float32 RGB in [0, 1].
-LASH_RGB = np.float32([0.07, 0.05, 0.05])
-EYE_WHITE_RGB = np.float32([0.93, 0.92, 0.9])
-GLINT_RGB = np.float32([1.0, 1.0, 1.0])
-TEETH_RGB = np.float32([0.93, 0.91, 0.85])
-MOUTH_INSIDE_RGB = np.float32([0.28, 0.07, 0.08])
-BLUSH_TINT = np.float32([1.0, 0.6, 0.55])  # x skin
+LASH_RGB = np.array([0.07, 0.05, 0.05], np.float32)
+EYE_WHITE_RGB = np.array([0.93, 0.92, 0.9], np.float32)
+GLINT_RGB = np.array([1.0, 1.0, 1.0], np.float32)
+TEETH_RGB = np.array([0.93, 0.91, 0.85], np.float32)
+MOUTH_INSIDE_RGB = np.array([0.28, 0.07, 0.08], np.float32)
+BLUSH_TINT = np.array([1.0, 0.6, 0.55], np.float32)  # x skin
 # Skin multipliers for shadows and lines.
 SHADOW_TONE = 0.55  # soft shadows, lid lines, chin crease
 WRINKLE_TONE = 0.6  # forehead and glabella lines
@@ -99,19 +99,31 @@ class FaceContext:
     lid_low: list[float]
 
     @classmethod
-    def build(cls, cv: Canvas, idn: Identity, aus: np.ndarray, g: Geometry, scene: Scene, cache: PairCache
-              ) -> FaceContext:
+    def build(
+        cls, cv: Canvas, idn: Identity, aus: np.ndarray, g: Geometry, scene: Scene, cache: PairCache
+    ) -> FaceContext:
         """The context of ``(2, 14)`` AUs ``aus`` whose geometry is ``g = face_geometry(idn, aus)``."""
         skin = np.asarray(idn.skin, dtype=np.float32)
         au = au_by_side(aus)
         return cls(
-            cv=cv, idn=idn, scene=scene, g=g, cache=cache, au=au,
+            cv=cv,
+            idn=idn,
+            scene=scene,
+            g=g,
+            cache=cache,
+            au=au,
             am={code: 0.5 * (au[0][code] + au[1][code]) for code in AU_CODES},
-            skin=skin, hair=np.asarray(idn.hair, dtype=np.float32),
-            dark=skin * np.float32(SHADOW_TONE), wrinkle=skin * np.float32(WRINKLE_TONE),
-            feat_dx=FEATURE_YAW_SHIFT * scene.yaw, nose_dx=NOSE_YAW_SHIFT * scene.yaw,
-            chin=float(g["chin"][0]), eyes=g["eyes"].tolist(), corners=g["mouth_corners"].tolist(),
-            lid_up=g["lid_upper"].tolist(), lid_low=g["lid_lower"].tolist(),
+            skin=skin,
+            hair=np.asarray(idn.hair, dtype=np.float32),
+            dark=skin * np.float32(SHADOW_TONE),
+            wrinkle=skin * np.float32(WRINKLE_TONE),
+            feat_dx=FEATURE_YAW_SHIFT * scene.yaw,
+            nose_dx=NOSE_YAW_SHIFT * scene.yaw,
+            chin=float(g["chin"][0]),
+            eyes=g["eyes"].tolist(),
+            corners=g["mouth_corners"].tolist(),
+            lid_up=g["lid_upper"].tolist(),
+            lid_low=g["lid_lower"].tolist(),
         )
 
     def face_distance(self, win: Window) -> np.ndarray:
@@ -197,11 +209,19 @@ def draw_shading(ctx: FaceContext) -> None:
         ellipse(cv, ex, ey - 3.0, idn.eye_hw + 4.0, 6.5, dark, alpha=0.16, softness=4.0, dx=dx)
         a6, a12 = ctx.au[s][6], ctx.au[s][12]
         cheek_y = ey + 15.0 - 3.5 * a6 - 2.0 * a12
-        ellipse(cv, ex + side * 2.0, cheek_y, 7.0, 5.5, BLUSH_TINT * ctx.skin,
-                alpha=idn.blush + 0.25 * a6, softness=4.0, dx=dx)
+        ellipse(
+            cv,
+            ex + side * 2.0,
+            cheek_y,
+            7.0,
+            5.5,
+            BLUSH_TINT * ctx.skin,
+            alpha=idn.blush + 0.25 * a6,
+            softness=4.0,
+            dx=dx,
+        )
         if a6 + a12 > 0.05:  # the raised cheek casts a shadow under it
-            ellipse(cv, ex + side * 3.0, cheek_y + 7.0, 8.0, 2.5, dark, alpha=0.3 * max(a6, a12), softness=3.0,
-                    dx=dx)
+            ellipse(cv, ex + side * 3.0, cheek_y + 7.0, 8.0, 2.5, dark, alpha=0.3 * max(a6, a12), softness=3.0, dx=dx)
 
 
 def draw_forehead_lines(ctx: FaceContext) -> None:
@@ -217,9 +237,18 @@ def draw_forehead_lines(ctx: FaceContext) -> None:
             lines.append(((CX - 16.0, yk + 1.5), (CX, yk), (CX + 16.0, yk + 1.5)))
         curves(cv, lines, 0.9, ctx.wrinkle, 1.0, dx, alpha_x=(f_inner, f_outer, 10.0, CX))
     if am[4] > MIN_AU:
-        curves(cv, [((CX + s * 2.3, brow_base - 1.0), (CX + s * 1.95, brow_base + 2.5),
-                     (CX + s * 1.6, brow_base + 6.0)) for s in (-1.0, 1.0)], 1.0, ctx.wrinkle, 0.8 * am[4], dx,
-               vertical=True)
+        curves(
+            cv,
+            [
+                ((CX + s * 2.3, brow_base - 1.0), (CX + s * 1.95, brow_base + 2.5), (CX + s * 1.6, brow_base + 6.0))
+                for s in (-1.0, 1.0)
+            ],
+            1.0,
+            ctx.wrinkle,
+            0.8 * am[4],
+            dx,
+            vertical=True,
+        )
 
 
 def draw_folds(ctx: FaceContext) -> None:
@@ -236,8 +265,15 @@ def draw_folds(ctx: FaceContext) -> None:
         curves(cv, [(p0, p1, p2)], 1.1, skin * np.float32(0.62), min(depth, 0.85), dx, vertical=True)
         a14 = au[14]
         if a14 > MIN_AU:  # a short crease beside the tightened corner
-            curves(cv, [((cx + sign * 2.3, cy - 2.5), (cx + sign * 3.0, cy), (cx + sign * 2.3, cy + 2.5))],
-                   1.0, skin * np.float32(0.5), 0.85 * a14, dx, vertical=True)
+            curves(
+                cv,
+                [((cx + sign * 2.3, cy - 2.5), (cx + sign * 3.0, cy), (cx + sign * 2.3, cy + 2.5))],
+                1.0,
+                skin * np.float32(0.5),
+                0.85 * a14,
+                dx,
+                vertical=True,
+            )
 
 
 def draw_beard(ctx: FaceContext) -> None:
@@ -273,14 +309,22 @@ def draw_nose(ctx: FaceContext) -> None:
         arcs.append(((c[0], c[1] - 3.0), (c[0] + s * 1.9, c[1] - 0.2), (c[0] - s * 0.5, c[1] + 2.6)))
         ellipse(cv, tx + s * wing * 0.42, ty + 1.1 - 0.6 * lift, 1.7 + 0.2 * a9, 0.9, skin * np.float32(0.25), dx=dx)
     curves(cv, arcs, 0.9, skin * np.float32(0.55), 0.65, dx, vertical=True)
-    ellipse(cv, tx - shadow_side * 1.0, ty - 2.0, 2.0, 1.5, np.minimum(skin * 1.18, 1.0), alpha=0.5, softness=1.5,
-            dx=dx)
+    ellipse(
+        cv, tx - shadow_side * 1.0, ty - 2.0, 2.0, 1.5, np.minimum(skin * 1.18, 1.0), alpha=0.5, softness=1.5, dx=dx
+    )
     if a9 > MIN_AU:
-        lines = [((tx - 4.0, 56.0 + 2.6 * k + 0.8), (tx, 56.0 + 2.6 * k), (tx + 4.0, 56.0 + 2.6 * k + 0.8))
-                 for k in range(3)]
+        lines = [
+            ((tx - 4.0, 56.0 + 2.6 * k + 0.8), (tx, 56.0 + 2.6 * k), (tx + 4.0, 56.0 + 2.6 * k + 0.8)) for k in range(3)
+        ]
         curves(cv, lines, 0.9, skin * np.float32(0.5), 0.85 * a9, dx)
-        stroke(cv, [[(tx + s * 4.5, 55.0), (tx + s * 6.5, 60.5)] for s in (-1.0, 1.0)],  # "bunny lines"
-               0.9, skin * np.float32(0.55), 0.7 * a9, dx)
+        stroke(
+            cv,
+            [[(tx + s * 4.5, 55.0), (tx + s * 6.5, 60.5)] for s in (-1.0, 1.0)],  # "bunny lines"
+            0.9,
+            skin * np.float32(0.55),
+            0.7 * a9,
+            dx,
+        )
 
 
 def draw_mouth(ctx: FaceContext) -> None:
@@ -326,8 +370,14 @@ def draw_moustache_and_chin_crease(ctx: FaceContext) -> None:
     if ctx.idn.beard in (BEARD_FULL, BEARD_MOUSTACHE):
         (xl, yl), (xr, yr) = ctx.corners
         lt = g1(ctx.g, "lip_top")
-        stroke(ctx.cv, [[(xl - 1.0, yl + 1.0), (CX - 5, lt - 0.6), (CX + 5, lt - 0.6), (xr + 1.0, yr + 1.0)]],
-               3.2, ctx.hair, 0.95, ctx.feat_dx)
+        stroke(
+            ctx.cv,
+            [[(xl - 1.0, yl + 1.0), (CX - 5, lt - 0.6), (CX + 5, lt - 0.6), (xr + 1.0, yr + 1.0)]],
+            3.2,
+            ctx.hair,
+            0.95,
+            ctx.feat_dx,
+        )
     lb = g1(ctx.g, "lip_bottom")
     curves(ctx.cv, [((CX - 5, lb + 3.0), (CX, lb + 2.2), (CX + 5, lb + 3.0))], 1.4, ctx.dark, 0.25, ctx.feat_dx)
 
@@ -394,15 +444,19 @@ def draw_brows(ctx: FaceContext) -> None:
     for s in (0, 1):
         (ix, iy), (mx, my), (ox, oy) = bi[s], bm[s], bo[s]
         x0, x1 = min(ix, ox), max(ix, ox)
-        win = cv.window(x0 - 1, min(iy, my, oy) - idn.brow_thick - 1, x1 + 1, max(iy, my, oy) + idn.brow_thick + 1,
-                        ctx.feat_dx)
+        win = cv.window(
+            x0 - 1, min(iy, my, oy) - idn.brow_thick - 1, x1 + 1, max(iy, my, oy) + idn.brow_thick + 1, ctx.feat_dx
+        )
         if win is None:
             continue
         x = win.x
         xi, xmid, xo = x - ix, x - mx, x - ox
         # quadratic through the three points (Lagrange form)
-        yb = (xmid * xo) * (iy / ((ix - mx) * (ix - ox))) + (xi * xo) * (my / ((mx - ix) * (mx - ox))) \
+        yb = (
+            (xmid * xo) * (iy / ((ix - mx) * (ix - ox)))
+            + (xi * xo) * (my / ((mx - ix) * (mx - ox)))
             + (xi * xmid) * (oy / ((ox - ix) * (ox - mx)))
+        )
         f = clip01(xi * (1.0 / (ox - ix)))  # 0 at the inner end, 1 at the outer
         half = (0.5 * idn.brow_thick) * (1.0 - 0.55 * f * f)
         d = np.maximum(np.abs(win.y - yb) - half, np.maximum(x0 - x, x - x1))
@@ -448,8 +502,17 @@ def draw_glasses(ctx: FaceContext) -> None:
     rim = 10.0 if idn.glasses == GLASSES_ROUND else 11.0  # rim half width at the eye's level
     stroke(cv, [[(eyes[0][0] + rim, ey - 1.5), (CX, ey - 3.0), (eyes[1][0] - rim, ey - 1.5)]], 1.3, gc, 1.0, dx)
     # the temples run back over the ears, which slide half as far with a head turn
-    stroke(cv, [[(eyes[0][0] - rim, ey - 1.5), (CX - idn.face_w - 0.5, ey - 2.5)],
-                [(eyes[1][0] + rim, ey - 1.5), (CX + idn.face_w + 0.5, ey - 2.5)]], 1.2, gc, 1.0, dx * 0.5)
+    stroke(
+        cv,
+        [
+            [(eyes[0][0] - rim, ey - 1.5), (CX - idn.face_w - 0.5, ey - 2.5)],
+            [(eyes[1][0] + rim, ey - 1.5), (CX + idn.face_w + 0.5, ey - 2.5)],
+        ],
+        1.2,
+        gc,
+        1.0,
+        dx * 0.5,
+    )
 
 
 # Painting order, back to front: later features cover earlier ones.

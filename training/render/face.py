@@ -78,8 +78,9 @@ class Render:
     geometry: Geometry = field(repr=False)
 
 
-def _render_all(identity: Identity, aus_list: list[np.ndarray], scene: Scene, h: int, w: int, matrix: np.ndarray
-                ) -> list[Render]:
+def _render_all(
+    identity: Identity, aus_list: list[np.ndarray], scene: Scene, h: int, w: int, matrix: np.ndarray
+) -> list[Render]:
     """Render one identity and scene with each AU set, sharing the back layers, noise and cache."""
     grids = pixel_grids(matrix_floats(invert_affine(matrix)), h, w)
     base = back_layers(identity, scene, matrix, grids, h, w)
@@ -113,16 +114,18 @@ def render_face(identity: Identity, aus: np.ndarray, scene: Scene | None = None,
     return _render_all(identity, [aus], scene, size, size, face_matrix(scene, size))[0]
 
 
-def render_pair(identity: Identity, aus: np.ndarray, scene: Scene | None = None, size: int = 112
-                ) -> tuple[Render, Render]:
+def render_pair(
+    identity: Identity, aus: np.ndarray, scene: Scene | None = None, size: int = 112
+) -> tuple[Render, Render]:
     """``(face, poker_face)``: ``render_face`` with ``aus`` and with all AUs at zero.
 
     Byte-identical to two ``render_face`` calls, but the layers behind the face, the
     background and the noise are drawn once.
     """
     scene = scene or Scene()
-    face, poker = _render_all(identity, [aus, np.zeros((2, len(AU_CODES)))], scene, size, size,
-                              face_matrix(scene, size))
+    face, poker = _render_all(
+        identity, [aus, np.zeros((2, len(AU_CODES)))], scene, size, size, face_matrix(scene, size)
+    )
     return face, poker
 
 

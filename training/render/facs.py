@@ -17,7 +17,14 @@ AU_INDEX: dict[int, int] = {code: i for i, code in enumerate(AU_CODES)}  # AU co
 N_SIDES = 2  # rows of an AU array: image-left half, image-right half
 
 EMOTIONS: tuple[str, ...] = (
-    "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
 )
 
 # EMFACS prototypes (PFVIT.md) with per-AU weights: a weight below 1 keeps one expression

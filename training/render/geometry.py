@@ -39,9 +39,9 @@ def _au_mid(aus: np.ndarray, code: int) -> float:
     return float(aus[:, AU_INDEX[code]].mean())
 
 
-def _side_features(identity: Identity, aus: np.ndarray, s: int, eye: np.ndarray, corner: np.ndarray
-                   ) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float], float, float,
-                              np.ndarray]:
+def _side_features(
+    identity: Identity, aus: np.ndarray, s: int, eye: np.ndarray, corner: np.ndarray
+) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float], float, float, np.ndarray]:
     """Brow points (inner, middle, outer), lid heights (upper, lower) and the mouth corner of one half."""
     a = {code: _au(aus, code, s) for code in AU_CODES}
     out = -1.0 if s == 0 else 1.0  # direction away from the midline
@@ -85,7 +85,8 @@ def face_geometry(identity: Identity, aus: np.ndarray) -> Geometry:
     lid_up, lid_low = np.zeros(2), np.zeros(2)
     for s in (0, 1):
         brow_in[s], brow_mid[s], brow_out[s], lid_up[s], lid_low[s], corners[s] = _side_features(
-            identity, aus, s, eyes[s], corners[s])
+            identity, aus, s, eyes[s], corners[s]
+        )
     a = {code: _au_mid(aus, code) for code in AU_CODES}
     a12_max, a12_min = max(_au(aus, 12, 0), _au(aus, 12, 1)), min(_au(aus, 12, 0), _au(aus, 12, 1))
     # a broad smile: both corners pulled, at least one past 0.35
@@ -144,8 +145,9 @@ def placed_matrix(scene: Scene, face_px: float, centre: tuple[float, float]) -> 
     return (place @ pose_matrix(scene))[:2]
 
 
-def landmarks_and_box(identity: Identity, g: Geometry, scene: Scene, matrix: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def landmarks_and_box(
+    identity: Identity, g: Geometry, scene: Scene, matrix: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``(5, 2)`` pixel landmarks (eyes, nose tip, mouth corners) and the ``(4,)`` pixel face box."""
     feat_dx, nose_dx = FEATURE_YAW_SHIFT * scene.yaw, NOSE_YAW_SHIFT * scene.yaw
     pts = np.vstack([g["eyes"], g["nose_tip"][None], g["mouth_corners"]])

@@ -95,8 +95,14 @@ SKIN_RAMP = np.array(
 # black, dark/mid/light brown, blond, red, grey, white, dyed violet; HAIR_P: their frequencies
 HAIR_COLOURS = np.array(
     [
-        [0.06, 0.05, 0.05], [0.16, 0.10, 0.07], [0.33, 0.21, 0.12], [0.52, 0.36, 0.20],
-        [0.83, 0.69, 0.42], [0.58, 0.24, 0.10], [0.55, 0.55, 0.55], [0.86, 0.85, 0.83],
+        [0.06, 0.05, 0.05],
+        [0.16, 0.10, 0.07],
+        [0.33, 0.21, 0.12],
+        [0.52, 0.36, 0.20],
+        [0.83, 0.69, 0.42],
+        [0.58, 0.24, 0.10],
+        [0.55, 0.55, 0.55],
+        [0.86, 0.85, 0.83],
         [0.25, 0.18, 0.40],
     ],
     dtype=np.float64,
@@ -110,8 +116,14 @@ GREYING_AGE = 0.65  # age above which hair may grey
 LIPSTICK = np.array([0.62, 0.10, 0.18])
 # dark/mid brown, hazel, green, blue, grey
 IRIS_COLOURS = np.array(
-    [[0.22, 0.12, 0.06], [0.38, 0.22, 0.10], [0.45, 0.40, 0.18], [0.25, 0.45, 0.30],
-     [0.25, 0.45, 0.70], [0.45, 0.52, 0.58]],
+    [
+        [0.22, 0.12, 0.06],
+        [0.38, 0.22, 0.10],
+        [0.45, 0.40, 0.18],
+        [0.25, 0.45, 0.30],
+        [0.25, 0.45, 0.70],
+        [0.45, 0.52, 0.58],
+    ],
     dtype=np.float64,
 )
 # Seeds identity_from_id's generator together with the id, so ids never collide with sample seeds.

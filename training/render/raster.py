@@ -12,6 +12,7 @@ would silently promote every float32 array it touches to float64.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -61,8 +62,9 @@ class Window:
 class Canvas:
     """A float32 ``(H, W, 3)`` RGB image plus the canonical -> pixel affine matrix."""
 
-    def __init__(self, image: np.ndarray, matrix: np.ndarray, grids: tuple[np.ndarray, np.ndarray] | None = None
-                 ) -> None:
+    def __init__(
+        self, image: np.ndarray, matrix: np.ndarray, grids: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
         self.img = image
         self.h, self.w = image.shape[:2]
         self.m = np.asarray(matrix, dtype=np.float64)
@@ -134,8 +136,9 @@ def _window_around(cv: Canvas, points: list[tuple[float, float]], pad: float, dx
     return cv.window(min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad, dx)
 
 
-def stroke(cv: Canvas, lines: list[list[tuple[float, float]]], width: float, colour: Colour,
-           alpha: float, dx: float = 0.0) -> None:
+def stroke(
+    cv: Canvas, lines: list[list[tuple[float, float]]], width: float, colour: Colour, alpha: float, dx: float = 0.0
+) -> None:
     """Soft lines of ``width`` along polylines (one window for all), painted at opacity ``alpha``."""
     if alpha <= MIN_LINE_ALPHA:
         return
@@ -147,14 +150,23 @@ def stroke(cv: Canvas, lines: list[list[tuple[float, float]]], width: float, col
         for (ax, ay), (bx, by) in zip(line[:-1], line[1:]):
             ds = segment_distance(win.x, win.y, ax, ay, bx, by)
             d = ds if d is None else np.minimum(d, ds)
+    if d is None:  # no segment at all
+        return
     a = _line_coverage(cv, d, width)
     a *= alpha
     cv.paint(win, a, colour)
 
 
-def curves(cv: Canvas, parabolas: list[tuple[tuple[float, float], ...]], width: float, colour: Colour,
-           alpha: float, dx: float = 0.0, alpha_x: tuple[float, float, float, float] | None = None,
-           vertical: bool = False) -> None:
+def curves(
+    cv: Canvas,
+    parabolas: Sequence[tuple[tuple[float, float], ...]],
+    width: float,
+    colour: Colour,
+    alpha: float,
+    dx: float = 0.0,
+    alpha_x: tuple[float, float, float, float] | None = None,
+    vertical: bool = False,
+) -> None:
     """Soft lines along mostly horizontal parabolas ``y(x)``, each through 3 points (end, middle, end).
 
     The vertical distance stands in for the true one: ~4x cheaper than segments and exact
@@ -179,6 +191,8 @@ def curves(cv: Canvas, parabolas: list[tuple[tuple[float, float], ...]], width: 
         lo, hi = min(x0, x2), max(x0, x2)
         dc = np.maximum(dc, np.maximum(lo - x, x - hi))
         d = dc if d is None else np.minimum(d, dc)
+    if d is None:  # no parabola at all
+        return
     a = _line_coverage(cv, d, width)
     if alpha_x is not None:
         ca, oa, hw, cx = alpha_x
@@ -189,8 +203,17 @@ def curves(cv: Canvas, parabolas: list[tuple[tuple[float, float], ...]], width: 
     cv.paint(win, a, colour)
 
 
-def ellipse(cv: Canvas, cx: float, cy: float, rx: float, ry: float, colour: Colour, alpha: float = 1.0,
-            softness: float = 0.0, dx: float = 0.0) -> None:
+def ellipse(
+    cv: Canvas,
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    colour: Colour,
+    alpha: float = 1.0,
+    softness: float = 0.0,
+    dx: float = 0.0,
+) -> None:
     """Filled ellipse; ``softness`` > 0 blurs its edge over that many canonical units."""
     if alpha <= MIN_FILL_ALPHA:
         return

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.api.analysis import Analysis, analyse, model_ref, read_images, recognized_faces
-from service.api.deps import PipelineDep, QueryOptionsDep, SettingsDep, StateDep, resolve_options
+from service.api.deps import PipelineDep, SettingsDep, StateDep
 from service.api.openapi import ANALYSIS_ERRORS, RECOGNIZE_EXAMPLE, ok_example, problem_responses
+from service.api.options import DetectQueryDep, GivenOptions, resolve_options
 from service.api.schemas import JsonRecognizeRequest, RecognizedImage, RecognizeResponse
 from service.errors import CapabilityMissing
 from service.vision.expression_map import expression_map_pngs
@@ -27,7 +29,9 @@ def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, li
     start = time.perf_counter()
     out: dict[str, list[list[bytes]]] = {}
     if maps:
-        out["expression_map_png"] = [expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results]
+        out["expression_map_png"] = [
+            expression_map_pngs([f.aligned for f in r.faces], r.poker_faces) for r in analysis.results
+        ]
     if aligned:
         out["aligned_face_png"] = [[encode_png(f.aligned) for f in r.faces] for r in analysis.results]
     if out:
@@ -37,9 +41,26 @@ def _face_pngs(analysis: Analysis, *, maps: bool, aligned: bool) -> dict[str, li
     return out
 
 
-def _pick(body_value: bool | None, query_value: bool) -> bool:
-    """An option given in a JSON body wins over the same query parameter."""
-    return body_value if body_value is not None else query_value
+def recognize_query(
+    detect: DetectQueryDep,
+    return_poker_face: Annotated[bool, Query(description="Also return each face's poker face as base64 PNG.")] = False,
+    return_expression_map: Annotated[
+        bool,
+        Query(
+            description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face."
+        ),
+    ] = False,
+    return_aligned_face: Annotated[
+        bool, Query(description="Per face, the aligned crop the model saw, as PNG.")
+    ] = False,
+) -> GivenOptions:
+    """The options of ``/v1/recognize``'s query."""
+    return dataclasses.replace(
+        detect,
+        return_poker_face=return_poker_face,
+        return_expression_map=return_expression_map,
+        return_aligned_face=return_aligned_face,
+    )
 
 
 @router.post(
@@ -49,12 +70,16 @@ def _pick(body_value: bool | None, query_value: bool) -> bool:
     summary="Recognise the emotion of every face",
     description=(
         "Detects faces (MTCNN), aligns each to the model's 5-point template and classifies its emotion with PF-ViT. "
-        "All faces of the request go through the model in one batch. An image without a face gives an empty `faces` list.\n\n"
-        "Send the images as `multipart/form-data` (field `images`, repeated), or as `application/json` with base64 data "
-        "(options may then also be given in the body, where they win over the query).\n\n"
+        "All faces of the request go through the model in one batch. An image without a face gives an empty "
+        "`faces` list.\n\n"
+        "Send the images as `multipart/form-data` (field `images`, repeated), or as `application/json` with "
+        "base64 data "
+        "(options may then also be given in the body, where they win over the query), or one image as the body "
+        "itself with its image type as Content-Type (options in the query).\n\n"
         "```\ncurl -F images=@face.jpg 'http://127.0.0.1:8000/v1/recognize?max_faces=5'\n"
         "curl -H 'Content-Type: application/json' -d '{\"images\": [{\"data\": \"'$(base64 -w0 face.jpg)'\"}]}' "
-        "http://127.0.0.1:8000/v1/recognize\n```"
+        "http://127.0.0.1:8000/v1/recognize\n"
+        "curl -H 'Content-Type: image/jpeg' --data-binary @face.jpg http://127.0.0.1:8000/v1/recognize\n```"
     ),
 )
 async def recognize(
@@ -62,25 +87,28 @@ async def recognize(
     pipeline: PipelineDep,
     state: StateDep,
     settings: SettingsDep,
-    query: QueryOptionsDep,
-    return_poker_face: Annotated[bool, Query(description="Also return each face's poker face as base64 PNG.")] = False,
-    return_expression_map: Annotated[
-        bool, Query(description="Per face, a PNG heatmap of where the face differs from its poker face, over the aligned face.")
-    ] = False,
-    return_aligned_face: Annotated[bool, Query(description="Per face, the aligned crop the model saw, as PNG.")] = False,
+    query: Annotated[GivenOptions, Depends(recognize_query)],
 ) -> RecognizeResponse:
     model = pipeline.model
     uploads, body = await read_images(request, settings, JsonRecognizeRequest)
     options = resolve_options(settings, query, body)
-    with_poker_face = _pick(body.return_poker_face if body is not None else None, return_poker_face)
-    with_map = _pick(body.return_expression_map if body is not None else None, return_expression_map)
-    with_aligned = _pick(body.return_aligned_face if body is not None else None, return_aligned_face)
+    with_poker_face, with_map = options.poker_face, options.expression_map
     if (with_poker_face or with_map) and not model.has_poker_face:  # decided before anything is decoded or detected
-        raise CapabilityMissing(f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and return_expression_map")
+        raise CapabilityMissing(
+            f"model {model.card.name!r} ships no poker-face graph; ask without return_poker_face and "
+            "return_expression_map"
+        )
     analysis = await analyse(
-        request, state, pipeline, uploads, options, route="/v1/recognize", recognise=True, poker_face=with_poker_face or with_map
+        request,
+        state,
+        pipeline,
+        uploads,
+        options.detect,
+        route="/v1/recognize",
+        recognise=True,
+        poker_face=with_poker_face or with_map,
     )
-    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=with_map, aligned=with_aligned)
+    extra_pngs = await run_in_threadpool(_face_pngs, analysis, maps=with_map, aligned=options.aligned_face)
     labels = model.labels
     out_images = []
     for index, (upload, result) in enumerate(zip(analysis.uploads, analysis.results)):
@@ -88,5 +116,11 @@ async def recognize(
         if with_poker_face:
             pngs["poker_face_png"] = analysis.poker_pngs[index]
         faces = recognized_faces(result, labels, pngs)
-        out_images.append(RecognizedImage(index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces))
-    return RecognizeResponse(model=model_ref(pipeline), labels=labels, images=out_images, timings_ms=analysis.timings_ms)
+        out_images.append(
+            RecognizedImage(
+                index=index, filename=upload.filename, width=result.width, height=result.height, faces=faces
+            )
+        )
+    return RecognizeResponse(
+        model=model_ref(pipeline), labels=labels, images=out_images, timings_ms=analysis.timings_ms
+    )

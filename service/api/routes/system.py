@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from onnxruntime import InferenceSession
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import metrics
 from service.api.deps import SettingsDep, StateDep
@@ -27,14 +26,23 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="Readiness: every model loaded and warmed up",
-    responses={503: {"model": Health, "description": "Loading (status 'loading'), loading failed ('failed'), or shutting "
-                      "down after SIGTERM ('draining'; requests are still served until the listener closes); see Retry-After"}},
+    responses={
+        503: {
+            "model": Health,
+            "description": "Loading (status 'loading'), loading failed ('failed'), or shutting "
+            "down after SIGTERM ('draining'; requests are still served until the listener closes); see Retry-After",
+        }
+    },
 )
 async def readyz(state: StateDep, settings: SettingsDep) -> Response | Health:
     if state.ready:
         return Health(status="ready")
     status = "draining" if state.draining else "failed" if state.load_error else "loading"
-    return JSONResponse({"status": status, "detail": state.public_status}, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
+    return JSONResponse(
+        {"status": status, "detail": state.public_status},
+        status_code=503,
+        headers={"Retry-After": str(settings.retry_after_s)},
+    )
 
 
 @models_router.get("/v1/models", response_model=ModelsResponse, summary="Loaded model cards and execution providers")
@@ -45,7 +53,11 @@ async def models(state: StateDep) -> ModelsResponse:
     if pipeline is not None:
         sessions[pipeline.model.card.name] = pipeline.model.sessions
         d = pipeline.detector
-        sessions[state.detector_card.name if state.detector_card else "detector"] = {"pnet": d.pnet, "rnet": d.rnet, "onet": d.onet}
+        sessions[state.detector_card.name if state.detector_card else "detector"] = {
+            "pnet": d.pnet,
+            "rnet": d.rnet,
+            "onet": d.onet,
+        }
     for card in (state.emotion_card, state.detector_card):
         if card is None:
             continue
@@ -57,7 +69,9 @@ async def models(state: StateDep) -> ModelsResponse:
                 kind=card.kind,
                 labels=card.labels,
                 card=card.to_dict(),
-                graphs={g: _graph_info(spec, model_sessions.get(g), state.providers[0]) for g, spec in card.graphs.items()},
+                graphs={
+                    g: _graph_info(spec, model_sessions.get(g), state.providers[0]) for g, spec in card.graphs.items()
+                },
             )
         )
     cpu = CpuSizing(
@@ -73,15 +87,25 @@ async def models(state: StateDep) -> ModelsResponse:
 
 def _graph_info(spec: GraphSpec, session: InferenceSession | None, requested: str) -> GraphInfo:
     providers = session.get_providers() if session is not None else []
-    return GraphInfo(file=spec.file, sha256=spec.sha256, precision=spec.precision, providers=providers,
-                     fallback=bool(providers) and providers[0] != requested)
+    return GraphInfo(
+        file=spec.file,
+        sha256=spec.sha256,
+        precision=spec.precision,
+        providers=providers,
+        fallback=bool(providers) and providers[0] != requested,
+    )
 
 
 @metrics_router.get(
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "description": "Prometheus text format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
 )
 def prometheus_metrics() -> Response:
     return Response(generate_latest(metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)
