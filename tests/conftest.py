@@ -3,6 +3,7 @@ hand-built emotion model, and an app client that waits for readiness."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ASTRONAUT = FIXTURES / "astronaut.png"
 # The shipped default emotion model, wherever the settings point.
 DEFAULT_MODEL_DIR = REPO / "models" / DEFAULT_EMOTION_MODEL
+# Its classes in logit order, as its card gives them.
+DEFAULT_LABELS: list[str] = json.loads((DEFAULT_MODEL_DIR / "card.json").read_text())["labels"]
 
 
 @pytest.fixture(scope="session")

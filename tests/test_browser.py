@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from service.config import DEFAULT_EMOTION_MODEL
-from tests.conftest import ASTRONAUT, REPO
+from tests.conftest import ASTRONAUT, DEFAULT_LABELS, REPO
 from tools.loopback import serving
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,10 @@ def test_upload_shows_box_label_poker_face_and_expression_map(browser, server):
     label = boxes[0].find_element(By.CSS_SELECTOR, ".face-label").text
     assert label == "1 happiness"  # the shipped model's reading of the fixture
     bars = browser.find_elements(By.CSS_SELECTOR, ".face .probabilities li")
-    assert len(bars) == 7 and "happiness" in browser.find_element(By.CSS_SELECTOR, ".face .probabilities li.top").text
+    assert (
+        len(bars) == len(DEFAULT_LABELS)
+        and "happiness" in browser.find_element(By.CSS_SELECTOR, ".face .probabilities li.top").text
+    )
     for selector in ("img.aligned-face", "img.poker-face", "img.expression-map"):
         img = browser.find_element(By.CSS_SELECTOR, selector)
         assert img.get_attribute("src").startswith("data:image/png;base64,")
