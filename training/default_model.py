@@ -17,7 +17,6 @@ Steps, all seeded:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -41,6 +40,7 @@ from training.evaluate import classification_metrics, confusion_matrix
 from training.export import export_checkpoint
 from training.fidelity import psnr, ssim
 from training.plots import confusion_matrix_png, image_grid_png
+from training.recipe import recipe_flags
 from training.render.facs import EMOTIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -419,18 +419,7 @@ def previous_timings(out_dir: str | Path, model_dir: str | Path) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    def flags(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument(
-            "--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)"
-        )
-        ap.add_argument(
-            "--evaluate-only",
-            action="store_true",
-            help="skip training: re-evaluate the model already in --model-dir and rewrite its numbers "
-            "(card, report, pictures); timings are kept from the last run's metrics.json, else from the card",
-        )
-
-    cfg, top = parse_config(DefaultModelConfig, "python -m training.default_model", __doc__, argv, extra=flags)
+    cfg, top = parse_config(DefaultModelConfig, "python -m training.default_model", __doc__, argv, extra=recipe_flags)
     if top["quick"]:
         cfg = replace(cfg, **QUICK)
     if top["evaluate_only"]:

@@ -24,7 +24,6 @@ jointly with rendered faces.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -40,7 +39,6 @@ from service.card import load_card, write_card
 from training import served_eval
 from training.cli import parse_config
 from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig, LossWeights, PretrainConfig, TrainConfig
-from training.data import align_dataset
 from training.data.fer2013 import FER2013, FER2013_SIDE_PX, export_csv
 from training.data.joint import JointFaces
 from training.data.spec import DataSpec
@@ -50,12 +48,11 @@ from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
 from training.plots import confusion_matrix_png
-from training.recipe import resume_or_skip, stage_seconds
+from training.recipe import MTCNN_DIR, align_photos, recipe_flags, resume_or_skip, stage_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 # The judge that scored the model's poker faces, kept beside it (never in the service image).
 JUDGE_FILE = "judge.pt"
-MTCNN_DIR = REPO / "models" / "mtcnn"
 DATA_TERMS = (
     "FER2013 (ICML 2013 representation-learning challenge, Goodfellow et al.) was released for research; "
     "check its terms before any other use of this model."
@@ -138,24 +135,7 @@ def align(cfg: FERModelConfig) -> None:
             export_csv(source / "fer2013.csv", images)
         source = images
     out = aligned_dir(cfg)
-    align_dataset.main(
-        [
-            str(source),
-            str(out),
-            "--size",
-            str(cfg.image_size),
-            "--pad",
-            str(cfg.pad_px),
-            "--upscale",
-            str(cfg.upscale),
-            "--fallback",
-            "mean",
-            "--models",
-            str(MTCNN_DIR),
-            "--threads",
-            str(cfg.threads),
-        ]
-    )
+    align_photos(source, out, cfg.image_size, cfg.pad_px, cfg.upscale, cfg.threads)
 
 
 def split_counts(aligned: Path) -> dict[str, dict[str, int]]:
@@ -540,18 +520,7 @@ def publish(cfg: FERModelConfig, timings: dict[str, float]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def flags(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument(
-            "--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)"
-        )
-        ap.add_argument(
-            "--evaluate-only",
-            action="store_true",
-            help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
-            "pictures); timings are kept from the last run's metrics.json, else from the card",
-        )
-
-    cfg, top = parse_config(FERModelConfig, "python -m training.fer_model", __doc__, argv, extra=flags)
+    cfg, top = parse_config(FERModelConfig, "python -m training.fer_model", __doc__, argv, extra=recipe_flags)
     if top["quick"]:
         cfg = replace(cfg, **QUICK)
     if not cfg.fer2013:

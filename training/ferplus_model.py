@@ -32,7 +32,6 @@ Steps, all seeded; each resumes from its own files when interrupted:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -48,7 +47,6 @@ from training import served_eval
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.cli import parse_config
 from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig, LossWeights, PretrainConfig, TrainConfig
-from training.data import align_dataset
 from training.data.datasets import FERPlus
 from training.data.joint import JointFaces
 from training.data.spec import DataSpec
@@ -58,12 +56,11 @@ from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
 from training.ferplus_report import publish_report
 from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
-from training.recipe import resume_or_skip, stage_seconds
+from training.recipe import MTCNN_DIR, align_photos, recipe_flags, resume_or_skip, stage_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 # The judge that scored the model's poker faces, kept beside it (never in the service image).
 JUDGE_FILE = "judge.pt"
-MTCNN_DIR = REPO / "models" / "mtcnn"
 SPLIT_FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")
 DATA_TERMS = (
     "FER2013's images (ICML 2013 representation-learning challenge, Goodfellow et al.) were released for research: "
@@ -138,24 +135,7 @@ def split_root(root: Path) -> Path:
 
 def align(cfg: FERPlusModelConfig) -> None:
     """Step 1: every split through the service's detector and aligner (resumable)."""
-    align_dataset.main(
-        [
-            str(split_root(Path(cfg.ferplus))),
-            str(aligned_dir(cfg)),
-            "--size",
-            str(cfg.image_size),
-            "--pad",
-            str(cfg.pad_px),
-            "--upscale",
-            str(cfg.upscale),
-            "--fallback",
-            "mean",
-            "--models",
-            str(MTCNN_DIR),
-            "--threads",
-            str(cfg.threads),
-        ]
-    )
+    align_photos(split_root(Path(cfg.ferplus)), aligned_dir(cfg), cfg.image_size, cfg.pad_px, cfg.upscale, cfg.threads)
 
 
 def ferplus(
@@ -459,11 +439,11 @@ def evaluate(cfg: FERPlusModelConfig) -> tuple[dict[str, Any], dict[str, np.ndar
     arrays: dict[str, np.ndarray] = {}
     for votes in ("label", "new"):
         aligned = ferplus(cfg, "test", augment=False, votes=votes)
-        raw = ferplus(cfg, "test", augment=False, aligned=False, votes=votes)
         y = np.asarray(aligned.targets, dtype=np.int64)
         faces = np.stack([aligned.load_face(i) for i in range(len(aligned))])
         part = {"aligned": served_eval.score(y, served_eval.recognise_crops(model, faces), labels)}
         if votes == "label":
+            raw = ferplus(cfg, "test", augment=False, aligned=False, votes=votes)
             crops = [raw.load_face(i) for i in range(len(raw))]
             photos = served_eval.recognise_photos(model, MTCNN_DIR, crops, cfg.pad_px, cfg.upscale, threads=cfg.threads)
             part["photos"] = served_eval.score(y, photos.predictions, labels)
@@ -551,18 +531,7 @@ def publish(cfg: FERPlusModelConfig, timings: dict[str, float]) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    def flags(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument(
-            "--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)"
-        )
-        ap.add_argument(
-            "--evaluate-only",
-            action="store_true",
-            help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
-            "pictures); timings are kept from the last run's metrics.json, else from the card",
-        )
-
-    cfg, top = parse_config(FERPlusModelConfig, "python -m training.ferplus_model", __doc__, argv, extra=flags)
+    cfg, top = parse_config(FERPlusModelConfig, "python -m training.ferplus_model", __doc__, argv, extra=recipe_flags)
     if top["quick"]:
         cfg = replace(cfg, **QUICK)
     if not cfg.ferplus:

@@ -4,10 +4,15 @@ whole recipe cost."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from training.checkpoint import load_checkpoint
+from training.data import align_dataset
+
+# The shipped detector, wherever a recipe is run from.
+MTCNN_DIR = Path(__file__).resolve().parent.parent / "models" / "mtcnn"
 
 
 def stage_seconds(folder: Path, spent: float) -> float:
@@ -30,3 +35,24 @@ def resume_or_skip(run_dir: Path, epochs: int) -> tuple[str, bool]:
         return "", False
     done = int(load_checkpoint(last)["epoch"])
     return ("", True) if done >= epochs else (str(last), False)
+
+
+def recipe_flags(ap: argparse.ArgumentParser) -> None:
+    """The flags every model recipe takes besides its config's fields."""
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes and one epoch per stage (a smoke run of the same path)"
+    )
+    ap.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="skip training: re-score the model in --model-dir and rewrite its numbers (card, report, "
+        "pictures); timings are kept from the last run's metrics.json, else from the card",
+    )
+
+
+def align_photos(source: Path, out: Path, size: int, pad_px: int, upscale: float, threads: int) -> None:
+    """Every photo below ``source`` through the service's detector and aligner (resumable): each
+    edge-padded by ``pad_px`` and upscaled, as a photo of it reaches the service; faces the
+    detector misses get the detected faces' mean transform."""
+    argv = ["--size", str(size), "--pad", str(pad_px), "--upscale", str(upscale), "--fallback", "mean"]
+    align_dataset.main([str(source), str(out), *argv, "--models", str(MTCNN_DIR), "--threads", str(threads)])
