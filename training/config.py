@@ -276,7 +276,9 @@ class TrainConfig(CriticRunConfig):
 
     Args:
         init: MAE pre-training checkpoint whose encoder and generator start this stage (and
-            whose architecture is used); empty = random init of ``model``.
+            whose architecture is used); or a PF-ViT stage checkpoint, whose whole model and D
+            continue under this config's new schedule (a warm restart); empty = random init of
+            ``model``.
         val_data: validation data spec; empty = the ``val`` split of ``data``.
         weights: loss weights.
         mixup_alpha: Beta(alpha, alpha) mixup (0 = off).

@@ -272,12 +272,14 @@ class PFViTStage:
     both through :class:`~training.adversarial.PokerFaceObjective`."""
 
     name = "train"
-    # What a pre-training checkpoint gives this stage; separator and head start fresh.
-    init_parts = ("encoder.", "generator.")
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.objective: PokerFaceObjective | None = None
+        # A pre-training checkpoint gives encoder and generator (separator and head start
+        # fresh); a PF-ViT stage checkpoint gives everything, D included: a new schedule on it.
+        self.continues = bool(cfg.init) and load_checkpoint(cfg.init).get("stage") == self.name
+        self.init_parts: tuple[str, ...] = ("",) if self.continues else ("encoder.", "generator.")
 
     def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
         cfg = self.cfg
@@ -289,6 +291,10 @@ class PFViTStage:
             model.generator.requires_grad_(False)
             model.separator.neutral_coords.requires_grad_(False)
         discriminator = build_discriminator(model.config).to(ctx.device) if cfg.separation else None
+        if discriminator is not None and self.continues and not cfg.resume:
+            payload = load_checkpoint(cfg.init)
+            if "discriminator" in payload:  # absent when the stage it continues ran without separation
+                discriminator.load_state_dict(payload["discriminator"])
         self.objective = PokerFaceObjective(model, discriminator, cfg, neutral_index(model.config.labels), ctx)
         scale = cfg.batch_size * ctx.world_size / 256
         optimizers = {"main": _adamw(model.optim_groups(cfg.weight_decay), cfg.blr * scale, (0.9, 0.999))}

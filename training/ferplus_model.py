@@ -18,7 +18,9 @@ Steps, all seeded; each resumes from its own files when interrupted:
 2. ``pretrain``: MAE pre-training of encoder and generator on FERPlus train and validation
    faces (labels unused) plus rendered faces;
 3. ``train``: the PF-ViT stage on FERPlus train (vote distributions) jointly with rendered faces,
-   whose true poker faces supervise the generator; rendered faces teach no class;
+   whose true poker faces supervise the generator; rendered faces teach no class; then
+   ``refine``, a warm restart: the same stage continues from its end (D included) under a new
+   warm-up and cosine schedule at a lower peak learning rate;
 4. ``editor``: the convolutional expression editor learns the poker faces on the frozen model;
 5. ``calibrate``: post-hoc logit adjustment, ``logits - tau * log(prior)``, with tau chosen on
    the validation faces, folded into the head's bias; then export of both graphs with the card;
@@ -26,8 +28,9 @@ Steps, all seeded; each resumes from its own files when interrupted:
    the poker faces;
 7. evaluate the exported files through the service's code (``training.served_eval``); the numbers
    go into the card and ``docs/default-model.md`` (``training.ferplus_report``);
-8. ``ablation``: the PF-ViT stage again with separation off (E, S_e and H on classification
-   alone), same initialisation, data, sampler and schedule; then step 7 again, with it.
+8. ``ablation``: the PF-ViT stage and its warm restart again with separation off (E, S_e and H
+   on classification alone), same initialisation, data, sampler and schedules; then step 7
+   again, with it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class FERPlusModelConfig:
     Args:
         ferplus: the FERPlus folder (split folders with ``label.csv``, or ``data/`` holding them).
         votes: "label" (each split's ``label.csv``) or "new" (``fer2013new.csv``) trains.
+        refine_epochs: epochs of the warm restart that continues the PF-ViT stage (0 = none).
+        refine_blr: its peak learning rate (the PF-ViT stage's is ``train_blr``).
         logit_adjust_taus: the grid tau is chosen from on the validation faces.
         ablation: also train the separation ablation (step 7).
     """
@@ -85,7 +90,7 @@ class FERPlusModelConfig:
     model_dir: str = str(REPO / "models" / "pfvit-micro-ferplus")
     docs_dir: str = str(REPO / "docs")
     name: str = "pfvit-micro-ferplus"
-    version: str = "2.0.0"
+    version: str = "2.1.0"
     image_size: int = 48
     stem: str = "deepconv"
     pad_px: int = 24
@@ -98,6 +103,8 @@ class FERPlusModelConfig:
     train_epochs: int = 16
     batch_size: int = 64
     train_blr: float = 4e-3
+    refine_epochs: int = 12
+    refine_blr: float = 2e-3
     d_blr: float = 5e-4
     grad_clip: float = 1.0
     cls_weight: float = 2.0
@@ -121,7 +128,15 @@ class FERPlusModelConfig:
     threads: int = 0
 
 
-QUICK = dict(judge_epochs=1, pretrain_epochs=1, train_epochs=1, editor_epochs=1, rendered_train=256, rendered_test=64)
+QUICK = dict(
+    judge_epochs=1,
+    pretrain_epochs=1,
+    train_epochs=1,
+    refine_epochs=1,
+    editor_epochs=1,
+    rendered_train=256,
+    rendered_test=64,
+)
 
 
 def aligned_dir(cfg: FERPlusModelConfig) -> Path:
@@ -193,22 +208,26 @@ def common_run_settings(cfg: FERPlusModelConfig) -> dict[str, Any]:
     )
 
 
-def train_config(cfg: FERPlusModelConfig, out: Path, resume: str, separation: bool) -> TrainConfig:
-    """The PF-ViT stage's settings; the ablation differs in ``separation`` alone."""
+def train_config(
+    cfg: FERPlusModelConfig, out: Path, resume: str, separation: bool, init: Path, refine: bool = False
+) -> TrainConfig:
+    """The PF-ViT stage's settings (``refine``: its warm restart from ``init``, a finished PF-ViT
+    stage); the ablation differs in ``separation`` alone."""
     weights = LossWeights(cls=cfg.cls_weight, poker_sup=cfg.poker_sup_weight, cyc_neutral=cfg.cyc_neutral_weight)
+    epochs = cfg.refine_epochs if refine else cfg.train_epochs
     return TrainConfig(
         out_dir=str(out),
-        init=str(Path(cfg.out_dir) / "pretrain" / "last.pt"),
-        epochs=cfg.train_epochs,
-        warmup_epochs=min(1.0, cfg.train_epochs / 4),
-        blr=cfg.train_blr,
+        init=str(init),
+        epochs=epochs,
+        warmup_epochs=min(1.0, epochs / 4),
+        blr=cfg.refine_blr if refine else cfg.train_blr,
         d_blr=cfg.d_blr,
         weights=weights,
         grad_clip=cfg.grad_clip,
         label_smoothing=cfg.label_smoothing,
         poker_sup_loss=cfg.poker_sup_loss,
         arch="poker_mode=edit",
-        eval_every=max(1, cfg.train_epochs // 6),
+        eval_every=max(1, epochs // 6),
         separation=separation,
         resume=resume,
         **common_run_settings(cfg),
@@ -313,19 +332,15 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     print(f"pre-training: {timings['pretrain_s']:.0f} s", flush=True)
 
     joint = JointFaces(train_set, rendered, greyscale=True, rendered_labels=False)
-    t0 = time.perf_counter()
-    resume, finished = resume_or_skip(out / "train", cfg.train_epochs)
-    if not finished:
-        run_train(train_config(cfg, out / "train", resume, separation=True), joint, val_set)
-    timings["train_s"] = stage_seconds(out / "train", time.perf_counter() - t0)
-    print(f"PF-ViT stage: {timings['train_s']:.0f} s", flush=True)
+    timings.update(pfvit_stages(cfg, joint, val_set, separation=True))
+    print(f"PF-ViT stage: {timings['train_s']:.0f} s, warm restart {timings['refine_s']:.0f} s", flush=True)
 
     t0 = time.perf_counter()
     resume, finished = resume_or_skip(out / "editor", cfg.editor_epochs)
     if not finished:
         editor_cfg = EditorConfig(
             out_dir=str(out / "editor"),
-            init=str(out / "train" / "last.pt"),
+            init=str(recogniser_checkpoint(cfg, separation=True)),
             epochs=cfg.editor_epochs,
             poker_sup=cfg.editor_poker_sup,
             cyc_neutral=cfg.editor_cyc_neutral,
@@ -375,15 +390,50 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     timings["total_s"] = sum(timings.values())
     metrics = publish(cfg, timings)
     if cfg.ablation:
-        t0 = time.perf_counter()
-        resume, finished = resume_or_skip(out / "ablation", cfg.train_epochs)
-        if not finished:
-            run_train(train_config(cfg, out / "ablation", resume, separation=False), joint, val_set)
-        timings["ablation_s"] = stage_seconds(out / "ablation", time.perf_counter() - t0)
+        ablation = pfvit_stages(cfg, joint, val_set, separation=False)
+        timings["ablation_s"] = ablation["train_s"] + ablation["refine_s"]
         # The sum of the stages' recorded times, so a resumed run reports what the whole recipe costs.
         timings["total_s"] = sum(v for k, v in timings.items() if k != "total_s")
         metrics = publish(cfg, timings)
     return metrics
+
+
+def stage_dirs(cfg: FERPlusModelConfig, separation: bool) -> tuple[Path, Path]:
+    """The run folders of the PF-ViT stage and of its warm restart (the ablation's without
+    separation)."""
+    out = Path(cfg.out_dir)
+    return (out / "train", out / "refine") if separation else (out / "ablation", out / "ablation-refine")
+
+
+def recogniser_checkpoint(cfg: FERPlusModelConfig, separation: bool) -> Path:
+    """The checkpoint that ends the recogniser's training: the warm restart's, or the PF-ViT
+    stage's when there is none."""
+    first, refine = stage_dirs(cfg, separation)
+    return (refine if cfg.refine_epochs else first) / "last.pt"
+
+
+def recogniser_finished(cfg: FERPlusModelConfig, separation: bool) -> bool:
+    first, refine = stage_dirs(cfg, separation)
+    done = resume_or_skip(first, cfg.train_epochs)[1]
+    return done and (not cfg.refine_epochs or resume_or_skip(refine, cfg.refine_epochs)[1])
+
+
+def pfvit_stages(cfg: FERPlusModelConfig, joint: JointFaces, val_set: FERPlus, separation: bool) -> dict[str, float]:
+    """Step 3 (or the ablation's): the PF-ViT stage from the MAE checkpoint, then its warm
+    restart from the stage's end; each resumes. Returns their seconds (``train_s``, ``refine_s``)."""
+    first, refine = stage_dirs(cfg, separation)
+    seconds: dict[str, float] = {}
+    for key, run_dir, init, epochs, is_refine in (
+        ("train_s", first, Path(cfg.out_dir) / "pretrain" / "last.pt", cfg.train_epochs, False),
+        ("refine_s", refine, first / "last.pt", cfg.refine_epochs, True),
+    ):
+        t0 = time.perf_counter()
+        if epochs:
+            resume, finished = resume_or_skip(run_dir, epochs)
+            if not finished:
+                run_train(train_config(cfg, run_dir, resume, separation, init, is_refine), joint, val_set)
+        seconds[key] = stage_seconds(run_dir, time.perf_counter() - t0) if epochs else 0.0
+    return seconds
 
 
 def judge_config(cfg: FERPlusModelConfig) -> JudgeConfig:
@@ -409,12 +459,15 @@ def shipped_judge(cfg: FERPlusModelConfig) -> JudgeResult:
 
 
 def ablation_scores(cfg: FERPlusModelConfig, test: FERPlus) -> dict[str, Any] | None:
-    """Accuracy with and without separation: both PF-ViT stage checkpoints on the aligned test
-    faces, no mirror averaging and no logit adjustment, so only the stage differs."""
-    out = Path(cfg.out_dir)
-    paths = {"with_separation": out / "train" / "last.pt", "without_separation": out / "ablation" / "last.pt"}
-    if any(resume_or_skip(p.parent, cfg.train_epochs) != ("", True) for p in paths.values()):
+    """Accuracy with and without separation: both recognisers' final checkpoints (PF-ViT stage
+    and warm restart) on the aligned test faces, no mirror averaging and no logit adjustment, so
+    only the stage differs."""
+    if not (recogniser_finished(cfg, True) and recogniser_finished(cfg, False)):
         return None  # a stage not yet run, or not finished: its checkpoint would not be the comparison
+    paths = {
+        "with_separation": recogniser_checkpoint(cfg, True),
+        "without_separation": recogniser_checkpoint(cfg, False),
+    }
     y = np.asarray(test.targets)
     scores: dict[str, Any] = {}
     for name, path in paths.items():

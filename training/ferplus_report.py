@@ -122,7 +122,7 @@ def ablation_text(metrics: dict[str, Any]) -> str:
             "(`--ablation false` skips it), and this report is rewritten when it finishes."
         )
     rows = [
-        "| PF-ViT stage | test accuracy | test macro recall | validation accuracy (last epoch) |",
+        "| PF-ViT stage and warm restart | test accuracy | test macro recall | validation accuracy (last epoch) |",
         "|---|---|---|---|",
     ]
     for name, label in (
@@ -191,7 +191,9 @@ make evaluate-default FERPLUS=/path/to/ferplus  # re-scores the shipped files: e
 Recipe (`training/ferplus_model.py`, {recipe["votes"]} votes train): align with the service's detector
 ({minutes("align_s")}); MAE pre-training {recipe["pretrain_epochs"]} epochs on train and validation faces
 ({minutes("pretrain_s")}); PF-ViT stage {recipe["train_epochs"]} epochs at batch {recipe["batch_size"]} on the vote
-distributions of FERPlus train, with {recipe["rendered_train"]} rendered faces for the generator ({minutes("train_s")});
+distributions of FERPlus train, with {recipe["rendered_train"]} rendered faces for the generator ({minutes("train_s")}),
+then a warm restart of it: {recipe.get("refine_epochs", 0)} more epochs from its end under a new schedule at
+{recipe.get("refine_blr", 0):g} base learning rate ({minutes("refine_s")});
 editor stage {recipe["editor_epochs"]} epochs ({minutes("editor_s")}); logit adjustment τ = {cal["tau"]:g} chosen on
 validation; judge {recipe["judge_epochs"]} epochs ({minutes("judge_s")}); separation ablation ({minutes("ablation_s")}).
 Total {minutes("total_s")} on the 2-core development CPU. The recognition graph averages each face with
