@@ -8,7 +8,7 @@ has been warmed up does the service report ready.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -18,16 +18,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service import metrics
-from service.batching import MicroBatcher
+from service.batching import Graph, MicroBatcher
 from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_card, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
-from service.runtime import ORT_ERRORS, ProviderOptions, create_session, device_of, primary_provider
+from service.runtime import CPU, ORT_ERRORS, SessionSpec, device_of, primary_provider
 from service.vision.align import normalise, to_uint8_images
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
+
+# How requests call one graph (``service.scheduling.Scheduler.batched``): the graph's runner
+# and its name -> what requests call.
+Batching = Callable[[Graph, str], Graph]
 
 # The output each graph is run for.
 GRAPH_OUTPUTS = {RECOGNITION_GRAPH: "logits", POKER_FACE_GRAPH: "poker_face"}
@@ -52,6 +56,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def emotion_files(card: ModelCard, model_dir: str | Path) -> dict[str, Path]:
+    """The verified graph files of an emotion card: its kind checked, every file's sha256
+    compared.
+
+    Raises:
+        ModelLoadError: not an emotion card, or a file missing or altered.
+    """
+    if card.kind != "emotion":
+        raise ModelLoadError(f"{model_dir} holds a {card.kind!r} model, not an emotion model")
+    return verify_files(card, model_dir)
+
+
 class EmotionModel:
     """A PF-ViT emotion model exported to ONNX: recognition graph, optional poker-face graph.
 
@@ -63,12 +79,13 @@ class EmotionModel:
         card: ModelCard,
         sessions: dict[str, InferenceSession],
         max_batch: int = 64,
-        batch_wait_s: float | None = None,
+        batched: Batching | None = None,
         device_id: int = 0,
     ) -> None:
-        """``batch_wait_s``: None runs each call on its own; a number batches concurrent calls
-        of each graph (``service.batching.MicroBatcher``), waiting at most that long.
-        ``device_id``: the GPU of sessions that run on one (``PFVIT_CUDA_DEVICE_ID``)."""
+        """``batched``: how requests call each graph (``service.scheduling.Scheduler.batched``:
+        through a micro-batcher shared with concurrent requests); None runs each call on its
+        own, in chunks of ``max_batch``. ``device_id``: the GPU of sessions that run on one
+        (``PFVIT_CUDA_DEVICE_ID``)."""
         self.card = card
         self.sessions = sessions
         self._devices = {name: device_of(session) for name, session in sessions.items()}
@@ -81,68 +98,42 @@ class EmotionModel:
         self._std = _rgb(card.input.std)
         self._bgr = card.input.colour_order == "BGR"
         self._check_contract()
-        self.batchers: dict[str, MicroBatcher] = {}
-        if batch_wait_s is not None:
-            self.batchers = {
-                name: MicroBatcher(
-                    partial(self._run_graph, name), name=name, max_faces=max_batch, max_wait_s=batch_wait_s
-                )
-                for name in self.sessions
-            }
+        self._graphs: dict[str, Graph] = {
+            name: batched(partial(self._run_graph, name), name) if batched is not None else partial(self._chunked, name)
+            for name in self.sessions
+        }
 
     @classmethod
     def from_dir(
         cls,
         model_dir: str | Path,
         *,
-        providers: list[str],
+        sessions: SessionSpec | None = None,
+        providers: Sequence[str] | None = None,
         intra_op_threads: int = 0,
         max_batch: int = 64,
-        batch_wait_s: float | None = None,
-        cpu_arena: bool = False,
+        batched: Batching | None = None,
     ) -> EmotionModel:
-        """Read the card, verify every checksum, and load the graphs."""
+        """Read the card, verify every checksum (:func:`emotion_files`), and load the graphs
+        as ``sessions`` says; without it, on ``providers`` (the CPU by default) with
+        ``intra_op_threads`` ONNX Runtime threads each (0: its default)."""
+        spec = sessions or SessionSpec(providers=tuple(providers or (CPU,)), intra_op_threads=intra_op_threads)
         card = load_card(model_dir)
-        if card.kind != "emotion":
-            raise ModelLoadError(f"{model_dir} holds a {card.kind!r} model, not an emotion model")
-        return cls.from_verified(
-            card,
-            verify_files(card, model_dir),
-            providers=providers,
-            intra_op_threads=intra_op_threads,
-            max_batch=max_batch,
-            batch_wait_s=batch_wait_s,
-            cpu_arena=cpu_arena,
-        )
+        return cls.from_verified(card, emotion_files(card, model_dir), spec, max_batch=max_batch, batched=batched)
 
     @classmethod
     def from_verified(
         cls,
         card: ModelCard,
         paths: dict[str, Path],
+        sessions: SessionSpec,
         *,
-        providers: list[str],
-        intra_op_threads: int = 0,
         max_batch: int = 64,
-        batch_wait_s: float | None = None,
-        cpu_arena: bool = False,
-        required_provider: str | None = None,
-        provider_options: ProviderOptions | None = None,
+        batched: Batching | None = None,
     ) -> EmotionModel:
-        """Load graphs whose checksums were already verified (``verify_files``' answer)."""
-        sessions = {
-            name: create_session(
-                path,
-                providers=providers,
-                intra_op_threads=intra_op_threads,
-                cpu_arena=cpu_arena,
-                required=required_provider,
-                provider_options=provider_options,
-            )
-            for name, path in paths.items()
-        }
-        device_id = provider_options.cuda_device_id if provider_options is not None else 0
-        return cls(card, sessions, max_batch=max_batch, batch_wait_s=batch_wait_s, device_id=device_id)
+        """Load graphs whose checksums were already verified (:func:`emotion_files`' answer)."""
+        graphs = {name: sessions.create(path) for name, path in paths.items()}
+        return cls(card, graphs, max_batch=max_batch, batched=batched, device_id=sessions.device_id)
 
     # --- contract ----------------------------------------------------------------------------
 
@@ -221,29 +212,31 @@ class EmotionModel:
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
-    def _run_batched(self, graph: str, x: np.ndarray) -> np.ndarray:
-        batcher = self.batchers.get(graph)
-        if batcher is not None:
-            return batcher(x)  # shares a call with concurrent requests, in chunks of max_batch
+    def _chunked(self, graph: str, x: np.ndarray) -> np.ndarray:
         parts = [
             self._run_graph(graph, x[start : start + self.max_batch]) for start in range(0, x.shape[0], self.max_batch)
         ]
         return np.concatenate(parts, axis=0)
+
+    def _run_batched(self, graph: str, x: np.ndarray) -> np.ndarray:
+        return self._graphs[graph](x)
+
+    @property
+    def batchers(self) -> dict[str, MicroBatcher]:
+        """The graphs that requests call through a micro-batcher, by name."""
+        return {name: g for name, g in self._graphs.items() if isinstance(g, MicroBatcher)}
 
     @contextmanager
     def request(self, *, recognise: bool, poker_face: bool) -> Iterator[None]:
         """Announce one request to the batchers of the graphs it will call, for its lifetime,
         so that they wait for it (and only for it) when batching."""
         wanted = [RECOGNITION_GRAPH] * recognise + [POKER_FACE_GRAPH] * poker_face
+        batchers = self.batchers
         with ExitStack() as stack:
             for name in wanted:
-                if name in self.batchers:
-                    stack.enter_context(self.batchers[name].expect())
+                if name in batchers:
+                    stack.enter_context(batchers[name].expect())
             yield
-
-    def close(self) -> None:
-        for batcher in self.batchers.values():
-            batcher.close()
 
     def recognise(self, faces: np.ndarray) -> RecognitionOutput:
         """``(B, H, W, 3) uint8`` aligned RGB faces -> logits and probabilities in label order."""

@@ -16,9 +16,8 @@ import numpy as np
 from service import metrics
 from service.errors import NotSquareCrop, PFViTError
 from service.models import EmotionModel
-from service.vision.faces import AlignedFace, find_faces
+from service.vision.faces import AlignedFace, Detector, find_faces
 from service.vision.imaging import Picture, decode_picture, resize_rgb
-from service.vision.mtcnn import MTCNN
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class FacePipeline:
 
     def __init__(
         self,
-        detector: MTCNN,
+        detector: Detector,
         model: EmotionModel,
         *,
         max_image_pixels: int = 40_000_000,

@@ -195,6 +195,34 @@ def create_session(
     return session
 
 
+@dataclass(frozen=True)
+class SessionSpec:
+    """How every session of a model is created (:func:`create_session`'s arguments but the
+    file): the one path by which the service, the tools and evaluation load a model, so that
+    none runs it differently from the others."""
+
+    providers: tuple[str, ...] = (CPU,)
+    intra_op_threads: int = 0
+    cpu_arena: bool = False
+    required: str | None = None
+    provider_options: ProviderOptions | None = None
+
+    def create(self, path: str | Path) -> ort.InferenceSession:
+        return create_session(
+            path,
+            providers=list(self.providers),
+            intra_op_threads=self.intra_op_threads,
+            cpu_arena=self.cpu_arena,
+            required=self.required,
+            provider_options=self.provider_options,
+        )
+
+    @property
+    def device_id(self) -> int:
+        """The GPU of sessions that run on one (``PFVIT_CUDA_DEVICE_ID``)."""
+        return self.provider_options.cuda_device_id if self.provider_options is not None else 0
+
+
 def primary_provider(session: ort.InferenceSession) -> str:
     """The execution provider that runs the session's nodes first (what we report)."""
     return str(session.get_providers()[0])

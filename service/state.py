@@ -9,35 +9,34 @@ already answers and ``/readyz`` says 503.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from service import metrics
-from service.card import ModelCard, load_card, verify_files
+from service.card import ModelCard, load_card
 from service.config import Settings
-from service.errors import DeadlineExceeded, InternalError, ModelLoadError, ModelNotReady, QueueFull
-from service.models import EmotionModel
+from service.errors import InternalError, ModelLoadError, ModelNotReady
+from service.models import EmotionModel, emotion_files
 from service.pipeline import FacePipeline
 from service.runtime import (
     CPU,
     CpuBudget,
     ProviderOptions,
+    SessionSpec,
     cpu_budget,
-    create_session,
     primary_provider,
     required_provider,
     resolve_providers,
     single_threaded_blas,
 )
-from service.vision.mtcnn import GRAPH_NAMES as MTCNN_GRAPHS
-from service.vision.mtcnn import MTCNN, session_threads
+from service.scheduling import Scheduler
+from service.vision.mtcnn import MTCNN, detector_files, session_threads
 
 log = logging.getLogger(__name__)
 
@@ -56,50 +55,9 @@ CPU_COMPUTING_SLOTS = 2
 CUDA_COMPUTING_SLOTS = 4
 
 
-class AdmissionGate:
-    """At most ``slots`` requests compute at once and at most ``max_queue`` wait for a slot.
-
-    A request beyond the queue is refused at once (503 with Retry-After) rather than left to
-    wait past its deadline. A slot is given back by ``release``, which the caller runs when
-    its worker thread has really stopped, not when the request was answered: a thread still
-    running for an abandoned request still uses the CPU.
-    """
-
-    def __init__(self, slots: int, max_queue: int) -> None:
-        self.slots = slots
-        self._slots = asyncio.Semaphore(slots)
-        self.max_queue = max_queue
-        self.waiting = 0
-
-    async def acquire(self, timeout_s: float) -> float:
-        """Wait for a slot; returns the seconds waited.
-
-        Raises:
-            QueueFull: no slot is free and ``max_queue`` requests already wait.
-            DeadlineExceeded: no slot came free within ``timeout_s``.
-        """
-        if self._slots.locked() and self.waiting >= self.max_queue:
-            raise QueueFull(f"all computing slots are busy and {self.waiting} requests are waiting; retry shortly")
-        start = time.perf_counter()
-        self.waiting += 1
-        metrics.QUEUE_DEPTH.set(self.waiting)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=max(timeout_s, 0.0))
-        except asyncio.TimeoutError as exc:  # TimeoutError from 3.11 on
-            raise DeadlineExceeded(f"no computing slot came free within the deadline of {timeout_s:.1f} s") from exc
-        finally:
-            self.waiting -= 1
-            metrics.QUEUE_DEPTH.set(self.waiting)
-        waited = time.perf_counter() - start
-        metrics.QUEUE_WAIT.observe(waited)
-        return waited
-
-    def release(self) -> None:
-        self._slots.release()
-
-
 class ServiceState:
-    """Models, readiness and the admission gate of one running service.
+    """Models, readiness and the scheduler (computing slots, detector threads, micro-batching:
+    ``service.scheduling``) of one running service.
 
     ``preflight`` reads both cards and hashes every graph file, once; ``load`` creates the
     sessions from those verified files, so a start-up hashes each file exactly once.
@@ -118,13 +76,20 @@ class ServiceState:
         self.detector_card: ModelCard | None = None
         self.emotion_card: ModelCard | None = None
         self.pipeline: FacePipeline | None = None
+        self.cascade: MTCNN | None = None  # the detector's networks (the pipeline detects through the scheduler)
         self.load_error: str | None = None
         self._verified: dict[str, dict[str, Path]] | None = None  # model kind -> {graph: file}
         self._ready = threading.Event()
         self._draining = threading.Event()
         # Read once: the cores every pool of this process is sized for (reported by /v1/models).
         self.cpu: CpuBudget = cpu_budget()
-        self.gate = AdmissionGate(self.computing_slots, settings.max_queue)
+        self.scheduler = Scheduler(
+            slots=self.computing_slots,
+            max_queue=settings.max_queue,
+            detect_threads=self.detect_threads,
+            max_batch=settings.max_inference_batch,
+            batch_wait_s=settings.batch_max_wait_ms / 1000.0,
+        )
 
     @property
     def computing_slots(self) -> int:
@@ -167,17 +132,10 @@ class ServiceState:
                 f"no face-detector model at {s.detector_model_dir} (expected the MTCNN card and ONNX files)"
             )
         emotion_card = load_card(s.emotion_model_dir)
-        if emotion_card.kind != "emotion":
-            raise ModelLoadError(f"{s.emotion_model_dir} holds a {emotion_card.kind!r} model, not an emotion model")
         detector_card = load_card(s.detector_model_dir)
-        if detector_card.kind != "detector":
-            raise ModelLoadError(f"{s.detector_model_dir} holds a {detector_card.kind!r} model, not a face detector")
-        missing = [g for g in MTCNN_GRAPHS if g not in detector_card.graphs]
-        if missing:
-            raise ModelLoadError(f"detector card {detector_card.name!r} lacks graphs {missing}")
         verified = {
-            "emotion": verify_files(emotion_card, s.emotion_model_dir),
-            "detector": verify_files(detector_card, s.detector_model_dir),
+            "emotion": emotion_files(emotion_card, s.emotion_model_dir),
+            "detector": detector_files(detector_card, s.detector_model_dir),
         }
         self.emotion_card, self.detector_card, self._verified = emotion_card, detector_card, verified
 
@@ -191,26 +149,26 @@ class ServiceState:
             if self._verified is None or self.emotion_card is None:
                 raise InternalError("load: the preflight left no verified model files")
             single_threaded_blas()
-            threads = self.detect_threads
-            session = functools.partial(
-                create_session,
-                providers=self.providers,
-                intra_op_threads=session_threads(threads, self.intra_op_threads),
+            sessions = SessionSpec(
+                providers=tuple(self.providers),
+                intra_op_threads=self.intra_op_threads,
                 cpu_arena=s.ort_cpu_arena,
                 required=self.required_provider,
                 provider_options=self.provider_options,
             )
-            detector = MTCNN(*(session(self._verified["detector"][g]) for g in MTCNN_GRAPHS), threads=threads)
+            # The detector's threads are its parallelism: one ONNX Runtime thread per session
+            # when there are several (session_threads).
+            detector_sessions = replace(
+                sessions, intra_op_threads=session_threads(self.detect_threads, self.intra_op_threads)
+            )
+            cascade = MTCNN.from_verified(self._verified["detector"], detector_sessions)
+            detector = self.scheduler.detector(cascade)
             model = EmotionModel.from_verified(
                 self.emotion_card,
                 self._verified["emotion"],
-                providers=self.providers,
-                intra_op_threads=self.intra_op_threads,
+                sessions,
                 max_batch=s.max_inference_batch,
-                cpu_arena=s.ort_cpu_arena,
-                batch_wait_s=s.batch_max_wait_ms / 1000.0,
-                required_provider=self.required_provider,
-                provider_options=self.provider_options,
+                batched=self.scheduler.batched,
             )
             # Warm-up: the detector on a small grey frame, every emotion graph on one face
             # (which also checks each graph's output shapes against the card).
@@ -221,10 +179,11 @@ class ServiceState:
             self.load_error = exc.detail
             log.error("model loading failed: %s", exc.detail)
             raise
+        self.cascade = cascade
         self.pipeline = FacePipeline(
             detector, model, max_image_pixels=s.max_image_pixels, detect_max_side=s.detect_max_side
         )
-        for card, provider in ((model.card, model.provider), (self.detector_card, _detector_provider(detector))):
+        for card, provider in ((model.card, model.provider), (self.detector_card, primary_provider(cascade.pnet))):
             if card is not None:
                 metrics.MODEL_INFO.labels(model=card.name, version=card.version, kind=card.kind, provider=provider).set(
                     1
@@ -274,9 +233,7 @@ class ServiceState:
 
     def close(self) -> None:
         """Stop the batching threads and the detector's threads (at shutdown, after the last request)."""
-        if self.pipeline is not None:
-            self.pipeline.model.close()
-            self.pipeline.detector.close()
+        self.scheduler.close()
 
     @property
     def public_status(self) -> str:
@@ -294,7 +251,3 @@ class ServiceState:
         if not self.loaded or self.pipeline is None:
             raise ModelNotReady(self.public_status)
         return self.pipeline
-
-
-def _detector_provider(detector: MTCNN) -> str:
-    return primary_provider(detector.pnet)

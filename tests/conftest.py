@@ -35,6 +35,18 @@ def astronaut_rgb() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def crowd(astronaut_rgb: np.ndarray) -> np.ndarray:
+    """(900, 1200, 3): the astronaut at three sizes on a grey canvas, so that the detector has
+    several P-Net bands, several R-Net calls and several faces."""
+    canvas = np.full((900, 1200, 3), 110, dtype=np.uint8)
+    for side, (top, left) in ((420, (20, 30)), (260, (500, 600)), (160, (120, 900))):
+        canvas[top : top + side, left : left + side] = np.asarray(
+            Image.fromarray(astronaut_rgb).resize((side, side), Image.Resampling.BILINEAR)
+        )
+    return canvas
+
+
+@pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder: the shipped MTCNN and a stub emotion model (112 px, 8 labels)."""
     from tools.stub_model import write_stub_model

@@ -29,6 +29,7 @@ SERVICE_LIBRARY = (
     "service.models",
     "service.pipeline",
     "service.runtime",
+    "service.scheduling",
     "service.vision",
 )
 

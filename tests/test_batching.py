@@ -13,6 +13,7 @@ import pytest
 
 from service.batching import MicroBatcher
 from service.models import EmotionModel
+from service.scheduling import Scheduler
 from tests.conftest import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,7 +163,10 @@ def test_batched_model_equals_unbatched_model() -> None:
     different sizes arrive together and share calls."""
     model_dir = DEFAULT_MODEL_DIR
     plain = EmotionModel.from_dir(model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1)
-    batched = EmotionModel.from_dir(model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1, batch_wait_s=5.0)
+    scheduler = Scheduler(slots=4, max_queue=0, detect_threads=1, max_batch=64, batch_wait_s=5.0)
+    batched = EmotionModel.from_dir(
+        model_dir, providers=["CPUExecutionProvider"], intra_op_threads=1, batched=scheduler.batched
+    )
     rng = np.random.default_rng(0)
     requests = [rng.integers(0, 256, (n, *plain.input_hw, 3), dtype=np.uint8) for n in (1, 4, 2, 3)]
     calls: list[int] = []
@@ -185,7 +189,7 @@ def test_batched_model_equals_unbatched_model() -> None:
         with ThreadPoolExecutor(len(requests)) as pool:
             outs = list(pool.map(one, requests))
     finally:
-        batched.close()
+        scheduler.close()
     assert calls == [10, 10]  # one recognition call and one poker-face call for all four requests
     for faces, (logits, pokers) in zip(requests, outs, strict=True):
         want = plain.recognise(faces)

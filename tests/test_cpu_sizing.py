@@ -125,7 +125,7 @@ def test_the_service_sizes_every_pool_for_the_quota_and_reports_it(
         state = client.app.state.service
         assert state.detect_threads == 2 and state.intra_op_threads == 2
         pipeline = state.require_pipeline()
-        assert pipeline.detector.threads == 2
+        assert pipeline.detector.threads.threads == 2
         assert {s.get_session_options().intra_op_num_threads for s in pipeline.model.sessions.values()} == {2}
         cpu = client.get("/v1/models").json()["cpu"]
         assert cpu == {

@@ -13,6 +13,7 @@ from service.card import load_card, sha256_file, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
 from service.models import EmotionModel, softmax
 from service.runtime import CPU, resolve_providers
+from service.scheduling import Scheduler
 from tests.conftest import DEFAULT_MODEL_DIR
 from tools.stub_model import LABELS, expected_logits, recognition_graph, write_stub_model
 
@@ -159,9 +160,11 @@ def test_iobinding_answers_bit_for_bit_what_session_run_answers(batch_wait_s):
     rows are exactly those of a plain ``session.run``, with or without the micro-batcher."""
     from service.vision.align import to_uint8_images
 
+    scheduler = Scheduler(slots=1, max_queue=1, detect_threads=1, max_batch=4, batch_wait_s=batch_wait_s)
     model = EmotionModel.from_dir(
-        DEFAULT_MODEL_DIR, providers=[CPU], intra_op_threads=1, batch_wait_s=batch_wait_s, max_batch=4
+        DEFAULT_MODEL_DIR, providers=[CPU], intra_op_threads=1, batched=scheduler.batched, max_batch=4
     )
+    assert len(model.batchers) == (0 if batch_wait_s is None else 2)
     try:
         faces = np.random.default_rng(3).integers(
             0, 256, size=(7, *model.input_hw, 3), dtype=np.uint8
@@ -176,7 +179,7 @@ def test_iobinding_answers_bit_for_bit_what_session_run_answers(batch_wait_s):
             assert got.dtype == want.dtype and np.array_equal(got, want), graph
         assert np.array_equal(model.poker_faces(faces), to_uint8_images(want))
     finally:
-        model.close()
+        scheduler.close()
 
 
 def test_graph_precision_comes_from_the_card(tmp_path):

@@ -4,7 +4,6 @@ astronaut photo against facenet-pytorch's own output (recorded once with its def
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,9 @@ from service.vision.mtcnn import (
     DEFAULT_FACTOR,
     DEFAULT_MIN_FACE_SIZE,
     DEFAULT_THRESHOLDS,
+    INLINE,
     MTCNN,
+    CascadeTuning,
     FaceDetection,
     as_pil,
     crop_patches,
@@ -350,107 +351,11 @@ def test_missing_graph_file_is_rejected(tmp_path: Path) -> None:
 # --- threads ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def crowd(astronaut_rgb: np.ndarray) -> np.ndarray:
-    """(900, 1200, 3): the astronaut at three sizes on a grey canvas, so that the cascade has
-    several P-Net bands, several R-Net calls and several faces."""
-    canvas = np.full((900, 1200, 3), 110, dtype=np.uint8)
-    for side, (top, left) in ((420, (20, 30)), (260, (500, 600)), (160, (120, 900))):
-        canvas[top : top + side, left : left + side] = np.asarray(
-            Image.fromarray(astronaut_rgb).resize((side, side), Image.BILINEAR)
-        )
-    return canvas
-
-
-def assert_same_detections(found: list[FaceDetection], want: list[FaceDetection]) -> None:
-    """The very same detections, to the last bit: boxes, scores and landmarks."""
-    assert [f.box for f in found] == [f.box for f in want]
-    assert [f.score for f in found] == [f.score for f in want]
-    for a, b in zip(found, want, strict=True):
-        np.testing.assert_array_equal(a.landmarks, b.landmarks)
-
-
-def test_threads_find_exactly_what_one_thread_finds(
-    detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import service.vision.mtcnn as mtcnn_module
-
-    calls: list[int] = []
-    run = detector.rnet.run
-    monkeypatch.setattr(
-        detector.rnet,
-        "run",
-        lambda names, feed: calls.append(len(next(iter(feed.values())))) or run(names, feed),
-        raising=False,
-    )
-    alone = detector.detect(crowd)
-    assert len(alone) >= 3 and len(calls) > 1  # several R-Net calls: the threads have calls to share
-    assert len(pnet_bands(*level_size(900, 1200, 12 / DEFAULT_MIN_FACE_SIZE), mtcnn_module.PNET_BAND_PIXELS)) > 1
-    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, threads=3)
-    try:
-        for _ in range(2):  # the same calls, in another order: the very same numbers
-            assert_same_detections(shared.detect(crowd), alone)
-    finally:
-        shared.close()
-
-
-def test_a_detection_beside_another_takes_one_thread_whole(detector: MTCNN, crowd: np.ndarray) -> None:
-    """While another detection is in flight, a detection hands its whole cascade to one of the
-    detector's threads, which shares nothing out (both photos already keep the cores busy), and
-    finds exactly the same; alone, it shares its work out. Either way every network call runs in
-    the detector's threads."""
-    alone = detector.detect(crowd)
-    callers: set[str] = set()
-
-    class Recording:
-        def __init__(self, session) -> None:
-            self.session = session
-
-        def get_inputs(self):
-            return self.session.get_inputs()
-
-        def run(self, names, feed):
-            callers.add(threading.current_thread().name)
-            return self.session.run(names, feed)
-
-    shared = MTCNN(Recording(detector.pnet), Recording(detector.rnet), Recording(detector.onet), threads=2)
-    pool = shared._pool
-    assert pool is not None
-    submitted: list[str] = []
-    submit = pool.submit
-    pool.submit = lambda fn, *args: submitted.append(getattr(fn, "__name__", "?")) or submit(fn, *args)
-    try:
-        other_started, other_may_end = threading.Event(), threading.Event()
-
-        def other_detection() -> None:
-            with shared._counted():  # what a second request's detection holds while it runs
-                other_started.set()
-                other_may_end.wait(30)
-
-        other = threading.Thread(target=other_detection)
-        other.start()
-        try:
-            assert other_started.wait(30)
-            beside = shared.detect(crowd)
-            assert submitted == ["_cascade"]
-        finally:
-            other_may_end.set()
-            other.join(30)
-        submitted.clear()
-        again = shared.detect(crowd)
-        assert len(submitted) > 3 and "_cascade" not in submitted  # bands, levels and crop calls shared out
-        assert callers and all(name.startswith("mtcnn") for name in callers)
-        for found in (beside, again):
-            assert_same_detections(found, alone)
-    finally:
-        shared.close()
-
-
 @pytest.mark.parametrize(("graph", "size"), [("rnet", 24), ("onet", 48)])
 def test_a_crops_outputs_do_not_depend_on_its_call(detector: MTCNN, crowd: np.ndarray, graph: str, size: int) -> None:
     """The threads split the candidates into calls of other sizes than one thread does; each
     crop must come out the same whatever call it is in, to the last bit."""
-    boxes = detector._stage_pnet(as_pil(crowd), *crowd.shape[:2], DEFAULT_MIN_FACE_SIZE)
+    boxes = detector._stage_pnet(as_pil(crowd), *crowd.shape[:2], DEFAULT_MIN_FACE_SIZE, INLINE)
     windows, valid = crop_windows(boxes, *crowd.shape[:2])
     crops = normalise_pixels(crop_patches(crowd, windows[valid][:150], size))
     session = getattr(detector, graph)
@@ -463,38 +368,15 @@ def test_a_crops_outputs_do_not_depend_on_its_call(detector: MTCNN, crowd: np.nd
         np.testing.assert_array_equal(np.concatenate([part[k] for part in parts]), out)
 
 
-def test_an_error_in_a_detector_thread_reaches_the_caller(detector: MTCNN, crowd: np.ndarray) -> None:
-    class Broken:
-        def get_inputs(self):
-            return detector.rnet.get_inputs()
-
-        def run(self, names, feed):
-            raise RuntimeError("R-Net failed")
-
-    broken = MTCNN(detector.pnet, Broken(), detector.onet, threads=2)
-    try:
-        with pytest.raises(RuntimeError, match="R-Net failed"):
-            broken.detect(crowd)
-    finally:
-        broken.close()
-
-
-def test_a_closed_detector_works_in_the_calling_thread(detector: MTCNN, astronaut_rgb: np.ndarray) -> None:
-    shared = MTCNN(detector.pnet, detector.rnet, detector.onet, threads=2)
-    shared.close()
-    shared.close()  # idempotent
-    assert [f.box for f in shared.detect(astronaut_rgb)] == [f.box for f in detector.detect(astronaut_rgb)]
-    with pytest.raises(ValueError, match="threads"):
-        MTCNN(detector.pnet, detector.rnet, detector.onet, threads=0)
-
-
-def test_pyramid_levels_do_not_depend_on_the_pool(astronaut_rgb: np.ndarray) -> None:
+def test_pyramid_levels_do_not_depend_on_the_threads(astronaut_rgb: np.ndarray) -> None:
     from concurrent.futures import ThreadPoolExecutor
+
+    from service.scheduling import SharedThreads
 
     sizes = [level_size(512, 512, s) for s in pyramid_scales(512, 512, DEFAULT_MIN_FACE_SIZE, DEFAULT_FACTOR)]
     alone = list(pyramid_levels(as_pil(astronaut_rgb), sizes))
     with ThreadPoolExecutor(3) as pool:
-        together = list(pyramid_levels(as_pil(astronaut_rgb), sizes, pool))
+        together = list(pyramid_levels(as_pil(astronaut_rgb), sizes, 3, SharedThreads(pool, 3)))
     assert len(together) == len(alone) == len(sizes)
     for a, b in zip(together, alone, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -504,22 +386,21 @@ def test_sessions_run_single_threaded_under_detector_threads() -> None:
     assert session_threads(threads=2, intra_op_threads=0) == 1
     assert session_threads(threads=1, intra_op_threads=0) == 0
     assert session_threads(threads=1, intra_op_threads=3) == 3
-    shared = MTCNN.from_dir(MODEL_DIR, threads=2)
-    try:
-        assert shared.threads == 2
-        assert shared.pnet.get_session_options().intra_op_num_threads == 1
-    finally:
-        shared.close()
+    single = MTCNN.from_dir(MODEL_DIR, intra_op_threads=session_threads(threads=2, intra_op_threads=0))
+    assert single.pnet.get_session_options().intra_op_num_threads == 1
 
 
-def test_pnet_candidates_do_not_depend_on_the_bands(
-    detector: MTCNN, crowd: np.ndarray, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import service.vision.mtcnn as mtcnn_module
+def test_tuning_is_checked_and_given_at_construction(detector: MTCNN) -> None:
+    assert detector.tuning == CascadeTuning()
+    for field in ("pnet_band_pixels", "pyramid_direct", "crop_batch"):
+        with pytest.raises(ValueError, match=field):
+            CascadeTuning(**{field: 0})
 
+
+def test_pnet_candidates_do_not_depend_on_the_bands(detector: MTCNN, crowd: np.ndarray) -> None:
     def candidates(max_pixels: int) -> np.ndarray:
-        monkeypatch.setattr(mtcnn_module, "PNET_BAND_PIXELS", max_pixels)
-        return detector._stage_pnet(as_pil(crowd), *crowd.shape[:2], DEFAULT_MIN_FACE_SIZE)
+        banded = MTCNN(detector.pnet, detector.rnet, detector.onet, tuning=CascadeTuning(pnet_band_pixels=max_pixels))
+        return banded._stage_pnet(as_pil(crowd), *crowd.shape[:2], DEFAULT_MIN_FACE_SIZE, INLINE)
 
     whole = candidates(10**9)
     assert len(whole) > 100

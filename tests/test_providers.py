@@ -224,7 +224,7 @@ def test_computing_slots_default_to_the_provider_in_use(settings, monkeypatch) -
     from service.state import CPU_COMPUTING_SLOTS, CUDA_COMPUTING_SLOTS, ServiceState
 
     cpu = ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 0}))
-    assert cpu.computing_slots == CPU_COMPUTING_SLOTS == 2 and cpu.gate.slots == 2
+    assert cpu.computing_slots == CPU_COMPUTING_SLOTS == 2 and cpu.scheduler.gate.slots == 2
     assert (
         ServiceState(settings.model_copy(update={"providers": "cpu", "max_concurrent_inference": 3})).computing_slots
         == 3
@@ -251,10 +251,12 @@ def test_a_loaded_service_runs_its_detector_on_threads_and_blas_on_one_thread(cl
 
     state = client.app.state.service
     detector = state.require_pipeline().detector
-    assert detector.threads == state.detect_threads
-    per_session = session_threads(detector.threads, settings.intra_op_threads)
+    assert detector.threads is state.scheduler.detector_threads
+    assert detector.threads.threads == state.detect_threads
+    cascade = detector.cascade
+    assert cascade is state.cascade
+    per_session = session_threads(state.detect_threads, settings.intra_op_threads)
     assert all(
-        s.get_session_options().intra_op_num_threads == per_session
-        for s in (detector.pnet, detector.rnet, detector.onet)
+        s.get_session_options().intra_op_num_threads == per_session for s in (cascade.pnet, cascade.rnet, cascade.onet)
     )
     assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")

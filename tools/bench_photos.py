@@ -4,7 +4,7 @@ over HTTP, in one run.
     python tools/bench_photos.py                  # what docs/benchmarks.md reports (make bench)
     python tools/bench_photos.py --quick          # fewer runs and requests, for a smoke test
     python tools/bench_photos.py --sweep          # HTTP only, over detector threads and concurrency settings
-    python tools/bench_photos.py --detection-only --variant PNET_BAND_PIXELS=1000000000   # vs P-Net unbanded
+    python tools/bench_photos.py --detection-only --variant pnet_band_pixels=1000000000   # vs P-Net unbanded
     python tools/bench_photos.py --server-env MALLOC_MMAP_THRESHOLD_=1048576              # a server setting
     python tools/bench_photos.py --detection-only --compare-models /tmp/mtcnn-before      # other detector graphs
     python tools/bench_photos.py --detection-only --also-detect-threads 1  # vs one detector thread
@@ -39,10 +39,9 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -55,9 +54,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from service.config import Settings  # noqa: E402
+from service.scheduling import DetectorThreads, ScheduledDetector  # noqa: E402
 from service.vision.faces import find_faces  # noqa: E402
 from service.vision.imaging import Picture, decode_image  # noqa: E402
-from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, MTCNN  # noqa: E402
+from service.vision.mtcnn import DEFAULT_MIN_FACE_SIZE, DEFAULT_TUNING, MTCNN, CascadeTuning, session_threads  # noqa: E402
 from tools.bench_service import percentile, rss_mib  # noqa: E402
 from tools.loopback import start_server, stop_server, wait_until_ready  # noqa: E402
 
@@ -127,25 +127,18 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-@contextmanager
-def detector_setting(name: str, value: int) -> Iterator[None]:
-    """Set one of ``service.vision.mtcnn``'s tuning constants for the block."""
-    from service.vision import mtcnn
-
-    if name not in VARIANT_SETTINGS:
-        raise SystemExit(f"--variant: {name} is not one of {sorted(VARIANT_SETTINGS)}")
-    old = getattr(mtcnn, name)
-    setattr(mtcnn, name, value)
-    try:
-        yield
-    finally:
-        setattr(mtcnn, name, old)
-
-
-# The column of --also-beside-facenet: our detector in facenet-pytorch's process.
+# The beside column of --also-beside-facenet: our detector in facenet-pytorch's process.
 BESIDE = "ours in facenet-pytorch's process"
-# The detector's tuning constants a --variant may change (service/vision/mtcnn.py).
-VARIANT_SETTINGS = ("PNET_BAND_PIXELS", "PYRAMID_DIRECT", "CROP_BATCH")
+# The detector's tuning a --variant may change (service.vision.mtcnn.CascadeTuning's fields).
+VARIANT_SETTINGS = tuple(CascadeTuning.__dataclass_fields__)
+
+
+def variant_tuning(name: str, value: int) -> CascadeTuning:
+    """The default tuning with one field changed (``name`` case-insensitive)."""
+    field = name.lower()
+    if field not in VARIANT_SETTINGS:
+        raise SystemExit(f"--variant: {name} is not one of {sorted(VARIANT_SETTINGS)}")
+    return replace(CascadeTuning(), **{field: value})
 
 
 def _facenet_detector(threads: int) -> Callable[[np.ndarray], list[tuple[float, ...]]]:
@@ -172,32 +165,36 @@ def _facenet_detector(threads: int) -> Callable[[np.ndarray], list[tuple[float, 
 
 
 def _our_columns(setup: dict) -> dict[str, Callable[[Photo], list[tuple[float, ...]]]]:
-    """Our detector's columns of the detection table, by label: photo -> boxes."""
+    """Our detector's columns of the detection table, by label: photo -> boxes. Each column is
+    the service's detection path: the cascade scheduled on detector threads
+    (``service.scheduling.DetectorThreads``), sessions sized as the service sizes them."""
     threads, max_side = setup["threads"], setup["max_side"]
     if setup["blas_threads"]:
         threadpool_limits(limits=setup["blas_threads"], user_api="blas")  # as the service runs (single_threaded_blas)
 
-    def runner(detector: MTCNN, setting: tuple[str, int] | None = None) -> Callable[[Photo], list[tuple[float, ...]]]:
+    def runner(
+        model_dir: Path, detect_threads: int, tuning: CascadeTuning = DEFAULT_TUNING
+    ) -> Callable[[Photo], list[tuple[float, ...]]]:
+        cascade = MTCNN.from_dir(model_dir, intra_op_threads=session_threads(detect_threads, threads), tuning=tuning)
+        detector = ScheduledDetector(cascade, DetectorThreads(detect_threads))
+
         def run(photo: Photo) -> list[tuple[float, ...]]:
-            with detector_setting(*setting) if setting else nullcontext():
-                picture = Picture.from_array(photo.pixels, max_side=max_side)
-                faces = find_faces(
-                    detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100
-                )
+            picture = Picture.from_array(photo.pixels, max_side=max_side)
+            faces = find_faces(
+                detector, picture, size=48, min_face_size=DEFAULT_MIN_FACE_SIZE, threshold=None, max_faces=100
+            )
             return [f.box for f in faces]
 
         return run
 
-    ours = MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=threads)
-    columns = {"ours": runner(ours)}
+    shipped = REPO / "models" / "mtcnn"
+    columns = {"ours": runner(shipped, threads)}
     for name, value in setup["variants"]:
-        columns[f"{name}={value}"] = runner(ours, (name, value))
+        columns[f"{name}={value}"] = runner(shipped, threads, variant_tuning(name, value))
     for n in setup["also_threads"]:
-        columns[f"{n} detector thread(s)"] = runner(
-            MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=threads, threads=n)
-        )
+        columns[f"{n} detector thread(s)"] = runner(shipped, n)
     if setup["compare"]:
-        columns["other"] = runner(MTCNN.from_dir(setup["compare"], intra_op_threads=threads, threads=threads))
+        columns["other"] = runner(setup["compare"], threads)
     return columns
 
 
@@ -282,9 +279,8 @@ def bench_detection(
     cold caches, which no deployment of either sees. ``beside`` adds a column of our detector
     in facenet-pytorch's process, each run right after one of facenet-pytorch's, to show it.
     """
-    for name, _ in variants:
-        if name not in VARIANT_SETTINGS:
-            raise SystemExit(f"--variant: {name} is not one of {sorted(VARIANT_SETTINGS)}")
+    for name, value in variants:
+        variant_tuning(name, value)  # an unknown name stops here, before any process starts
     setup = {
         "threads": threads,
         "max_side": max_side,
@@ -454,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="NAME=VALUE",
         help=(
-            "also time detection with one of the detector's constants changed "
+            "also time detection with one field of the detector's tuning changed "
             f"({', '.join(VARIANT_SETTINGS)}); repeatable"
         ),
     )

@@ -41,7 +41,7 @@ from service.errors import (
     WorkAbandoned,
 )
 from service.pipeline import DetectOptions, Face, FacePipeline, ImageResult, StageTimer
-from service.state import AdmissionGate, ServiceState
+from service.state import ServiceState
 from service.vision.imaging import encode_png, probe_size
 
 _MEDIA_TYPES_HINT = (
@@ -328,9 +328,8 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-def _on_worker_done(gate: AdmissionGate, timer: AbandonableTimer) -> Callable[[asyncio.Future[Any]], None]:
+def _count_abandoned(timer: AbandonableTimer) -> Callable[[asyncio.Future[Any]], None]:
     def done(task: asyncio.Future[Any]) -> None:
-        gate.release()  # only now: the thread has really stopped using the CPU
         if not task.cancelled() and isinstance(task.exception(), WorkAbandoned):
             metrics.ABANDONED.labels(reason=timer.reason).inc()
 
@@ -363,20 +362,18 @@ async def analyse(
     timer = AbandonableTimer()
 
     async def admitted() -> tuple[list[ImageResult], list[list[bytes]]]:
-        timer.seconds["queue"] = await state.gate.acquire(deadline - time.perf_counter())
-        worker = asyncio.ensure_future(
-            asyncio.to_thread(
-                _analyse_sync,
-                pipeline,
-                uploads,
-                options,
-                timer,
-                max_request_pixels=settings.max_request_pixels,
-                recognise=recognise,
-                poker_face=poker_face,
-            )
+        timer.seconds["queue"] = await state.scheduler.admit(deadline - time.perf_counter())
+        worker = state.scheduler.start_computing(
+            _analyse_sync,
+            pipeline,
+            uploads,
+            options,
+            timer,
+            max_request_pixels=settings.max_request_pixels,
+            recognise=recognise,
+            poker_face=poker_face,
         )
-        worker.add_done_callback(_on_worker_done(state.gate, timer))
+        worker.add_done_callback(_count_abandoned(timer))
         return await asyncio.shield(worker)  # a cancelled request leaves the thread to stop itself
 
     work = asyncio.ensure_future(admitted())

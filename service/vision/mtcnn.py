@@ -26,20 +26,20 @@ areas) follow facenet-pytorch exactly, because they decide borderline keeps.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from service.card import load_card, verify_files
+from service.card import ModelCard, load_card, verify_files
 from service.errors import InvalidImage, ModelLoadError
+
+if TYPE_CHECKING:
+    from service.runtime import SessionSpec
 
 # Detection defaults, facenet-pytorch's. The one declaration: the service settings
 # (``service.config``) and the dataset aligner (``training/data/align_dataset.py``) take theirs
@@ -56,21 +56,72 @@ PNET_CELL = 12  # P-Net's receptive field in pixels of the resized level
 PNET_STRIDE = 2  # one P-Net output cell per 2 pixels of the resized level
 RNET_SIZE = 24
 ONET_SIZE = 48
-# Pixels of one P-Net call at most: bigger pyramid levels run in horizontal bands. P-Net's
-# convolutions unfold their input (im2col), so one call on the 768 px level of a 1280 px
-# photo holds ~150 MiB at once; bands of this size hold a tenth of that. Bands give the whole
-# level's output exactly (tests/test_mtcnn.py); their speed against one call is a wash
-# (tools/bench_photos.py --variant PNET_BAND_PIXELS=..., docs/benchmarks.md).
-PNET_BAND_PIXELS = 80_000
-PYRAMID_DIRECT = 3  # pyramid levels resized from the image itself; the rest from two levels up
-# R-Net candidates per call at most, and O-Net's as many pixels (a quarter as many 48 px crops):
-# smaller calls balance better over the detector's threads, and on single-threaded sessions cost
-# no more per crop than 256 a call (`tools/bench_photos.py --detection-only --variant
-# CROP_BATCH=256`, docs/benchmarks.md). The pixel bound also bounds the largest tensor of a call
-# (O-Net's first convolution: 16 crops x 48 channels x 46 x 46 floats, 6.5 MB): the C allocator
-# keeps freed blocks up to the largest size it has seen in its heap, so bigger calls grew the
-# server's resident memory under load by about 80 MiB (docs/benchmarks.md).
-CROP_BATCH = 64
+
+
+@dataclass(frozen=True)
+class CascadeTuning:
+    """How the cascade cuts its work into calls; the detections do not depend on it (only
+    ``pyramid_direct`` moves boxes, by resizing levels from other levels). Given at
+    construction; ``tools/bench_photos.py --variant NAME=VALUE`` times a changed field.
+
+    Args:
+        pnet_band_pixels: pixels of one P-Net call at most: bigger pyramid levels run in
+            horizontal bands. P-Net's convolutions unfold their input (im2col), so one call on the
+            768 px level of a 1280 px photo holds ~150 MiB at once; bands of this size hold a
+            tenth of that. Bands give the whole level's output exactly (tests/test_mtcnn.py);
+            their speed against one call is a wash (docs/benchmarks.md).
+        pyramid_direct: pyramid levels resized from the image itself; the rest from the level
+            two steps up (:func:`pyramid_levels`).
+        crop_batch: R-Net candidates per call at most, and O-Net's as many pixels (a quarter as
+            many 48 px crops): smaller calls balance better over the detector's threads, and on
+            single-threaded sessions cost no more per crop than 256 a call (docs/benchmarks.md).
+            The pixel bound also bounds the largest tensor of a call (O-Net's first convolution:
+            16 crops x 48 channels x 46 x 46 floats, 6.5 MB): the C allocator keeps freed
+            blocks up to the largest size it has seen in its heap, so bigger calls grew the
+            server's resident memory under load by about 80 MiB (docs/benchmarks.md).
+    """
+
+    pnet_band_pixels: int = 80_000
+    pyramid_direct: int = 3
+    crop_batch: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("pnet_band_pixels", "pyramid_direct", "crop_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+DEFAULT_TUNING = CascadeTuning()
+
+T = TypeVar("T")
+
+
+class Workers(Protocol):
+    """Where the pieces of one detection run; the scheduler (``service.scheduling``) hands the
+    cascade one per call. The cascade starts independent pieces (pyramid levels, P-Net bands,
+    R-Net and O-Net calls) with :meth:`start` and collects them in order."""
+
+    @property
+    def width(self) -> int:
+        """Threads that share the pieces (1: they run one after another)."""
+        ...
+
+    def start(self, fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+        """Start ``fn(*args)``; returns the call that waits for its result (raising its error)."""
+        ...
+
+
+class Inline:
+    """Every piece runs at once in the calling thread: a detection with no threads to share."""
+
+    width = 1
+
+    def start(self, fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+        value = fn(*args)
+        return lambda: value
+
+
+INLINE = Inline()
 # A crop window taller than this many times the crop has its rows summed per output row
 # (``_row_cell_means``) rather than multiplied through the pooling matrix: faster from about 7
 # input rows per output row on (measured on the benchmark set's candidates, docs/benchmarks.md).
@@ -127,31 +178,31 @@ def as_pil(image: np.ndarray) -> Image.Image:
 
 
 def pyramid_levels(
-    image: Image.Image, sizes: Sequence[tuple[int, int]], pool: Executor | None = None
+    image: Image.Image, sizes: Sequence[tuple[int, int]], direct: int = 3, workers: Workers = INLINE
 ) -> Iterator[np.ndarray]:
     """Area-resize the image to each pyramid level, largest first; yields ``(lh, lw, 3) uint8``.
 
     Pillow's box filter averages each output pixel's footprint with exact fractional
-    coverage, the area interpolation MTCNN's pyramid wants. The first ``PYRAMID_DIRECT`` levels
+    coverage, the area interpolation MTCNN's pyramid wants. The first ``direct`` levels
     come from the image itself, every further level from the level two steps before it: with
     the default step of 0.709 that is a halving, where a box filter is nearly an exact 2x2
     average, so the levels stay close to direct resizes while each costs a fraction of a
     full-image pass.
 
-    With a ``pool`` (the detector's threads) the direct levels, most of the pyramid's cost, are
+    With ``workers`` wider than one thread the direct levels, most of the pyramid's cost, are
     all started at once and resized side by side (Pillow releases the GIL), while the caller
-    already works on the levels yielded. The levels are the same with or without it.
+    already works on the levels yielded. The levels are the same either way.
 
-    With three direct levels it finds every face facenet-pytorch finds in the benchmark's scenes,
-    where two lost one, and at least as many FER2013 test faces as exact pooling (docs/benchmarks.md;
-    ``tools/bench_photos.py --variant PYRAMID_DIRECT=...``).
+    With three direct levels (``direct``, at least 2) it finds every face facenet-pytorch finds
+    in the benchmark's scenes, where two lost one, and at least as many FER2013 test faces as
+    exact pooling (docs/benchmarks.md; ``tools/bench_photos.py --variant pyramid_direct=...``).
     """
-    direct = max(PYRAMID_DIRECT, 2)
-    started = [pool.submit(_box_resize, image, *size) for size in sizes[:direct]] if pool is not None else []
+    direct = max(direct, 2)
+    started = [workers.start(_box_resize, image, *size) for size in sizes[:direct]] if workers.width > 1 else []
     made: list[Image.Image] = []
     for k, size in enumerate(sizes):
         if k < len(started):
-            level = started[k].result()
+            level = started[k]()
         else:
             level = _box_resize(image if k < direct else made[k - 2], *size)
         made.append(level)
@@ -398,6 +449,12 @@ def session_threads(threads: int, intra_op_threads: int) -> int:
 class MTCNN:
     """The MTCNN cascade over three sessions (``onnxruntime.InferenceSession`` or look-alikes).
 
+    Stateless after construction: it owns no thread and counts nothing, so any number of
+    threads may call it at once. Where a call's pieces run is the caller's choice, passed as
+    ``workers`` (:class:`Workers`; the service's scheduler, ``service.scheduling``, decides); by
+    default everything runs in the calling thread. The detections do not depend on it: the
+    network calls are the same, only their order is.
+
     Args:
         pnet, rnet, onet: sessions of the graphs in ``models/mtcnn`` (inputs ``image``; outputs
             ``reg, prob`` / ``reg, prob`` / ``reg, landmarks, prob`` in that order).
@@ -406,16 +463,7 @@ class MTCNN:
             smaller ones are not.
         thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
         factor: scale step of the image pyramid.
-        threads: threads that share each photo's work: the pyramid's direct levels, P-Net's
-            bands and levels, and the R-Net and O-Net calls (with their crops). ONNX Runtime
-            and Pillow release the GIL, so on the CPU ``threads`` single-threaded sessions keep
-            as many cores busy, with less waiting than one session's intra-op threads spread
-            over every small operator (``docs/benchmarks.md``). 1: all in the calling thread.
-            A detection that starts while another is in flight takes one of the threads whole
-            and works in it alone: the cores are then busy with two photos already, and
-            sharing out its work would only add waiting (``docs/benchmarks.md``). Every network
-            call runs in these threads, so only they grow ONNX Runtime's per-thread buffers.
-            The detections do not depend on it: the calls are the same, only their order is.
+        tuning: how the work is cut into calls (:class:`CascadeTuning`).
     """
 
     def __init__(
@@ -427,7 +475,7 @@ class MTCNN:
         min_face_size: int = DEFAULT_MIN_FACE_SIZE,
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
         factor: float = DEFAULT_FACTOR,
-        threads: int = 1,
+        tuning: CascadeTuning = DEFAULT_TUNING,
     ) -> None:
         if len(thresholds) != 3:
             raise ValueError(f"need 3 thresholds (P-Net, R-Net, O-Net), got {thresholds}")
@@ -439,103 +487,54 @@ class MTCNN:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
         pyramid_scales(PNET_CELL, PNET_CELL, self.min_face_size, self.factor)  # validates both
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        self.threads = int(threads)
-        self._in_flight = 0  # detections and refinements running now
-        self._count = threading.Lock()
-        self._worker = threading.local()  # .alone: this thread is one of the pool's
-        self._pool = (
-            ThreadPoolExecutor(self.threads, thread_name_prefix="mtcnn", initializer=self._mark_worker)
-            if self.threads > 1
-            else None
-        )
-
-    def _mark_worker(self) -> None:
-        self._worker.alone = True
-
-    @contextmanager
-    def _counted(self) -> Iterator[None]:
-        """Count one detection or refinement in flight for its duration."""
-        with self._count:
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._count:
-                self._in_flight -= 1
-
-    def _shared_pool(self) -> Executor | None:
-        """The detector's threads, to share this call's work out; None (work in this thread)
-        in one of them, where a detection runs whole (:meth:`detect`)."""
-        return None if getattr(self._worker, "alone", False) else self._pool
-
-    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """``[fn(item) for item in items]``, spread over the detector's threads; in order, errors raised."""
-        started = [self._start(fn, item) for item in items]
-        return [result() for result in started]
-
-    def _start(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-        """Start ``fn(*args)`` on the detector's threads (or run it now, without them); returns
-        the call that waits for its result. Inline in one of the threads themselves
-        (:meth:`_shared_pool`)."""
-        pool = self._shared_pool()
-        if pool is None:
-            value = fn(*args)
-            return lambda: value
-        return pool.submit(fn, *args).result
-
-    def close(self) -> None:
-        """Stop the detector's threads (idempotent); the detector then works in the calling thread."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self.tuning = tuning
 
     @classmethod
     def from_dir(
         cls,
         model_dir: str | Path,
         *,
-        providers: list[str] | None = None,
+        sessions: SessionSpec | None = None,
+        providers: Sequence[str] | None = None,
         intra_op_threads: int = 0,
-        threads: int = 1,
         **kwargs: Any,
     ) -> MTCNN:
-        """Load ``model_dir/card.json``, verify every graph's sha256, and create the sessions.
-
-        ``threads`` as in the constructor; ``intra_op_threads`` is each session's ONNX Runtime
-        pool (0: its default, one per core), 1 whenever ``threads`` is above 1
-        (:func:`session_threads`).
+        """Load ``model_dir/card.json``, verify every graph's sha256 (:func:`detector_files`),
+        and create the sessions as ``sessions`` says; without it, on ``providers`` (the CPU by
+        default) with ``intra_op_threads`` ONNX Runtime threads each (0: its default). Other
+        keywords are the constructor's.
 
         Raises:
             ModelLoadError: missing/malformed card, wrong kind, missing graph, bad checksum, or
                 a file ONNX Runtime cannot load.
         """
         # Imported here so that the module (its constants, the numpy stages) loads without ONNX Runtime.
-        from service.runtime import CPU, create_session
+        from service.runtime import CPU, SessionSpec
 
-        card = load_card(model_dir)
-        if card.kind != "detector":
-            raise ModelLoadError(f"model {card.name!r} in {model_dir} is a {card.kind!r}, not a detector")
-        missing = [g for g in GRAPH_NAMES if g not in card.graphs]
-        if missing:
-            raise ModelLoadError(f"detector card {card.name!r} lacks graphs {missing}")
-        paths = verify_files(card, model_dir)
-        chosen = providers or [CPU]
-        # No CPU arena (create_session's default): every photo gives P-Net inputs of new sizes,
-        # and an arena keeps the largest ever seen (docs/deploy.md, "Memory").
-        per_session = session_threads(threads, intra_op_threads)
-        sessions = [create_session(paths[g], providers=chosen, intra_op_threads=per_session) for g in GRAPH_NAMES]
-        return cls(*sessions, threads=threads, **kwargs)
+        # No CPU arena (the spec's default): every photo gives P-Net inputs of new sizes, and an
+        # arena keeps the largest ever seen (docs/deploy.md, "Memory").
+        spec = sessions or SessionSpec(providers=tuple(providers or (CPU,)), intra_op_threads=intra_op_threads)
+        return cls.from_verified(detector_files(load_card(model_dir), model_dir), spec, **kwargs)
+
+    @classmethod
+    def from_verified(cls, paths: dict[str, Path], sessions: SessionSpec, **kwargs: Any) -> MTCNN:
+        """The cascade over graph files already verified (:func:`detector_files`' answer)."""
+        return cls(*(sessions.create(paths[g]) for g in GRAPH_NAMES), **kwargs)
 
     def detect(
-        self, image: np.ndarray, *, min_face_size: int | None = None, threshold: float | None = None
+        self,
+        image: np.ndarray,
+        *,
+        min_face_size: int | None = None,
+        threshold: float | None = None,
+        workers: Workers = INLINE,
     ) -> list[FaceDetection]:
         """Find faces in an ``(H, W, 3) uint8`` RGB image.
 
         Args:
             min_face_size: overrides the constructor's for this call.
             threshold: overrides the final (O-Net) score threshold for this call.
+            workers: where the call's pieces run.
         Returns:
             Detections sorted by score, highest first (possibly empty).
         """
@@ -543,13 +542,7 @@ class MTCNN:
             raise InvalidImage(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
         min_face = self.min_face_size if min_face_size is None else int(min_face_size)
         final_threshold = self.thresholds[2] if threshold is None else float(threshold)
-        with self._counted():
-            pool = self._shared_pool()
-            if pool is not None and self._in_flight > 1:
-                # Another detection is in flight: this one takes a thread of the pool whole.
-                boxes, scores, points = pool.submit(self._cascade, image, min_face, final_threshold).result()
-            else:
-                boxes, scores, points = self._cascade(image, min_face, final_threshold)
+        boxes, scores, points = self._cascade(image, min_face, final_threshold, workers)
         return [
             FaceDetection(
                 box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
@@ -559,17 +552,19 @@ class MTCNN:
             for b, s, p in zip(boxes, scores, points, strict=True)
         ]
 
-    def _cascade(self, image: np.ndarray, min_face: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _cascade(
+        self, image: np.ndarray, min_face: int, threshold: float, workers: Workers
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The three stages on one image: boxes, scores and landmarks, best first."""
         height, width = image.shape[:2]
-        boxes = self._stage_pnet(as_pil(image), height, width, min_face)  # (N, 4) float32 squares
+        boxes = self._stage_pnet(as_pil(image), height, width, min_face, workers)  # (N, 4) float32 squares
         if len(boxes):
-            boxes = self._stage_rnet(image, boxes, height, width)
+            boxes = self._stage_rnet(image, boxes, height, width, workers)
         if not len(boxes):
             return boxes, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
-        return self._stage_onet(image, boxes, height, width, threshold)
+        return self._stage_onet(image, boxes, height, width, threshold, workers)
 
-    def refine(self, image: np.ndarray, box: Sequence[float]) -> FaceDetection | None:
+    def refine(self, image: np.ndarray, box: Sequence[float], *, workers: Workers = INLINE) -> FaceDetection | None:
         """Run O-Net alone on one box of ``image``: the final stage of the cascade at this
         image's resolution, for a face found on a reduced copy of it.
 
@@ -578,8 +573,7 @@ class MTCNN:
         """
         height, width = image.shape[:2]
         square = square_boxes(np.asarray([box], dtype=np.float32))
-        with self._counted():
-            boxes, scores, points = self._stage_onet(image, square, height, width, self.thresholds[2])
+        boxes, scores, points = self._stage_onet(image, square, height, width, self.thresholds[2], workers)
         if not len(boxes):
             return None
         b = boxes[0]
@@ -591,7 +585,7 @@ class MTCNN:
 
     # The three stages; each takes and returns float32 boxes in image pixels.
 
-    def _stage_pnet(self, picture: Image.Image, height: int, width: int, min_face: int) -> np.ndarray:
+    def _stage_pnet(self, picture: Image.Image, height: int, width: int, min_face: int, workers: Workers) -> np.ndarray:
         # One P-Net call per band of each level (the bands of a level give its whole output,
         # and let the threads share the big levels), each started as soon as its level is
         # resized. Packing the levels onto one canvas was measured slower: P-Net is
@@ -604,12 +598,13 @@ class MTCNN:
             reg, prob = self._pnet_band(level, row0, row1, cells)
             return generate_boxes(reg, prob, scales[k], self.thresholds[0], first_row=row0 // 2)  # (n, 9)
 
+        levels = pyramid_levels(picture, sizes, self.tuning.pyramid_direct, workers)
         started = [
             [
-                self._start(candidates, level, k, band)
-                for band in pnet_bands(level.shape[0], level.shape[1], PNET_BAND_PIXELS)
+                workers.start(candidates, level, k, band)
+                for band in pnet_bands(level.shape[0], level.shape[1], self.tuning.pnet_band_pixels)
             ]
-            for k, level in enumerate(pyramid_levels(picture, sizes, self._shared_pool()))
+            for k, level in enumerate(levels)
         ]
         per_level: list[np.ndarray] = []
         for bands in started:
@@ -626,18 +621,24 @@ class MTCNN:
         return reg[0, :, :cells], prob[0, 1, :cells]
 
     def _classify(
-        self, session: Session, input_name: str, image: np.ndarray, windows: np.ndarray, size: int, n_outputs: int
+        self,
+        session: Session,
+        input_name: str,
+        image: np.ndarray,
+        windows: np.ndarray,
+        size: int,
+        n_outputs: int,
+        workers: Workers,
     ) -> list[np.ndarray]:
         """Crop the windows to ``size`` px and run R-Net or O-Net on them, at most
-        ``CROP_BATCH`` crops of R-Net's size (their pixels in bigger crops) a call, in calls of
-        equal size, as many for each thread that shares them (no thread is left with a short last
-        call while the others wait). Returns the graph's first
-        ``n_outputs`` outputs. Each crop's outputs do not depend on the call it is in (ONNX
-        Runtime's CPU kernels are batch-invariant: ``tests/test_mtcnn.py``)."""
-        per_call = max(1, CROP_BATCH * RNET_SIZE**2 // size**2)
-        threads = self.threads if self._shared_pool() is not None else 1  # in a pool thread: all its own
+        ``tuning.crop_batch`` crops of R-Net's size (their pixels in bigger crops) a call, in calls
+        of equal size, as many for each of the workers' threads (no thread is left with a short
+        last call while the others wait). Returns the graph's first ``n_outputs`` outputs. Each
+        crop's outputs do not depend on the call it is in (ONNX Runtime's CPU kernels are
+        batch-invariant: ``tests/test_mtcnn.py``)."""
+        per_call = max(1, self.tuning.crop_batch * RNET_SIZE**2 // size**2)
         calls = -(-len(windows) // per_call)
-        calls = -(-calls // threads) * threads
+        calls = -(-calls // workers.width) * workers.width
         step = -(-len(windows) // calls)
         chunks = [windows[i : i + step] for i in range(0, len(windows), step)]
 
@@ -645,17 +646,19 @@ class MTCNN:
             crops = normalise_pixels(crop_patches(image, chunk, size))  # (k, 3, size, size)
             return session.run(None, {input_name: crops})[:n_outputs]
 
-        parts = self._map(run, chunks)
+        parts = [result() for result in [workers.start(run, chunk) for chunk in chunks]]
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate([p[k] for p in parts], axis=0) for k in range(n_outputs)]
 
-    def _stage_rnet(self, image: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    def _stage_rnet(
+        self, image: np.ndarray, boxes: np.ndarray, height: int, width: int, workers: Workers
+    ) -> np.ndarray:
         windows, valid = crop_windows(boxes, height, width)
         boxes, windows = boxes[valid], windows[valid]
         if not len(boxes):
             return boxes
-        reg, prob = self._classify(self.rnet, self._rnet_input, image, windows, RNET_SIZE, 2)
+        reg, prob = self._classify(self.rnet, self._rnet_input, image, windows, RNET_SIZE, 2, workers)
         score = prob[:, 1]
         passed = score > self.thresholds[1]
         boxes, score, reg = boxes[passed], score[passed], reg[passed]
@@ -663,14 +666,14 @@ class MTCNN:
         return square_boxes(regress_boxes(boxes[keep], reg[keep], inclusive=True))
 
     def _stage_onet(
-        self, image: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float
+        self, image: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float, workers: Workers
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns ``(M, 4)`` boxes, ``(M,)`` scores and ``(M, 5, 2)`` landmarks, best first."""
         windows, valid = crop_windows(boxes, height, width)
         boxes, windows = boxes[valid], windows[valid]
         if not len(boxes):
             return boxes, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
-        reg, marks, prob = self._classify(self.onet, self._onet_input, image, windows, ONET_SIZE, 3)
+        reg, marks, prob = self._classify(self.onet, self._onet_input, image, windows, ONET_SIZE, 3, workers)
         score = prob[:, 1]
         passed = score > threshold
         boxes, score, reg, marks = boxes[passed], score[passed], reg[passed], marks[passed]
@@ -685,8 +688,26 @@ class MTCNN:
         return boxes[keep], score[keep], points[keep]
 
 
+def detector_files(card: ModelCard, model_dir: str | Path) -> dict[str, Path]:
+    """The verified graph files of a detector card: the card's
+    kind and graphs checked, every file's sha256 compared.
+
+    Raises:
+        ModelLoadError: wrong kind, a graph missing, or a file missing or altered.
+    """
+    if card.kind != "detector":
+        raise ModelLoadError(f"{model_dir} holds a {card.kind!r} model, not a face detector")
+    missing = [g for g in GRAPH_NAMES if g not in card.graphs]
+    if missing:
+        raise ModelLoadError(f"detector card {card.name!r} lacks graphs {missing}")
+    return verify_files(card, model_dir)
+
+
 __all__ = [
+    "INLINE",
+    "CascadeTuning",
     "FaceDetection",
+    "Inline",
     "MTCNN",
     "crop_windows",
     "generate_boxes",
@@ -696,4 +717,5 @@ __all__ = [
     "regress_boxes",
     "session_threads",
     "square_boxes",
+    "Workers",
 ]

@@ -52,7 +52,8 @@ async def models(state: StateDep) -> ModelsResponse:
     sessions = {}
     if pipeline is not None:
         sessions[pipeline.model.card.name] = pipeline.model.sessions
-        d = pipeline.detector
+    if pipeline is not None and state.cascade is not None:
+        d = state.cascade
         sessions[state.detector_card.name if state.detector_card else "detector"] = {
             "pnet": d.pnet,
             "rnet": d.rnet,
