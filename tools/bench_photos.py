@@ -358,9 +358,15 @@ def _detection_table(
 
 
 def bench_http(
-    photos: list[Photo], rounds: int, clients_list: list[int], env_extra: dict[str, str], max_seconds: float
+    photos: list[Photo],
+    rounds: int,
+    clients_list: list[int],
+    env_extra: dict[str, str],
+    max_seconds: float,
+    repo: Path = REPO,
 ) -> dict[int, float]:
-    """Prints the HTTP tables; returns images/s per client count."""
+    """Prints the HTTP tables; returns images/s per client count. The server is the service of
+    the checkout ``repo`` (this one by default)."""
     # MALLOC_ARENA_MAX=2 as the image and `make serve` run the service (docs/deploy.md).
     env = {
         "PFVIT_PROVIDERS": os.environ.get("PFVIT_PROVIDERS", "auto"),
@@ -368,7 +374,7 @@ def bench_http(
         "MALLOC_ARENA_MAX": "2",
         **env_extra,
     }
-    proc, url = start_server(env)
+    proc, url = start_server(env, repo=repo)
     rates: dict[int, float] = {}
     try:
         wait_until_ready(proc, url, timeout_s=120)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -22,11 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env_extra: dict[str, str], **popen_kwargs) -> tuple[subprocess.Popen, str]:
-    """Launch the service on a free loopback port; returns the process and its base URL."""
+def start_server(env_extra: dict[str, str], *, repo: Path = REPO, **popen_kwargs) -> tuple[subprocess.Popen, str]:
+    """Launch the service of the checkout ``repo`` (this one by default) on a free loopback
+    port; returns the process and its base URL."""
     port = free_port()
     env = {**os.environ, "PFVIT_HOST": "127.0.0.1", "PFVIT_PORT": str(port), **env_extra}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, **popen_kwargs)
+    if repo != REPO:
+        env["PYTHONPATH"] = str(repo)
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=env, **popen_kwargs)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -47,7 +51,7 @@ def wait_until_ready(proc: subprocess.Popen, url: str, timeout_s: float = 60.0) 
 @contextmanager
 def serving(env_extra: dict[str, str], *, quiet: bool = True, timeout_s: float = 60.0) -> Iterator[str]:
     """A ready service on loopback for the block; yields its base URL and stops it after."""
-    output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if quiet else {}
+    output: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if quiet else {}
     proc, url = start_server(env_extra, **output)
     try:
         wait_until_ready(proc, url, timeout_s=timeout_s)
