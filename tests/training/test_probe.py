@@ -79,25 +79,27 @@ def test_mirror_gain_reports_both_readings(tmp_path, capsys: pytest.CaptureFixtu
 
 def test_editor_probe_reports_both_kinds_of_face(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.training.conftest import micro_overrides
-    from tests.training.test_fer_recipe import stand_in_fer2013
+    from tests.training.test_ferplus_recipe import stand_in_ferplus
     from tools import probe_editor
     from training.checkpoint import TrainState, save_checkpoint
     from training.config import PFViTConfig, TrainConfig
-    from training.data.fer2013 import FER2013_LABELS
+    from training.data.datasets import FERPLUS_LABELS
     from training.judge import JudgeCNN, JudgeResult, save_judge
     from training.model import PFViT
 
-    stand_in_fer2013(tmp_path / "fer2013")
-    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(FER2013_LABELS), greyscale=True))
+    stand_in_ferplus(tmp_path / "ferplus", per_class=6)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(FERPLUS_LABELS), greyscale=True))
     ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
     judge = save_judge(
-        JudgeResult(JudgeCNN(len(FER2013_LABELS)).eval(), list(FER2013_LABELS), 0.0, 0.0), tmp_path / "judge.pt"
+        JudgeResult(JudgeCNN(len(FERPLUS_LABELS)).eval(), list(FERPLUS_LABELS), 0.0, 0.0), tmp_path / "judge.pt"
     )
     argv = [
         "--init",
         str(ckpt),
-        "--fer2013",
-        str(tmp_path / "fer2013"),
+        "--ferplus",
+        str(tmp_path / "ferplus"),
+        "--aligned",
+        str(tmp_path / "ferplus" / "data"),
         "--steps",
         "2",
         "--train-n",
@@ -112,11 +114,26 @@ def test_editor_probe_reports_both_kinds_of_face(tmp_path, capsys: pytest.Captur
         "1",
         "--workers",
         "1",
-        "--sparsity",
-        "0.1",
+        "--set",
+        "sparsity=0.1",
+        "--set",
+        "adv=0.2",
+        "--set",
+        "d_betas=0.0,0.99",
     ]
     assert probe_editor.main(argv) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert line["sparsity"] == 0.1 and line["steps"] == 2
+    assert line["sparsity"] == 0.1 and line["adv"] == 0.2 and line["d_betas"] == [0.0, 0.99] and line["steps"] == 2
     assert -1.0 <= line["change_cosine"] <= 1.0 and line["true_mean_change"] > 0
     assert line["photo_mean_change"] >= 0 and 0.0 < line["photo_ssim_to_input"] <= 1.0
+    assert line["c2st_n"] == 7  # the stand-in's neutral test faces: six and the blank one
+    assert 0.0 <= line["c2st_auc"] <= 1.0 and 0.0 <= line["c2st_inputs_auc"] <= 1.0
+
+
+def test_editor_probe_refuses_settings_it_owns() -> None:
+    from tools import probe_editor
+
+    assert probe_editor.editor_overrides(["gan=nonsat", "d_steps=2"]) == {"gan": "nonsat", "d_steps": 2}
+    for bad in ("epochs=3", "no_such_setting=1", "adv"):
+        with pytest.raises(SystemExit, match="--set"):
+            probe_editor.editor_overrides([bad])
