@@ -84,6 +84,27 @@ def dataclass_from_args(cls: type, values: dict[str, Any], prefix: str = "") -> 
     return cls(**kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose help ends with the data kinds a ``--data`` spec may name, when the command
+    takes one (read from the registry only when help is asked for: it imports torch)."""
+
+    lists_data_kinds = False
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if not self.lists_data_kinds:
+            return text
+        from training.data.spec import DATA_KINDS
+
+        lines = ["data kinds (--data KIND:PATH[,key=value...] or KIND:key=value,...):"]
+        for kind, entry in DATA_KINDS.items():
+            options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
+            lines.append(
+                f"  {kind:<12} {'a folder' if entry.needs_path else 'no folder'}" + (f"; {options}" if options else "")
+            )
+        return text + "\n" + "\n".join(lines) + "\n"
+
+
 def parse_config(
     cls: type,
     prog: str,
@@ -97,9 +118,8 @@ def parse_config(
         extra: adds flags that are not fields of ``cls``; their values come back as
             ``(config, {name: value})`` instead of the config alone.
     """
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.lists_data_kinds = any(f.name in DATA_FIELDS for f in dataclasses.fields(cls))
     add_dataclass_arguments(parser, cls)
     if extra is not None:
         extra(parser)

@@ -58,6 +58,11 @@ def test_every_command_answers_help(command: str) -> None:
     assert out.startswith(f"usage: {command}")
     if command not in ("pfvit-align-dataset",):
         assert "--data" in out or "--checkpoint" in out
+    if "--data DATA" in out:  # a command that reads a data spec names every kind it may take
+        from training.data.spec import DATA_KINDS
+
+        kinds = out.split("data kinds (--data", 1)[1]
+        assert all(f"\n  {kind} " in kinds for kind in DATA_KINDS) and "affectnet7" in kinds
 
 
 def test_the_editor_command_needs_its_data_and_a_finished_model() -> None:
