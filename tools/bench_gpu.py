@@ -190,7 +190,8 @@ def bench_training(device: str, sizes: list[str], batches: list[int], steps: int
         from training import distributed
         from training.config import TrainConfig
         from training.data import build_data
-        from training.model import PFViT, model_config
+        from training.model import PFViT
+        from training.sizes import model_config
         from training.stages import PFViTStage, RunLog
     except ImportError:
         return [("training", "skipped: needs the train extra (torch)", "", 0)]

@@ -22,7 +22,7 @@ import numpy as np
 from service.models import EmotionModel
 from service.runtime import CPU
 from service.vision.imaging import resize_rgb
-from training.data.datasets import FERPlus
+from training.data.ferplus import FERPlus
 from training.data.transforms import FaceTransform
 from training.realism import C2STConfig, c2st
 

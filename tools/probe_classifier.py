@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from training.config import STEMS
 from training.data import build_data
-from training.model import build_model
+from training.sizes import build_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ import torch
 
 from tools.probe_poker_face import add_run_flags, change_report, rendered_faces, to_u8
 from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig
-from training.data.datasets import FERPlus
+from training.data.ferplus import FERPlus
 from training.data.joint import JointFaces
 from training.data.transforms import FaceTransform
 from training.engine import run_editor

@@ -29,7 +29,8 @@ from training.config import EditorConfig, PFViTConfig, PretrainConfig, RunConfig
 from training.data.sampling import BalancedSampler
 from training.distributed import DistContext
 from training.evaluate import evaluate
-from training.model import PFViT, model_config
+from training.model import PFViT
+from training.sizes import model_config
 from training.stages import EditorStage, MAEStage, PFViTStage, RunLog, Stage
 
 __all__ = ["RunResult", "input_size", "resolve_model_config", "run_editor", "run_pretrain", "run_stage", "run_train"]

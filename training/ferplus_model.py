@@ -50,7 +50,7 @@ from training import served_eval
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.cli import parse_config
 from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig, LossWeights, PretrainConfig, TrainConfig
-from training.data.datasets import FERPlus
+from training.data.ferplus import FERPlus
 from training.data.joint import JointFaces
 from training.data.spec import DataSpec
 from training.data.transforms import FaceTransform

@@ -274,7 +274,7 @@ def test_pipeline_through_the_commands(tmp_path: Path, aligned_photo: np.ndarray
 
 
 def test_the_service_preprocesses_as_the_model_does(aligned_photo: np.ndarray) -> None:
-    from training.model import pfvit_micro
+    from training.sizes import pfvit_micro
 
     model = pfvit_micro(image_size=32)
     x = FaceTransform(image_size=32, augment=False)(aligned_photo)[None]  # training's path: (1, 3, H, W) in [0, 1]

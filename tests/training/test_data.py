@@ -25,7 +25,8 @@ from training.data import (
     five_points_from_68,
     sample_weights,
 )
-from training.data.datasets import FERPLUS_VOTE_COLUMNS, crop_box
+from training.data.datasets import crop_box
+from training.data.ferplus import FERPLUS_VOTE_COLUMNS
 from training.data.transforms import hflip, random_affine, to_tensor
 
 

@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 from service.card import load_card
 from service.vision.imaging import encode_png
 from training import ferplus_model
-from training.data.datasets import FERPLUS_LABELS
+from training.data.ferplus import FERPLUS_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRONAUT = REPO / "tests" / "fixtures" / "astronaut.png"

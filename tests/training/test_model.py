@@ -7,19 +7,10 @@ import torch
 
 from tests.training.conftest import IMAGE_SIZE, micro_overrides
 from training.adversarial import build_discriminator
+from training.blocks import patchify, random_masking, sincos_pos_embed_2d, unpatchify
 from training.config import PFViTConfig
-from training.model import (
-    FACTORIES,
-    MODEL_SIZES,
-    PFViT,
-    optim_groups,
-    patchify,
-    pfvit_micro,
-    pfvit_tiny,
-    random_masking,
-    sincos_pos_embed_2d,
-    unpatchify,
-)
+from training.model import PFViT, optim_groups
+from training.sizes import FACTORIES, MODEL_SIZES, pfvit_micro, pfvit_tiny
 
 
 def make_model(**kw) -> PFViT:

@@ -83,7 +83,7 @@ def test_editor_probe_reports_both_kinds_of_face(tmp_path, capsys: pytest.Captur
     from tools import probe_editor
     from training.checkpoint import TrainState, save_checkpoint
     from training.config import PFViTConfig, TrainConfig
-    from training.data.datasets import FERPLUS_LABELS
+    from training.data.ferplus import FERPLUS_LABELS
     from training.judge import JudgeCNN, JudgeResult, save_judge
     from training.model import PFViT
 

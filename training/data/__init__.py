@@ -15,17 +15,14 @@ from torch.utils.data import Dataset
 
 from training.data.datasets import (
     AFFECTNET_LABELS,
-    FERPLUS_LABELS,
     RAFDB,
     RAFDB_LABELS,
     AffectNet,
     FaceDataset,
-    FERPlus,
     ImageFolder,
-    ferplus_majority,
-    ferplus_soft_target,
     five_points_from_68,
 )
+from training.data.ferplus import FERPLUS_LABELS, FERPlus, ferplus_majority, ferplus_soft_target
 from training.data.sampling import BalancedSampler, balanced_sampler, class_counts, sample_weights
 from training.data.spec import DATA_KINDS, DataKind, DataSpec, build_data, disk_kind
 from training.data.synthetic import SyntheticFaces

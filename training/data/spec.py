@@ -22,8 +22,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from training.data.datasets import RAFDB, AffectNet, FERPlus, ImageFolder
+from training.data.datasets import RAFDB, AffectNet, ImageFolder
 from training.data.fer2013 import FER2013
+from training.data.ferplus import FERPlus
 from training.data.synthetic import SyntheticFaces
 from training.data.transforms import FaceTransform
 
