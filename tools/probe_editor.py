@@ -40,7 +40,7 @@ from training.data.ferplus import FERPlus
 from training.data.joint import JointFaces
 from training.data.transforms import FaceTransform
 from training.engine import run_editor
-from training.ferplus_model import FERPlusModelConfig
+from training.ferplus_config import FERPlusModelConfig
 from training.fidelity import ssim
 from training.judge import load_judge, poker_face_report
 from training.realism import C2STConfig, c2st

@@ -36,146 +36,41 @@ Steps, all seeded; each resumes from its own files when interrupted:
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from service.card import load_card, write_card
-from training import served_eval
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.calibration import checkpoint_logits, choose_tau
+from training.checkpoint import load_checkpoint
 from training.cli import parse_config
 from training.config import IMAGENET_MEAN, IMAGENET_STD, EditorConfig, LossWeights, PretrainConfig, TrainConfig
 from training.data.ferplus import FERPlus
 from training.data.joint import JointFaces
-from training.data.spec import DataSpec
-from training.data.transforms import FaceTransform
-from training.default_model import InMemoryFaces, previous_timings, render_split
+from training.default_model import previous_timings
 from training.engine import run_editor, run_pretrain, run_train
 from training.export import export_checkpoint
-from training.ferplus_report import publish_report
-from training.judge import JudgeConfig, JudgeResult, load_judge, poker_face_report, save_judge, train_judge
-from training.recipe import MTCNN_DIR, align_photos, recipe_flags, resume_or_skip, stage_seconds
-
-REPO = Path(__file__).resolve().parent.parent
-# The judge that scored the model's poker faces, kept beside it (never in the service image).
-JUDGE_FILE = "judge.pt"
-SPLIT_FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")
-DATA_TERMS = (
-    "FER2013's images (ICML 2013 representation-learning challenge, Goodfellow et al.) were released for research: "
-    "check their terms before any other use of this model. The FERPlus labels (Microsoft) are MIT-licensed."
+from training.ferplus_config import (
+    DATA_TERMS,
+    JUDGE_FILE,
+    QUICK,
+    FERPlusModelConfig,
+    align,
+    aligned_dir,
+    ferplus,
+    ferplus_spec,
+    judge_config,
+    recogniser_checkpoint,
+    rendered_faces,
+    rendered_spec,
+    stage_dirs,
 )
-
-
-@dataclass(frozen=True)
-class FERPlusModelConfig:
-    """The shipped recipe. Args are the command-line flags of the same names.
-
-    Args:
-        ferplus: the FERPlus folder (split folders with ``label.csv``, or ``data/`` holding them).
-        votes: "label" (each split's ``label.csv``) or "new" (``fer2013new.csv``) trains.
-        refine_epochs: epochs of the warm restart that continues the PF-ViT stage (0 = none).
-        refine_blr: its peak learning rate (the PF-ViT stage's is ``train_blr``).
-        logit_adjust_taus: the grid tau is chosen from on the validation faces.
-        ablation: also train the separation ablation (step 7).
-    """
-
-    ferplus: str = ""
-    votes: str = "label"
-    out_dir: str = "runs/ferplus-model"
-    model_dir: str = str(REPO / "models" / "pfvit-micro-ferplus")
-    docs_dir: str = str(REPO / "docs")
-    name: str = "pfvit-micro-ferplus"
-    version: str = "2.1.0"
-    image_size: int = 48
-    stem: str = "deepconv"
-    pad_px: int = 24
-    upscale: float = 3.0
-    seed: int = 0
-    judge_epochs: int = 5
-    pretrain_epochs: int = 8
-    pretrain_blr: float = 1.5e-3
-    mask_ratio: float = 0.75
-    train_epochs: int = 16
-    batch_size: int = 64
-    train_blr: float = 4e-3
-    refine_epochs: int = 12
-    refine_blr: float = 2e-3
-    d_blr: float = 5e-4
-    grad_clip: float = 1.0
-    cls_weight: float = 2.0
-    poker_sup_weight: float = 2.0
-    poker_sup_loss: str = "l1"
-    cyc_neutral_weight: float = 0.5
-    label_smoothing: float = 0.05
-    # Rendered faces beside FERPlus's 25,045 train photos: about one sample in eleven.
-    rendered_train: int = 2400
-    rendered_test: int = 800
-    mirror_average: bool = True
-    logit_adjust_taus: str = "0,0.25,0.5,0.75,1,1.25,1.5"
-    ablation: bool = True
-    editor_epochs: int = EditorConfig.epochs
-    editor_rendered_repeat: int = 3
-    editor_poker_sup: float = EditorConfig.poker_sup
-    editor_cyc_neutral: float = EditorConfig.cyc_neutral
-    editor_sparsity: float = EditorConfig.sparsity
-    render_workers: int = 0  # 0 = one per core
-    device: str = "auto"
-    threads: int = 0
-
-
-QUICK = dict(
-    judge_epochs=1,
-    pretrain_epochs=1,
-    train_epochs=1,
-    refine_epochs=1,
-    editor_epochs=1,
-    rendered_train=256,
-    rendered_test=64,
-)
-
-
-def aligned_dir(cfg: FERPlusModelConfig) -> Path:
-    return Path(cfg.out_dir) / "aligned"
-
-
-def split_root(root: Path) -> Path:
-    """The folder holding the split folders: ``root`` or its ``data/``."""
-    return root / "data" if any((root / "data" / f).is_dir() for f in SPLIT_FOLDERS) else root
-
-
-def align(cfg: FERPlusModelConfig) -> None:
-    """Step 1: every split through the service's detector and aligner (resumable)."""
-    align_photos(split_root(Path(cfg.ferplus)), aligned_dir(cfg), cfg.image_size, cfg.pad_px, cfg.upscale, cfg.threads)
-
-
-def ferplus(
-    cfg: FERPlusModelConfig, split: str, augment: bool, aligned: bool = True, votes: str | None = None
-) -> FERPlus:
-    """One FERPlus split: the aligned faces (``aligned``) or the original 48 px crops."""
-    transform = FaceTransform(image_size=cfg.image_size, augment=augment)
-    return FERPlus(
-        cfg.ferplus, split, transform, votes=votes or cfg.votes, images=str(aligned_dir(cfg)) if aligned else ""
-    )
-
-
-def ferplus_spec(cfg: FERPlusModelConfig) -> DataSpec:
-    return DataSpec.of("ferplus", cfg.ferplus, votes=cfg.votes, images=str(aligned_dir(cfg)))
-
-
-def rendered_spec(cfg: FERPlusModelConfig) -> DataSpec:
-    """The rendered faces trained on (``train``) and scored on (``test``: held-out identities)."""
-    return DataSpec.of(
-        "rendered", "", seed=cfg.seed, size=cfg.image_size, n=cfg.rendered_train, test_n=cfg.rendered_test
-    )
-
-
-def rendered_faces(cfg: FERPlusModelConfig, split: str) -> InMemoryFaces:
-    return render_split(rendered_spec(cfg), split, cfg.image_size, cfg.render_workers or os.cpu_count() or 1)
+from training.ferplus_eval import publish
+from training.judge import save_judge, train_judge
+from training.recipe import recipe_flags, resume_or_skip, stage_seconds
 
 
 class _Images(torch.utils.data.Dataset):
@@ -232,44 +127,6 @@ def train_config(
         resume=resume,
         **common_run_settings(cfg),
     )
-
-
-@torch.no_grad()
-def checkpoint_logits(checkpoint: str | Path, faces: FERPlus, mirror_average: bool, batch: int = 256) -> np.ndarray:
-    """``(N, K)`` logits of a checkpoint's E, S_e and H on ``faces`` (no augmentation), averaged
-    with the mirror image when the exported graph does so."""
-    model, _ = model_from_checkpoint(checkpoint)
-    model.eval()
-    out = []
-    for start in range(0, len(faces), batch):
-        x = torch.stack([faces[i]["image"] for i in range(start, min(len(faces), start + batch))])
-        views = [x, x.flip(-1)] if mirror_average else [x]
-        logits = []
-        for v in views:
-            z_e, _ = model.separate(model.forward_features(model.normalise(v)))
-            logits.append(model.forward_head(z_e)[0])
-        out.append(torch.stack(logits).mean(0))
-    return torch.cat(out).numpy()
-
-
-def balanced_scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """(accuracy, macro recall) of ``logits.argmax`` against ``y``."""
-    pred = logits.argmax(1)
-    recalls = [float((pred[y == k] == k).mean()) for k in range(num_classes) if (y == k).any()]
-    return float((pred == y).mean()), float(np.mean(recalls))
-
-
-def choose_tau(
-    logits: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: list[float]
-) -> tuple[float, list[dict[str, float]]]:
-    """The tau of ``logits - tau * log_prior`` with the best mean of accuracy and macro recall on
-    ``y`` (ties: the smaller tau), and every candidate's scores."""
-    table = []
-    for tau in taus:
-        acc, macro = balanced_scores(logits - tau * log_prior, y, logits.shape[1])
-        table.append({"tau": tau, "accuracy": acc, "macro_recall": macro})
-    best = max(table, key=lambda r: (round(0.5 * (r["accuracy"] + r["macro_recall"]), 6), -r["tau"]))
-    return float(best["tau"]), table
 
 
 def calibrate(cfg: FERPlusModelConfig, train: FERPlus, val: FERPlus) -> dict[str, Any]:
@@ -398,26 +255,6 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
     return metrics
 
 
-def stage_dirs(cfg: FERPlusModelConfig, separation: bool) -> tuple[Path, Path]:
-    """The run folders of the PF-ViT stage and of its warm restart (the ablation's without
-    separation)."""
-    out = Path(cfg.out_dir)
-    return (out / "train", out / "refine") if separation else (out / "ablation", out / "ablation-refine")
-
-
-def recogniser_checkpoint(cfg: FERPlusModelConfig, separation: bool) -> Path:
-    """The checkpoint that ends the recogniser's training: the warm restart's, or the PF-ViT
-    stage's when there is none."""
-    first, refine = stage_dirs(cfg, separation)
-    return (refine if cfg.refine_epochs else first) / "last.pt"
-
-
-def recogniser_finished(cfg: FERPlusModelConfig, separation: bool) -> bool:
-    first, refine = stage_dirs(cfg, separation)
-    done = resume_or_skip(first, cfg.train_epochs)[1]
-    return done and (not cfg.refine_epochs or resume_or_skip(refine, cfg.refine_epochs)[1])
-
-
 def pfvit_stages(cfg: FERPlusModelConfig, joint: JointFaces, val_set: FERPlus, separation: bool) -> dict[str, float]:
     """Step 3 (or the ablation's): the PF-ViT stage from the MAE checkpoint, then its warm
     restart from the stage's end; each resumes. Returns their seconds (``train_s``, ``refine_s``)."""
@@ -434,153 +271,6 @@ def pfvit_stages(cfg: FERPlusModelConfig, joint: JointFaces, val_set: FERPlus, s
                 run_train(train_config(cfg, run_dir, resume, separation, init, is_refine), joint, val_set)
         seconds[key] = stage_seconds(run_dir, time.perf_counter() - t0) if epochs else 0.0
     return seconds
-
-
-def judge_config(cfg: FERPlusModelConfig) -> JudgeConfig:
-    return JudgeConfig(
-        out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed
-    )
-
-
-def shipped_judge(cfg: FERPlusModelConfig) -> JudgeResult:
-    """The judge kept beside the model (``judge.pt``); trained (seeded) and kept there when missing."""
-    path = Path(cfg.model_dir) / JUDGE_FILE
-    if path.is_file():
-        return load_judge(path)
-    judge = train_judge(
-        judge_config(cfg),
-        ferplus(cfg, "train", augment=True),
-        ferplus(cfg, "val", augment=False),
-        list(IMAGENET_MEAN),
-        list(IMAGENET_STD),
-    )
-    save_judge(judge, path)
-    return judge
-
-
-def ablation_scores(cfg: FERPlusModelConfig, test: FERPlus) -> dict[str, Any] | None:
-    """Accuracy with and without separation: both recognisers' final checkpoints (PF-ViT stage
-    and warm restart) on the aligned test faces, no mirror averaging and no logit adjustment, so
-    only the stage differs."""
-    if not (recogniser_finished(cfg, True) and recogniser_finished(cfg, False)):
-        return None  # a stage not yet run, or not finished: its checkpoint would not be the comparison
-    paths = {
-        "with_separation": recogniser_checkpoint(cfg, True),
-        "without_separation": recogniser_checkpoint(cfg, False),
-    }
-    y = np.asarray(test.targets)
-    scores: dict[str, Any] = {}
-    for name, path in paths.items():
-        logits = checkpoint_logits(path, test, mirror_average=False)
-        acc, macro = balanced_scores(logits, y, logits.shape[1])
-        scores[name] = {
-            "accuracy": acc,
-            "macro_recall": macro,
-            "val_accuracy": float(
-                load_checkpoint(path).get("extra", {}).get("last", {}).get("val_accuracy", float("nan"))
-            ),
-        }
-    return scores
-
-
-def evaluate(cfg: FERPlusModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The exported files through the service's code, on FERPlus test (majority of ``label.csv``,
-    and of ``fer2013new.csv`` for comparison)."""
-    model = served_eval.load_emotion_model(cfg.model_dir, threads=cfg.threads)
-    labels = model.labels
-    metrics: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for votes in ("label", "new"):
-        aligned = ferplus(cfg, "test", augment=False, votes=votes)
-        y = np.asarray(aligned.targets, dtype=np.int64)
-        faces = np.stack([aligned.load_face(i) for i in range(len(aligned))])
-        part = {"aligned": served_eval.score(y, served_eval.recognise_crops(model, faces), labels)}
-        if votes == "label":
-            raw = ferplus(cfg, "test", augment=False, aligned=False, votes=votes)
-            crops = [raw.load_face(i) for i in range(len(raw))]
-            photos = served_eval.recognise_photos(model, MTCNN_DIR, crops, cfg.pad_px, cfg.upscale, threads=cfg.threads)
-            part["photos"] = served_eval.score(y, photos.predictions, labels)
-            part["raw_crops"] = served_eval.score(y, served_eval.recognise_crops(model, np.stack(crops)), labels)
-            arrays.update(faces=faces, y=y)
-            metrics["ablation"] = ablation_scores(cfg, aligned)
-        metrics[votes] = part
-
-    faces, y = arrays["faces"], arrays["y"]
-    pokers = served_eval.poker_faces(model, faces)
-    metrics["poker_face_ferplus"] = {**served_eval.change_measures(faces, pokers), "num_samples": len(faces)}
-    judge = shipped_judge(cfg)
-
-    def to01(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0
-
-    metrics["judge"] = {
-        "val_accuracy": judge.val_accuracy,
-        **poker_face_report(
-            judge.model,
-            judge.labels,
-            to01(faces),
-            to01(pokers),
-            torch.from_numpy(y),
-            list(IMAGENET_MEAN),
-            list(IMAGENET_STD),
-        ),
-    }
-    rendered = rendered_faces(cfg, "test")
-    r_faces = rendered.images.permute(0, 2, 3, 1).numpy()
-    r_truth = rendered.pokers.permute(0, 2, 3, 1).numpy()
-    expressive = np.asarray(rendered.targets) != list(rendered.labels).index("neutral")
-    metrics["poker_face_rendered"] = served_eval.rendered_fidelity(model, r_faces, r_truth, expressive)
-    return metrics, {"faces": faces, "pokers": pokers, "labels": y}
-
-
-def publish(cfg: FERPlusModelConfig, timings: dict[str, float]) -> dict[str, Any]:
-    """Evaluate the exported model; write metrics, card numbers, report and pictures."""
-    out = Path(cfg.out_dir)
-    metrics, arrays = evaluate(cfg)
-    counts = json.loads((aligned_dir(cfg) / "summary.json").read_text())["counts"]
-    metrics["alignment"] = {split: c for split, c in counts.items() if split in SPLIT_FOLDERS}
-    metrics["calibration"] = (
-        json.loads((out / "calibration.json").read_text()) if (out / "calibration.json").is_file() else None
-    )
-    metrics["timings"] = timings
-    metrics["recipe"] = asdict(cfg)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-
-    model_dir = Path(cfg.model_dir)
-    card = load_card(model_dir)
-    training = dict(card.training)
-    training["data"] = (
-        f"FERPlus: FER2013's original 48 px images with the majority and vote distribution of ten annotators per face "
-        f"({cfg.votes} votes: {'each split folder label.csv' if cfg.votes == 'label' else 'fer2013new.csv'}); "
-        "Train 25,045 / Valid (PublicTest) 3,191 / Test (PrivateTest) 3,137 faces under the majority protocol, "
-        f"aligned at {cfg.image_size} px by the service's MTCNN and 5-point template after edge-padding "
-        f"{cfg.pad_px} px and upscaling x{cfg.upscale:g}; plus {cfg.rendered_train} rendered faces "
-        f"({rendered_spec(cfg)}, training/render) "
-        "that teach the generator and no class. " + DATA_TERMS
-    )
-    keep = (
-        "label",
-        "new",
-        "poker_face_ferplus",
-        "judge",
-        "poker_face_rendered",
-        "alignment",
-        "ablation",
-        "calibration",
-    )
-    training["metrics"] = json.loads(json.dumps({k: metrics[k] for k in keep}))
-    for part in ("label", "new"):
-        for view in training["metrics"][part].values():
-            view.pop("confusion_matrix", None)
-    training["reproduce"] = (
-        "make train-default FERPLUS=/path/to/ferplus  (python -m training.ferplus_model --ferplus PATH)"
-    )
-    training["evaluate"] = "make evaluate-default FERPLUS=/path/to/ferplus"
-    training["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-    write_card(replace(card, training=training), model_dir)
-    publish_report(metrics, load_card(model_dir).labels, arrays, out, Path(cfg.docs_dir))
-    print(json.dumps({k: metrics[k] for k in ("label", "ablation", "timings")}, indent=1, default=str)[:4000])
-    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

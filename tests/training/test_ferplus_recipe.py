@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 
 from service.card import load_card
 from service.vision.imaging import encode_png
-from training import ferplus_model
+from training import calibration, ferplus_model
 from training.data.ferplus import FERPLUS_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,9 +123,9 @@ def test_logit_adjustment_is_chosen_on_the_balance_of_accuracy_and_recall() -> N
     logits[6:9, 1] = 2.0
     logits[9] = [1.0, 0.0, 0.5]  # the rare face leans to class 0
     log_prior = np.log(np.array([0.6, 0.3, 0.1]))
-    tau, table = ferplus_model.choose_tau(logits, y, log_prior, [0.0, 1.0])
+    tau, table = calibration.choose_tau(logits, y, log_prior, [0.0, 1.0])
     assert [round(r["macro_recall"], 3) for r in table] == [0.667, 1.0]
     assert tau == 1.0
     # With nothing to gain, the smaller tau wins the tie.
-    tau, _ = ferplus_model.choose_tau(logits[:9], y[:9], log_prior, [0.0, 1.0])
+    tau, _ = calibration.choose_tau(logits[:9], y[:9], log_prior, [0.0, 1.0])
     assert tau == 0.0

@@ -1,0 +1,166 @@
+"""The FERPlus recipe's settings (:class:`FERPlusModelConfig`) and where its data and stages
+live: what the recipe (:mod:`training.ferplus_model`), its evaluation
+(:mod:`training.ferplus_eval`) and the probes share."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from training.config import EditorConfig
+from training.data.ferplus import FERPlus
+from training.data.spec import DataSpec
+from training.data.transforms import FaceTransform
+from training.default_model import InMemoryFaces, render_split
+from training.judge import JudgeConfig
+from training.recipe import align_photos, resume_or_skip
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# The judge that scored the model's poker faces, kept beside it (never in the service image).
+JUDGE_FILE = "judge.pt"
+SPLIT_FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")
+DATA_TERMS = (
+    "FER2013's images (ICML 2013 representation-learning challenge, Goodfellow et al.) were released for research: "
+    "check their terms before any other use of this model. The FERPlus labels (Microsoft) are MIT-licensed."
+)
+
+
+@dataclass(frozen=True)
+class FERPlusModelConfig:
+    """The shipped recipe. Args are the command-line flags of the same names.
+
+    Args:
+        ferplus: the FERPlus folder (split folders with ``label.csv``, or ``data/`` holding them).
+        votes: "label" (each split's ``label.csv``) or "new" (``fer2013new.csv``) trains.
+        refine_epochs: epochs of the warm restart that continues the PF-ViT stage (0 = none).
+        refine_blr: its peak learning rate (the PF-ViT stage's is ``train_blr``).
+        logit_adjust_taus: the grid tau is chosen from on the validation faces.
+        ablation: also train the separation ablation (step 7).
+    """
+
+    ferplus: str = ""
+    votes: Literal["label", "new"] = "label"
+    out_dir: str = "runs/ferplus-model"
+    model_dir: str = str(REPO / "models" / "pfvit-micro-ferplus")
+    docs_dir: str = str(REPO / "docs")
+    name: str = "pfvit-micro-ferplus"
+    version: str = "2.1.0"
+    image_size: int = 48
+    stem: str = "deepconv"
+    pad_px: int = 24
+    upscale: float = 3.0
+    seed: int = 0
+    judge_epochs: int = 5
+    pretrain_epochs: int = 8
+    pretrain_blr: float = 1.5e-3
+    mask_ratio: float = 0.75
+    train_epochs: int = 16
+    batch_size: int = 64
+    train_blr: float = 4e-3
+    refine_epochs: int = 12
+    refine_blr: float = 2e-3
+    d_blr: float = 5e-4
+    grad_clip: float = 1.0
+    cls_weight: float = 2.0
+    poker_sup_weight: float = 2.0
+    poker_sup_loss: str = "l1"
+    cyc_neutral_weight: float = 0.5
+    label_smoothing: float = 0.05
+    # Rendered faces beside FERPlus's 25,045 train photos: about one sample in eleven.
+    rendered_train: int = 2400
+    rendered_test: int = 800
+    mirror_average: bool = True
+    logit_adjust_taus: str = "0,0.25,0.5,0.75,1,1.25,1.5"
+    ablation: bool = True
+    editor_epochs: int = EditorConfig.epochs
+    editor_rendered_repeat: int = 3
+    editor_poker_sup: float = EditorConfig.poker_sup
+    editor_cyc_neutral: float = EditorConfig.cyc_neutral
+    editor_sparsity: float = EditorConfig.sparsity
+    render_workers: int = 0  # 0 = one per core
+    device: str = "auto"
+    threads: int = 0
+
+
+QUICK = dict(
+    judge_epochs=1,
+    pretrain_epochs=1,
+    train_epochs=1,
+    refine_epochs=1,
+    editor_epochs=1,
+    rendered_train=256,
+    rendered_test=64,
+)
+
+
+def aligned_dir(cfg: FERPlusModelConfig) -> Path:
+    return Path(cfg.out_dir) / "aligned"
+
+
+def split_root(root: Path) -> Path:
+    """The folder holding the split folders: ``root`` or its ``data/``."""
+    return root / "data" if any((root / "data" / f).is_dir() for f in SPLIT_FOLDERS) else root
+
+
+def align(cfg: FERPlusModelConfig) -> None:
+    """Step 1: every split through the service's detector and aligner (resumable)."""
+    align_photos(split_root(Path(cfg.ferplus)), aligned_dir(cfg), cfg.image_size, cfg.pad_px, cfg.upscale, cfg.threads)
+
+
+def ferplus(
+    cfg: FERPlusModelConfig,
+    split: str,
+    augment: bool,
+    aligned: bool = True,
+    votes: Literal["label", "new"] | None = None,
+) -> FERPlus:
+    """One FERPlus split: the aligned faces (``aligned``) or the original 48 px crops."""
+    transform = FaceTransform(image_size=cfg.image_size, augment=augment)
+    return FERPlus(
+        cfg.ferplus, split, transform, votes=votes or cfg.votes, images=str(aligned_dir(cfg)) if aligned else ""
+    )
+
+
+def ferplus_spec(cfg: FERPlusModelConfig) -> DataSpec:
+    return DataSpec.of("ferplus", cfg.ferplus, votes=cfg.votes, images=str(aligned_dir(cfg)))
+
+
+def rendered_spec(cfg: FERPlusModelConfig) -> DataSpec:
+    """The rendered faces trained on (``train``) and scored on (``test``: held-out identities)."""
+    return DataSpec.of(
+        "rendered", "", seed=cfg.seed, size=cfg.image_size, n=cfg.rendered_train, test_n=cfg.rendered_test
+    )
+
+
+def rendered_faces(cfg: FERPlusModelConfig, split: str) -> InMemoryFaces:
+    return render_split(rendered_spec(cfg), split, cfg.image_size, cfg.render_workers or os.cpu_count() or 1)
+
+
+def stage_dirs(cfg: FERPlusModelConfig, separation: bool) -> tuple[Path, Path]:
+    """The run folders of the PF-ViT stage and of its warm restart (the ablation's without
+    separation)."""
+    out = Path(cfg.out_dir)
+    return (out / "train", out / "refine") if separation else (out / "ablation", out / "ablation-refine")
+
+
+def recogniser_checkpoint(cfg: FERPlusModelConfig, separation: bool) -> Path:
+    """The checkpoint that ends the recogniser's training: the warm restart's, or the PF-ViT
+    stage's when there is none."""
+    first, refine = stage_dirs(cfg, separation)
+    return (refine if cfg.refine_epochs else first) / "last.pt"
+
+
+def recogniser_finished(cfg: FERPlusModelConfig, separation: bool) -> bool:
+    first, refine = stage_dirs(cfg, separation)
+    done = resume_or_skip(first, cfg.train_epochs)[1]
+    return done and (not cfg.refine_epochs or resume_or_skip(refine, cfg.refine_epochs)[1])
+
+
+def judge_config(cfg: FERPlusModelConfig) -> JudgeConfig:
+    return JudgeConfig(
+        out_dir=str(Path(cfg.out_dir) / "judge"), epochs=cfg.judge_epochs, batch_size=cfg.batch_size, seed=cfg.seed
+    )
