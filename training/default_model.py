@@ -64,7 +64,9 @@ class DefaultModelConfig:
     train_epochs: int = 14
     batch_size: int = 64
     pretrain_blr: float = 1.5e-3
+    mask_ratio: float = 0.75
     train_blr: float = 1e-3
+    d_blr: float = 5e-4
     # Classification counts double next to the generation terms: on CPU the step budget is
     # small, and recognition is what the service is mostly asked for.
     cls_weight: float = 2.0
@@ -305,7 +307,7 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
             epochs=cfg.pretrain_epochs,
             warmup_epochs=min(1.0, cfg.pretrain_epochs / 4),
             blr=cfg.pretrain_blr,
-            mask_ratio=0.75,
+            mask_ratio=cfg.mask_ratio,
             **common,
         ),
         train,
@@ -322,7 +324,7 @@ def run(cfg: DefaultModelConfig) -> dict[str, Any]:
             epochs=cfg.train_epochs,
             warmup_epochs=min(1.0, cfg.train_epochs / 4),
             blr=cfg.train_blr,
-            d_blr=5e-4,
+            d_blr=cfg.d_blr,
             weights=LossWeights(cls=cfg.cls_weight),
             eval_every=max(1, cfg.train_epochs // 4),
             **common,

@@ -40,6 +40,9 @@ class FERPlusModelConfig:
         refine_blr: its peak learning rate (the PF-ViT stage's is ``train_blr``).
         logit_adjust_taus: the grid tau is chosen from on the validation faces.
         ablation: also train the separation ablation (step 7).
+        editor_*: the editor stage's settings of the same names (:class:`EditorConfig`); its
+            critic (``editor_adv`` above 0) learns from FERPlus train faces whose majority is
+            neutral.
     """
 
     ferplus: str = ""
@@ -81,6 +84,12 @@ class FERPlusModelConfig:
     editor_poker_sup: float = EditorConfig.poker_sup
     editor_cyc_neutral: float = EditorConfig.cyc_neutral
     editor_sparsity: float = EditorConfig.sparsity
+    editor_adv: float = EditorConfig.adv
+    editor_identity: float = EditorConfig.identity
+    editor_gan: Literal["hinge", "nonsat"] = EditorConfig.gan
+    editor_r1_gamma: float = EditorConfig.r1_gamma
+    editor_d_steps: int = EditorConfig.d_steps
+    editor_d_blr: float = EditorConfig.d_blr
     render_workers: int = 0  # 0 = one per core
     device: str = "auto"
     threads: int = 0
