@@ -336,6 +336,8 @@ class PokerFaceObjective:
 
     def _critic_frozen(self, images: torch.Tensor) -> torch.Tensor:
         """D's logits with D's parameters detached: a gradient path to the images only."""
+        if self.discriminator is None:
+            raise RuntimeError("the adversarial terms need D: this objective was built without one")
         return call_frozen(self.discriminator, images)
 
     def generator_loss(self, batch: StageBatch) -> GeneratorLoss:
@@ -375,4 +377,6 @@ class PokerFaceObjective:
 
         Returns ``(loss, {"d": ..., "r1": ...})`` with the terms detached.
         """
+        if self.critic is None:
+            raise RuntimeError("the discriminator step needs D: this objective was built without one")
         return critic_loss(self.critic, real, fakes, self.critic_settings, step, autocast)

@@ -70,7 +70,7 @@ class FERPlusModelConfig:
     grad_clip: float = 1.0
     cls_weight: float = 2.0
     poker_sup_weight: float = 2.0
-    poker_sup_loss: str = "l1"
+    poker_sup_loss: Literal["l1", "l2"] = "l1"
     cyc_neutral_weight: float = 0.5
     label_smoothing: float = 0.05
     # Rendered faces beside FERPlus's 25,045 train photos: about one sample in eleven.
