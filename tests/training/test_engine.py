@@ -327,3 +327,30 @@ def test_stage_without_separation_trains_the_recogniser_alone_and_resumes(tmp_pa
     run_train(resumed_cfg, tiny_faces(8, soft=True), tiny_faces(6, seed=1))
     resumed = _log(tmp_path / "resumed")
     assert [r["total"] for r in resumed] == pytest.approx([r["total"] for r in full[2:]], abs=1e-6)
+
+
+def test_a_pfvit_stage_checkpoint_continues_whole_under_a_new_schedule(tmp_path: Path, pretrained: str) -> None:
+    """The warm restart: given a PF-ViT stage checkpoint as ``init``, the stage starts from all
+    of it, separator, head and D included (an MAE checkpoint gives only encoder and generator),
+    with fresh optimizers and a schedule of its own."""
+    first = run_train(_train_cfg(tmp_path / "first", init=pretrained), tiny_faces(8), tiny_faces(6, seed=1))
+    start = load_checkpoint(first.checkpoint)
+    # A learning rate so small that one epoch leaves every weight where it started.
+    cfg = replace(_train_cfg(tmp_path / "restart", init=first.checkpoint, blr=1e-12, d_blr=1e-12), epochs=1)
+    restarted = run_train(cfg, tiny_faces(8), tiny_faces(6, seed=1))
+    payload = load_checkpoint(restarted.checkpoint)
+    assert payload["step"] == 2 and payload["epoch"] == 1  # its own count, not the first run's
+    for part, state in (("model", payload["model"]), ("discriminator", payload["discriminator"])):
+        for name, value in state.items():
+            if "running_" in name or "num_batches" in name:
+                continue  # batch-norm statistics follow the batches whatever the learning rate
+            torch.testing.assert_close(value, start[part][name], atol=1e-6, rtol=0, msg=f"{part} {name}")
+    # From the MAE checkpoint the head starts fresh: the same run then ends elsewhere.
+    fresh = run_train(
+        replace(_train_cfg(tmp_path / "fresh", init=pretrained, blr=1e-12, d_blr=1e-12), epochs=1),
+        tiny_faces(8),
+        tiny_faces(6, seed=1),
+    )
+    assert not torch.allclose(
+        load_checkpoint(fresh.checkpoint)["model"]["head.fc.weight"], start["model"]["head.fc.weight"]
+    )
