@@ -77,7 +77,8 @@ class FERPlusModelConfig:
     rendered_train: int = 2400
     rendered_test: int = 800
     mirror_average: bool = True
-    logit_adjust_taus: str = "0,0.25,0.5,0.75,1,1.25,1.5"
+    # 0 to 1.5 in steps of 0.05: accuracy falls steeply in part of that range (docs/pfvit.md).
+    logit_adjust_taus: str = ",".join(f"{k / 20:g}" for k in range(31))
     ablation: bool = True
     editor_epochs: int = EditorConfig.epochs
     editor_rendered_repeat: int = 3
