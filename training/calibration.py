@@ -38,13 +38,29 @@ def balanced_scores(logits: np.ndarray, y: np.ndarray, num_classes: int) -> tupl
 
 
 def choose_tau(
-    logits: np.ndarray, y: np.ndarray, log_prior: np.ndarray, taus: list[float]
+    logits: np.ndarray,
+    y: np.ndarray,
+    log_prior: np.ndarray,
+    taus: list[float],
+    floors: tuple[float, float] | None = None,
 ) -> tuple[float, list[dict[str, float]]]:
-    """The tau of ``logits - tau * log_prior`` with the best mean of accuracy and macro recall on
-    ``y`` (ties: the smaller tau), and every candidate's scores."""
+    """The tau of ``logits - tau * log_prior`` chosen on ``y``, and every candidate's scores.
+
+    With ``floors`` (accuracy, macro recall): among the taus that reach both, the one that
+    clears them by the largest common margin, ``min(accuracy - floor, macro recall - floor)``:
+    the operating point the service's requirements ask for, with the most room on both. Without
+    floors, or when no tau reaches both, the best mean of accuracy and macro recall. Ties: the
+    smaller tau.
+    """
     table = []
     for tau in taus:
         acc, macro = balanced_scores(logits - tau * log_prior, y, logits.shape[1])
         table.append({"tau": tau, "accuracy": acc, "macro_recall": macro})
+    if floors is not None:
+        margins = [(min(r["accuracy"] - floors[0], r["macro_recall"] - floors[1]), r) for r in table]
+        clearing = [(m, r) for m, r in margins if m >= 0]
+        if clearing:
+            best = max(clearing, key=lambda mr: (round(mr[0], 6), -mr[1]["tau"]))[1]
+            return float(best["tau"]), table
     best = max(table, key=lambda r: (round(0.5 * (r["accuracy"] + r["macro_recall"]), 6), -r["tau"]))
     return float(best["tau"]), table

@@ -39,6 +39,9 @@ class FERPlusModelConfig:
         refine_epochs: epochs of the warm restart that continues the PF-ViT stage (0 = none).
         refine_blr: its peak learning rate (the PF-ViT stage's is ``train_blr``).
         logit_adjust_taus: the grid tau is chosen from on the validation faces.
+        accuracy_floor, macro_recall_floor: what the service must reach on both; tau is the one
+            that clears both on validation by the largest common margin (the best mean of the two
+            when none does; ``training.calibration.choose_tau``).
         ablation: also train the separation ablation (step 7).
         editor_*: the editor stage's settings of the same names (:class:`EditorConfig`); its
             critic (``editor_adv`` above 0) learns from FERPlus train faces whose majority is
@@ -79,6 +82,8 @@ class FERPlusModelConfig:
     mirror_average: bool = True
     # 0 to 1.5 in steps of 0.05: accuracy falls steeply in part of that range (docs/pfvit.md).
     logit_adjust_taus: str = ",".join(f"{k / 20:g}" for k in range(31))
+    accuracy_floor: float = 0.80
+    macro_recall_floor: float = 0.60
     ablation: bool = True
     editor_epochs: int = EditorConfig.epochs
     editor_rendered_repeat: int = 3

@@ -141,12 +141,13 @@ def calibrate(cfg: FERPlusModelConfig, train: FERPlus, val: FERPlus) -> dict[str
     log_prior = np.log(np.clip(prior, 1e-6, None))
     logits = checkpoint_logits(source, val, cfg.mirror_average)
     taus = [float(t) for t in cfg.logit_adjust_taus.split(",") if t.strip()]
-    tau, table = choose_tau(logits, np.asarray(val.targets), log_prior, taus)
+    floors = (cfg.accuracy_floor, cfg.macro_recall_floor)
+    tau, table = choose_tau(logits, np.asarray(val.targets), log_prior, taus, floors)
     payload = load_checkpoint(source)
     bias = payload["model"]["head.fc.bias"]
     payload["model"]["head.fc.bias"] = bias - torch.as_tensor(tau * log_prior, dtype=bias.dtype)
     torch.save(payload, out / "calibrated.pt")
-    record = {"tau": tau, "prior": prior.tolist(), "validation": table}
+    record = {"tau": tau, "floors": list(floors), "prior": prior.tolist(), "validation": table}
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -129,3 +129,19 @@ def test_logit_adjustment_is_chosen_on_the_balance_of_accuracy_and_recall() -> N
     # With nothing to gain, the smaller tau wins the tie.
     tau, _ = calibration.choose_tau(logits[:9], y[:9], log_prior, [0.0, 1.0])
     assert tau == 0.0
+
+
+def test_floors_pick_the_tau_that_clears_both_with_the_most_room() -> None:
+    # Accuracy and macro recall of four candidate taus, built as logits of a 100-face set.
+    scores = {0.0: (0.84, 0.55), 0.5: (0.82, 0.63), 0.75: (0.80, 0.66), 1.0: (0.70, 0.70)}
+    table = iter(scores.values())
+    from unittest import mock
+
+    with mock.patch.object(calibration, "balanced_scores", side_effect=lambda *a: next(table)):
+        tau, rows = calibration.choose_tau(np.zeros((4, 2)), np.zeros(4), np.zeros(2), list(scores), (0.80, 0.60))
+    # 0.5 clears both by 2 points and 3; 0.75 by 0 and 6: the common margin is 0.5's.
+    assert tau == 0.5 and [r["tau"] for r in rows] == list(scores)
+    table = iter(scores.values())
+    with mock.patch.object(calibration, "balanced_scores", side_effect=lambda *a: next(table)):
+        tau, _ = calibration.choose_tau(np.zeros((4, 2)), np.zeros(4), np.zeros(2), list(scores), (0.90, 0.60))
+    assert tau == 0.75  # no tau reaches 90 %: the best mean of the two (0.73)

@@ -55,7 +55,9 @@ def balanced_sampler(
     labelled = int((weights > 0).sum())
     if labelled == 0:
         raise ValueError("no labelled samples to balance")
-    return WeightedRandomSampler(weights.tolist(), num_samples=num_samples or labelled, replacement=True, generator=generator)
+    return WeightedRandomSampler(
+        weights.tolist(), num_samples=num_samples or labelled, replacement=True, generator=generator
+    )
 
 
 class BalancedSampler(Sampler[int]):
