@@ -13,8 +13,9 @@ rendered faces, a photo with no face):
    runs interleave, A then B, photo by photo, and the table gives each side's median, B ÷ A,
    and whether both found the very same boxes.
 2. **Whole requests** (skipped with ``--detection-only``): each checkout's ``python -m service``
-   with its default settings on 127.0.0.1, in turn, A B A B, 4 clients each sending the set
-   ``--rounds`` times; images/s per side (the mean of its two turns) and B ÷ A.
+   with its default settings on 127.0.0.1, both serving the same model files (A's ``models/``,
+   or ``--models-dir``) so that only the code differs, in turn, A B A B, 4 clients each sending
+   the set ``--rounds`` times; images/s per side (the mean of its two turns) and B ÷ A.
 
 Every loop is bounded in count and time; both sides run on the same cores, never at once.
 """
@@ -145,7 +146,7 @@ def bench_detection(before: Path, after: Path, runs: int, threads: int) -> list[
     return ratios
 
 
-def bench_requests(before: Path, after: Path, rounds: int, max_seconds: float) -> None:
+def bench_requests(before: Path, after: Path, rounds: int, max_seconds: float, models: Path) -> None:
     from tools.bench_photos import bench_http, build_set
 
     photos = build_set()
@@ -153,7 +154,8 @@ def bench_requests(before: Path, after: Path, rounds: int, max_seconds: float) -
     for _ in range(2):
         for name, tree in (("A", before), ("B", after)):
             print(f"\n## Whole requests, side {name} ({tree})")
-            rates[name].append(bench_http(photos, rounds, [4], {}, max_seconds, repo=tree)[4])
+            env = {"PFVIT_MODELS_DIR": str(models)}
+            rates[name].append(bench_http(photos, rounds, [4], env, max_seconds, repo=tree)[4])
     a, b = (statistics.fmean(rates[k]) for k in ("A", "B"))
     print("\n## Whole requests over HTTP, 4 clients (mean of two turns each)\n")
     print("| side | images/s per turn | mean | B ÷ A |")
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="detector threads of both sides")
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time bound per HTTP turn")
     ap.add_argument("--detection-only", action="store_true", help="skip the whole requests")
+    ap.add_argument("--models-dir", type=Path, help="the model files both servers serve (default: A's models/)")
     ap.add_argument("--quick", action="store_true", help="2 runs, 1 round")
     args = ap.parse_args(argv)
     if args.quick:
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ratios = bench_detection(args.before.resolve(), args.after.resolve(), args.runs, args.threads)
     print(f"\ndetection B ÷ A: {min(ratios):.3f} to {max(ratios):.3f}")
     if not args.detection_only:
-        bench_requests(args.before.resolve(), args.after.resolve(), args.rounds, args.max_seconds)
+        models = (args.models_dir or args.before / "models").resolve()
+        bench_requests(args.before.resolve(), args.after.resolve(), args.rounds, args.max_seconds, models)
     return 0
 
 

@@ -10,23 +10,23 @@ import torch
 
 from training.checkpoint import model_from_checkpoint
 from training.data.ferplus import FERPlus
+from training.export import RecognitionGraph
 
 
 @torch.no_grad()
-def checkpoint_logits(checkpoint: str | Path, faces: FERPlus, mirror_average: bool, batch: int = 256) -> np.ndarray:
-    """``(N, K)`` logits of a checkpoint's E, S_e and H on ``faces`` (no augmentation), averaged
-    with the mirror image when the exported graph does so."""
+def checkpoint_logits(
+    checkpoint: str | Path, faces: FERPlus, mirror_average: bool, shift_px: int = 0, batch: int = 256
+) -> np.ndarray:
+    """``(N, K)`` logits of a checkpoint on ``faces`` (no augmentation) as its exported
+    recognition graph computes them (:class:`~training.export.RecognitionGraph`, with the same
+    test-time augmentation)."""
     model, _ = model_from_checkpoint(checkpoint)
-    model.eval()
+    graph = RecognitionGraph(model.eval(), mirror_average, shift_px).eval()
     out = []
-    for start in range(0, len(faces), batch):
-        x = torch.stack([faces[i]["image"] for i in range(start, min(len(faces), start + batch))])
-        views = [x, x.flip(-1)] if mirror_average else [x]
-        logits = []
-        for v in views:
-            z_e, _ = model.separate(model.forward_features(model.normalise(v)))
-            logits.append(model.forward_head(z_e)[0])
-        out.append(torch.stack(logits).mean(0))
+    with torch.no_grad():
+        for start in range(0, len(faces), batch):
+            x = torch.stack([faces[i]["image"] for i in range(start, min(len(faces), start + batch))])
+            out.append(graph(model.normalise(x))[0])
     return torch.cat(out).numpy()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -44,26 +45,50 @@ MIRROR_NOTE = ", mean over the face and its mirror image"
 POKER_FACE_TOLERANCE = 1.0 / 255.0
 
 
+def shift_note(shift_px: int) -> str:
+    return f", and over views shifted by {shift_px} px" if shift_px else ""
+
+
 class RecognitionGraph(nn.Module):
     """``image`` (normalised) -> ``(logits, embedding)``: :meth:`PFViT.recognise`, so the graph
     computes exactly what training evaluated (the grey step of a greyscale model included). Only
     the weights recognition uses are traced: the generator is not in the graph (tested).
 
-    With ``mirror_average``, both outputs are the mean over the face and its mirror image (the
-    aligned face's left-right flip, which the template keeps a face): test-time augmentation in
-    the graph itself, at twice the recognition cost.
+    Test-time augmentation in the graph itself: with ``mirror_average``, both outputs are the
+    mean over the face and its mirror image (the aligned face's left-right flip, which the
+    template keeps a face), at twice the recognition cost; with ``shift_px`` above 0, also over
+    the face moved by that many pixels left, right, up and down (edges repeated), five times the
+    cost again. Alignment puts a face within a pixel or two of the template; the shifted views
+    average that error out.
     """
 
-    def __init__(self, model: PFViT, mirror_average: bool = False) -> None:
+    def __init__(self, model: PFViT, mirror_average: bool = False, shift_px: int = 0) -> None:
         super().__init__()
         self.model = model
         self.mirror_average = mirror_average
+        self.shift_px = shift_px
+
+    def views(self, image: torch.Tensor) -> list[torch.Tensor]:
+        faces = [image, image.flip(-1)] if self.mirror_average else [image]
+        s = self.shift_px
+        if s <= 0:
+            return faces
+        h, w = image.shape[-2:]
+        out = []
+        for face in faces:
+            padded = F.pad(face, (s, s, s, s), mode="replicate")
+            out.append(face)
+            out += [
+                padded[..., s + dy : s + dy + h, s + dx : s + dx + w] for dy, dx in ((0, s), (0, -s), (s, 0), (-s, 0))
+            ]
+        return out
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, embedding = self.model.recognise(image)
-        if self.mirror_average:
-            mirror_logits, mirror_embedding = self.model.recognise(image.flip(-1))
-            logits, embedding = 0.5 * (logits + mirror_logits), 0.5 * (embedding + mirror_embedding)
+        outputs = [self.model.recognise(view) for view in self.views(image)]
+        if len(outputs) == 1:
+            return outputs[0]
+        logits = torch.stack([o[0] for o in outputs]).mean(0)
+        embedding = torch.stack([o[1] for o in outputs]).mean(0)
         return logits, embedding
 
 
@@ -114,7 +139,12 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[
 
 
 def check_parity(
-    model: PFViT, model_dir: Path, images01: torch.Tensor, poker_face: bool, mirror_average: bool = False
+    model: PFViT,
+    model_dir: Path,
+    images01: torch.Tensor,
+    poker_face: bool,
+    mirror_average: bool = False,
+    shift_px: int = 0,
 ) -> dict[str, float]:
     """Run ONNX Runtime and torch on the same images; raise if they disagree beyond tolerance.
 
@@ -126,7 +156,8 @@ def check_parity(
         model_dir: folder with the exported graphs.
         images01: ``[N, 3, H, W]`` RGB in [0, 1] (real faces where available).
         poker_face: also check ``poker_face.onnx``.
-        mirror_average: the recognition graph averages each face with its mirror image.
+        mirror_average, shift_px: the recognition graph's test-time augmentation
+            (:class:`RecognitionGraph`).
 
     Returns:
         ``{"logits_max_abs_diff", "embedding_max_abs_diff", "poker_face_mean_abs_diff"}``.
@@ -138,7 +169,7 @@ def check_parity(
     x = model.normalise(torch.cat([images01, tinted]))
     feed = {"image": x.numpy()}
     with torch.no_grad():
-        logits, embedding = RecognitionGraph(model, mirror_average).eval()(x)
+        logits, embedding = RecognitionGraph(model, mirror_average, shift_px).eval()(x)
     sess = ort.InferenceSession(str(model_dir / RECOGNITION_FILE), providers=["CPUExecutionProvider"])
     ort_logits, ort_embedding = sess.run(["logits", "embedding"], feed)
     report = {
@@ -191,6 +222,7 @@ def export_checkpoint(
     fp16: bool = False,
     mirror_average: bool = False,
     poker_luma: bool = False,
+    shift_px: int = 0,
 ) -> dict[str, Any]:
     """Export a checkpoint to ``out_dir`` (graphs + card) and verify it.
 
@@ -206,6 +238,8 @@ def export_checkpoint(
             fp32 graphs beyond ``training.fp16``'s tolerances on ``sample_images01``.
         mirror_average: the recognition graph answers the mean over each face and its mirror
             image (:class:`RecognitionGraph`).
+        shift_px: the recognition graph also averages views of each face shifted by this many
+            pixels (:class:`RecognitionGraph`).
         poker_luma: the poker-face graph applies only the luma of the generator's change
             (``PFViTConfig.poker_luma``; "edit" mode); the card's model config records it.
 
@@ -228,7 +262,7 @@ def export_checkpoint(
     example = model.normalise(sample_images01[:2].float())
     with torch.no_grad():
         _export(
-            RecognitionGraph(model, mirror_average).eval(),
+            RecognitionGraph(model, mirror_average, shift_px).eval(),
             example,
             out / RECOGNITION_FILE,
             ["logits", "embedding"],
@@ -236,7 +270,7 @@ def export_checkpoint(
         )
         if poker_face:
             _export(PokerFaceGraph(model).eval(), example, out / POKER_FACE_FILE, ["poker_face"], opset)
-    parity: dict[str, Any] = dict(check_parity(model, out, sample_images01, poker_face, mirror_average))
+    parity: dict[str, Any] = dict(check_parity(model, out, sample_images01, poker_face, mirror_average, shift_px))
     precision = "fp32"
     if fp16:
         parity["fp16"] = _convert_and_check_fp16(out, model.normalise(sample_images01.float()).numpy(), poker_face)
@@ -259,13 +293,13 @@ def export_checkpoint(
                     "logits",
                     ["batch", c.num_classes],
                     "float32",
-                    "class logits in label order" + MIRROR_NOTE * mirror_average,
+                    "class logits in label order" + MIRROR_NOTE * mirror_average + shift_note(shift_px),
                 ),
                 TensorSpec(
                     "embedding",
                     ["batch", c.embed_dim],
                     "float32",
-                    "pooled emotional component z_e" + MIRROR_NOTE * mirror_average,
+                    "pooled emotional component z_e" + MIRROR_NOTE * mirror_average + shift_note(shift_px),
                 ),
             ],
         ),
@@ -311,6 +345,7 @@ def export_checkpoint(
         extra={
             "opset": opset,
             "recognition_mirror_average": mirror_average,
+            "recognition_shift_px": shift_px,
             "params_recognition": model.num_params("recognition"),
             "params_generator": model.num_params("generator"),
             "params_editor": model.num_params("editor"),

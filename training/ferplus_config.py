@@ -38,6 +38,8 @@ class FERPlusModelConfig:
         votes: "label" (each split's ``label.csv``) or "new" (``fer2013new.csv``) trains.
         refine_epochs: epochs of the warm restart that continues the PF-ViT stage (0 = none).
         refine_blr: its peak learning rate (the PF-ViT stage's is ``train_blr``).
+        tta_shift_px: the recognition graph also averages views shifted by this many pixels
+            (``training.export.RecognitionGraph``; 0: none).
         logit_adjust_taus: the grid tau is chosen from on the validation faces.
         accuracy_floor, macro_recall_floor: what the service must reach on both; tau is the one
             that clears both on validation by the largest common margin (the best mean of the two
@@ -80,6 +82,7 @@ class FERPlusModelConfig:
     rendered_train: int = 2400
     rendered_test: int = 800
     mirror_average: bool = True
+    tta_shift_px: int = 1
     # 0 to 1.5 in steps of 0.05: accuracy falls steeply in part of that range (docs/pfvit.md).
     logit_adjust_taus: str = ",".join(f"{k / 20:g}" for k in range(31))
     accuracy_floor: float = 0.80

@@ -139,7 +139,7 @@ def calibrate(cfg: FERPlusModelConfig, train: FERPlus, val: FERPlus) -> dict[str
         return json.loads(record_path.read_text())
     prior = train.soft_labels.mean(0).numpy().astype(np.float64)  # the vote mass of each class
     log_prior = np.log(np.clip(prior, 1e-6, None))
-    logits = checkpoint_logits(source, val, cfg.mirror_average)
+    logits = checkpoint_logits(source, val, cfg.mirror_average, cfg.tta_shift_px)
     taus = [float(t) for t in cfg.logit_adjust_taus.split(",") if t.strip()]
     floors = (cfg.accuracy_floor, cfg.macro_recall_floor)
     tau, table = choose_tau(logits, np.asarray(val.targets), log_prior, taus, floors)
@@ -234,6 +234,7 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
         name=cfg.name,
         version=cfg.version,
         mirror_average=cfg.mirror_average,
+        shift_px=cfg.tta_shift_px,
         license="MIT (code, weights and FERPlus labels); FER2013 images: research use, see the card's training.data",
         description=(
             "PF-ViT micro (48 px, convolutional stem of two 3x3 convolutions per stage, greyscale input) trained on "

@@ -157,6 +157,11 @@ def poker_table(metrics: dict[str, Any]) -> str:
     )
 
 
+def shift_text(recipe: dict[str, Any]) -> str:
+    px = int(recipe.get("tta_shift_px", 0))
+    return f", and both with views shifted by {px} px left, right, up and down (ten views)" if px else ""
+
+
 def write_report(metrics: dict[str, Any], labels: list[str], path: Path) -> None:
     recipe, t = metrics["recipe"], metrics["timings"]
     cal = metrics.get("calibration") or {"tau": 0.0}
@@ -197,7 +202,7 @@ then a warm restart of it: {recipe.get("refine_epochs", 0)} more epochs from its
 editor stage {recipe["editor_epochs"]} epochs ({minutes("editor_s")}); logit adjustment τ = {cal["tau"]:g} chosen on
 validation; judge {recipe["judge_epochs"]} epochs ({minutes("judge_s")}); separation ablation ({minutes("ablation_s")}).
 Total {minutes("total_s")} on the 2-core development CPU. The recognition graph averages each face with
-its mirror image.
+its mirror image{shift_text(recipe)}.
 
 ## Goals
 

@@ -216,6 +216,37 @@ def test_greyscale_and_mirror_average_reach_the_recognition_graph(tmp_path: Path
     )
 
 
+def test_shifted_views_reach_the_recognition_graph(tmp_path: Path) -> None:
+    """``shift_px``: the graph answers the mean over the face and its mirror image, each also
+    moved by one pixel left, right, up and down with its edge repeated: ten views."""
+    torch.manual_seed(4)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS), greyscale=True)).eval()
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "train", TrainConfig(data="synthetic:n=8"))
+    images = torch.rand(3, 3, model.config.image_size, model.config.image_size)
+    plain, shifted = tmp_path / "plain", tmp_path / "shifted"
+    export_checkpoint(ckpt, plain, images, poker_face=False)
+    export_checkpoint(ckpt, shifted, images, poker_face=False, mirror_average=True, shift_px=1)
+    assert load_card(shifted).extra["recognition_shift_px"] == 1
+
+    def logits(folder: Path, x01: torch.Tensor) -> np.ndarray:
+        sess = ort.InferenceSession(str(folder / "recognition.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(["logits"], {"image": model.normalise(x01).numpy()})[0]
+
+    def moved(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        """``x`` moved by (dy, dx) pixels, the edge row or column repeated into the gap."""
+        rows = torch.arange(x.shape[-2]).add(dy).clamp(0, x.shape[-2] - 1)
+        cols = torch.arange(x.shape[-1]).add(dx).clamp(0, x.shape[-1] - 1)
+        return x[..., rows, :][..., cols]
+
+    views = [
+        moved(face, dy, dx)
+        for face in (images, images.flip(-1))
+        for dy, dx in ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))
+    ]
+    want = np.mean([logits(plain, v) for v in views], axis=0)
+    np.testing.assert_allclose(logits(shifted, images), want, atol=1e-4)
+
+
 def test_poker_luma_changes_every_channel_alike(tmp_path: Path) -> None:
     """``poker_luma``: the exported poker face differs from a colour input by the same amount in
     R, G and B (the luma of the generator's change); without it the channels differ."""
