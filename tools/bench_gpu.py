@@ -46,7 +46,7 @@ from service.models import EmotionModel  # noqa: E402
 from service.runtime import CPU, CUDA, create_session  # noqa: E402
 from tools.loopback import start_server, stop_server, wait_until_ready  # noqa: E402
 
-MODEL = REPO / "models" / "pfvit-micro-fer2013"
+MODEL = REPO / "models" / "pfvit-micro-ferplus"
 PHOTO = REPO / "tests" / "fixtures" / "astronaut.png"
 
 

@@ -1,7 +1,7 @@
 """Draw docs/expression-maps.png and measure how much of each expression map falls on the true
 expression region of rendered faces (whose true poker face the renderer gives).
 
-    python tools/expression_map_figure.py [--model pfvit-micro-fer2013] [--faces 28] [--seed 20261125]
+    python tools/expression_map_figure.py [--model pfvit-micro-ferplus] [--faces 28] [--seed 20261125]
 
 Rows: one rendered face per emotion, then the fixture photo. Columns: the face, its true poker
 face (rendered faces only), the model's poker face, the expression map from it, and the true
@@ -49,7 +49,7 @@ def cell(image: np.ndarray | None) -> Image.Image:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="pfvit-micro-fer2013")
+    p.add_argument("--model", default="pfvit-micro-ferplus")
     p.add_argument("--faces", type=int, default=28, help="rendered faces to measure the mass on")
     p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "expression-maps.png")

@@ -24,7 +24,7 @@ from training.export import RecognitionGraph
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", required=True, help="data spec, e.g. fer2013:PATH (an aligned FER2013 folder)")
+    ap.add_argument("--data", required=True, help="data spec, e.g. ferplus:PATH,images=<run>/aligned")
     ap.add_argument("--splits", nargs="+", default=["val", "test"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument(

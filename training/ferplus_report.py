@@ -119,7 +119,7 @@ def ablation_text(metrics: dict[str, Any]) -> str:
     if not ab:
         return (
             "No finished separation ablation was found for this model: it runs last in the recipe "
-            "(`--ablation false` skips it), and this report is rewritten when it finishes."
+            "(`--no-ablation` skips it), and this report is rewritten when it finishes."
         )
     rows = [
         "| PF-ViT stage and warm restart | test accuracy | test macro recall | validation accuracy (last epoch) |",

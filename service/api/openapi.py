@@ -108,7 +108,7 @@ _FACE_GEOMETRY: dict[str, Any] = {
 }
 
 RECOGNIZE_EXAMPLE: dict[str, Any] = {
-    "model": {"name": "pfvit-micro-ferplus", "version": "2.0.0", "provider": "CPUExecutionProvider"},
+    "model": {"name": "pfvit-micro-ferplus", "version": "2.1.0", "provider": "CPUExecutionProvider"},
     "labels": ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"],
     "images": [
         {
@@ -119,15 +119,15 @@ RECOGNIZE_EXAMPLE: dict[str, Any] = {
                     "label": "happiness",
                     "probabilities": {
                         "neutral": 0.006,
-                        "happiness": 0.746,
-                        "surprise": 0.009,
-                        "sadness": 0.005,
-                        "anger": 0.014,
-                        "disgust": 0.096,
-                        "fear": 0.023,
-                        "contempt": 0.101,
+                        "happiness": 0.842,
+                        "surprise": 0.011,
+                        "sadness": 0.006,
+                        "anger": 0.012,
+                        "disgust": 0.052,
+                        "fear": 0.021,
+                        "contempt": 0.051,
                     },
-                    "logits": [0.26, 5.08, 0.72, 0.0, 1.07, 3.03, 1.62, 3.08],
+                    "logits": [-0.18, 4.8, 0.45, -0.18, 0.55, 2.0, 1.09, 1.98],
                     "poker_face_png": None,
                 }
             ],
