@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -163,3 +163,26 @@ def test_batching_is_the_schedulers_and_closes_with_it() -> None:
     batching.close()
     with pytest.raises(RuntimeError, match="closed"):
         batched(np.arange(3.0))
+
+
+def test_the_cascade_owns_no_threads_locks_or_mutable_settings() -> None:
+    """Scheduling lives in service/scheduling.py alone: the detector module imports nothing that
+    makes threads or locks, and its module-level names are constants."""
+    import ast
+
+    import service.vision.mtcnn as cascade
+
+    tree = ast.parse(Path(cascade.__file__).read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"threading", "concurrent.futures", "multiprocessing", "asyncio"}
+    # The tuning is given at construction, never read from a module knob a tool could rebind.
+    module_names = {name.lower() for name in vars(cascade)}
+    assert not module_names & set(CascadeTuning.__dataclass_fields__)
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            name = (node.targets[0] if isinstance(node, ast.Assign) else node.target).id
+            if name == "__all__":
+                continue
+            value = getattr(cascade, name)
+            assert isinstance(value, (int, float, str, tuple, frozenset, CascadeTuning, type(cascade.INLINE), TypeVar))
