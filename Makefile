@@ -10,7 +10,7 @@ VENV := .venv-gpu
 endif
 BIN := $(VENV)/bin
 
-.PHONY: serve test test-fast test-tools lint bench train-default evaluate-default train-rendered clean help
+.PHONY: serve test test-fast test-tools lint bench bench-ab train-default evaluate-default train-rendered clean help
 
 help:
 	@echo "make serve            set up $(VENV) and start the service on the shipped model (RUNTIME=gpu for CUDA)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint             ruff (lint and format check) and mypy, as configured in pyproject.toml"
 	@echo "make test-tools       install promtool, headless chromium and the image tools for the tests (Debian, as root; run by make test)"
 	@echo "make bench            detection vs facenet-pytorch and HTTP throughput on a mixed photo set (docs/benchmarks.md)"
+	@echo "make bench-ab BEFORE=REV   this checkout's speed side by side with commit REV's, in one run"
 	@echo "make train-default FERPLUS=DIR     reproduce the shipped default model (FERPlus, docs/datasets.md)"
 	@echo "make evaluate-default FERPLUS=DIR  re-score the shipped default model's files"
 	@echo "make train-rendered   reproduce the rendered-face demo model (pfvit-micro-rendered)"
@@ -78,6 +79,12 @@ lint: $(VENV)/.test
 bench: $(VENV)/.test
 	$(BIN)/python tools/bench_photos.py
 	$(BIN)/python tools/bench_service.py
+
+# A change side by side with the code before it: make bench-ab BEFORE=<commit> (docs/benchmarks.md).
+BEFORE ?= HEAD~1
+bench-ab: $(VENV)/.test
+	rm -rf .bench-before && git worktree add --force --detach .bench-before $(BEFORE)
+	$(BIN)/python tools/bench_ab.py .bench-before; status=$$?; git worktree remove --force .bench-before; exit $$status
 
 # FERPlus: microsoft/FERPlus's labels beside FER2013's original images (docs/datasets.md).
 FERPLUS ?=
