@@ -45,6 +45,13 @@ class _Job:
     error: BaseException | None = None
 
 
+def run_in_chunks(graph: Graph, rows: np.ndarray, size: int) -> np.ndarray:
+    """``graph`` on ``rows`` in calls of at most ``size`` rows; the outputs in row order."""
+    if rows.shape[0] <= size:
+        return graph(rows)
+    return np.concatenate([graph(rows[start : start + size]) for start in range(0, rows.shape[0], size)], axis=0)
+
+
 class MicroBatcher:
     """Batches calls of one graph across threads.
 
@@ -152,10 +159,7 @@ class MicroBatcher:
         metrics.BATCH_REQUESTS.labels(graph=self.name).observe(len(jobs))
         try:
             rows = np.concatenate([j.rows for j in jobs], axis=0) if len(jobs) > 1 else jobs[0].rows
-            outputs = [
-                self.graph(rows[start : start + self.max_faces]) for start in range(0, len(rows), self.max_faces)
-            ]
-            out = np.concatenate(outputs, axis=0) if len(outputs) > 1 else outputs[0]
+            out = run_in_chunks(self.graph, rows, self.max_faces)
         except BaseException as exc:  # handed to every waiting request, which re-raises it
             for job in jobs:
                 job.error = exc

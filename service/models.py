@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service import metrics
-from service.batching import Graph, MicroBatcher
+from service.batching import Graph, MicroBatcher, run_in_chunks
 from service.card import POKER_FACE_GRAPH, RECOGNITION_GRAPH, ModelCard, load_card, verify_files
 from service.errors import CapabilityMissing, ModelLoadError
 from service.runtime import CPU, ORT_ERRORS, SessionSpec, device_of, primary_provider
@@ -213,10 +213,7 @@ class EmotionModel:
         return binding.copy_outputs_to_cpu()[0]
 
     def _chunked(self, graph: str, x: np.ndarray) -> np.ndarray:
-        parts = [
-            self._run_graph(graph, x[start : start + self.max_batch]) for start in range(0, x.shape[0], self.max_batch)
-        ]
-        return np.concatenate(parts, axis=0)
+        return run_in_chunks(partial(self._run_graph, graph), x, self.max_batch)
 
     def _run_batched(self, graph: str, x: np.ndarray) -> np.ndarray:
         return self._graphs[graph](x)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import metrics
-from service.batching import Graph, MicroBatcher
+from service.batching import Graph, MicroBatcher, run_in_chunks
 from service.errors import DeadlineExceeded, QueueFull
 from service.vision.mtcnn import INLINE, MTCNN, FaceDetection
 
@@ -218,7 +218,7 @@ class Scheduler:
         ``max_batch`` when batching is off."""
         if self.batch_wait_s is None:
             size = self.max_batch
-            return lambda x: _in_chunks(graph, x, size)
+            return lambda x: run_in_chunks(graph, x, size)
         batcher = MicroBatcher(graph, name=name, max_faces=self.max_batch, max_wait_s=self.batch_wait_s)
         self._batchers.append(batcher)
         return batcher
@@ -228,9 +228,3 @@ class Scheduler:
         for batcher in self._batchers:
             batcher.close()
         self.detector_threads.close()
-
-
-def _in_chunks(graph: Graph, x: np.ndarray, size: int) -> np.ndarray:
-    if x.shape[0] <= size:
-        return graph(x)
-    return np.concatenate([graph(x[start : start + size]) for start in range(0, x.shape[0], size)], axis=0)
