@@ -215,8 +215,11 @@ class PFViTStage:
         self.objective: PokerFaceObjective | None = None
         # A pre-training checkpoint gives encoder and generator (separator and head start
         # fresh); a PF-ViT stage checkpoint gives everything, D included: a new schedule on it.
-        self.continues = bool(cfg.init) and load_checkpoint(cfg.init).get("stage") == self.name
+        init = load_checkpoint(cfg.init) if cfg.init and not cfg.resume else {}
+        self.continues = init.get("stage") == self.name
         self.init_parts: tuple[str, ...] = ("",) if self.continues else ("encoder.", "generator.")
+        # D of the stage it continues (absent when that stage ran without separation).
+        self._init_discriminator = init.get("discriminator") if self.continues else None
 
     def setup(self, model: PFViT, ctx: DistContext, steps_per_epoch: int) -> TrainState:
         cfg = self.cfg
@@ -228,10 +231,8 @@ class PFViTStage:
             model.generator.requires_grad_(False)
             model.separator.neutral_coords.requires_grad_(False)
         discriminator = build_discriminator(model.config).to(ctx.device) if cfg.separation else None
-        if discriminator is not None and self.continues and not cfg.resume:
-            payload = load_checkpoint(cfg.init)
-            if "discriminator" in payload:  # absent when the stage it continues ran without separation
-                discriminator.load_state_dict(payload["discriminator"])
+        if discriminator is not None and self._init_discriminator is not None:
+            discriminator.load_state_dict(self._init_discriminator)
         self.objective = PokerFaceObjective(model, discriminator, cfg, neutral_index(model.config.labels), ctx)
         scale = cfg.batch_size * ctx.world_size / 256
         optimizers: dict[str, torch.optim.Optimizer] = {
