@@ -44,6 +44,13 @@ def test_shipped_card_matches_its_files():
     for key in ("mean_abs_change", "ssim_to_input"):
         assert np.isfinite(metrics["poker_face_ferplus"][key])
     assert np.isfinite(metrics["poker_face_rendered"]["psnr_gain_db"])
+    assert 0.0 <= metrics["poker_face_rendered"]["map_mass_mean"] <= 1.0
+    # The two-sample test of poker faces against real neutral faces, and its baseline, on at
+    # least 500 faces a side (docs/default-model.md).
+    realism = metrics["realism"]
+    for side in ("inputs", "poker_faces"):
+        assert realism[side]["n_a"] == realism[side]["n_b"] == realism["n"] >= 500, side
+        assert 0.0 <= realism[side]["auc"] <= 1.0 and len(realism[side]["fold_aucs"]) == realism["folds"], side
     assert (MODEL_DIR / "judge.pt").is_file()  # the instrument behind the poker-face numbers
     total = sum(p.stat().st_size for p in MODEL_DIR.iterdir())
     assert total <= 30 * 1024 * 1024
@@ -112,19 +119,15 @@ def test_a_smiling_face_reads_as_happiness(default_client):
     assert face["probabilities"]["happiness"] == max(face["probabilities"].values())
 
 
-def test_the_poker_face_really_changes_a_real_face(default_client):
-    """The PNG from /v1/poker-face against the aligned face the model was given."""
+@pytest.fixture(scope="module")
+def astronaut_face():
+    """The fixture's face as the service finds it: the aligned crop the model is given, and its
+    landmarks in that crop (left eye, right eye, nose, left and right mouth corner)."""
     from service.models import EmotionModel
     from service.pipeline import DetectOptions, FacePipeline, StageTimer
+    from service.vision.align import estimate_similarity, template_landmarks
     from service.vision.mtcnn import MTCNN
 
-    resp = default_client.post(
-        "/v1/poker-face",
-        files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")},
-        headers={"Accept": "image/png"},
-    )
-    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
-    poker = np.asarray(Image.open(BytesIO(resp.content)).convert("RGB")).astype(np.int16)
     settings = Settings(_env_file=None)
     pipeline = FacePipeline(
         MTCNN.from_dir(REPO / "models" / "mtcnn", intra_op_threads=1),
@@ -134,6 +137,60 @@ def test_the_poker_face_really_changes_a_real_face(default_client):
         max_faces=1, min_face_size=settings.default_min_face_size, threshold=settings.default_detection_threshold
     )
     (face,) = pipeline.find_faces(np.asarray(Image.open(ASTRONAUT).convert("RGB")), options, StageTimer())
-    assert poker.shape == face.aligned.shape
-    change = float(np.abs(poker - face.aligned).mean())
+    size = face.aligned.shape[0]
+    matrix = estimate_similarity(np.asarray(face.landmarks, np.float64), template_landmarks(size))
+    points = np.c_[np.asarray(face.landmarks, np.float64), np.ones(5)] @ matrix.T
+    return face.aligned.astype(np.int16), points
+
+
+def _poker_face_of_crop(client, crop: np.ndarray) -> np.ndarray:
+    """The PNG from /v1/poker-face for an already aligned crop, as int16 RGB."""
+    buf = BytesIO()
+    Image.fromarray(crop.astype(np.uint8)).save(buf, format="PNG")
+    resp = client.post(
+        "/v1/poker-face",
+        params={"aligned": "true"},
+        files={"images": ("face.png", buf.getvalue(), "image/png")},
+        headers={"Accept": "image/png"},
+    )
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png", resp.text
+    return np.asarray(Image.open(BytesIO(resp.content)).convert("RGB")).astype(np.int16)
+
+
+def test_the_poker_face_really_changes_a_real_face(default_client, astronaut_face):
+    """The PNG from /v1/poker-face against the aligned face the model was given."""
+    resp = default_client.post(
+        "/v1/poker-face",
+        files={"images": ("astronaut.png", ASTRONAUT.read_bytes(), "image/png")},
+        headers={"Accept": "image/png"},
+    )
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+    poker = np.asarray(Image.open(BytesIO(resp.content)).convert("RGB")).astype(np.int16)
+    aligned, _ = astronaut_face
+    assert poker.shape == aligned.shape
+    change = float(np.abs(poker - aligned).mean())
     assert change > MIN_MEAN_ABS_CHANGE, f"the poker face changes the face by only {change:.2f} grey levels"
+
+
+def test_the_poker_face_edits_the_mouth_where_this_face_has_it(default_client, astronaut_face):
+    """The smile is taken out where this face's mouth is, not at a fixed row of the crop.
+
+    The aligned crop is sent as it is and moved up and down (rows repeated at the edge), with
+    ``aligned=true``: the mouth moves with it. Most of each change lies in rows near the mouth,
+    and the change's row centroid follows the shift. An editor that paints at template
+    positions (a bar between nose and mouth wherever the face is) fails the second check."""
+    aligned, points = astronaut_face
+    mouth_row = float(points[3:5, 1].mean())
+    centroids = {}
+    for dy in (-5, 0, 4):
+        crop = np.roll(aligned, dy, axis=0)
+        if dy > 0:
+            crop[:dy] = crop[dy]
+        elif dy < 0:
+            crop[dy:] = crop[dy - 1]
+        rows = np.abs(_poker_face_of_crop(default_client, crop) - crop).mean(axis=(1, 2))  # [H]
+        near = np.abs(np.arange(len(rows)) - (mouth_row + dy)) <= 5
+        assert rows[near].mean() >= 2.0 * rows[~near].mean(), (dy, np.round(rows, 1).tolist())
+        centroids[dy] = float((rows * np.arange(len(rows))).sum() / rows.sum())
+    moved = centroids[4] - centroids[-5]
+    assert 0.6 * 9 <= moved <= 1.4 * 9, centroids

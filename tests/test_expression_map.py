@@ -17,6 +17,7 @@ from service.vision.expression_map import (
     gaussian_blur,
     mass_inside,
     overlay,
+    true_expression_region,
 )
 from tests.conftest import DEFAULT_MODEL_DIR
 
@@ -70,13 +71,6 @@ def test_overlay_and_png():
         difference_map(face, grey_face(64))
     with pytest.raises(ValueError):
         overlay(face, np.zeros((10, 10), np.float32))
-
-
-def true_expression_region(face: np.ndarray, poker: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Pixels where the true poker face differs from the face by more than 4 grey levels,
-    widened by the map's own smoothing (a blurred map cannot be sharper than its blur)."""
-    changed = np.abs(face.astype(np.float32) - poker.astype(np.float32)).mean(axis=2) > 4.0
-    return gaussian_blur(changed.astype(np.float32), sigma_px) > 0.05
 
 
 def rendered_pairs(size: int, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:

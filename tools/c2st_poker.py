@@ -7,7 +7,7 @@ service's code). A fresh CNN (``training.realism``) is trained on four folds and
 fifth; the table gives the mean ROC AUC over the folds. The baseline row is the same test on the
 expressive inputs themselves: a poker face should score well below it, towards 0.5.
 
-    python tools/c2st_poker.py --ferplus /data/ferplus --model-dir models/pfvit-micro-ferplus \\
+    python -m tools.c2st_poker --ferplus /data/ferplus --model-dir models/pfvit-micro-ferplus \\
         --model-dir models/pfvit-micro-fer2013 --n 700
 """
 
@@ -21,18 +21,12 @@ import numpy as np
 
 from service.models import EmotionModel
 from service.runtime import CPU
-from service.vision.imaging import resize_rgb
 from training.data.ferplus import FERPlus
 from training.data.transforms import FaceTransform
-from training.realism import C2STConfig, c2st
+from training.realism import C2STConfig
+from training.served_eval import poker_face_realism, realism_samples, served_crops
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def served(model: EmotionModel, crops: list[np.ndarray]) -> np.ndarray:
-    """Crops as the service takes them with ``aligned=true``: resized to the model's input."""
-    h, w = model.input_hw
-    return np.stack([resize_rgb(np.asarray(c), (w, h)) for c in crops])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,34 +44,25 @@ def main(argv: list[str] | None = None) -> int:
     model_dirs = args.model_dir or [str(REPO / "models" / "pfvit-micro-ferplus")]
 
     test = FERPlus(args.ferplus, "test", FaceTransform(image_size=48, augment=False), cache=False)
-    y = np.asarray(test.targets)
-    neutral_k = test.labels.index("neutral")
-    rng = np.random.default_rng(args.seed)
-    neutral_idx, expressive_idx = np.flatnonzero(y == neutral_k), np.flatnonzero(y != neutral_k)
-    if min(len(neutral_idx), len(expressive_idx)) < args.n:
-        ap.error(f"--n {args.n}: only {len(neutral_idx)} neutral and {len(expressive_idx)} other test faces")
-    neutral = [test.load_face(i) for i in rng.choice(neutral_idx, args.n, replace=False)]
-    expressive = [test.load_face(i) for i in rng.choice(expressive_idx, args.n, replace=False)]
+    try:
+        neutral_idx, expressive_idx = realism_samples(
+            np.asarray(test.targets), test.labels.index("neutral"), args.n, args.seed
+        )
+    except ValueError as err:
+        ap.error(f"--n {args.n}: {err}")
+    neutral = [test.load_face(i) for i in neutral_idx]
+    expressive = [test.load_face(i) for i in expressive_idx]
     cfg = C2STConfig(folds=args.folds, epochs=args.epochs, seed=args.seed)
 
     rows = []
-    baseline_done = False
-    for model_dir in model_dirs:
+    for k, model_dir in enumerate(model_dirs):
         model = EmotionModel.from_dir(model_dir, providers=[CPU])
-        real_neutral, inputs = served(model, neutral), served(model, expressive)
-        if not baseline_done:
-            rows.append(
-                {"set": "expressive inputs (baseline)", "model": "", **c2st(inputs, real_neutral, cfg).as_dict()}
-            )
-            baseline_done = True
-        pokers = np.concatenate([model.poker_faces(inputs[i : i + 256]) for i in range(0, len(inputs), 256)])
-        rows.append(
-            {
-                "set": "poker faces",
-                "model": f"{model.card.name} {model.card.version}",
-                **c2st(pokers, real_neutral, cfg).as_dict(),
-            }
+        scores = poker_face_realism(
+            model, served_crops(model, neutral), served_crops(model, expressive), cfg, inputs=k == 0
         )
+        if k == 0:
+            rows.append({"set": "expressive inputs (baseline)", "model": "", **scores["inputs"]})
+        rows.append({"set": "poker faces", "model": f"{model.card.name} {model.card.version}", **scores["poker_faces"]})
 
     print(f"C2ST against {args.n} real neutral FERPlus test faces; {args.folds}-fold ROC AUC (0.5: indistinguishable)")
     print("| set | model | ROC AUC | sd over folds |")

@@ -17,7 +17,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from service.models import EmotionModel
-from service.vision.expression_map import SIGMA_FRACTION, expression_map, gaussian_blur, mass_inside, overlay
+from service.vision.expression_map import (
+    SIGMA_FRACTION,
+    expression_map,
+    mass_inside,
+    overlay,
+    true_expression_region,
+)
 from service.vision.faces import find_faces
 from service.vision.imaging import decode_image
 from service.vision.mtcnn import MTCNN
@@ -26,12 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 CELL = 144
 LABEL_W = 110
 HEADER_H = 34
-
-
-def true_region(face: np.ndarray, poker: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Where the true poker face differs by more than 4 grey levels, widened by the map's blur."""
-    changed = np.abs(face.astype(np.float32) - poker.astype(np.float32)).mean(axis=2) > 4.0
-    return gaussian_blur(changed.astype(np.float32), sigma_px) > 0.05
 
 
 def outline(face: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def main() -> None:
     generated = model.poker_faces(faces)
     masses, areas, empty = [], [], 0
     for s, gen in zip(samples, generated):
-        region = true_region(s.image, s.poker_face, sigma)
+        region = true_expression_region(s.image, s.poker_face, sigma)
         heat = expression_map(s.image, gen)
         areas.append(region.mean())
         if heat.any():
@@ -94,7 +94,7 @@ def main() -> None:
     for label in expressive:
         s = next(x for x in samples if x.label == label)
         gen = model.poker_faces(s.image[None])[0]
-        region = true_region(s.image, s.poker_face, sigma)
+        region = true_expression_region(s.image, s.poker_face, sigma)
         heat = expression_map(s.image, gen)
         note = f"mass in: {mass_inside(heat, region):.0%}" if heat.any() else "empty map"
         rows.append(

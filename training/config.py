@@ -340,6 +340,12 @@ class EditorConfig(CriticRunConfig):
             photographs (0 = no critic: the stage as it was before it had one).
         d_steps: critic steps per editor step, on the same batch (the D:G step ratio).
         d_width: channels of the critic's first convolution (the next two have 2x and 4x).
+        d_pool: the critic judges each face by the mean of its patches' logits, not each patch
+            on its own (:class:`~training.editing.PatchDiscriminator`).
+        poker_translate: largest random shift (fraction of the side) of each face that has a
+            true poker face, applied to the face and its poker face alike
+            (:func:`~training.editing.jitter_poker_pairs`); 0 with ``poker_scale`` (1, 1) = none.
+        poker_scale: zoom range of that same random affine.
         identity: weight of the identity term on photographs: the mean absolute difference
             between the frozen model's residue z_p of the poker face and that of the input.
             PF-ViT trains its residue to hold what is not the expression (the paper's cycle
@@ -364,7 +370,10 @@ class EditorConfig(CriticRunConfig):
     adv: float = 0.0
     d_steps: int = 1
     d_width: int = 32
+    d_pool: bool = False
     identity: float = 0.0
+    poker_translate: float = 0.0
+    poker_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.d_steps < 1 or self.d_width < 1:

@@ -12,6 +12,10 @@ The PF-ViT around the editor is finished and frozen; only the editor learns. Thr
   the whole face is the cheapest way to move any classifier, and it is noise, not an edit.
 - ``identity`` (off at weight 0): on the same photographs, the distance of the frozen model's
   residue z_p of the poker face to that of the input: keep the person.
+- geometry (``poker_translate``, ``poker_scale``): the rendered faces are drawn on the
+  alignment template, so their mouths and brows sit at one place; each one and its true poker
+  face get the same random shift and zoom (:func:`jitter_poker_pairs`), the photographs have
+  theirs from the data's augmentation, and no term can be met by painting at fixed positions.
 - ``adv`` (off at weight 0, computed by :class:`EditorCritic`): a patch critic's verdict on the
   poker faces of expressive photographs, the critic having learned real neutral photographs
   against them. The frozen recogniser can be moved by patterns no person shows; the critic
@@ -21,7 +25,7 @@ The PF-ViT around the editor is finished and frozen; only the editor learns. Thr
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +103,30 @@ class EditorObjective(nn.Module):
         return m.forward_head(z_e)[0], z_p
 
 
+def jitter_poker_pairs(batch: StageBatch, translate: float, scale: tuple[float, float]) -> StageBatch:
+    """The batch with every item that has a true poker face moved by one random affine, the
+    same for the face and its poker face: a shift up to ``translate`` of the side and a zoom in
+    ``scale``, about the centre (uncovered pixels repeat the border). Other items stay as they
+    are. Draws from the global RNG, which the stage's checkpoint keeps, so a resumed run draws
+    what the uninterrupted one does."""
+    if translate <= 0 and scale == (1.0, 1.0):
+        return batch
+    n, device = batch.images.shape[0], batch.images.device
+    s = scale[0] + (scale[1] - scale[0]) * torch.rand(n)
+    t = (2 * torch.rand(n, 2) - 1) * translate * 2  # grid units: the side spans 2
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
+    theta[:, :, 2] = -t / s[:, None]  # affine_grid maps output to input: in = (out - t) / s
+    grid = F.affine_grid(theta.to(device, batch.images.dtype), list(batch.images.shape), align_corners=False)
+    moved = (batch.has_poker > 0.5)[:, None, None, None]
+
+    def move(x: torch.Tensor) -> torch.Tensor:
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return torch.where(moved, out, x)
+
+    return replace(batch, images=move(batch.images), true_poker=move(batch.true_poker))
+
+
 # ----------------------------------------------------------------------------- the critic
 class PatchDiscriminator(nn.Module):
     """The editor stage's critic: a small convolutional net with one real/fake logit per
@@ -109,13 +137,20 @@ class PatchDiscriminator(nn.Module):
     apart). A patch critic judges the local texture of lips, lids and brows, not the face's
     layout, so it cannot ask for a mouth at one place.
 
+    With ``pool``, the patches' logits are averaged into one per face before any loss: the
+    critic's verdict is then the face's, and the few patches where an edit shows (lips, brows)
+    carry it, instead of being outvoted by the many patches of hair, cheek and background that
+    no edit touches and no critic can tell apart (docs/pfvit.md has the probe behind this).
+
     Args:
         channels: channels read (1 for a grey model: the luma, as the editor reads it).
         width: channels of the first convolution; the next two have 2x and 4x as many.
+        pool: one logit per face (the mean over patches) instead of one per patch.
     """
 
-    def __init__(self, channels: int, width: int) -> None:
+    def __init__(self, channels: int, width: int, pool: bool = False) -> None:
         super().__init__()
+        self.pool = pool
         self.layers = nn.Sequential(
             nn.Conv2d(channels, width, 4, stride=2, padding=1),
             nn.LeakyReLU(0.2),
@@ -127,8 +162,10 @@ class PatchDiscriminator(nn.Module):
         )
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        """``[N, C, H, W]`` model space -> patch logits ``[N, P]`` (``P = (H/4) * (W/4)``)."""
-        return self.layers(faces).flatten(1)
+        """``[N, C, H, W]`` model space -> patch logits ``[N, P]`` (``P = (H/4) * (W/4)``), or
+        ``[N, 1]`` with ``pool``."""
+        logits = self.layers(faces).flatten(1)
+        return logits.mean(dim=1, keepdim=True) if self.pool else logits
 
 
 @dataclass(frozen=True)
@@ -199,4 +236,4 @@ class EditorCritic:
 
 def build_critic(model: PFViT, cfg: EditorConfig) -> PatchDiscriminator:
     """The critic for ``model``'s editor: it reads as many channels as the editor changes."""
-    return PatchDiscriminator(model.editor.channels, cfg.d_width)
+    return PatchDiscriminator(model.editor.channels, cfg.d_width, cfg.d_pool)

@@ -48,6 +48,11 @@ class FERPlusModelConfig:
         editor_*: the editor stage's settings of the same names (:class:`EditorConfig`); its
             critic (``editor_adv`` above 0) learns from FERPlus train faces whose majority is
             neutral.
+        editor_photo_augment: the editor stage's photographs get every training augmentation
+            ("full") or the random affine and flip alone ("geometry": what its critic learns
+            real faces from should look like the faces it is scored on).
+        realism_n: faces a side of the two-sample test of poker faces against real neutral
+            test faces (``served_eval.poker_face_realism``); 0 = not run.
     """
 
     ferplus: str = ""
@@ -56,7 +61,7 @@ class FERPlusModelConfig:
     model_dir: str = str(REPO / "models" / "pfvit-micro-ferplus")
     docs_dir: str = str(REPO / "docs")
     name: str = "pfvit-micro-ferplus"
-    version: str = "2.1.0"
+    version: str = "2.2.0"
     image_size: int = 48
     stem: str = "deepconv"
     pad_px: int = 24
@@ -88,17 +93,22 @@ class FERPlusModelConfig:
     accuracy_floor: float = 0.80
     macro_recall_floor: float = 0.60
     ablation: bool = True
-    editor_epochs: int = EditorConfig.epochs
+    editor_epochs: int = 5
     editor_rendered_repeat: int = 3
     editor_poker_sup: float = EditorConfig.poker_sup
-    editor_cyc_neutral: float = EditorConfig.cyc_neutral
+    editor_cyc_neutral: float = 0.2
     editor_sparsity: float = EditorConfig.sparsity
-    editor_adv: float = EditorConfig.adv
+    editor_adv: float = 1.0
     editor_identity: float = EditorConfig.identity
-    editor_gan: Literal["hinge", "nonsat"] = EditorConfig.gan
+    editor_gan: Literal["hinge", "nonsat"] = "nonsat"
     editor_r1_gamma: float = EditorConfig.r1_gamma
-    editor_d_steps: int = EditorConfig.d_steps
-    editor_d_blr: float = EditorConfig.d_blr
+    editor_d_steps: int = 2
+    editor_d_blr: float = 1e-2
+    editor_poker_translate: float = 0.1
+    editor_poker_scale: tuple[float, float] = (1.0, 1.25)
+    editor_d_pool: bool = True
+    editor_photo_augment: Literal["full", "geometry"] = "geometry"
+    realism_n: int = 700
     render_workers: int = 0  # 0 = one per core
     device: str = "auto"
     threads: int = 0
@@ -112,6 +122,7 @@ QUICK = dict(
     editor_epochs=1,
     rendered_train=256,
     rendered_test=64,
+    realism_n=0,
 )
 
 
@@ -135,9 +146,13 @@ def ferplus(
     augment: bool,
     aligned: bool = True,
     votes: Literal["label", "new"] | None = None,
+    augment_kind: Literal["full", "geometry"] = "full",
 ) -> FERPlus:
-    """One FERPlus split: the aligned faces (``aligned``) or the original 48 px crops."""
+    """One FERPlus split: the aligned faces (``aligned``) or the original 48 px crops; with
+    ``augment``, all the training augmentations or (``augment_kind="geometry"``) the random
+    affine and flip alone."""
     transform = FaceTransform(image_size=cfg.image_size, augment=augment)
+    transform = transform.geometry_only() if augment_kind == "geometry" else transform
     return FERPlus(
         cfg.ferplus, split, transform, votes=votes or cfg.votes, images=str(aligned_dir(cfg)) if aligned else ""
     )

@@ -32,6 +32,7 @@ from training.ferplus_config import (
 )
 from training.ferplus_report import publish_report
 from training.judge import JudgeResult, load_judge, poker_face_report, save_judge, train_judge
+from training.realism import C2STConfig
 from training.recipe import MTCNN_DIR
 
 
@@ -76,6 +77,22 @@ def ablation_scores(cfg: FERPlusModelConfig, test: FERPlus) -> dict[str, Any] | 
     return scores
 
 
+def realism(
+    cfg: FERPlusModelConfig, model: Any, crops: list[np.ndarray], y: np.ndarray, neutral: int
+) -> dict[str, Any] | None:
+    """The two-sample test of ``tools/c2st_poker.py`` on the same faces: ``cfg.realism_n`` test
+    crops of each side as sent with ``aligned=true``, drawn with the recipe's seed."""
+    if cfg.realism_n <= 0:
+        return None
+    neutral_idx, expressive_idx = served_eval.realism_samples(y, neutral, cfg.realism_n, cfg.seed)
+    return served_eval.poker_face_realism(
+        model,
+        served_eval.served_crops(model, [crops[i] for i in neutral_idx]),
+        served_eval.served_crops(model, [crops[i] for i in expressive_idx]),
+        C2STConfig(seed=cfg.seed),
+    )
+
+
 def evaluate(cfg: FERPlusModelConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The exported files through the service's code, on FERPlus test (majority of ``label.csv``,
     and of ``fer2013new.csv`` for comparison)."""
@@ -94,6 +111,7 @@ def evaluate(cfg: FERPlusModelConfig) -> tuple[dict[str, Any], dict[str, np.ndar
             photos = served_eval.recognise_photos(model, MTCNN_DIR, crops, cfg.pad_px, cfg.upscale, threads=cfg.threads)
             part["photos"] = served_eval.score(y, photos.predictions, labels)
             part["raw_crops"] = served_eval.score(y, served_eval.recognise_crops(model, np.stack(crops)), labels)
+            metrics["realism"] = realism(cfg, model, crops, y, labels.index("neutral"))
             arrays.update(faces=faces, y=y)
             metrics["ablation"] = ablation_scores(cfg, aligned)
         metrics[votes] = part
@@ -156,6 +174,7 @@ def publish(cfg: FERPlusModelConfig, timings: dict[str, float]) -> dict[str, Any
         "new",
         "poker_face_ferplus",
         "judge",
+        "realism",
         "poker_face_rendered",
         "alignment",
         "ablation",

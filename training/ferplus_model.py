@@ -131,11 +131,13 @@ def train_config(
 
 def calibrate(cfg: FERPlusModelConfig, train: FERPlus, val: FERPlus) -> dict[str, Any]:
     """Step 5: the logit adjustment, chosen on validation and folded into the head's bias of a
-    copy of the editor checkpoint (``calibrated.pt``)."""
+    copy of the editor checkpoint (``calibrated.pt``). Kept when it is newer than that
+    checkpoint; an editor stage run again (the copy would carry the old editor) redoes it."""
     out = Path(cfg.out_dir)
     source = out / "editor" / "last.pt"
     record_path = out / "calibration.json"
-    if record_path.is_file() and (out / "calibrated.pt").is_file():
+    calibrated = out / "calibrated.pt"
+    if record_path.is_file() and calibrated.is_file() and calibrated.stat().st_mtime >= source.stat().st_mtime:
         return json.loads(record_path.read_text())
     prior = train.soft_labels.mean(0).numpy().astype(np.float64)  # the vote mass of each class
     log_prior = np.log(np.clip(prior, 1e-6, None))
@@ -146,7 +148,7 @@ def calibrate(cfg: FERPlusModelConfig, train: FERPlus, val: FERPlus) -> dict[str
     payload = load_checkpoint(source)
     bias = payload["model"]["head.fc.bias"]
     payload["model"]["head.fc.bias"] = bias - torch.as_tensor(tau * log_prior, dtype=bias.dtype)
-    torch.save(payload, out / "calibrated.pt")
+    torch.save(payload, calibrated)
     record = {"tau": tau, "floors": list(floors), "prior": prior.tolist(), "validation": table}
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -209,15 +211,19 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
             r1_gamma=cfg.editor_r1_gamma,
             d_steps=cfg.editor_d_steps,
             d_blr=cfg.editor_d_blr,
+            poker_translate=cfg.editor_poker_translate,
+            poker_scale=cfg.editor_poker_scale,
+            d_pool=cfg.editor_d_pool,
             poker_data=str(rendered_spec(cfg)),
             poker_repeat=cfg.editor_rendered_repeat,
             resume=resume,
             **common_run_settings(cfg),
         )
+        photos = ferplus(cfg, "train", augment=True, augment_kind=cfg.editor_photo_augment)
         run_editor(
             editor_cfg,
             JointFaces(
-                train_set, rendered, greyscale=True, rendered_repeat=editor_cfg.poker_repeat, rendered_labels=False
+                photos, rendered, greyscale=True, rendered_repeat=editor_cfg.poker_repeat, rendered_labels=False
             ),
         )
     timings["editor_s"] = stage_seconds(out / "editor", time.perf_counter() - t0)

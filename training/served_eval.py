@@ -10,6 +10,8 @@ so the figures are those of ``POST /v1/recognize`` and ``POST /v1/poker-face`` m
 - ``recognise_crops``: the crops sent with ``aligned=true`` (the service only resizes them).
 - ``poker_face_measures``: how much the poker faces change real faces (mean absolute change,
   SSIM), and what the independent judge (``training.judge``) reads in them.
+- ``poker_face_realism``: a classifier two-sample test (``training.realism``) of the poker
+  faces of expressive faces against real neutral faces, with the inputs themselves as baseline.
 - ``rendered_fidelity``: on rendered test identities, whose true poker face is known, the PSNR
   of the generated poker face against it minus the PSNR of the unchanged input.
 """
@@ -27,12 +29,14 @@ from service.config import Settings
 from service.models import EmotionModel
 from service.pipeline import DetectOptions, FacePipeline, StageTimer
 from service.runtime import CPU
+from service.vision.expression_map import SIGMA_FRACTION, expression_map, mass_inside, true_expression_region
 from service.vision.imaging import resize_rgb
 from service.vision.mtcnn import MTCNN
 from training.data.align_dataset import prepare
 from training.evaluate import classification_metrics, confusion_matrix
 from training.fidelity import psnr, ssim
 from training.plots import image_grid_png
+from training.realism import C2STConfig, c2st
 
 NOT_FOUND = -1  # prediction of an image where the service found no face
 
@@ -103,6 +107,35 @@ def poker_faces(model: EmotionModel, faces: np.ndarray, batch: int = 256) -> np.
     return np.concatenate([model.poker_faces(faces[i : i + batch]) for i in range(0, len(faces), batch)])
 
 
+def served_crops(model: EmotionModel, crops: Sequence[np.ndarray]) -> np.ndarray:
+    """Crops as the service takes them with ``aligned=true``: resized to the model's input."""
+    h, w = model.input_hw
+    return np.stack([resize_rgb(np.asarray(c), (w, h)) for c in crops])
+
+
+def realism_samples(y: np.ndarray, neutral_index: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(neutral, expressive)`` indices: ``n`` faces of each, drawn without replacement (seeded)
+    from the faces whose class is neutral and from all the others."""
+    neutral, expressive = np.flatnonzero(y == neutral_index), np.flatnonzero(y != neutral_index)
+    if min(len(neutral), len(expressive)) < n:
+        raise ValueError(f"{n} faces a side asked for: only {len(neutral)} neutral and {len(expressive)} others")
+    rng = np.random.default_rng(seed)
+    return rng.choice(neutral, n, replace=False), rng.choice(expressive, n, replace=False)
+
+
+def poker_face_realism(
+    model: EmotionModel, neutral: np.ndarray, expressive: np.ndarray, cfg: C2STConfig, inputs: bool = True
+) -> dict[str, Any]:
+    """C2ST ROC AUC (``training.realism``) of the poker faces of the ``expressive`` crops against
+    the real ``neutral`` crops, both ``(N, S, S, 3) uint8`` at the model's input size; with
+    ``inputs``, also of the expressive crops themselves (the baseline)."""
+    out: dict[str, Any] = {"n": len(neutral), "folds": cfg.folds, "seed": cfg.seed}
+    if inputs:
+        out["inputs"] = c2st(expressive, neutral, cfg).as_dict()
+    out["poker_faces"] = c2st(poker_faces(model, expressive), neutral, cfg).as_dict()
+    return out
+
+
 def change_measures(faces: np.ndarray, pokers: np.ndarray) -> dict[str, float]:
     """Mean absolute change (grey levels, 0-255) and mean SSIM of the poker faces to the inputs."""
     return {
@@ -115,9 +148,18 @@ def rendered_fidelity(
     model: EmotionModel, faces: np.ndarray, truth: np.ndarray, expressive: np.ndarray
 ) -> dict[str, float]:
     """PSNR of the generated poker faces against the true ones, and that of the unchanged input,
-    on the expressive faces (a neutral face is its own poker face)."""
+    on the expressive faces (a neutral face is its own poker face); and where their expression
+    maps put their mass (docs/expression-maps.md)."""
     generated = poker_faces(model, faces)
     p_model = psnr(generated[expressive], truth[expressive])
+    sigma = SIGMA_FRACTION * faces.shape[1]
+    masses, regions = [], []
+    for face, true_poker, made in zip(faces[expressive], truth[expressive], generated[expressive]):
+        region = true_expression_region(face, true_poker, sigma)
+        heat = expression_map(face, made)
+        masses.append(mass_inside(heat, region) if heat.any() else float("nan"))
+        regions.append(float(region.mean()))
+    shown = np.asarray(masses)[np.isfinite(masses)]
     p_base = psnr(faces[expressive], truth[expressive])
     return {
         "psnr_db": float(p_model.mean()),
@@ -125,6 +167,12 @@ def rendered_fidelity(
         "psnr_gain_db": float(p_model.mean() - p_base.mean()),
         "ssim": float(ssim(generated[expressive], truth[expressive]).mean()),
         "baseline_ssim": float(ssim(faces[expressive], truth[expressive]).mean()),
+        # Expression maps (service.vision.expression_map) of the generated poker faces: the
+        # share of each non-empty map's mass on the true expression region, and how many are empty.
+        "map_mass_mean": float(shown.mean()) if len(shown) else 0.0,
+        "map_mass_median": float(np.median(shown)) if len(shown) else 0.0,
+        "map_empty": int(len(masses) - len(shown)),
+        "map_region_share": float(np.mean(regions)),
         "num_samples": int(expressive.sum()),
     }
 

@@ -20,7 +20,15 @@ from training.adversarial import PokerFaceObjective, StageBatch, build_discrimin
 from training.checkpoint import TrainState, load_checkpoint
 from training.config import CriticRunConfig, EditorConfig, PretrainConfig, RunConfig, TrainConfig
 from training.distributed import DistContext, wrap_ddp
-from training.editing import CriticSets, EditorCritic, EditorLoss, EditorObjective, build_critic, critic_sets
+from training.editing import (
+    CriticSets,
+    EditorCritic,
+    EditorLoss,
+    EditorObjective,
+    build_critic,
+    critic_sets,
+    jitter_poker_pairs,
+)
 from training.model import MAEObjective, PFViT, optim_groups
 
 # ----------------------------------------------------------------------------- small pieces
@@ -342,6 +350,7 @@ class EditorStage:
     def _step(self, state: TrainState, batch: StageBatch, ctx: DistContext) -> dict[str, float]:
         """One editor step, then the critic's steps; returns the step's log record."""
         cfg, optimizer = self.cfg, state.optimizers["main"]
+        batch = jitter_poker_pairs(batch, cfg.poker_translate, cfg.poker_scale)
         with autocast_for(ctx.device):
             loss: EditorLoss = built(self.objective, "the editor objective")(batch)
         total, terms = loss.total, dict(loss.terms)

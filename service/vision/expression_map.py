@@ -118,6 +118,14 @@ _RAMP_STOPS = np.array(
 )
 
 
+def true_expression_region(face: np.ndarray, poker: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Where a face's *true* poker face (a rendered face's, which the renderer gives) differs
+    from it by more than 4 grey levels, widened by the map's own blur (a blurred map cannot be
+    sharper than its blur): the region a good expression map puts its mass on."""
+    changed = np.abs(face.astype(np.float32) - poker.astype(np.float32)).mean(axis=2) > 4.0
+    return gaussian_blur(changed.astype(np.float32), sigma_px) > 0.05
+
+
 def colour_ramp(values: np.ndarray) -> np.ndarray:
     """``(...)`` floats in [0, 1] -> ``(..., 3) float32`` RGB in [0, 255]."""
     v = np.clip(values, 0.0, 1.0) * (len(_RAMP_STOPS) - 1)

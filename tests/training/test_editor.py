@@ -22,7 +22,7 @@ from training.checkpoint import TrainState, load_checkpoint, model_from_checkpoi
 from training.config import EditorConfig, PFViTConfig, TrainConfig
 from training.data.joint import JointFaces
 from training.distributed import setup
-from training.editing import EditorCritic, EditorObjective, PatchDiscriminator, critic_sets
+from training.editing import EditorCritic, EditorObjective, PatchDiscriminator, critic_sets, jitter_poker_pairs
 from training.engine import run_editor, run_train
 from training.export import export_checkpoint
 from training.model import PFViT
@@ -257,6 +257,10 @@ def test_the_patch_critic_takes_any_size() -> None:
     critic = PatchDiscriminator(1, 8)
     assert critic(torch.randn(2, 1, 48, 48)).shape == (2, 144)
     assert critic(torch.randn(2, 1, 32, 32)).shape == (2, 64)
+    pooled = PatchDiscriminator(1, 8, pool=True)
+    pooled.load_state_dict(critic.state_dict())
+    faces = torch.randn(2, 1, 48, 48)
+    assert torch.allclose(pooled(faces), critic(faces).mean(dim=1, keepdim=True))
 
 
 def test_with_the_critic_and_identity_off_the_loss_is_the_three_terms() -> None:
@@ -323,6 +327,8 @@ def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly
         d_width=8,
         r1_gamma=1.0,
         r1_every=3,
+        poker_translate=0.1,
+        poker_scale=(1.0, 1.25),
     )
     result = run_editor(cfg, _photos_and_rendered())
     payload = load_checkpoint(result.checkpoint)
@@ -343,3 +349,29 @@ def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly
             assert got[name] == pytest.approx(want[name], abs=1e-6)
     again = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert all(torch.equal(payload["discriminator"][k], again["discriminator"][k]) for k in payload["discriminator"])
+
+
+def test_a_rendered_face_and_its_poker_face_move_together_and_photos_stay() -> None:
+    """The editor stage's geometry: each item with a true poker face gets one random shift and
+    zoom, the same for both images, so the true change moves with the face; photographs are
+    left to the bit (their own augmentation moved them already)."""
+    n, size = 6, 32
+    images = torch.rand(n, 3, size, size)
+    true_poker = images.clone()
+    true_poker[:, :, 20:23, 10:22] -= 0.5  # the expression: a mark at one place of the face
+    has_poker = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    batch = StageBatch(images, torch.zeros(n, 2), torch.ones(n), true_poker, has_poker)
+    torch.manual_seed(3)
+    moved = jitter_poker_pairs(batch, translate=0.15, scale=(1.0, 1.25))
+    photos = has_poker == 0
+    assert torch.equal(moved.images[photos], images[photos]) and torch.equal(
+        moved.true_poker[photos], true_poker[photos]
+    )
+    rows = (moved.images - moved.true_poker).abs().mean(dim=(1, 3))  # [N, H]: where the mark now is
+    centres = (rows * torch.arange(size)).sum(1) / rows.sum(1)
+    assert not torch.allclose(moved.images[~photos], images[~photos])
+    assert float(centres[~photos].std()) > 0.5  # the mark is no longer at one row
+    torch.manual_seed(3)
+    again = jitter_poker_pairs(batch, translate=0.15, scale=(1.0, 1.25))
+    assert torch.equal(again.images, moved.images)  # drawn from the global RNG the checkpoint keeps
+    assert jitter_poker_pairs(batch, 0.0, (1.0, 1.0)) is batch

@@ -13,7 +13,7 @@ jitter 0.25 (brightness, contrast, saturation), random affine (translate 0.1, sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -180,6 +180,11 @@ class FaceTransform:
     scale: tuple[float, float] = (1.0, 1.25)
     affine_p: float = 1.0
     erase_p: float = 0.25
+
+    def geometry_only(self) -> FaceTransform:
+        """The same transform with its geometry (random affine, flip) and no colour jitter or
+        erasing: what a critic of real faces should see (docs/pfvit.md, Stage 3)."""
+        return replace(self, jitter=0.0, erase_p=0.0)
 
     def __call__(self, image: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
         # Resize first: every later step then costs the same whatever the source size.
