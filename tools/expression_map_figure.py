@@ -49,7 +49,7 @@ def cell(image: np.ndarray | None) -> Image.Image:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="pfvit-micro-ferplus")
+    p.add_argument("--model", default="pfvit-micro-ferplus", help="a folder under models/, or a model folder's path")
     p.add_argument("--faces", type=int, default=28, help="rendered faces to measure the mass on")
     p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "expression-maps.png")
@@ -58,7 +58,8 @@ def main() -> None:
     from training.render.dataset import IDENTITY_RANGES, render_sample
     from training.render.facs import EMOTIONS
 
-    model = EmotionModel.from_dir(REPO / "models" / args.model, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    folder = Path(args.model) if Path(args.model).is_dir() else REPO / "models" / args.model
+    model = EmotionModel.from_dir(folder, providers=["CPUExecutionProvider"], intra_op_threads=1)
     size = model.input_hw[0]
     sigma = SIGMA_FRACTION * size
     expressive = [i for i, name in enumerate(EMOTIONS) if name != "neutral"]

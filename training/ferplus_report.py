@@ -227,12 +227,15 @@ def poker_table(metrics: dict[str, Any]) -> str:
             "repeats it and scores other model folders beside it."
         )
     parts.append(
+        "\n"
         f"Judge (trained on FERPlus train only, never with the editor): {_fmt(judge['poker_neutral_share'], True)} of "
         f"poker faces read neutral against {_fmt(judge['neutral_recall'], True)} of real neutral faces. Rendered "
         f"identities: {rendered['psnr_db']:.2f} vs {rendered['baseline_psnr_db']:.2f} dB; expression maps "
         f"{rendered.get('map_empty', 0)} empty of {rendered['num_samples']}, median mass "
         f"{rendered.get('map_mass_median', float('nan')):.3f}, on a region covering "
-        f"{rendered.get('map_region_share', float('nan')):.3f} of the face."
+        f"{rendered.get('map_region_share', float('nan')):.3f} of the face.\n\n"
+        "How these compare with the models before, the probes behind the editor's settings and "
+        "why the misses stand: [pfvit.md](pfvit.md#stage-3-the-expression-editor-pfvit-train-editor)."
     )
     return "\n".join(parts)
 
