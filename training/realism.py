@@ -110,14 +110,17 @@ def _train_critic(x: torch.Tensor, y: torch.Tensor, cfg: C2STConfig, seed: int) 
     model = _Critic(cfg.width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
-    steps = cfg.epochs * max(1, len(x) // cfg.batch_size)
+    # A training fold smaller than a batch is one batch (a fold can never be skipped whole: the
+    # loop below would never end).
+    batch_size = min(cfg.batch_size, len(x))
+    steps = cfg.epochs * max(1, len(x) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
     model.train()
     done = 0
     while done < steps:
         order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x) - cfg.batch_size + 1, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
+        for start in range(0, len(x) - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
             batch = x[idx]
             # Mirror images: a face and its mirror are equally real.
             flip = torch.rand(len(idx), generator=generator) < 0.5

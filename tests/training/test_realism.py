@@ -45,3 +45,31 @@ def test_identical_sets_score_about_half_and_separable_sets_about_one(bar: bool,
 def test_sets_of_different_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="size"):
         c2st(np.zeros((10, 32, 32), np.uint8), np.zeros((10, 48, 48), np.uint8))
+
+
+def test_the_served_realism_test_draws_both_sides_and_scores_the_poker_faces() -> None:
+    """``served_eval``: the faces of each side are drawn from their own class, seeded, and
+    too few faces is an error, not a smaller test; the shipped model's poker faces are scored
+    against the neutral side beside the inputs' baseline."""
+    from service.models import EmotionModel
+    from tests.conftest import DEFAULT_MODEL_DIR
+    from training.served_eval import poker_face_realism, realism_samples, served_crops
+
+    y = np.array([0, 1, 0, 2, 0, 3, 0, 1, 0, 2])
+    neutral, expressive = realism_samples(y, 0, 4, seed=5)
+    assert (y[neutral] == 0).all() and (y[expressive] != 0).all()
+    assert len(set(neutral)) == len(set(expressive)) == 4
+    assert all((a == b).all() for a, b in zip(realism_samples(y, 0, 4, seed=5), (neutral, expressive)))
+    with pytest.raises(ValueError, match="only 5 neutral"):
+        realism_samples(y, 0, 6, seed=5)
+
+    model = EmotionModel.from_dir(DEFAULT_MODEL_DIR, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    crops = list(_faces(24, seed=3))  # 32 px RGB: resized to the input
+    sides = served_crops(model, crops)
+    assert sides.shape == (24, *model.input_hw, 3)
+    cfg = C2STConfig(folds=2, epochs=1, width=4)
+    result = poker_face_realism(model, sides[:12], sides[12:], cfg)
+    assert result["n"] == 12 and result["folds"] == 2
+    for side in ("inputs", "poker_faces"):
+        assert result[side]["n_a"] == result[side]["n_b"] == 12 and 0.0 <= result[side]["auc"] <= 1.0
+    assert "inputs" not in poker_face_realism(model, sides[:12], sides[12:], cfg, inputs=False)
