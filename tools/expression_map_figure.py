@@ -27,6 +27,7 @@ from service.vision.expression_map import (
 from service.vision.faces import find_faces
 from service.vision.imaging import decode_image
 from service.vision.mtcnn import MTCNN
+from training.served_eval import map_masses
 
 REPO = Path(__file__).resolve().parent.parent
 CELL = 144
@@ -73,16 +74,9 @@ def main() -> None:
     ]
     faces = np.stack([s.image for s in samples])
     generated = model.poker_faces(faces)
-    masses, areas, empty = [], [], 0
-    for s, gen in zip(samples, generated):
-        region = true_expression_region(s.image, s.poker_face, sigma)
-        heat = expression_map(s.image, gen)
-        areas.append(region.mean())
-        if heat.any():
-            masses.append(mass_inside(heat, region))
-        else:
-            empty += 1
-    masses_a = np.array(masses)
+    masses, areas = map_masses(faces, np.stack([s.poker_face for s in samples]), generated)
+    masses_a = masses[np.isfinite(masses)]
+    empty = len(masses) - len(masses_a)
     print(
         f"model {args.model}, {args.faces} rendered faces (seed {args.seed}): {empty} empty maps; "
         f"non-empty maps put {masses_a.mean():.3f} of their mass (min {masses_a.min():.3f}, median "

@@ -137,10 +137,11 @@ class PatchDiscriminator(nn.Module):
     apart). A patch critic judges the local texture of lips, lids and brows, not the face's
     layout, so it cannot ask for a mouth at one place.
 
-    With ``pool``, the patches' logits are averaged into one per face before any loss: the
-    critic's verdict is then the face's, and the few patches where an edit shows (lips, brows)
-    carry it, instead of being outvoted by the many patches of hair, cheek and background that
-    no edit touches and no critic can tell apart (docs/pfvit.md has the probe behind this).
+    With ``pool``, the patches' logits are averaged into one per face before any loss, so the
+    verdict is the face's: the few patches where an edit shows (lips, brows) are not each
+    weighed against the many of hair, cheek and background that no edit touches. docs/pfvit.md
+    gives what this did in the probes and the full runs (it made the critic count for more, not
+    the poker faces pass).
 
     Args:
         channels: channels read (1 for a grey model: the luma, as the editor reads it).

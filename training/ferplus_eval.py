@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from service.card import load_card, write_card
+from service.models import EmotionModel
 from training import served_eval
 from training.calibration import balanced_scores, checkpoint_logits
 from training.checkpoint import load_checkpoint
@@ -78,7 +79,7 @@ def ablation_scores(cfg: FERPlusModelConfig, test: FERPlus) -> dict[str, Any] | 
 
 
 def realism(
-    cfg: FERPlusModelConfig, model: Any, crops: list[np.ndarray], y: np.ndarray, neutral: int
+    cfg: FERPlusModelConfig, model: EmotionModel, crops: list[np.ndarray], y: np.ndarray, neutral: int
 ) -> dict[str, Any] | None:
     """The two-sample test of ``tools/c2st_poker.py`` on the same faces: ``cfg.realism_n`` test
     crops of each side as sent with ``aligned=true``, drawn with the recipe's seed."""

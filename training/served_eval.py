@@ -85,8 +85,7 @@ def recognise_photos(
 
 def recognise_crops(model: EmotionModel, crops: np.ndarray, batch: int = 256) -> np.ndarray:
     """Class indices for crops uploaded with ``aligned=true`` (resized to the input, no detection)."""
-    h, w = model.input_hw
-    resized = np.stack([resize_rgb(np.asarray(c), (w, h)) for c in crops])
+    resized = served_crops(model, crops)
     return np.concatenate(
         [model.recognise(resized[i : i + batch]).logits.argmax(axis=1) for i in range(0, len(resized), batch)]
     )
@@ -144,6 +143,20 @@ def change_measures(faces: np.ndarray, pokers: np.ndarray) -> dict[str, float]:
     }
 
 
+def map_masses(faces: np.ndarray, truth: np.ndarray, generated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mass [N], region share [N])``: the share of the expression map of each generated poker
+    face that lies on the true expression region (NaN for an empty map), and the share of the
+    face that region covers. All ``(N, S, S, 3) uint8``; docs/expression-maps.md."""
+    sigma = SIGMA_FRACTION * faces.shape[1]
+    masses, regions = [], []
+    for face, true_poker, made in zip(faces, truth, generated):
+        region = true_expression_region(face, true_poker, sigma)
+        heat = expression_map(face, made)
+        masses.append(mass_inside(heat, region) if heat.any() else float("nan"))
+        regions.append(float(region.mean()))
+    return np.asarray(masses, np.float64), np.asarray(regions, np.float64)
+
+
 def rendered_fidelity(
     model: EmotionModel, faces: np.ndarray, truth: np.ndarray, expressive: np.ndarray
 ) -> dict[str, float]:
@@ -152,15 +165,9 @@ def rendered_fidelity(
     maps put their mass (docs/expression-maps.md)."""
     generated = poker_faces(model, faces)
     p_model = psnr(generated[expressive], truth[expressive])
-    sigma = SIGMA_FRACTION * faces.shape[1]
-    masses, regions = [], []
-    for face, true_poker, made in zip(faces[expressive], truth[expressive], generated[expressive]):
-        region = true_expression_region(face, true_poker, sigma)
-        heat = expression_map(face, made)
-        masses.append(mass_inside(heat, region) if heat.any() else float("nan"))
-        regions.append(float(region.mean()))
-    shown = np.asarray(masses)[np.isfinite(masses)]
     p_base = psnr(faces[expressive], truth[expressive])
+    masses, regions = map_masses(faces[expressive], truth[expressive], generated[expressive])
+    shown = masses[np.isfinite(masses)]
     return {
         "psnr_db": float(p_model.mean()),
         "baseline_psnr_db": float(p_base.mean()),
