@@ -106,7 +106,7 @@ def poker_faces(model: EmotionModel, faces: np.ndarray, batch: int = 256) -> np.
     return np.concatenate([model.poker_faces(faces[i : i + batch]) for i in range(0, len(faces), batch)])
 
 
-def served_crops(model: EmotionModel, crops: Sequence[np.ndarray]) -> np.ndarray:
+def served_crops(model: EmotionModel, crops: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     """Crops as the service takes them with ``aligned=true``: resized to the model's input."""
     h, w = model.input_hw
     return np.stack([resize_rgb(np.asarray(c), (w, h)) for c in crops])
