@@ -342,6 +342,8 @@ class EditorConfig(CriticRunConfig):
         d_width: channels of the critic's first convolution (the next two have 2x and 4x).
         d_pool: the critic judges each face by the mean of its patches' logits, not each patch
             on its own (:class:`~training.editing.PatchDiscriminator`).
+        d_arch: "patch", the patch critic, or "face", a critic whose features see the whole
+            face and give one verdict (:class:`~training.editing.FaceDiscriminator`).
         poker_translate: largest random shift (fraction of the side) of each face that has a
             true poker face, applied to the face and its poker face alike
             (:func:`~training.editing.jitter_poker_pairs`); 0 with ``poker_scale`` (1, 1) = none.
@@ -371,6 +373,7 @@ class EditorConfig(CriticRunConfig):
     d_steps: int = 1
     d_width: int = 32
     d_pool: bool = False
+    d_arch: Literal["patch", "face"] = "patch"
     identity: float = 0.0
     poker_translate: float = 0.0
     poker_scale: tuple[float, float] = (1.0, 1.0)

@@ -235,6 +235,48 @@ class EditorCritic:
         )
 
 
-def build_critic(model: PFViT, cfg: EditorConfig) -> PatchDiscriminator:
-    """The critic for ``model``'s editor: it reads as many channels as the editor changes."""
-    return PatchDiscriminator(model.editor.channels, cfg.d_width, cfg.d_pool)
+class FaceDiscriminator(nn.Module):
+    """The editor stage's whole-face critic: one real/fake logit per face from features that
+    see all of it, as the two-sample test's classifier does.
+
+    A 3x3 convolution, three 4x4 stride-2 ones (the side halves three times: 6x6 at 48 px, each
+    unit then seeing more than the face), a 3x3 one, LeakyReLU 0.2 between, no normalisation
+    (R1 and DDP need none, and batch statistics would let real and fake batches tell themselves
+    apart); the mean over positions, then one linear logit. A patch critic asks only whether
+    each piece of texture could be real; this one can also ask whether the mouth, the brows and
+    the cheeks belong to one neutral face.
+
+    Args:
+        channels: channels read (1 for a grey model).
+        width: channels of the first convolution; the next ones have 2x, 4x and 8x as many.
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        w = width
+        self.layers = nn.Sequential(
+            nn.Conv2d(channels, w, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * w, 8 * w, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(8 * w, 8 * w, 3, padding=1),
+            nn.LeakyReLU(0.2),
+        )
+        self.fc = nn.Linear(8 * w, 1)
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W]`` model space -> logits ``[N, 1]``."""
+        return self.fc(self.layers(faces).mean(dim=(2, 3)))
+
+
+def build_critic(model: PFViT, cfg: EditorConfig) -> nn.Module:
+    """The critic for ``model``'s editor (``cfg.d_arch``: "patch" or "face"); it reads as many
+    channels as the editor changes."""
+    channels = model.editor.channels
+    if cfg.d_arch == "face":
+        return FaceDiscriminator(channels, cfg.d_width)
+    return PatchDiscriminator(channels, cfg.d_width, cfg.d_pool)

@@ -107,6 +107,8 @@ class FERPlusModelConfig:
     editor_poker_translate: float = EditorConfig.poker_translate
     editor_poker_scale: tuple[float, float] = EditorConfig.poker_scale
     editor_d_pool: bool = EditorConfig.d_pool
+    editor_d_arch: Literal["patch", "face"] = EditorConfig.d_arch
+    editor_d_width: int = EditorConfig.d_width
     editor_photo_augment: Literal["full", "geometry"] = "full"
     realism_n: int = 700
     render_workers: int = 0  # 0 = one per core

@@ -214,6 +214,8 @@ def run(cfg: FERPlusModelConfig) -> dict[str, Any]:
             poker_translate=cfg.editor_poker_translate,
             poker_scale=cfg.editor_poker_scale,
             d_pool=cfg.editor_d_pool,
+            d_arch=cfg.editor_d_arch,
+            d_width=cfg.editor_d_width,
             poker_data=str(rendered_spec(cfg)),
             poker_repeat=cfg.editor_rendered_repeat,
             resume=resume,

@@ -22,7 +22,15 @@ from training.checkpoint import TrainState, load_checkpoint, model_from_checkpoi
 from training.config import EditorConfig, PFViTConfig, TrainConfig
 from training.data.joint import JointFaces
 from training.distributed import setup
-from training.editing import EditorCritic, EditorObjective, PatchDiscriminator, critic_sets, jitter_poker_pairs
+from training.editing import (
+    EditorCritic,
+    EditorObjective,
+    FaceDiscriminator,
+    PatchDiscriminator,
+    build_critic,
+    critic_sets,
+    jitter_poker_pairs,
+)
 from training.engine import run_editor, run_train
 from training.export import export_checkpoint
 from training.model import PFViT
@@ -261,6 +269,23 @@ def test_the_patch_critic_takes_any_size() -> None:
     pooled.load_state_dict(critic.state_dict())
     faces = torch.randn(2, 1, 48, 48)
     assert torch.allclose(pooled(faces), critic(faces).mean(dim=1, keepdim=True))
+
+
+def test_the_face_critic_gives_one_verdict_that_reads_the_whole_face() -> None:
+    """``d_arch="face"``: one logit per face, for any size, and a change at any place of the
+    face (a corner, the centre) moves it, as a patch's logit cannot for pixels outside its patch."""
+    model = _editor_model(greyscale=True)
+    critic = build_critic(model, EditorConfig(d_arch="face", d_width=8))
+    assert isinstance(critic, FaceDiscriminator)
+    assert isinstance(build_critic(model, EditorConfig(d_width=8)), PatchDiscriminator)
+    torch.manual_seed(0)
+    faces = torch.randn(2, 1, 48, 48)
+    assert critic(faces).shape == (2, 1) and critic(torch.randn(3, 1, 32, 32)).shape == (3, 1)
+    faces.requires_grad_(True)
+    critic(faces)[0].sum().backward()
+    grad = faces.grad[0, 0].abs()
+    assert float(grad[:4, :4].sum()) > 0 and float(grad[22:26, 22:26].sum()) > 0 and float(grad[44:, 44:].sum()) > 0
+    assert float(faces.grad[1].abs().sum()) == 0.0  # one face's verdict reads that face alone
 
 
 def test_with_the_critic_and_identity_off_the_loss_is_the_three_terms() -> None:

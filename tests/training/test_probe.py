@@ -137,3 +137,36 @@ def test_editor_probe_refuses_settings_it_owns() -> None:
     for bad in ("epochs=3", "no_such_setting=1", "adv"):
         with pytest.raises(SystemExit, match="--set"):
             probe_editor.editor_overrides([bad])
+
+
+def test_critic_probe_scores_each_critic_against_both_sets(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.training.conftest import micro_overrides
+    from tests.training.test_ferplus_recipe import stand_in_ferplus
+    from tools import probe_critic
+    from training.checkpoint import TrainState, save_checkpoint
+    from training.config import EditorConfig, PFViTConfig
+    from training.data.ferplus import FERPLUS_LABELS
+    from training.model import PFViT
+
+    stand_in_ferplus(tmp_path / "ferplus", per_class=6)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(FERPLUS_LABELS), greyscale=True, poker_mode="editor"))
+    ckpt = save_checkpoint(tmp_path / "last.pt", TrainState(model), "editor", EditorConfig(init="x"))
+    argv = ["--checkpoint", str(ckpt), "--ferplus", str(tmp_path / "ferplus"), "--aligned"]
+    argv += [str(tmp_path / "ferplus" / "data"), "--steps", "3", "--n", "6", "--held-out", "2", "--threads", "1"]
+    assert probe_critic.main([*argv, "--critic", "face:4", "--critic", "patch:4:pool"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["critic"], x["against"]) for x in lines] == [
+        ("face:4", "poker"),
+        ("face:4", "inputs"),
+        ("patch:4:pool", "poker"),
+        ("patch:4:pool", "inputs"),
+    ]
+    assert all(0.0 <= x["heldout_auc"] <= 1.0 and x["steps"] == 3 for x in lines)
+    # A fresh editor changes nothing: its poker faces are the inputs, and each critic reads them so.
+    for poker, inputs in (lines[:2], lines[2:]):
+        assert (poker["heldout_auc"], poker["last100_loss"]) == (inputs["heldout_auc"], inputs["last100_loss"])
+    for bad in ("wide:4", "patch:4:pooled"):
+        with pytest.raises(SystemExit, match="--critic"):
+            probe_critic.critic_config(bad, 1e-2)
+    with pytest.raises(SystemExit, match="--n"):
+        probe_critic.main([*argv, "--n", "8"])  # seven neutral train faces: six and the blank one
