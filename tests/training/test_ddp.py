@@ -153,14 +153,18 @@ def _adversarial_editor(rank: int, out: Path) -> None:
         d_width=8,
         r1_gamma=1.0,
         r1_every=2,
+        d_arch=(out / "d_arch").read_text(),  # type: ignore[arg-type]
     )
     result = run_editor(cfg, JointFaces(tiny_faces(12), tiny_faces(4, seed=1)))
     _save_flat([*result.model.editor.parameters(), *result.discriminator.parameters()], out / f"critic-{rank}.pt")
 
 
 @pytest.mark.slow
-def test_two_process_ddp_adversarial_editor_on_cpu(tmp_path: Path) -> None:
-    """The editor stage with its critic under DDP: editor and critic replicas take the same steps."""
+@pytest.mark.parametrize("d_arch", ["patch", "face"])
+def test_two_process_ddp_adversarial_editor_on_cpu(tmp_path: Path, d_arch: str) -> None:
+    """The editor stage with its critic (either kind) under DDP: editor and critic replicas take
+    the same steps."""
+    (tmp_path / "d_arch").write_text(d_arch)
     _spawn(_adversarial_editor, tmp_path)
     assert torch.equal(torch.load(tmp_path / "critic-0.pt"), torch.load(tmp_path / "critic-1.pt"))
     steps = _steps(tmp_path / "editor")

@@ -328,7 +328,8 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
 
 
-def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("d_arch", ["patch", "face"])
+def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly(tmp_path: Path, d_arch: str) -> None:
     torch.manual_seed(0)
     init = save_checkpoint(
         tmp_path / "init.pt",
@@ -354,6 +355,7 @@ def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly
         r1_every=3,
         poker_translate=0.1,
         poker_scale=(1.0, 1.25),
+        d_arch=d_arch,  # type: ignore[arg-type]
     )
     result = run_editor(cfg, _photos_and_rendered())
     payload = load_checkpoint(result.checkpoint)
