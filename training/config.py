@@ -344,6 +344,11 @@ class EditorConfig(CriticRunConfig):
             on its own (:class:`~training.editing.PatchDiscriminator`).
         d_arch: "patch", the patch critic, or "face", a critic whose features see the whole
             face and give one verdict (:class:`~training.editing.FaceDiscriminator`).
+        d_warmup: the first this many steps train the critic alone, on the poker faces of the
+            editor as it is (the editor neither learns nor changes); with ``editor_init``, the
+            critic starts the game knowing that editor's faces.
+        editor_init: an editor stage checkpoint whose editor this stage starts from (its
+            adversarial fine-tuning), instead of a fresh editor that changes nothing.
         poker_translate: largest random shift (fraction of the side) of each face that has a
             true poker face, applied to the face and its poker face alike
             (:func:`~training.editing.jitter_poker_pairs`); 0 with ``poker_scale`` (1, 1) = none.
@@ -374,11 +379,15 @@ class EditorConfig(CriticRunConfig):
     d_width: int = 32
     d_pool: bool = False
     d_arch: Literal["patch", "face"] = "patch"
+    d_warmup: int = 0
+    editor_init: str = ""
     identity: float = 0.0
     poker_translate: float = 0.0
     poker_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
+        if self.d_warmup < 0:
+            raise ValueError(f"d_warmup counts steps, not below 0: got {self.d_warmup}")
         if self.d_steps < 1 or self.d_width < 1:
             raise ValueError(f"d_steps and d_width must be positive, got {self.d_steps} and {self.d_width}")
         if min(self.adv, self.identity) < 0:

@@ -316,9 +316,22 @@ class EditorStage:
         state = _one_optimizer(
             model, optim_groups(model.editor, cfg.weight_decay), cfg, ctx, steps_per_epoch, (0.9, 0.999)
         )
+        if cfg.editor_init:
+            self._start_editor(model, cfg.editor_init)
         if cfg.adv > 0:
             self._add_critic(state, neutral, ctx, steps_per_epoch)
         return state
+
+    @staticmethod
+    def _start_editor(model: PFViT, path: str) -> None:
+        """The editor's weights from a finished editor stage's checkpoint at ``path``: this stage
+        goes on from that editor (a resumed run then restores its own)."""
+        payload = load_checkpoint(path)
+        prefix = "editor."
+        weights = {k[len(prefix) :]: v for k, v in payload["model"].items() if k.startswith(prefix)}
+        if not weights:
+            raise ValueError(f"{path} has no editor to start from")
+        built(model.editor, "the editor").load_state_dict(weights)
 
     def _add_critic(self, state: TrainState, neutral: int | None, ctx: DistContext, steps_per_epoch: int) -> None:
         """The critic, its optimizer and its schedule (the editor's, in editor steps), in ``state``."""
@@ -351,6 +364,8 @@ class EditorStage:
         """One editor step, then the critic's steps; returns the step's log record."""
         cfg, optimizer = self.cfg, state.optimizers["main"]
         batch = jitter_poker_pairs(batch, cfg.poker_translate, cfg.poker_scale)
+        if self.critic is not None and state.step < cfg.d_warmup:
+            return self._critic_warmup_step(state, batch, ctx)
         with autocast_for(ctx.device):
             loss: EditorLoss = built(self.objective, "the editor objective")(batch)
         total, terms = loss.total, dict(loss.terms)
@@ -371,6 +386,20 @@ class EditorStage:
         record = {name: float(v.detach()) for name, v in terms.items()}
         record.update({name: float(v) for name, v in d_terms.items()})
         record["total"] = float(total.detach())
+        return record
+
+    def _critic_warmup_step(self, state: TrainState, batch: StageBatch, ctx: DistContext) -> dict[str, float]:
+        """A step of the critic's warm-up: the editor draws (no gradient, no update), the critic
+        takes its steps on those poker faces. The critic starts the game knowing what the
+        editor's faces look like, instead of learning it while the editor moves."""
+        critic = built(self.critic, "the critic")
+        with torch.no_grad(), autocast_for(ctx.device):  # no gradient: DDP expects no backward
+            loss: EditorLoss = built(self.objective, "the editor objective")(batch)
+        sets = critic_sets(batch, critic.neutral_index)
+        d_terms = self._critic_steps(state, batch, loss.poker, sets, ctx)
+        record = {name: float(v) for name, v in loss.terms.items()}
+        record.update({name: float(v) for name, v in d_terms.items()})
+        record["total"] = float(loss.total)
         return record
 
     def _critic_steps(

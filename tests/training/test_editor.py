@@ -356,6 +356,7 @@ def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly
         poker_translate=0.1,
         poker_scale=(1.0, 1.25),
         d_arch=d_arch,  # type: ignore[arg-type]
+        d_warmup=1,
     )
     result = run_editor(cfg, _photos_and_rendered())
     payload = load_checkpoint(result.checkpoint)
@@ -364,7 +365,8 @@ def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly
     assert set(payload["optimizers"]) == set(payload["schedulers"]) == {"main", "disc"}
     full = _log(tmp_path / "full")
     assert [r["step"] for r in full] == [1, 2, 3, 4]
-    assert {"poker_sup", "sparsity", "cyc_neutral", "identity", "adv", "d", "total"} <= set(full[0])
+    assert {"poker_sup", "sparsity", "cyc_neutral", "identity", "d", "total"} <= set(full[0]) and "adv" not in full[0]
+    assert {"poker_sup", "sparsity", "cyc_neutral", "identity", "adv", "d", "total"} <= set(full[1])
     assert any("r1" in r for r in full)  # lazy R1 ran on some critic steps
 
     resume = str(tmp_path / "full" / "checkpoint-0001.pt")
@@ -376,6 +378,46 @@ def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly
             assert got[name] == pytest.approx(want[name], abs=1e-6)
     again = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert all(torch.equal(payload["discriminator"][k], again["discriminator"][k]) for k in payload["discriminator"])
+
+
+def test_the_stage_can_go_on_from_a_finished_editor_with_the_critic_warmed_up_first(tmp_path: Path) -> None:
+    """``editor_init`` starts the editor from another run's editor; during the first ``d_warmup``
+    steps only the critic learns, on that editor's poker faces."""
+    torch.manual_seed(0)
+    init = save_checkpoint(
+        tmp_path / "init.pt",
+        TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))),
+        "train",
+        TrainConfig(),
+    )
+    finished = _editor_model()
+    _kick(finished)
+    editor_ckpt = save_checkpoint(tmp_path / "editor.pt", TrainState(finished), "editor", EditorConfig(init="x"))
+    cfg = EditorConfig(
+        out_dir=str(tmp_path / "warm"),
+        init=str(init),
+        editor_init=str(editor_ckpt),
+        epochs=1,
+        batch_size=4,
+        max_steps_per_epoch=3,
+        device="cpu",
+        threads=2,
+        progress=False,
+        adv=0.5,
+        d_width=8,
+        d_warmup=3,
+    )
+    warm = run_editor(cfg, _photos_and_rendered())
+    assert all(torch.equal(a, b) for a, b in zip(warm.model.editor.parameters(), finished.editor.parameters()))
+    critic_steps = load_checkpoint(warm.checkpoint)["optimizers"]["disc"]["state"][0]["step"]
+    assert int(critic_steps) == 3  # the critic took every step
+    assert all("d" in r and "adv" not in r for r in _log(tmp_path / "warm"))
+    # After the warm-up the game starts: the editor moves away from where it started.
+    played = run_editor(replace(cfg, out_dir=str(tmp_path / "played"), d_warmup=1), _photos_and_rendered())
+    assert not all(torch.equal(a, b) for a, b in zip(played.model.editor.parameters(), finished.editor.parameters()))
+    assert ["adv" in r for r in _log(tmp_path / "played")] == [False, True, True]
+    with pytest.raises(ValueError, match="no editor"):
+        run_editor(replace(cfg, out_dir=str(tmp_path / "none"), editor_init=str(init)), _photos_and_rendered())
 
 
 def test_a_rendered_face_and_its_poker_face_move_together_and_photos_stay() -> None:
