@@ -318,9 +318,10 @@ class EditorConfig(CriticRunConfig):
     :class:`~training.model.ExpressionEditor` ("editor" poker mode), and only the editor trains;
     encoder, separator, head and generator stay as they are, so recognition does not move.
 
-    With ``adv`` above 0 a patch critic (:class:`~training.editing.PatchDiscriminator`) learns
-    beside it, on the batches' photographs: real are the photos whose class is neutral, fake the
-    poker faces of the photos of any other class. Its settings (``gan``, ``r1_gamma``,
+    With ``adv`` above 0 a critic (``d_arch``: :class:`~training.editing.PatchDiscriminator` or
+    :class:`~training.editing.FaceDiscriminator`) learns beside it, on the batches' photographs:
+    real are the photos whose class is neutral, fake the poker faces of the photos of any other
+    class. Its settings (``gan``, ``r1_gamma``,
     ``r1_every``, ``d_blr``, ``d_betas``) are :class:`CriticRunConfig`'s; their defaults are
     the PF-ViT stage's, not values chosen for this stage (docs/pfvit.md).
 
@@ -388,6 +389,8 @@ class EditorConfig(CriticRunConfig):
     def __post_init__(self) -> None:
         if self.d_warmup < 0:
             raise ValueError(f"d_warmup counts steps, not below 0: got {self.d_warmup}")
+        if self.d_warmup and not self.adv:
+            raise ValueError("d_warmup trains the critic, and there is none at adv 0")
         if self.d_steps < 1 or self.d_width < 1:
             raise ValueError(f"d_steps and d_width must be positive, got {self.d_steps} and {self.d_width}")
         if min(self.adv, self.identity) < 0:

@@ -16,10 +16,10 @@ The PF-ViT around the editor is finished and frozen; only the editor learns. Thr
   alignment template, so their mouths and brows sit at one place; each one and its true poker
   face get the same random shift and zoom (:func:`jitter_poker_pairs`), the photographs have
   theirs from the data's augmentation, and no term can be met by painting at fixed positions.
-- ``adv`` (off at weight 0, computed by :class:`EditorCritic`): a patch critic's verdict on the
-  poker faces of expressive photographs, the critic having learned real neutral photographs
-  against them. The frozen recogniser can be moved by patterns no person shows; the critic
-  asks for what real neutral faces look like.
+- ``adv`` (off at weight 0, computed by :class:`EditorCritic`): a critic's verdict (per patch or
+  per face) on the poker faces of expressive photographs, the critic having learned real neutral
+  photographs against them. The frozen recogniser can be moved by patterns no person shows; the
+  critic asks for what real neutral faces look like.
 """
 
 from __future__ import annotations

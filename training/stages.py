@@ -292,9 +292,10 @@ class PFViTStage:
 class EditorStage:
     """The editor stage: only the :class:`~training.model.ExpressionEditor` of a finished
     PF-ViT trains (:class:`~training.editing.EditorObjective`); every other part is frozen, so
-    recognition is the PF-ViT stage's to the bit. With ``cfg.adv`` above 0, a patch critic
-    (:class:`~training.editing.EditorCritic`) learns beside it: per editor step, ``d_steps``
-    critic steps on the same batch."""
+    recognition is the PF-ViT stage's to the bit. With ``cfg.adv`` above 0, a critic
+    (:class:`~training.editing.EditorCritic`, patch or whole-face) learns beside it: per editor
+    step, ``d_steps`` critic steps on the same batch, after ``d_warmup`` steps of the critic
+    alone; ``editor_init`` starts the editor from a finished one."""
 
     name = "editor"
     # Everything of the finished PF-ViT; the editor alone starts fresh (from zero change).

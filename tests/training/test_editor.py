@@ -416,6 +416,9 @@ def test_the_stage_can_go_on_from_a_finished_editor_with_the_critic_warmed_up_fi
     played = run_editor(replace(cfg, out_dir=str(tmp_path / "played"), d_warmup=1), _photos_and_rendered())
     assert not all(torch.equal(a, b) for a, b in zip(played.model.editor.parameters(), finished.editor.parameters()))
     assert ["adv" in r for r in _log(tmp_path / "played")] == [False, True, True]
+    for bad in (dict(d_warmup=2), dict(adv=0.5, d_warmup=-1)):  # no critic to warm up; a negative count
+        with pytest.raises(ValueError, match="d_warmup"):
+            EditorConfig(**bad)
     with pytest.raises(ValueError, match="no editor"):
         run_editor(replace(cfg, out_dir=str(tmp_path / "none"), editor_init=str(init)), _photos_and_rendered())
 
