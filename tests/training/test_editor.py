@@ -324,38 +324,38 @@ def _photos_and_rendered() -> JointFaces:
     return JointFaces(tiny_faces(12), tiny_faces(8, seed=1))
 
 
+def _finished_pfvit(tmp_path: Path) -> Path:
+    """A PF-ViT stage checkpoint (a fresh micro model, seed 0) for the editor stage to start from."""
+    torch.manual_seed(0)
+    model = PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))
+    return save_checkpoint(tmp_path / "init.pt", TrainState(model), "train", TrainConfig())
+
+
+def _adversarial_config(out: Path, init: Path, **changes) -> EditorConfig:
+    """A two-step-per-epoch editor stage with a small critic, on the CPU."""
+    base = dict(batch_size=4, max_steps_per_epoch=2, device="cpu", threads=2, progress=False, adv=0.5, d_width=8)
+    return EditorConfig(out_dir=str(out), init=str(init), **{**base, **changes})
+
+
 def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"summary"' not in line]
 
 
 @pytest.mark.parametrize("d_arch", ["patch", "face"])
 def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly(tmp_path: Path, d_arch: str) -> None:
-    torch.manual_seed(0)
-    init = save_checkpoint(
-        tmp_path / "init.pt",
-        TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))),
-        "train",
-        TrainConfig(),
-    )
-    cfg = EditorConfig(
-        out_dir=str(tmp_path / "full"),
-        init=str(init),
+    init = _finished_pfvit(tmp_path)
+    cfg = _adversarial_config(
+        tmp_path / "full",
+        init,
         epochs=2,
-        batch_size=4,
-        max_steps_per_epoch=2,
-        device="cpu",
-        threads=2,
-        progress=False,
         save_every=1,
-        adv=0.5,
         identity=0.5,
         d_steps=2,
-        d_width=8,
         r1_gamma=1.0,
         r1_every=3,
         poker_translate=0.1,
         poker_scale=(1.0, 1.25),
-        d_arch=d_arch,  # type: ignore[arg-type]
+        d_arch=d_arch,
         d_warmup=1,
     )
     result = run_editor(cfg, _photos_and_rendered())
@@ -383,29 +383,12 @@ def test_the_adversarial_editor_stage_keeps_its_critic_apart_and_resumes_exactly
 def test_the_stage_can_go_on_from_a_finished_editor_with_the_critic_warmed_up_first(tmp_path: Path) -> None:
     """``editor_init`` starts the editor from another run's editor; during the first ``d_warmup``
     steps only the critic learns, on that editor's poker faces."""
-    torch.manual_seed(0)
-    init = save_checkpoint(
-        tmp_path / "init.pt",
-        TrainState(PFViT(PFViTConfig(**micro_overrides(), labels=list(TINY_LABELS)))),
-        "train",
-        TrainConfig(),
-    )
+    init = _finished_pfvit(tmp_path)
     finished = _editor_model()
     _kick(finished)
     editor_ckpt = save_checkpoint(tmp_path / "editor.pt", TrainState(finished), "editor", EditorConfig(init="x"))
-    cfg = EditorConfig(
-        out_dir=str(tmp_path / "warm"),
-        init=str(init),
-        editor_init=str(editor_ckpt),
-        epochs=1,
-        batch_size=4,
-        max_steps_per_epoch=3,
-        device="cpu",
-        threads=2,
-        progress=False,
-        adv=0.5,
-        d_width=8,
-        d_warmup=3,
+    cfg = _adversarial_config(
+        tmp_path / "warm", init, editor_init=str(editor_ckpt), epochs=1, max_steps_per_epoch=3, d_warmup=3
     )
     warm = run_editor(cfg, _photos_and_rendered())
     assert all(torch.equal(a, b) for a, b in zip(warm.model.editor.parameters(), finished.editor.parameters()))
