@@ -32,17 +32,21 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import EditorConfig
 from training.data.ferplus import FERPlus
 from training.data.transforms import FaceTransform
+from training.distributed import setup
 from training.editing import build_critic
 from training.realism import roc_auc
+from training.stages import critic_optimizer
 
 
-def critic_config(spec: str, lr: float) -> EditorConfig:
-    """``arch:width[:pool]`` (``face:16``, ``patch:32:pool``) -> the stage config of that critic."""
+def critic_config(spec: str, lr: float, batch_size: int = 64) -> EditorConfig:
+    """``arch:width[:pool]`` (``face:16``, ``patch:32:pool``) -> the stage config of that critic,
+    at base rate ``lr`` and the stage's ``batch_size``."""
     arch, width, *rest = spec.split(":")
     if rest not in ([], ["pool"]) or arch not in ("face", "patch"):
         raise SystemExit(f"--critic {spec}: expected face:WIDTH or patch:WIDTH[:pool]")
     kind: Literal["patch", "face"] = "face" if arch == "face" else "patch"
-    return replace(EditorConfig(gan="nonsat", d_blr=lr), d_arch=kind, d_width=int(width), d_pool=bool(rest))
+    base = EditorConfig(gan="nonsat", d_blr=lr, batch_size=batch_size)
+    return replace(base, d_arch=kind, d_width=int(width), d_pool=bool(rest))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if not 0 < args.held_out < args.n:
+        raise SystemExit("--held-out must leave faces to train on")
+    specs = args.critic or ["face:16"]
+    configs = [critic_config(spec, args.d_blr, args.batch_size) for spec in specs]  # bad specs fail here, not later
+    ctx = setup("cpu", args.threads)
     torch.manual_seed(args.seed)
     model, _ = model_from_checkpoint(load_checkpoint(args.checkpoint))
     model.eval()
@@ -89,18 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         name: model.colour(x)[:, : model.editor.channels]
         for name, x in (("real", faces["real"]), ("poker", poker), ("inputs", faces["expressive"]))
     }
-    if not 0 < args.held_out < args.n:
-        raise SystemExit("--held-out must leave faces to train on")
     held = args.n - args.held_out
     share = float((classes == neutral).mean())  # the share of a batch's photos that is real
     n_real = max(1, round(args.batch_size * share))
     n_fake = args.batch_size - n_real
-    for spec in args.critic or ["face:16"]:
-        cfg = critic_config(spec, args.d_blr)
+    for spec, cfg in zip(specs, configs):
         for side in ("poker", "inputs"):
             torch.manual_seed(args.seed)
             critic = build_critic(model, cfg)
-            opt = torch.optim.AdamW(critic.parameters(), lr=cfg.d_blr * args.batch_size / 256, betas=cfg.d_betas)
+            opt = critic_optimizer(critic, cfg, ctx)  # the stage's: AdamW, its rate, betas and decay
             t0, losses = time.perf_counter(), []
             for _ in range(args.steps):
                 i, j = torch.randint(0, held, (n_real,)), torch.randint(0, held, (n_fake,))
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                         "critic": spec,
                         "against": side,
                         "steps": args.steps,
-                        "lr": cfg.d_blr * args.batch_size / 256,
+                        "lr": opt.param_groups[0]["lr"],
                         "last100_loss": round(float(np.mean(losses[-100:])), 4),
                         "heldout_auc": round(roc_auc(scores, labels), 4),
                         "seconds": round(time.perf_counter() - t0, 1),

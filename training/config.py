@@ -321,9 +321,9 @@ class EditorConfig(CriticRunConfig):
     With ``adv`` above 0 a critic (``d_arch``: :class:`~training.editing.PatchDiscriminator` or
     :class:`~training.editing.FaceDiscriminator`) learns beside it, on the batches' photographs:
     real are the photos whose class is neutral, fake the poker faces of the photos of any other
-    class. Its settings (``gan``, ``r1_gamma``,
-    ``r1_every``, ``d_blr``, ``d_betas``) are :class:`CriticRunConfig`'s; their defaults are
-    the PF-ViT stage's, not values chosen for this stage (docs/pfvit.md).
+    class. Its settings (``gan``, ``r1_gamma``, ``r1_every``, ``d_blr``, ``d_betas``) are
+    :class:`CriticRunConfig`'s; their defaults are the PF-ViT stage's, not values chosen for
+    this stage (docs/pfvit.md).
 
     Args:
         init: the PF-ViT stage checkpoint to start from (required).
@@ -389,6 +389,8 @@ class EditorConfig(CriticRunConfig):
     def __post_init__(self) -> None:
         if self.d_warmup < 0:
             raise ValueError(f"d_warmup counts steps, not below 0: got {self.d_warmup}")
+        if self.d_pool and self.d_arch != "patch":
+            raise ValueError("d_pool averages a patch critic's verdicts; the face critic gives one already")
         if self.d_warmup and not self.adv:
             raise ValueError("d_warmup trains the critic, and there is none at adv 0")
         if self.d_steps < 1 or self.d_width < 1:

@@ -90,7 +90,7 @@ def _adamw(params: list[dict[str, Any]], lr: float, betas: tuple[float, float]) 
     return torch.optim.AdamW(params, lr=lr, betas=betas)
 
 
-def _critic_optimizer(discriminator: torch.nn.Module, cfg: CriticRunConfig, ctx: DistContext) -> torch.optim.AdamW:
+def critic_optimizer(discriminator: torch.nn.Module, cfg: CriticRunConfig, ctx: DistContext) -> torch.optim.AdamW:
     """D's AdamW at ``d_blr * effective batch / 256`` with ``d_betas``."""
     scale = cfg.batch_size * ctx.world_size / 256
     return _adamw(optim_groups(discriminator, cfg.weight_decay), cfg.d_blr * scale, (cfg.d_betas[0], cfg.d_betas[1]))
@@ -247,7 +247,7 @@ class PFViTStage:
             "main": _adamw(model.optim_groups(cfg.weight_decay), cfg.blr * scale, (0.9, 0.999))
         }
         if discriminator is not None:
-            optimizers["disc"] = _critic_optimizer(discriminator, cfg, ctx)
+            optimizers["disc"] = critic_optimizer(discriminator, cfg, ctx)
         schedule = _schedule(cfg, steps_per_epoch)
         schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
         return TrainState(model=model, optimizers=optimizers, schedulers=schedulers, discriminator=discriminator)
@@ -341,7 +341,7 @@ class EditorStage:
         discriminator = build_critic(state.model, self.cfg).to(ctx.device)
         self.critic = EditorCritic(state.model, discriminator, self.cfg, neutral, ctx)
         state.discriminator = discriminator
-        state.optimizers["disc"] = _critic_optimizer(discriminator, self.cfg, ctx)
+        state.optimizers["disc"] = critic_optimizer(discriminator, self.cfg, ctx)
         state.schedulers["disc"] = torch.optim.lr_scheduler.LambdaLR(
             state.optimizers["disc"], _schedule(self.cfg, steps_per_epoch)
         )
@@ -362,45 +362,35 @@ class EditorStage:
         return epoch_loop(self.name, state, batches, steps, ctx, log, self.cfg.progress, step)
 
     def _step(self, state: TrainState, batch: StageBatch, ctx: DistContext) -> dict[str, float]:
-        """One editor step, then the critic's steps; returns the step's log record."""
-        cfg, optimizer = self.cfg, state.optimizers["main"]
+        """One editor step, then the critic's steps; returns the step's log record.
+
+        During the critic's warm-up (the first ``d_warmup`` steps) the editor only draws: no
+        gradient (so no backward for DDP to wait on), no adversarial term, no update. The critic
+        starts the game knowing what the editor's faces look like, instead of learning it while
+        the editor moves."""
+        cfg, optimizer, critic = self.cfg, state.optimizers["main"], self.critic
         batch = jitter_poker_pairs(batch, cfg.poker_translate, cfg.poker_scale)
-        if self.critic is not None and state.step < cfg.d_warmup:
-            return self._critic_warmup_step(state, batch, ctx)
-        with autocast_for(ctx.device):
+        warmup = critic is not None and state.step < cfg.d_warmup
+        with torch.no_grad() if warmup else nullcontext(), autocast_for(ctx.device):
             loss: EditorLoss = built(self.objective, "the editor objective")(batch)
         total, terms = loss.total, dict(loss.terms)
-        critic = self.critic
         sets = critic_sets(batch, critic.neutral_index) if critic is not None else None
-        if critic is not None and sets is not None:
-            with autocast_for(ctx.device):
-                terms["adv"] = critic.generator_loss(loss.poker, sets)
-            total = total + cfg.adv * terms["adv"]
-        optimizer_step(
-            optimizer,
-            state.schedulers["main"],
-            total,
-            built(state.model.editor, "the editor").parameters(),
-            cfg.grad_clip,
-        )
+        if not warmup:
+            if critic is not None and sets is not None:
+                with autocast_for(ctx.device):
+                    terms["adv"] = critic.generator_loss(loss.poker, sets)
+                total = total + cfg.adv * terms["adv"]
+            optimizer_step(
+                optimizer,
+                state.schedulers["main"],
+                total,
+                built(state.model.editor, "the editor").parameters(),
+                cfg.grad_clip,
+            )
         d_terms = self._critic_steps(state, batch, loss.poker.detach(), sets, ctx) if sets is not None else {}
         record = {name: float(v.detach()) for name, v in terms.items()}
         record.update({name: float(v) for name, v in d_terms.items()})
         record["total"] = float(total.detach())
-        return record
-
-    def _critic_warmup_step(self, state: TrainState, batch: StageBatch, ctx: DistContext) -> dict[str, float]:
-        """A step of the critic's warm-up: the editor draws (no gradient, no update), the critic
-        takes its steps on those poker faces. The critic starts the game knowing what the
-        editor's faces look like, instead of learning it while the editor moves."""
-        critic = built(self.critic, "the critic")
-        with torch.no_grad(), autocast_for(ctx.device):  # no gradient: DDP expects no backward
-            loss: EditorLoss = built(self.objective, "the editor objective")(batch)
-        sets = critic_sets(batch, critic.neutral_index)
-        d_terms = self._critic_steps(state, batch, loss.poker, sets, ctx)
-        record = {name: float(v) for name, v in loss.terms.items()}
-        record.update({name: float(v) for name, v in d_terms.items()})
-        record["total"] = float(loss.total)
         return record
 
     def _critic_steps(

@@ -278,6 +278,8 @@ def test_the_face_critic_gives_one_verdict_that_reads_the_whole_face() -> None:
     critic = build_critic(model, EditorConfig(d_arch="face", d_width=8))
     assert isinstance(critic, FaceDiscriminator)
     assert isinstance(build_critic(model, EditorConfig(d_width=8)), PatchDiscriminator)
+    with pytest.raises(ValueError, match="d_pool"):  # one verdict already: nothing to average
+        EditorConfig(d_arch="face", d_pool=True)
     torch.manual_seed(0)
     faces = torch.randn(2, 1, 48, 48)
     assert critic(faces).shape == (2, 1) and critic(torch.randn(3, 1, 32, 32)).shape == (3, 1)
